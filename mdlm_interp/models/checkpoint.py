@@ -1,0 +1,294 @@
+"""Hugging Face style checkpoint directories: resolve, read strictly from safetensors, write.
+
+A checkpoint is a directory with config.json, model.safetensors (or shards plus
+model.safetensors.index.json) and tokenizer files. Weights are read tensor by tensor into a model
+built on the meta device, so a large checkpoint is never held twice. Never pickle.
+"""
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mdlm_interp.errors import UsageError
+from mdlm_interp.models.families import FAMILIES, FamilySpec
+from mdlm_interp.models.transformer import DecoderConfig, HookedDecoder
+from mdlm_interp.paths import data_dir
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+# Tensors some checkpoints carry that hold no weights (recomputed from the config).
+IGNORED_TENSORS = re.compile(r".*rotary_emb\.inv_freq$")
+
+PRESETS: dict[str, dict] = {
+    # Tiny random models for tests: grouped-query attention, 2 layers.
+    "tiny": dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_mlp=160, max_seq_len=2048),
+    # A medium shape for benchmarks (about 30M parameters with a small vocabulary).
+    "medium": dict(d_model=512, n_layers=8, n_heads=8, n_kv_heads=8, d_mlp=1376, max_seq_len=2048),
+}
+ROPE_THETA = {"llada": 500000.0, "dream": 1000000.0, "llama": 500000.0, "qwen2": 1000000.0}
+ARCHITECTURES = {"llada": "LLaDAModelLM", "dream": "DreamModel", "llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+NORM_EPS = {"llada": 1e-5, "dream": 1e-6, "llama": 1e-5, "qwen2": 1e-6}
+
+
+def resolve_checkpoint(name: str | os.PathLike) -> Path:
+    """Return the local directory of a checkpoint given a path, ``organism-NAME`` or a hub id.
+
+    Hub ids are looked up in the local Hugging Face cache first; the hub is asked only when
+    ``HF_HUB_OFFLINE`` is not set. Anything that cannot be found is a one-line ``UsageError``.
+    """
+    text = str(name)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise UsageError(f"{path}: not a checkpoint directory (no config.json)")
+        return path
+    if path.exists():
+        raise UsageError(f"{path}: expected a checkpoint directory, got a file")
+    if text.startswith("organism-"):
+        organism = data_dir() / "models" / text
+        if organism.is_dir():
+            return resolve_checkpoint(organism)
+        raise UsageError(f"unknown model organism '{text}' (looked in {organism.parent})")
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", text):
+        raise UsageError(f"no checkpoint directory '{text}' and it is not a hub id (owner/name)")
+    return Path(download_from_hub(text))
+
+
+def download_from_hub(repo_id: str) -> str:
+    """Return the local snapshot directory of ``repo_id``: the cache first, then the hub if online."""
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"]
+    try:
+        return snapshot_download(repo_id, local_files_only=True, allow_patterns=patterns)
+    except Exception:
+        pass
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise UsageError(f"model '{repo_id}' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set")
+    try:
+        return snapshot_download(repo_id, allow_patterns=patterns)
+    except Exception as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UsageError(f"model '{repo_id}' is not cached and the hub could not be reached: {reason}") from error
+
+
+def read_config(path: Path) -> dict:
+    """Return the parsed config.json of a checkpoint directory."""
+    try:
+        return json.loads((Path(path) / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise UsageError(f"{path}/config.json: cannot read it: {error}") from error
+
+
+def tensor_files(path: Path) -> dict[str, Path]:
+    """Return checkpoint tensor name -> safetensors file holding it (sharded or single file)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if (path / INDEX_FILE).exists():
+        try:
+            weight_map = json.loads((path / INDEX_FILE).read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as error:
+            raise UsageError(f"{path / INDEX_FILE}: not a valid safetensors index ({error})") from error
+        files = {name: path / shard for name, shard in weight_map.items()}
+        for shard in sorted(set(files.values())):
+            if not shard.exists():
+                raise UsageError(f"{path}: shard {shard.name} listed in {INDEX_FILE} is missing")
+        return files
+    if (path / SINGLE_FILE).exists():
+        with open_safetensors(path / SINGLE_FILE, safe_open) as handle:
+            return {name: path / SINGLE_FILE for name in handle.keys()}
+    if any(path.glob("*.bin")) or any(path.glob("*.pt")):
+        raise UsageError(f"{path}: only pickle weights found; safetensors are required")
+    raise UsageError(f"{path}: no {SINGLE_FILE} or {INDEX_FILE}")
+
+
+def open_safetensors(file: Path, safe_open):
+    """Open a safetensors file, turning a corrupt or truncated file into a one-line error."""
+    try:
+        return safe_open(str(file), framework="pt", device="cpu")
+    except Exception as error:
+        raise UsageError(f"{file}: corrupted safetensors file ({str(error).splitlines()[0]})") from error
+
+
+def expected_tensors(model: HookedDecoder, spec: FamilySpec) -> dict[str, str]:
+    """Return checkpoint tensor name -> our parameter name for every weight the model needs."""
+    names = [n for n, _ in model.named_parameters()]  # tied weights are listed once
+    return {spec.checkpoint_name(name): name for name in names}
+
+
+def load_weights(model: HookedDecoder, path: Path, spec: FamilySpec, dtype: torch.dtype, device) -> None:
+    """Fill ``model`` (built on the meta device) from the checkpoint's safetensors, strictly.
+
+    Every missing, unexpected or mis-shaped tensor is reported by name before anything is read.
+    Tensors are read one at a time and converted to ``dtype`` on ``device``.
+    """
+    from safetensors import safe_open
+
+    expected = expected_tensors(model, spec)
+    files = tensor_files(path)
+    missing = sorted(set(expected) - set(files))
+    tied_head = {spec.checkpoint_name("unembed.weight")} if model.cfg.tie_embeddings else set()
+    unexpected = sorted(n for n in set(files) - set(expected) - tied_head if not IGNORED_TENSORS.match(n))
+    if missing:
+        raise UsageError(f"{path}: checkpoint is missing {len(missing)} tensor(s), e.g. {missing[0]}")
+    if unexpected:
+        raise UsageError(f"{path}: checkpoint has {len(unexpected)} unexpected tensor(s), e.g. {unexpected[0]}")
+    parameters = dict(model.named_parameters())
+    by_file: dict[Path, list[str]] = {}
+    for name in expected:
+        by_file.setdefault(files[name], []).append(name)
+    for file, names in by_file.items():
+        with open_safetensors(file, safe_open) as handle:
+            for name in names:
+                ours = expected[name]
+                shape = tuple(handle.get_slice(name).get_shape())
+                if shape != tuple(parameters[ours].shape):
+                    raise UsageError(
+                        f"{file.name}: tensor {name} has shape {list(shape)}, expected {list(parameters[ours].shape)}"
+                    )
+        with open_safetensors(file, safe_open) as handle:
+            for name in names:
+                try:
+                    tensor = handle.get_tensor(name)
+                except Exception as error:
+                    raise UsageError(f"{file}: cannot read tensor {name} ({str(error).splitlines()[0]})") from error
+                set_parameter(model, expected[name], tensor.to(device=device, dtype=dtype))
+    if model.cfg.tie_embeddings:
+        model.unembed.weight = model.embed.weight
+
+
+def set_parameter(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    """Replace the (meta) parameter ``name`` of ``model`` by ``tensor``, without copying it."""
+    module_name, _, attribute = name.rpartition(".")
+    module = model.get_submodule(module_name)
+    module._parameters[attribute] = nn.Parameter(tensor, requires_grad=False)
+
+
+def weights_fingerprint(path: Path) -> str:
+    """Return a sha256 over the checkpoint's safetensors files (names and bytes), as hex."""
+    digest = hashlib.sha256()
+    for file in sorted(set(tensor_files(path).values())):
+        digest.update(file.name.encode())
+        with open(file, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_weights(model: HookedDecoder, spec: FamilySpec, out_dir: Path, dtype: torch.dtype, max_shard_bytes: int | None = None) -> None:
+    """Write the model's weights under the family's checkpoint names as safetensors.
+
+    With ``max_shard_bytes`` the weights are split into shards plus model.safetensors.index.json.
+    """
+    from huggingface_hub import split_torch_state_dict_into_shards
+    from safetensors.torch import save_file
+
+    tensors = {
+        spec.checkpoint_name(name): param.detach().to(dtype).contiguous() for name, param in model.named_parameters()
+    }
+    out_dir = Path(out_dir)
+    if max_shard_bytes is None:
+        save_file(tensors, str(out_dir / SINGLE_FILE), metadata={"format": "pt"})
+        return
+    split = split_torch_state_dict_into_shards(
+        tensors, max_shard_size=max_shard_bytes, filename_pattern="model{suffix}.safetensors"
+    )
+    for filename, names in split.filename_to_tensors.items():
+        save_file({n: tensors[n] for n in names}, str(out_dir / filename), metadata={"format": "pt"})
+    index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
+             "weight_map": split.tensor_to_filename}
+    (out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+
+
+def config_json(spec: FamilySpec, cfg: DecoderConfig, special_ids: dict[str, int], dtype: torch.dtype) -> dict:
+    """Return a config.json for ``cfg`` with the family's REAL field names and special-token ids."""
+    values = {
+        "d_model": cfg.d_model, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "n_kv_heads": cfg.n_kv_heads,
+        "d_head": cfg.d_head, "d_mlp": cfg.d_mlp, "d_vocab": cfg.d_vocab, "max_seq_len": cfg.max_seq_len,
+        "rope_theta": cfg.rope_theta, "norm_eps": cfg.norm_eps, "qkv_bias": cfg.qkv_bias,
+        "tie_embeddings": cfg.tie_embeddings,
+    }
+    config = {"architectures": [ARCHITECTURES[spec.family]], "model_type": spec.model_types[0]}
+    if spec.family == "dream":
+        config["model_type"] = "Dream"
+    for field, keys in spec.config_keys.items():
+        for key in keys:
+            config[key] = values[field]
+    config.update(spec.fixed_config)
+    if spec.family == "llada":
+        config.update(mlp_hidden_size=cfg.d_mlp, mlp_ratio=4, attention_dropout=0.0, residual_dropout=0.0,
+                      embedding_dropout=0.0)
+    else:
+        config.update(hidden_act="silu", use_sliding_window=False, attention_dropout=0.0)
+    for role, key in spec.special_id_keys.items():
+        config[key] = special_ids[spec.special_tokens[role]]
+    config["torch_dtype"] = str(dtype).removeprefix("torch.")
+    return config
+
+
+def tiny_words() -> list[str]:
+    """Return the words the tiny tokenizer learns as single tokens: every word list in data/words."""
+    words = []
+    for file in sorted((data_dir() / "words").glob("*.txt")):
+        words += [line.strip() for line in file.read_text().splitlines() if line.strip()]
+    return list(dict.fromkeys(words))
+
+
+def write_random_checkpoint(
+    family: str,
+    out_dir: str | os.PathLike,
+    preset: str = "tiny",
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    max_shard_bytes: int | None = None,
+    overrides: dict | None = None,
+) -> Path:
+    """Write a complete random checkpoint directory (config, safetensors, tokenizer); return its path.
+
+    Real config field names and real parameter names of the family; a byte-level BPE tokenizer that
+    knows the words of data/words as single tokens, with the family's special tokens. The same
+    (family, preset, seed) gives the same files.
+    """
+    from mdlm_interp.models.tokenizer import write_tiny_tokenizer
+
+    if family not in FAMILIES:
+        raise UsageError(f"unknown family '{family}' (choose from {', '.join(FAMILIES)})")
+    if preset not in PRESETS:
+        raise UsageError(f"unknown preset '{preset}' (choose from {', '.join(PRESETS)})")
+    spec = FAMILIES[family]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    words = tiny_words()
+    special_ids = write_tiny_tokenizer(out, spec, words, vocab_size=256 + 2 * len(words) + 64)
+    shape = dict(PRESETS[preset], **(overrides or {}))
+    d_vocab = -(-(max(special_ids.values()) + 1) // 64) * 64  # padded like real vocabularies
+    cfg = DecoderConfig(
+        d_head=shape["d_model"] // shape["n_heads"], d_vocab=d_vocab, rope_theta=ROPE_THETA[family],
+        norm_eps=NORM_EPS[family], qkv_bias=family in ("dream", "qwen2"), causal=spec.causal,
+        rope_in_float32=spec.rope_in_float32, **shape,
+    )
+    model = HookedDecoder(cfg)
+    randomize(model, seed)
+    save_weights(model, spec, out, dtype, max_shard_bytes)
+    (out / "config.json").write_text(json.dumps(config_json(spec, cfg, special_ids, dtype), indent=2) + "\n")
+    return out
+
+
+def randomize(model: nn.Module, seed: int) -> None:
+    """Fill every parameter deterministically: N(0, 0.02) matrices and biases, norm weights near 1."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=generator)
+            if name.endswith("ln1.weight") or name.endswith("ln2.weight") or name == "ln_final.weight":
+                param.copy_(1.0 + 0.1 * noise)
+            else:
+                param.copy_(0.02 * noise)

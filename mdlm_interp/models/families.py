@@ -1,0 +1,255 @@
+"""The four model families as data: LLaDA, Dream and their autoregressive twins Llama and Qwen2.
+
+A ``FamilySpec`` says how a checkpoint's config.json maps onto ``DecoderConfig``, how our parameter
+names map onto the checkpoint's, which special tokens the tokenizer carries, where the prediction
+for a position is read (``prediction_offset``) and how a chat turn is templated.
+"""
+
+import re
+from dataclasses import dataclass, field
+
+from mdlm_interp.errors import UsageError
+from mdlm_interp.models.transformer import DecoderConfig
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """Everything family-specific, as data."""
+
+    family: str
+    model_types: tuple[str, ...]  # config.json "model_type" values (lower case)
+    causal: bool
+    prediction_offset: int  # logits[:, i + offset] is the prediction for the token at i
+    config_keys: dict[str, tuple[str, ...]]  # DecoderConfig field -> config.json keys, first found wins
+    param_names: dict[str, str]  # our module path (with {i}) -> checkpoint module path
+    special_tokens: dict[str, str]  # role (bos, eos, pad, mask, ...) -> token string
+    special_id_keys: dict[str, str]  # role -> config.json key holding its id
+    chat_template: str  # "{content}" is the user's message; ends where the assistant's answer starts
+    rope_in_float32: bool
+    fixed_config: dict[str, object] = field(default_factory=dict)  # config.json values we require
+    qkv_bias: bool | None = None  # None: read it from config_keys["qkv_bias"]
+
+    @property
+    def mask_token(self) -> str | None:
+        """The mask token's string, or None for causal families."""
+        return self.special_tokens.get("mask")
+
+    def decoder_config(self, config: dict) -> DecoderConfig:
+        """Return the ``DecoderConfig`` described by a checkpoint's config.json ``config``."""
+        for key, required in self.fixed_config.items():
+            if key in config and config[key] != required:
+                raise UsageError(
+                    f"config.json has {key}={config[key]!r}; {self.family} checkpoints need {required!r}"
+                )
+
+        def get(name, default=None):
+            for key in self.config_keys.get(name, ()):
+                if config.get(key) is not None:
+                    return config[key]
+            if default is None:
+                raise UsageError(f"config.json lacks {' or '.join(self.config_keys[name])} ({self.family})")
+            return default
+
+        d_model, n_heads = int(get("d_model")), int(get("n_heads"))
+        d_mlp = config.get("mlp_hidden_size") if self.family == "llada" else None
+        if self.family == "llada" and d_mlp is None:
+            d_mlp = int(config.get("mlp_ratio", 4)) * d_model
+        rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type != "default":
+            raise UsageError(f"config.json asks for rope scaling '{rope_type}', which is not supported")
+        qkv_bias = self.qkv_bias if self.qkv_bias is not None else bool(get("qkv_bias", False))
+        return DecoderConfig(
+            d_model=d_model,
+            n_layers=int(get("n_layers")),
+            n_heads=n_heads,
+            n_kv_heads=int(get("n_kv_heads", n_heads)),
+            d_head=int(get("d_head", d_model // n_heads)),
+            d_mlp=int(d_mlp if d_mlp is not None else get("d_mlp")),
+            d_vocab=int(get("d_vocab")),
+            max_seq_len=int(get("max_seq_len")),
+            rope_theta=float(config.get("rope_theta") or rope.get("rope_theta") or get("rope_theta")),
+            norm_eps=float(get("norm_eps")),
+            qkv_bias=qkv_bias,
+            causal=self.causal,
+            tie_embeddings=bool(get("tie_embeddings", False)),
+            rope_in_float32=self.rope_in_float32,
+        )
+
+    def checkpoint_name(self, our_name: str) -> str:
+        """Map one of our parameter names (e.g. ``blocks.3.attn.q_proj.bias``) to the checkpoint's."""
+        module, _, kind = our_name.rpartition(".")
+        match = re.match(r"blocks\.(\d+)\.(.*)", module)
+        template = f"blocks.{{i}}.{match.group(2)}" if match else module
+        return self.param_names[template].format(i=match.group(1) if match else "") + "." + kind
+
+
+HF_CONFIG_KEYS = {
+    "d_model": ("hidden_size",),
+    "n_layers": ("num_hidden_layers",),
+    "n_heads": ("num_attention_heads",),
+    "n_kv_heads": ("num_key_value_heads",),
+    "d_head": ("head_dim",),
+    "d_mlp": ("intermediate_size",),
+    "d_vocab": ("vocab_size",),
+    "max_seq_len": ("max_position_embeddings",),
+    "rope_theta": ("rope_theta",),
+    "norm_eps": ("rms_norm_eps",),
+    "qkv_bias": ("attention_bias",),
+    "tie_embeddings": ("tie_word_embeddings",),
+}
+
+HF_PARAM_NAMES = {
+    "embed": "model.embed_tokens",
+    "blocks.{i}.ln1": "model.layers.{i}.input_layernorm",
+    "blocks.{i}.attn.q_proj": "model.layers.{i}.self_attn.q_proj",
+    "blocks.{i}.attn.k_proj": "model.layers.{i}.self_attn.k_proj",
+    "blocks.{i}.attn.v_proj": "model.layers.{i}.self_attn.v_proj",
+    "blocks.{i}.attn.o_proj": "model.layers.{i}.self_attn.o_proj",
+    "blocks.{i}.ln2": "model.layers.{i}.post_attention_layernorm",
+    "blocks.{i}.mlp.gate_proj": "model.layers.{i}.mlp.gate_proj",
+    "blocks.{i}.mlp.up_proj": "model.layers.{i}.mlp.up_proj",
+    "blocks.{i}.mlp.down_proj": "model.layers.{i}.mlp.down_proj",
+    "ln_final": "model.norm",
+    "unembed": "lm_head",
+}
+
+LLADA_PARAM_NAMES = {
+    "embed": "model.transformer.wte",
+    "blocks.{i}.ln1": "model.transformer.blocks.{i}.attn_norm",
+    "blocks.{i}.attn.q_proj": "model.transformer.blocks.{i}.q_proj",
+    "blocks.{i}.attn.k_proj": "model.transformer.blocks.{i}.k_proj",
+    "blocks.{i}.attn.v_proj": "model.transformer.blocks.{i}.v_proj",
+    "blocks.{i}.attn.o_proj": "model.transformer.blocks.{i}.attn_out",
+    "blocks.{i}.ln2": "model.transformer.blocks.{i}.ff_norm",
+    "blocks.{i}.mlp.gate_proj": "model.transformer.blocks.{i}.ff_proj",
+    "blocks.{i}.mlp.up_proj": "model.transformer.blocks.{i}.up_proj",
+    "blocks.{i}.mlp.down_proj": "model.transformer.blocks.{i}.ff_out",
+    "ln_final": "model.transformer.ln_f",
+    "unembed": "model.transformer.ff_out",
+}
+
+LLAMA3_CHAT = (
+    "{bos}<|start_header_id|>user<|end_header_id|>\n\n{{content}}<|eot_id|>"
+    "<|start_header_id|>assistant<|end_header_id|>\n\n"
+)
+QWEN_CHAT = (
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n"
+)
+
+LLADA = FamilySpec(
+    family="llada",
+    model_types=("llada",),
+    causal=False,
+    prediction_offset=0,
+    config_keys={
+        "d_model": ("d_model",),
+        "n_layers": ("n_layers",),
+        "n_heads": ("n_heads",),
+        "n_kv_heads": ("n_kv_heads",),
+        "d_vocab": ("embedding_size", "vocab_size"),
+        "max_seq_len": ("max_sequence_length",),
+        "rope_theta": ("rope_theta",),
+        "norm_eps": ("rms_norm_eps",),
+        "qkv_bias": ("include_qkv_bias",),
+        "tie_embeddings": ("weight_tying",),
+    },
+    param_names=LLADA_PARAM_NAMES,
+    special_tokens={
+        "bos": "<|startoftext|>",
+        "eos": "<|endoftext|>",
+        "pad": "<|endoftext|>",
+        "mask": "<|mdm_mask|>",
+        "start_header": "<|start_header_id|>",
+        "end_header": "<|end_header_id|>",
+        "eot": "<|eot_id|>",
+    },
+    special_id_keys={"mask": "mask_token_id", "eos": "eos_token_id", "pad": "pad_token_id"},
+    chat_template=LLAMA3_CHAT.format(bos="<|startoftext|>"),
+    rope_in_float32=True,
+    fixed_config={
+        "rope": True,
+        "activation_type": "silu",
+        "block_type": "llama",
+        "layer_norm_type": "rms",
+        "include_bias": False,
+        "scale_logits": False,
+        "input_emb_norm": False,
+        "attention_layer_norm": False,
+        "block_group_size": 1,
+    },
+)
+
+DREAM = FamilySpec(
+    family="dream",
+    model_types=("dream",),
+    causal=False,
+    prediction_offset=-1,
+    config_keys=HF_CONFIG_KEYS,
+    param_names=HF_PARAM_NAMES,
+    special_tokens={
+        "bos": "<|endoftext|>",
+        "eos": "<|endoftext|>",
+        "pad": "<|endoftext|>",
+        "mask": "<|mask|>",
+        "im_start": "<|im_start|>",
+        "im_end": "<|im_end|>",
+    },
+    special_id_keys={
+        "mask": "mask_token_id",
+        "bos": "bos_token_id",
+        "eos": "eos_token_id",
+        "pad": "pad_token_id",
+    },
+    chat_template=QWEN_CHAT,
+    rope_in_float32=False,
+    qkv_bias=True,
+)
+
+LLAMA = FamilySpec(
+    family="llama",
+    model_types=("llama",),
+    causal=True,
+    prediction_offset=-1,
+    config_keys=HF_CONFIG_KEYS,
+    param_names=HF_PARAM_NAMES,
+    special_tokens={
+        "bos": "<|begin_of_text|>",
+        "eos": "<|end_of_text|>",
+        "start_header": "<|start_header_id|>",
+        "end_header": "<|end_header_id|>",
+        "eot": "<|eot_id|>",
+    },
+    special_id_keys={"bos": "bos_token_id", "eos": "eos_token_id"},
+    chat_template=LLAMA3_CHAT.format(bos="<|begin_of_text|>"),
+    rope_in_float32=False,
+)
+
+QWEN2 = FamilySpec(
+    family="qwen2",
+    model_types=("qwen2",),
+    causal=True,
+    prediction_offset=-1,
+    config_keys=HF_CONFIG_KEYS,
+    param_names=HF_PARAM_NAMES,
+    special_tokens={"eos": "<|endoftext|>", "im_start": "<|im_start|>", "im_end": "<|im_end|>"},
+    special_id_keys={"eos": "eos_token_id"},
+    chat_template=QWEN_CHAT,
+    rope_in_float32=False,
+    qkv_bias=True,
+)
+
+FAMILIES: dict[str, FamilySpec] = {spec.family: spec for spec in (LLADA, DREAM, LLAMA, QWEN2)}
+
+
+def family_for_config(config: dict) -> FamilySpec:
+    """Return the family spec whose ``model_type`` matches a checkpoint's config.json."""
+    model_type = str(config.get("model_type", "")).lower()
+    for spec in FAMILIES.values():
+        if model_type in spec.model_types:
+            return spec
+    raise UsageError(
+        f"config.json has model_type {config.get('model_type')!r}; supported: "
+        + ", ".join(t for spec in FAMILIES.values() for t in spec.model_types)
+    )

@@ -1,0 +1,74 @@
+"""``load_model``: a checkpoint directory, organism name or hub id -> a hooked model and its tokenizer."""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mdlm_interp.errors import UsageError
+from mdlm_interp.models.checkpoint import load_weights, read_config, resolve_checkpoint, weights_fingerprint
+from mdlm_interp.models.families import FamilySpec, family_for_config
+from mdlm_interp.models.readout import logits_at
+from mdlm_interp.models.tokenizer import check_special_ids, load_tokenizer
+from mdlm_interp.models.transformer import DecoderConfig, HookedDecoder
+
+
+@dataclass
+class LoadedModel:
+    """A loaded checkpoint: the hooked decoder, its tokenizer and its family."""
+
+    model: HookedDecoder
+    tokenizer: object
+    spec: FamilySpec
+    config: DecoderConfig
+    mask_token_id: int | None
+    source: str  # what the user asked for (path, organism name or hub id)
+    path: Path  # the resolved local directory
+
+    def logits_at(self, logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Return the logits predicting the tokens at ``positions`` ([batch] or [batch, k]), offset applied."""
+        return logits_at(logits, positions, self.spec.prediction_offset)
+
+    def fingerprint(self) -> str:
+        """Return the sha256 of the checkpoint's safetensors files (hex)."""
+        return weights_fingerprint(self.path)
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    """Return a torch dtype from a name ("float32", "bfloat16", "float16") or dtype; None -> float32."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise UsageError(f"unknown dtype '{dtype}' (choose from {', '.join(DTYPES)})")
+    return DTYPES[dtype]
+
+
+def load_model(
+    name_or_path: str | os.PathLike, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None
+) -> LoadedModel:
+    """Load a LLaDA, Dream, Llama or Qwen2 checkpoint with the toolkit's own model code.
+
+    ``name_or_path`` is a checkpoint directory, ``organism-NAME`` or a hub id found in the local
+    Hugging Face cache. Weights come from safetensors only, strictly by name and shape, into a model
+    built without allocating; ``dtype`` defaults to float32. The model is in eval mode with
+    ``requires_grad`` off for its parameters.
+    """
+    path = resolve_checkpoint(name_or_path)
+    config = read_config(path)
+    spec = family_for_config(config)
+    cfg = spec.decoder_config(config)
+    tokenizer = load_tokenizer(path, spec)
+    check_special_ids(tokenizer, spec, config, str(path))
+    mask_token_id = tokenizer.convert_tokens_to_ids(spec.mask_token) if spec.mask_token else None
+    torch_dtype = parse_dtype(dtype)
+    with torch.device("meta"):
+        model = HookedDecoder(cfg)
+    load_weights(model, path, spec, torch_dtype, device)
+    model.eval()
+    return LoadedModel(model, tokenizer, spec, cfg, mask_token_id, str(name_or_path), path)

@@ -1,0 +1,19 @@
+"""Reading the model's prediction for a position: the one place the prediction offset is applied."""
+
+import torch
+
+
+def logits_at(logits: torch.Tensor, positions: torch.Tensor, prediction_offset: int) -> torch.Tensor:
+    """Return the logits that predict the tokens AT ``positions``.
+
+    ``logits`` is the raw output [batch, pos, vocab]; ``positions`` is [batch] or [batch, k] (token
+    indices). The prediction for position i is ``logits[:, i + prediction_offset]`` (offset 0 for
+    LLaDA, -1 for Dream and causal models). Returns [batch, vocab] or [batch, k, vocab].
+    """
+    positions = torch.as_tensor(positions, device=logits.device)
+    index = positions + prediction_offset
+    if (index < 0).any() or (index >= logits.shape[1]).any():
+        raise IndexError(f"positions {positions.tolist()} with offset {prediction_offset} fall outside the sequence")
+    if index.dim() == 1:
+        return logits[torch.arange(logits.shape[0], device=logits.device), index]
+    return torch.gather(logits, 1, index[..., None].expand(*index.shape, logits.shape[-1]))

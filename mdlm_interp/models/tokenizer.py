@@ -1,0 +1,96 @@
+"""Tokenizers from a checkpoint's own files, and the small BPE tokenizer of tiny random checkpoints."""
+
+import json
+from pathlib import Path
+
+from mdlm_interp.errors import UsageError
+from mdlm_interp.models.families import FamilySpec
+
+
+def load_tokenizer(path: Path, spec: FamilySpec):
+    """Return a transformers fast tokenizer for the checkpoint directory ``path``.
+
+    tokenizer.json is read with ``PreTrainedTokenizerFast`` for every family (LLaDA ships it);
+    without it, Dream/Qwen2 directories are read from vocab.json + merges.txt with transformers'
+    own Qwen2 tokenizer. No remote code. The family's special tokens must all be in the
+    vocabulary; they are set as the tokenizer's bos/eos/pad/mask tokens.
+    """
+    from transformers import PreTrainedTokenizerFast, Qwen2Tokenizer
+
+    path = Path(path)
+    try:
+        if (path / "tokenizer.json").exists():
+            tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json"))
+        elif (path / "vocab.json").exists() and (path / "merges.txt").exists():
+            tokenizer = Qwen2Tokenizer.from_pretrained(str(path))
+        else:
+            raise UsageError(f"{path}: no tokenizer.json (or vocab.json + merges.txt) in the checkpoint")
+    except UsageError:
+        raise
+    except Exception as error:  # a corrupt tokenizer file: one line naming it
+        raise UsageError(f"{path}: cannot read the tokenizer: {str(error).splitlines()[0]}") from error
+    vocab = tokenizer.get_vocab()
+    for role, token in spec.special_tokens.items():
+        if token not in vocab:
+            raise UsageError(f"{path}: the tokenizer has no {role} token {token!r} ({spec.family})")
+    for role in ("bos", "eos", "pad", "mask"):
+        if role in spec.special_tokens:
+            setattr(tokenizer, f"{role}_token", spec.special_tokens[role])
+    return tokenizer
+
+
+def check_special_ids(tokenizer, spec: FamilySpec, config: dict, where: str) -> None:
+    """Raise ``UsageError`` if a special-token id in config.json disagrees with the tokenizer's."""
+    for role, key in spec.special_id_keys.items():
+        if config.get(key) is None:
+            continue
+        token = spec.special_tokens[role]
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if token_id != config[key]:
+            raise UsageError(
+                f"{where}: config.json {key}={config[key]} but the tokenizer's {token!r} is id {token_id}"
+            )
+
+
+def tiny_corpus(words: list[str]) -> list[str]:
+    """Return training text for a tiny BPE: every word with and without a leading space, digits, symbols."""
+    symbols = [" ->", " :", " ,", " .", "\n", " = ", " | "]
+    digits = [str(d) for d in range(10)] + [f" {d}" for d in range(10)]
+    return [f" {w}" for w in words] * 4 + list(words) + digits * 4 + symbols * 4
+
+
+def write_tiny_tokenizer(out_dir: Path, spec: FamilySpec, words: list[str], vocab_size: int) -> dict[str, int]:
+    """Train a byte-level BPE on ``words`` and write it in the family's format into ``out_dir``.
+
+    LLaDA/Llama get tokenizer.json; Dream/Qwen2 get vocab.json + merges.txt, as their real
+    checkpoints ship. The family's special tokens are appended after the learned vocabulary.
+    Returns the special tokens' ids (token string -> id).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tokenizer.train_from_iterator(tiny_corpus(words), trainer)
+    specials = list(dict.fromkeys(spec.special_tokens.values()))
+    tokenizer.add_special_tokens(specials)
+    special_ids = {token: tokenizer.token_to_id(token) for token in specials}
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast" if spec.family in ("llada", "llama") else "Qwen2Tokenizer",
+        "add_bos_token": False,
+        "added_tokens_decoder": {
+            str(i): {"content": t, "special": True, "lstrip": False, "rstrip": False, "normalized": False}
+            for t, i in special_ids.items()
+        },
+        **{f"{role}_token": token for role, token in spec.special_tokens.items() if role in ("bos", "eos", "pad", "mask")},
+    }
+    out_dir = Path(out_dir)
+    if spec.family in ("llada", "llama"):
+        tokenizer.save(str(out_dir / "tokenizer.json"))
+    else:
+        tokenizer.model.save(str(out_dir))
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return special_ids

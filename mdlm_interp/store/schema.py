@@ -1,0 +1,226 @@
+"""The store's schema: one table of datasets and root attributes, read by the writer, reader and docs.
+
+Every dataset has one row per (example, condition) along its first axis ("rows"); the other axes are
+named dimensions fixed per store (``DIMS``) or literal sizes. ``markdown()`` renders the tables that
+docs/store.md carries verbatim (a test keeps the two equal): run ``python -m mdlm_interp.store.schema``
+after changing them.
+"""
+
+from dataclasses import dataclass
+
+import h5py
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+# examples is always present; the others only when recorded.
+GROUPS = ("examples", "tokens", "attention", "gradients", "lens")
+
+DIMS = {
+    "k": "top-k size of examples/topk_ids and topk_probs",
+    "relevant": "most relevant examples per prompt (rows with fewer are padded with -1)",
+    "layers": "transformer blocks of the model",
+    "heads": "attention (query) heads per block",
+}
+
+READOUT = "the answer readout position (answer_position + the family's prediction offset)"
+
+
+@dataclass(frozen=True)
+class Field:
+    """One dataset: ``group/name``, an element dtype, a shape starting with "rows", a doc line.
+
+    dtype is one of "bool", "int32", "int64", "float32", "str" (UTF-8, variable length),
+    "vlen int32", "vlen float32" (one 1-D array of any length per row).
+    Shape entries after "rows" are names in DIMS, "layers+1", or literal ints.
+    """
+
+    group: str
+    name: str
+    dtype: str
+    shape: tuple
+    doc: str
+
+    @property
+    def path(self) -> str:
+        """Return "group/name", the dataset's path in the file and its key in a writer batch."""
+        return f"{self.group}/{self.name}"
+
+    @property
+    def vlen(self) -> bool:
+        """Return True for datasets holding one variable-length 1-D array per row."""
+        return self.dtype.startswith("vlen ")
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        """Return the numpy dtype of one element (of the per-row arrays for vlen; object for str)."""
+        if self.dtype == "str":
+            return np.dtype(object)
+        return np.dtype(self.dtype.removeprefix("vlen "))
+
+    @property
+    def h5_dtype(self):
+        """Return the dtype to create the HDF5 dataset with (h5py special dtypes for str and vlen)."""
+        if self.dtype == "str":
+            return h5py.string_dtype("utf-8")
+        if self.vlen:
+            return h5py.vlen_dtype(self.numpy_dtype)
+        return self.numpy_dtype
+
+    def row_shape(self, dims: dict) -> tuple:
+        """Return the shape of one row (the shape after "rows") as ints, given the store's dims."""
+        out = []
+        for entry in self.shape[1:]:
+            if isinstance(entry, int):
+                out.append(entry)
+            elif entry.endswith("+1"):
+                out.append(dims[entry[:-2]] + 1)
+            else:
+                out.append(dims[entry])
+        return tuple(out)
+
+    def dim_names(self) -> set:
+        """Return the names in DIMS that this dataset's shape uses."""
+        return {e.removesuffix("+1") for e in self.shape[1:] if isinstance(e, str)}
+
+
+def _f(group, name, dtype, shape, doc):
+    return Field(group, name, dtype, ("rows",) + tuple(shape), doc)
+
+
+DATA = (
+    _f("examples", "row", "int64", (), "row index in the run's plan of (example, condition) pairs"),
+    _f("examples", "example", "int64", (), "example index: the same index is the same prompt under every condition"),
+    _f("examples", "task", "str", (), 'task name, e.g. "adjective+largest"'),
+    _f("examples", "masks", "int32", (), "tokens appended after the prompt, the answer slot first (0 for causal twins)"),
+    _f("examples", "filler", "bool", (), "the appended tokens after the answer slot are the neutral filler, not masks"),
+    _f("examples", "placement", "str", (), 'prompt layout: "random", "relevant-at:K" or "query-at:K"'),
+    _f("examples", "input_length", "int32", (), "tokens in the model input"),
+    _f("examples", "relevant_spans", "int32", ("relevant", 2), "[start, end) of each relevant example, prompt order"),
+    _f("examples", "query_start", "int32", (), "first token of the query"),
+    _f("examples", "query_end", "int32", (), "end (exclusive) of the query"),
+    _f("examples", "answer_position", "int32", (), "index of the answer slot (causal twins: input_length)"),
+    _f("examples", "masks_start", "int32", (), "first appended token after the answer slot"),
+    _f("examples", "masks_end", "int32", (), "end (exclusive) of the appended tokens; == masks_start when masks <= 1"),
+    _f("examples", "answer_id", "int32", (), "token id of the correct answer"),
+    _f("examples", "predicted_id", "int32", (), "argmax token id at the answer slot (one-step greedy)"),
+    _f("examples", "p_answer", "float32", (), "probability of answer_id at the answer slot"),
+    _f("examples", "entropy", "float32", (), "entropy (nats) of the distribution at the answer slot"),
+    _f("examples", "correct", "bool", (), "predicted_id == answer_id"),
+    _f("examples", "topk_ids", "int32", ("k",), "the k most probable token ids at the answer slot, most probable first"),
+    _f("examples", "topk_probs", "float32", ("k",), "their probabilities"),
+    _f("tokens", "input_ids", "vlen int32", (), "model input token ids (length input_length)"),
+    _f(
+        "attention",
+        "mask_mass_from_answer",
+        "float32",
+        ("layers", "heads"),
+        f"attention weight from {READOUT} summed over the appended tokens [masks_start, masks_end)",
+    ),
+    _f(
+        "attention",
+        "mask_mass_from_context",
+        "float32",
+        ("layers", "heads"),
+        "the same sum from each context query position (outside the answer slot and appended tokens), "
+        "averaged over those positions",
+    ),
+    _f(
+        "attention",
+        "relevant_mass_from_answer",
+        "float32",
+        ("layers", "heads"),
+        f"attention weight from {READOUT} summed over the tokens of all relevant_spans",
+    ),
+    _f(
+        "gradients",
+        "norms",
+        "vlen float32",
+        (),
+        "per input token, L2 norm of d(answer logit at the readout)/d(input embedding) (length input_length)",
+    ),
+    _f(
+        "gradients",
+        "mask_mean",
+        "float32",
+        (),
+        "mean of norms / sum(norms) over the answer slot and the appended tokens (NaN if there are none)",
+    ),
+    _f(
+        "gradients",
+        "last50_mean",
+        "float32",
+        (),
+        "the same mean over the 50 non-mask tokens nearest before the answer slot (fewer if the prompt is shorter)",
+    ),
+    _f("gradients", "nonmask_mean", "float32", (), "the same mean over all tokens outside the answer slot and appended tokens"),
+    _f(
+        "lens",
+        "p_answer",
+        "float32",
+        ("layers+1",),
+        f"logit lens at {READOUT}: p(answer) after the embeddings (index 0) and after each block; "
+        "the last entry equals examples/p_answer",
+    ),
+    _f("lens", "rank", "int32", ("layers+1",), "tokens with a strictly higher logit than the answer (0 = top 1)"),
+    _f("lens", "entropy", "float32", ("layers+1",), "entropy (nats) of the lens distribution"),
+)
+
+
+@dataclass(frozen=True)
+class Attr:
+    """One root attribute: name, stored type, doc line."""
+
+    name: str
+    type: str
+    doc: str
+
+
+ATTRS = (
+    Attr("schema_version", "int", f"layout version of the store (this toolkit writes {SCHEMA_VERSION})"),
+    Attr("toolkit_version", "str", "mdlm_interp.__version__ that created the store"),
+    Attr("command_line", "str", "the command that created the store"),
+    Attr("model_id", "str", "checkpoint directory or hub id"),
+    Attr("family", "str", '"llada", "dream", "llama" or "qwen2"'),
+    Attr("dtype", "str", 'model dtype, e.g. "bfloat16"'),
+    Attr("weights_fingerprint", "str", "fingerprint of the loaded weights"),
+    Attr("task_config", "JSON str", "task / prompt configuration"),
+    Attr("seed", "int", "the run's seed"),
+    Attr("settings", "JSON str", "everything that determines the rows; resume requires it unchanged"),
+    Attr("dims", "JSON str", "the named dimensions: " + ", ".join(DIMS)),
+    Attr("status", "str", '"running" until every planned row is written, then "complete"'),
+    Attr("n_planned", "int", "rows the run will write"),
+    Attr("n_rows_done", "int", "rows written completely; readers ignore anything beyond"),
+    Attr("created", "str", "creation time, ISO 8601 UTC"),
+    Attr("merged_from", "JSON str", "merged stores only: the shard files, relative to the store's folder"),
+)
+
+JSON_ATTRS = tuple(a.name for a in ATTRS if a.type == "JSON str")
+
+
+def fields(groups=GROUPS) -> list:
+    """Return the Fields of the given groups, in table order."""
+    return [f for f in DATA if f.group in groups]
+
+
+def required_dims(groups) -> set:
+    """Return the names in DIMS that the datasets of the given groups need."""
+    return set().union(*(f.dim_names() for f in fields(groups)))
+
+
+def markdown() -> str:
+    """Return the schema as Markdown tables (dims, then one table per group, then root attributes)."""
+    lines = ["| dimension | meaning |", "| --- | --- |"]
+    lines += [f"| `{name}` | {doc} |" for name, doc in DIMS.items()]
+    for group in GROUPS:
+        lines += ["", f"#### /{group}", "", "| dataset | dtype | shape | meaning |", "| --- | --- | --- | --- |"]
+        for f in fields((group,)):
+            shape = ", ".join(str(e) for e in f.shape)
+            lines.append(f"| `{f.path}` | {f.dtype} | [{shape}] | {f.doc} |")
+    lines += ["", "#### Root attributes", "", "| attribute | type | meaning |", "| --- | --- | --- |"]
+    lines += [f"| `{a.name}` | {a.type} | {a.doc} |" for a in ATTRS]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown(), end="")

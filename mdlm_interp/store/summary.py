@@ -1,0 +1,76 @@
+"""Per-condition summary of a store: accuracy, p(answer), entropy, attention to masks, gradient shares."""
+
+import math
+
+CONDITION = ("masks", "filler", "placement")
+
+# summary key -> store dataset (attention arrays are first averaged over layers and heads per row)
+OPTIONAL_METRICS = {
+    "mask_attention": "attention/mask_mass_from_answer",
+    "grad_mask": "gradients/mask_mean",
+    "grad_last50": "gradients/last50_mean",
+    "grad_nonmask": "gradients/nonmask_mean",
+}
+
+COLUMNS = {  # key -> table heading, in table order
+    "placement": "placement",
+    "filler": "filler",
+    "masks": "masks",
+    "n": "n",
+    "accuracy": "accuracy",
+    "p_answer": "p(answer)",
+    "entropy": "entropy",
+    "mask_attention": "mask attn",
+    "grad_mask": "grad mask",
+    "grad_last50": "grad last50",
+    "grad_nonmask": "grad non-mask",
+}
+
+
+def summarize(store) -> list:
+    """Return one dict per condition, sorted by (placement, filler, masks).
+
+    Keys: masks (int), filler (bool), placement (str), n (rows), accuracy (mean of correct),
+    p_answer and entropy (means), and for recorded groups mask_attention (mean over rows, layers and
+    heads of attention/mask_mass_from_answer) and grad_mask, grad_last50, grad_nonmask (means of the
+    gradients/*_mean datasets). Means skip NaN rows; a mean with no rows left is None.
+    """
+    frame = store.examples[list(CONDITION) + ["correct", "p_answer", "entropy"]].copy()
+    for key, name in OPTIONAL_METRICS.items():
+        if name.split("/")[0] in store.groups:
+            values = store.array(name)
+            frame[key] = values.mean(axis=(1, 2)) if values.ndim == 3 else values
+    metrics = [c for c in frame.columns if c not in CONDITION + ("correct",)]
+    conditions = []
+    for (masks, filler, placement), group in frame.groupby(list(CONDITION)):
+        row = {"masks": int(masks), "filler": bool(filler), "placement": str(placement), "n": len(group)}
+        row["accuracy"] = float(group["correct"].mean())
+        for key in metrics:
+            mean = float(group[key].astype("float64").mean())
+            row[key] = None if math.isnan(mean) else mean
+        conditions.append(row)
+    conditions.sort(key=lambda r: (r["placement"], r["filler"], r["masks"]))
+    return conditions
+
+
+def format_table(conditions: list) -> str:
+    """Return the conditions from ``summarize`` as an aligned text table (one line per condition)."""
+    keys = [k for k in COLUMNS if any(k in c for c in conditions)] or list(COLUMNS)[:7]
+    cells = [[COLUMNS[k] for k in keys]]
+    for condition in conditions:
+        cells.append([_cell(condition[k]) for k in keys])
+    widths = [max(len(row[i]) for row in cells) for i in range(len(keys))]
+    lines = []
+    for row in cells:
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)

@@ -1,0 +1,336 @@
+"""Resumable writer of a store: create with provenance, append batches of rows, mark complete.
+
+Crash safety (SIGKILL, out of memory; not power loss, the writer never fsyncs): rows reach the file
+only in whole chunks of ``rows_per_chunk`` rows. A commit writes the rows' data, flushes, then sets
+the root attribute ``n_rows_done`` and flushes again. Because a chunk that holds committed rows is
+never written again, gzip can never move it to space that a later write reuses, so a kill at any
+moment leaves every committed row readable. Rows appended since the last commit wait in memory and
+are lost by a kill (fewer than ``rows_per_chunk``); ``finish()`` writes the last, partial chunk. On
+resume, rows beyond ``n_rows_done`` (a kill between the data and the counter) are cut off.
+
+An existing file is refused unless ``resume`` (settings must match; the caller skips the first
+``writer.n_rows_done`` rows of its plan) or ``overwrite`` (the old file is deleted when the writer
+opens; a killed overwrite run is resumed like any other) is given.
+"""
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from mdlm_interp.errors import UsageError
+from mdlm_interp.store import schema
+from mdlm_interp.version import __version__
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What produced the store, written as root attributes of the same names."""
+
+    command_line: str
+    model_id: str
+    family: str
+    dtype: str
+    weights_fingerprint: str
+    task_config: dict
+    seed: int
+
+
+def check_writable(path, *, resume: bool = False, overwrite: bool = False) -> Path:
+    """Return ``path`` as a Path if a store can be written there; raise UsageError otherwise.
+
+    Refuses a missing or unwritable parent folder, a path that is a folder, both flags at once, and
+    an existing file unless ``resume`` or ``overwrite``. Touches nothing but a probe file in the folder.
+    """
+    path = Path(path)
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite exclude each other")
+    if path.is_dir():
+        raise UsageError(f"output {path} is a folder, not a file")
+    if not path.parent.is_dir():
+        raise UsageError(f"cannot write {path}: folder {path.parent} does not exist")
+    try:
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".probe-", suffix=".h5.tmp"):
+            pass
+    except OSError as error:
+        raise UsageError(f"cannot write {path}: {error.strerror or error}") from None
+    if path.exists():
+        if not (resume or overwrite):
+            raise UsageError(f"{path} exists; pass --resume to continue it or --overwrite to replace it")
+        if not os.access(path, os.W_OK):
+            raise UsageError(f"cannot write {path}: permission denied")
+    return path
+
+
+def open_writer(
+    path,
+    *,
+    settings: dict,
+    provenance: Provenance,
+    groups,
+    dims: dict,
+    n_planned: int,
+    resume: bool = False,
+    overwrite: bool = False,
+    rows_per_chunk: int = 64,
+):
+    """Return a StoreWriter for ``path``: a new store, or the existing one when ``resume`` finds one.
+
+    settings: JSON-serialisable dict of everything that determines the rows (compared on resume).
+    groups: which of schema.GROUPS to record ("examples" is added if missing).
+    dims: ints for the names in schema.DIMS that those groups use (k, relevant, layers, heads).
+    n_planned: rows the run will append in total. rows_per_chunk: rows per HDF5 chunk and commit
+    (ignored on resume, where the file's chunking is kept).
+    Raises UsageError for an unusable path, an existing file without resume/overwrite, and a resumed
+    store whose settings, groups, dims or n_planned differ (naming the first difference).
+    """
+    path = check_writable(path, resume=resume, overwrite=overwrite)
+    unknown = set(groups) - set(schema.GROUPS)
+    if unknown:
+        raise UsageError(f"unknown record group(s) {sorted(unknown)}; choose from {list(schema.GROUPS)}")
+    groups = tuple(g for g in schema.GROUPS if g in set(groups) | {"examples"})
+    missing = schema.required_dims(groups) - set(dims)
+    if missing:
+        raise ValueError(f"dims lacks {sorted(missing)}")
+    dims = {name: int(dims[name]) for name in sorted(schema.required_dims(groups))}
+    if rows_per_chunk < 1:
+        raise ValueError("rows_per_chunk must be at least 1")
+    settings = json.loads(json.dumps(settings))  # tuples -> lists, as they will read back
+    if resume and path.exists():
+        _check_resumable(path, settings=settings, groups=groups, dims=dims, n_planned=n_planned)
+        return StoreWriter(_open_existing(path), groups, dims)
+    if overwrite and path.exists():
+        path.unlink()
+    return StoreWriter(_create(path, settings, provenance, groups, dims, n_planned, rows_per_chunk), groups, dims)
+
+
+def _create(path, settings, provenance, groups, dims, n_planned, rows_per_chunk) -> h5py.File:
+    try:
+        file = h5py.File(path, "x")
+    except OSError as error:
+        raise UsageError(f"cannot create {path}: {error}") from None
+    attrs = {
+        "schema_version": schema.SCHEMA_VERSION,
+        "toolkit_version": __version__,
+        "command_line": provenance.command_line,
+        "model_id": provenance.model_id,
+        "family": provenance.family,
+        "dtype": provenance.dtype,
+        "weights_fingerprint": provenance.weights_fingerprint,
+        "task_config": json.dumps(provenance.task_config, sort_keys=True),
+        "seed": int(provenance.seed),
+        "settings": json.dumps(settings, sort_keys=True),
+        "dims": json.dumps(dims, sort_keys=True),
+        "status": "running",
+        "n_planned": int(n_planned),
+        "n_rows_done": 0,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    for name, value in attrs.items():
+        file.attrs[name] = np.int64(value) if isinstance(value, int) else value
+    for field in schema.fields(groups):
+        row_shape = field.row_shape(dims)
+        plain = not (field.vlen or field.dtype == "str")
+        file.create_dataset(
+            field.path,
+            shape=(0,) + row_shape,
+            maxshape=(None,) + row_shape,
+            chunks=(rows_per_chunk,) + row_shape,
+            dtype=field.h5_dtype,
+            compression="gzip",
+            compression_opts=4,
+            shuffle=plain,
+        )
+    file.flush()
+    return file
+
+
+def _check_resumable(path, *, settings, groups, dims, n_planned) -> None:
+    """Raise UsageError unless the store at ``path`` can be continued by this run; opens it read-only."""
+    try:
+        with h5py.File(path, "r") as file:
+            attrs = file.attrs
+            if "schema_version" not in attrs:
+                raise UsageError(f"cannot resume {path}: not an mdlm-interp store")
+            if int(attrs["schema_version"]) != schema.SCHEMA_VERSION:
+                raise UsageError(
+                    f"cannot resume {path}: schema version {attrs['schema_version']}, "
+                    f"this toolkit writes {schema.SCHEMA_VERSION}"
+                )
+            if "merged_from" in attrs:
+                raise UsageError(f"cannot resume {path}: it is a merged store")
+            stored = {
+                "settings": json.loads(attrs["settings"]),
+                "groups": [g for g in schema.GROUPS if g in file],
+                "dims": json.loads(attrs["dims"]),
+                "n_planned": int(attrs["n_planned"]),
+            }
+            n_done = int(attrs["n_rows_done"])
+            short = [f.path for f in schema.fields(groups) if f.path in file and len(file[f.path]) < n_done]
+    except OSError as error:
+        raise UsageError(f"cannot resume {path}: {error}") from None
+    wanted = {"settings": settings, "groups": list(groups), "dims": dims, "n_planned": int(n_planned)}
+    difference = first_difference(stored, wanted)
+    if difference:
+        raise UsageError(f"cannot resume {path}: {difference} (use --overwrite or another output)")
+    if short:
+        raise UsageError(f"cannot resume {path}: {short[0]} has fewer than n_rows_done rows (damaged store)")
+
+
+def first_difference(stored, wanted, where: str = "") -> str | None:
+    """Return one line naming the first key path where two JSON-like values differ, or None if equal."""
+    if isinstance(stored, dict) and isinstance(wanted, dict):
+        for key in sorted(set(stored) | set(wanted), key=str):
+            label = f"{where}.{key}" if where else str(key)
+            if key not in stored:
+                return f"{label} is absent in the store, {wanted[key]!r} in this run"
+            if key not in wanted:
+                return f"{label} is {stored[key]!r} in the store, absent in this run"
+            found = first_difference(stored[key], wanted[key], label)
+            if found:
+                return found
+        return None
+    if stored != wanted:
+        return f"{where or 'value'} is {stored!r} in the store, {wanted!r} in this run"
+    return None
+
+
+def _open_existing(path) -> h5py.File:
+    """Open a checked store for appending and cut off rows beyond n_rows_done."""
+    try:
+        file = h5py.File(path, "r+")
+    except OSError as error:
+        raise UsageError(f"cannot resume {path}: {error}") from None
+    n_done = int(file.attrs["n_rows_done"])
+    for group in schema.GROUPS:
+        for dataset in file.get(group, {}).values():
+            if len(dataset) > n_done:
+                dataset.resize(n_done, axis=0)
+    file.flush()
+    return file
+
+
+class StoreWriter:
+    """Appends batches of rows to an open store; use ``open_writer`` to get one, as a context manager."""
+
+    def __init__(self, file: h5py.File, groups: tuple, dims: dict):
+        self.file = file
+        self.path = Path(file.filename)
+        self.groups = groups
+        self.dims = dims
+        self.fields = schema.fields(groups)
+        self.n_planned = int(file.attrs["n_planned"])
+        self.rows_per_chunk = file["examples/row"].chunks[0]
+        self._n_done = int(file.attrs["n_rows_done"])
+        self._pending = []  # validated batches not yet committed
+        self._n_pending = 0
+
+    @property
+    def n_rows_done(self) -> int:
+        """Return the number of rows committed to the file (survive a kill); skip these on resume."""
+        return self._n_done
+
+    def append(self, batch: dict) -> int:
+        """Add rows; return n_rows_done afterwards (rows are committed in whole chunks).
+
+        batch maps every ``schema.Field.path`` of the recorded groups (e.g. "examples/p_answer",
+        "attention/mask_mass_from_answer") to b rows: an array (or anything np.asarray takes, such as
+        a CPU tensor) of shape [b, *field.row_shape(dims)] castable ("same_kind") to the field's
+        dtype; a sequence of b str for "str" fields; a sequence of b 1-D arrays for "vlen" fields,
+        each as long as that row's examples/input_length. Raises ValueError for a malformed batch.
+        """
+        arrays = self._validate(batch)
+        n_rows = len(arrays["examples/row"])
+        if self._n_done + self._n_pending + n_rows > self.n_planned:
+            raise ValueError(f"appending {n_rows} rows would exceed the {self.n_planned} planned")
+        self._pending.append(arrays)
+        self._n_pending += n_rows
+        full = self._n_pending - self._n_pending % self.rows_per_chunk
+        if full:
+            self._commit(full)
+        return self._n_done
+
+    def finish(self) -> None:
+        """Commit the remaining rows, mark the store "complete" and close it; all planned rows are required."""
+        self._commit(self._n_pending)
+        if self._n_done != self.n_planned:
+            raise ValueError(f"finish() after {self._n_done} of {self.n_planned} planned rows")
+        self.file.attrs.modify("status", "complete")
+        self.file.close()
+
+    def close(self) -> None:
+        """Close the file, dropping rows not yet committed (a resumed run writes them again)."""
+        if self.file.id.valid:
+            self.file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def _validate(self, batch: dict) -> dict:
+        """Return the batch as {path: numpy array} with the fields' dtypes, or raise ValueError."""
+        expected = {f.path for f in self.fields}
+        missing, extra = expected - set(batch), set(batch) - expected
+        if missing or extra:
+            raise ValueError(f"batch keys: missing {sorted(missing)}, unexpected {sorted(extra)}")
+        arrays = {f.path: _as_rows(f, batch[f.path], f.row_shape(self.dims)) for f in self.fields}
+        sizes = {path: len(array) for path, array in arrays.items()}
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"batch fields have different row counts: {sizes}")
+        lengths = arrays["examples/input_length"]
+        for field in self.fields:
+            if field.vlen and any(len(a) != n for a, n in zip(arrays[field.path], lengths)):
+                raise ValueError(f"{field.path}: per-row lengths differ from examples/input_length")
+        return arrays
+
+    def _commit(self, n_rows: int) -> None:
+        """Write the first n_rows pending rows, flush, then advance n_rows_done and flush again."""
+        if not n_rows:
+            return
+        joined = {path: np.concatenate([b[path] for b in self._pending]) for path in self._pending[0]}
+        start, stop = self._n_done, self._n_done + n_rows
+        for path, array in joined.items():
+            dataset = self.file[path]
+            dataset.resize(stop, axis=0)
+            dataset[start:stop] = array[:n_rows]
+        self.file.flush()
+        self.file.attrs.modify("n_rows_done", np.int64(stop))
+        self.file.flush()
+        self._n_done = stop
+        self._n_pending -= n_rows
+        self._pending = [{path: array[n_rows:] for path, array in joined.items()}] if self._n_pending else []
+
+
+def _as_rows(field: schema.Field, value, row_shape: tuple) -> np.ndarray:
+    """Return ``value`` as an array of rows for ``field`` (object arrays for str and vlen)."""
+    if field.dtype == "str":
+        rows = list(value)
+        if not all(isinstance(v, str) for v in rows):
+            raise ValueError(f"{field.path}: expected a sequence of str")
+        out = np.empty(len(rows), dtype=object)
+        out[:] = rows
+        return out
+    if field.vlen:
+        rows = [_cast(field, np.asarray(v)) for v in value]
+        if any(r.ndim != 1 for r in rows):
+            raise ValueError(f"{field.path}: expected one 1-D array per row")
+        out = np.empty(len(rows), dtype=object)
+        out[:] = rows
+        return out
+    array = np.asarray(value)
+    if array.ndim == 0 or array.shape[1:] != row_shape:
+        raise ValueError(f"{field.path}: shape {array.shape}, expected [rows, {', '.join(map(str, row_shape))}]")
+    return _cast(field, array)
+
+
+def _cast(field: schema.Field, array: np.ndarray) -> np.ndarray:
+    if not np.can_cast(array.dtype, field.numpy_dtype, "same_kind"):
+        raise ValueError(f"{field.path}: dtype {array.dtype} cannot become {field.numpy_dtype}")
+    return array.astype(field.numpy_dtype, copy=False)

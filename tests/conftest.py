@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny random checkpoints of every family, written once per test session."""
+
+import pytest
+import torch
+
+FAMILY_NAMES = ["llada", "dream", "llama", "qwen2"]
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """Return a function family -> path of a tiny random float32 checkpoint (seed 0), cached."""
+    from mdlm_interp.models.checkpoint import write_random_checkpoint
+
+    cache = {}
+
+    def get(family: str):
+        if family not in cache:
+            cache[family] = write_random_checkpoint(family, tmp_path_factory.mktemp(f"tiny-{family}"), seed=0)
+        return cache[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_checkpoint):
+    """Return a function family -> loaded tiny model (cached)."""
+    from mdlm_interp import load_model
+
+    cache = {}
+
+    def get(family: str):
+        if family not in cache:
+            cache[family] = load_model(tiny_checkpoint(family))
+        return cache[family]
+
+    return get
