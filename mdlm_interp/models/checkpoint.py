@@ -29,6 +29,8 @@ PRESETS: dict[str, dict] = {
     "tiny": dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_mlp=160, max_seq_len=2048),
     # A medium shape for benchmarks (about 30M parameters with a small vocabulary).
     "medium": dict(d_model=512, n_layers=8, n_heads=8, n_kv_heads=8, d_mlp=1376, max_seq_len=2048),
+    # The trained model organisms (data/models/organism-*; mdlm_interp.training.organisms).
+    "organism": dict(d_model=128, n_layers=4, n_heads=4, n_kv_heads=4, d_mlp=384, max_seq_len=1024),
 }
 ROPE_THETA = {"llada": 500000.0, "dream": 1000000.0, "llama": 500000.0, "qwen2": 1000000.0}
 ARCHITECTURES = {"llada": "LLaDAModelLM", "dream": "DreamModel", "llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
@@ -154,15 +156,35 @@ def load_weights(model: HookedDecoder, path: Path, spec: FamilySpec, dtype: torc
                     raise UsageError(
                         f"{file.name}: tensor {name} has shape {list(shape)}, expected {list(parameters[ours].shape)}"
                     )
-        with open_safetensors(file, safe_open) as handle:
-            for name in names:
-                try:
-                    tensor = handle.get_tensor(name)
-                except Exception as error:
-                    raise UsageError(f"{file}: cannot read tensor {name} ({str(error).splitlines()[0]})") from error
-                set_parameter(model, expected[name], tensor.to(device=device, dtype=dtype))
+        for name, tensor in read_tensors(file, names):
+            set_parameter(model, expected[name], tensor.to(device=device, dtype=dtype))
     if model.cfg.tie_embeddings:
         model.unembed.weight = model.embed.weight
+
+
+STORED_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+
+
+def read_tensors(file: Path, names: list[str]):
+    """Yield (name, tensor) for ``names`` of a safetensors file, each read straight into its own buffer.
+
+    The file is read with ``readinto`` rather than memory-mapped: mapped pages count as resident
+    memory, which would hold every weight twice while a shard is open. The header was validated by
+    ``safetensors.safe_open`` before this runs.
+    """
+    with open(file, "rb") as handle:
+        header_size = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(header_size))
+        for name in names:
+            info = header[name]
+            if info["dtype"] not in STORED_DTYPES:
+                raise UsageError(f"{file.name}: tensor {name} has unsupported dtype {info['dtype']}")
+            tensor = torch.empty(info["shape"], dtype=STORED_DTYPES[info["dtype"]])
+            begin, end = info["data_offsets"]
+            handle.seek(8 + header_size + begin)
+            if handle.readinto(tensor.reshape(-1).view(torch.uint8).numpy()) != end - begin:
+                raise UsageError(f"{file}: corrupted safetensors file (tensor {name} is truncated)")
+            yield name, tensor
 
 
 def set_parameter(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
