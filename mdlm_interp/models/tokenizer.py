@@ -53,8 +53,11 @@ def check_special_ids(tokenizer, spec: FamilySpec, config: dict, where: str) -> 
 
 
 def tiny_corpus(words: list[str]) -> list[str]:
-    """Return training text for a tiny BPE: every word with and without a leading space, digits, symbols."""
-    symbols = [" ->", " :", " ,", " .", "\n", " = ", " | "]
+    """Return training text for a tiny BPE: every word with and without a leading space, digits, and the
+    task prompts' format pieces."""
+    from mdlm_interp.tasks.format import DEFAULT_FILLER, INPUT, LINE_END, OUTPUT, SEPARATOR
+
+    symbols = [INPUT, OUTPUT, SEPARATOR, LINE_END, DEFAULT_FILLER, ":"]
     digits = [str(d) for d in range(10)] + [f" {d}" for d in range(10)]
     return [f" {w}" for w in words] * 4 + list(words) + digits * 4 + symbols * 4
 

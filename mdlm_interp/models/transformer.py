@@ -8,6 +8,11 @@ activation passes through a TransformerLens ``HookPoint`` with TransformerLens' 
 Attention uses ``scaled_dot_product_attention`` unless a hook is attached to ``hook_attn_scores`` or
 ``hook_pattern``; then it takes the explicit path (same numbers) so the pattern exists to be seen
 and edited.
+
+Attention probes measure how much attention goes to sets of keys without materialising any
+pattern: ``model(ids, attention_probes=w)`` with key weights ``w`` [batch, pos, probe] appends ``w``
+to the values, so the attention output carries ``pattern @ w`` for free; it is exposed at
+``blocks.{l}.attn.hook_probe_mass`` [batch, head, query, probe] and the logits are unchanged.
 """
 
 from dataclasses import dataclass
@@ -114,13 +119,18 @@ class Attention(nn.Module):
         self.hook_attn_scores = HookPoint()  # [batch, head, query_pos, key_pos]
         self.hook_pattern = HookPoint()  # [batch, head, query_pos, key_pos]
         self.hook_z = HookPoint()  # [batch, pos, head, d_head]
+        self.hook_probe_mass = HookPoint()  # [batch, head, query_pos, probe]
 
     def needs_pattern(self) -> bool:
         """Whether a hook wants the attention scores or pattern (forces the explicit path)."""
         return has_hooks(self.hook_attn_scores) or has_hooks(self.hook_pattern)
 
-    def forward(self, x, cos, sin, allowed: torch.Tensor | None) -> torch.Tensor:
-        """Attend; ``allowed`` is a boolean [batch, 1, query, key] mask or None (all allowed)."""
+    def forward(self, x, cos, sin, allowed: torch.Tensor | None, probes: torch.Tensor | None = None) -> torch.Tensor:
+        """Attend; ``allowed`` is a boolean [batch, 1, query, key] mask or None (all allowed).
+
+        ``probes`` [batch, key, probe] (optional) are carried along as extra value channels; their
+        attention-weighted sums go to ``hook_probe_mass``.
+        """
         cfg = self.cfg
         q = self.hook_q(rearrange(self.q_proj(x), "b t (h d) -> b t h d", d=cfg.d_head))
         k = self.hook_k(rearrange(self.k_proj(x), "b t (h d) -> b t h d", d=cfg.d_head))
@@ -129,6 +139,8 @@ class Attention(nn.Module):
         k = self.hook_rot_k(apply_rotary(k, cos, sin, cfg.rope_in_float32))
         q, k, v = (rearrange(t, "b t h d -> b h t d") for t in (q, k, v))
         group = cfg.n_heads // cfg.n_kv_heads
+        if probes is not None:
+            v = torch.cat([v, probes[:, None].to(v.dtype).expand(-1, v.shape[1], -1, -1)], dim=-1)
         if self.needs_pattern():
             k, v = (repeat(t, "b h t d -> b (h g) t d", g=group) for t in (k, v))
             scores = (q @ k.transpose(-1, -2)) / cfg.d_head**0.5
@@ -143,6 +155,9 @@ class Attention(nn.Module):
             z = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=allowed, is_causal=cfg.causal and allowed is None, enable_gqa=group > 1
             )
+        if probes is not None:
+            self.hook_probe_mass(z[..., cfg.d_head:])
+            z = z[..., : cfg.d_head]
         z = self.hook_z(rearrange(z, "b h t d -> b t h d"))
         return self.o_proj(rearrange(z, "b t h d -> b t (h d)"))
 
@@ -180,9 +195,9 @@ class Block(nn.Module):
         self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
         self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
 
-    def forward(self, x, cos, sin, allowed):
+    def forward(self, x, cos, sin, allowed, probes=None):
         x = self.hook_resid_pre(x)
-        x = self.hook_resid_mid(x + self.hook_attn_out(self.attn(self.ln1(x), cos, sin, allowed)))
+        x = self.hook_resid_mid(x + self.hook_attn_out(self.attn(self.ln1(x), cos, sin, allowed, probes)))
         return self.hook_resid_post(x + self.hook_mlp_out(self.mlp(self.ln2(x))))
 
 
@@ -224,15 +239,22 @@ class HookedDecoder(HookedRootModule):
         allowed = allowed | ~valid[:, None, :, None]
         return allowed, positions
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        attention_probes: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Return raw logits [batch, pos, vocab] for ``input_ids`` [batch, pos].
 
         ``attention_mask`` [batch, pos] marks valid tokens with 1 and padding with 0.
+        ``attention_probes`` [batch, pos, probe]: key weights whose attention-weighted sums are
+        exposed at every ``blocks.{l}.attn.hook_probe_mass`` (see the module docstring).
         """
         batch, n = input_ids.shape
         allowed, positions = self.attention_mask_and_positions(attention_mask, batch, n, input_ids.device)
         cos, sin = rotary_tables(positions, self.cfg.d_head, self.cfg.rope_theta)
         x = self.hook_embed(self.embed(input_ids))
         for block in self.blocks:
-            x = block(x, cos, sin, allowed)
+            x = block(x, cos, sin, allowed, attention_probes)
         return self.unembed(self.ln_final(x))

@@ -72,7 +72,8 @@ class Store:
         self.file = file
         self.path = path
         self.attrs = {
-            name: json.loads(value) if name in schema.JSON_ATTRS else _plain(value) for name, value in file.attrs.items()
+            name: json.loads(value) if name in schema.JSON_ATTRS else _plain(value)
+            for name, value in file.attrs.items()
         }
         self.n_rows = int(self.attrs["n_rows_done"])
         self.groups = tuple(g for g in schema.GROUPS if g in file)
@@ -122,11 +123,13 @@ class Store:
 
     def tokens(self, i: int) -> np.ndarray:
         """Return the input token ids of row ``i``: int32 array [input_length]."""
-        return self.file["tokens/input_ids"][self._row(i, "tokens")]
+        row = self._row(i, "tokens")
+        return self.file["tokens/input_ids"][row]
 
     def grad_norms(self, i: int) -> np.ndarray:
         """Return the per-token gradient norms of row ``i``: float32 array [input_length]."""
-        return self.file["gradients/norms"][self._row(i, "gradients")]
+        row = self._row(i, "gradients")
+        return self.file["gradients/norms"][row]
 
     def close(self) -> None:
         """Close the file."""

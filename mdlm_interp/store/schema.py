@@ -2,8 +2,8 @@
 
 Every dataset has one row per (example, condition) along its first axis ("rows"); the other axes are
 named dimensions fixed per store (``DIMS``) or literal sizes. ``markdown()`` renders the tables that
-docs/store.md carries verbatim (a test keeps the two equal): run ``python -m mdlm_interp.store.schema``
-after changing them.
+docs/store.md carries verbatim (a test keeps the two equal); after changing them, paste the output of
+``python -c "from mdlm_interp.store import schema; print(schema.markdown(), end='')"`` there.
 """
 
 from dataclasses import dataclass
@@ -90,10 +90,10 @@ def _f(group, name, dtype, shape, doc):
 
 DATA = (
     _f("examples", "row", "int64", (), "row index in the run's plan of (example, condition) pairs"),
-    _f("examples", "example", "int64", (), "example index: the same index is the same prompt under every condition"),
+    _f("examples", "example", "int64", (), "example index: the same index is the same prompt in every condition"),
     _f("examples", "task", "str", (), 'task name, e.g. "adjective+largest"'),
-    _f("examples", "masks", "int32", (), "tokens appended after the prompt, the answer slot first (0 for causal twins)"),
-    _f("examples", "filler", "bool", (), "the appended tokens after the answer slot are the neutral filler, not masks"),
+    _f("examples", "masks", "int32", (), "tokens appended after the prompt, answer slot first (0: causal twins)"),
+    _f("examples", "filler", "bool", (), "the appended tokens after the answer slot are the neutral filler"),
     _f("examples", "placement", "str", (), 'prompt layout: "random", "relevant-at:K" or "query-at:K"'),
     _f("examples", "input_length", "int32", (), "tokens in the model input"),
     _f("examples", "relevant_spans", "int32", ("relevant", 2), "[start, end) of each relevant example, prompt order"),
@@ -103,11 +103,11 @@ DATA = (
     _f("examples", "masks_start", "int32", (), "first appended token after the answer slot"),
     _f("examples", "masks_end", "int32", (), "end (exclusive) of the appended tokens; == masks_start when masks <= 1"),
     _f("examples", "answer_id", "int32", (), "token id of the correct answer"),
-    _f("examples", "predicted_id", "int32", (), "argmax token id at the answer slot (one-step greedy)"),
-    _f("examples", "p_answer", "float32", (), "probability of answer_id at the answer slot"),
-    _f("examples", "entropy", "float32", (), "entropy (nats) of the distribution at the answer slot"),
+    _f("examples", "predicted_id", "int32", (), "argmax of the predicted distribution for the answer slot"),
+    _f("examples", "p_answer", "float32", (), "probability of answer_id in that distribution"),
+    _f("examples", "entropy", "float32", (), "entropy (nats) of that distribution"),
     _f("examples", "correct", "bool", (), "predicted_id == answer_id"),
-    _f("examples", "topk_ids", "int32", ("k",), "the k most probable token ids at the answer slot, most probable first"),
+    _f("examples", "topk_ids", "int32", ("k",), "the k most probable token ids in it, most probable first"),
     _f("examples", "topk_probs", "float32", ("k",), "their probabilities"),
     _f("tokens", "input_ids", "vlen int32", (), "model input token ids (length input_length)"),
     _f(
@@ -153,7 +153,7 @@ DATA = (
         (),
         "the same mean over the 50 non-mask tokens nearest before the answer slot (fewer if the prompt is shorter)",
     ),
-    _f("gradients", "nonmask_mean", "float32", (), "the same mean over all tokens outside the answer slot and appended tokens"),
+    _f("gradients", "nonmask_mean", "float32", (), "the same mean over all tokens but the slot and appended ones"),
     _f(
         "lens",
         "p_answer",
@@ -221,6 +221,3 @@ def markdown() -> str:
     lines += [f"| `{a.name}` | {a.type} | {a.doc} |" for a in ATTRS]
     return "\n".join(lines) + "\n"
 
-
-if __name__ == "__main__":
-    print(markdown(), end="")

@@ -78,7 +78,7 @@ def open_writer(
     resume: bool = False,
     overwrite: bool = False,
     rows_per_chunk: int = 64,
-):
+) -> "StoreWriter":
     """Return a StoreWriter for ``path``: a new store, or the existing one when ``resume`` finds one.
 
     settings: JSON-serialisable dict of everything that determines the rows (compared on resume).
@@ -299,7 +299,12 @@ class StoreWriter:
         for path, array in joined.items():
             dataset = self.file[path]
             dataset.resize(stop, axis=0)
-            dataset[start:stop] = array[:n_rows]
+            if array.dtype == object:  # str, vlen: slice assignment would read equal-length rows as 2-D
+                typed = np.empty(n_rows, dtype=dataset.dtype)
+                typed[:] = array[:n_rows]
+                dataset.write_direct(typed, dest_sel=np.s_[start:stop])
+            else:
+                dataset[start:stop] = array[:n_rows]
         self.file.flush()
         self.file.attrs.modify("n_rows_done", np.int64(stop))
         self.file.flush()
@@ -322,7 +327,8 @@ def _as_rows(field: schema.Field, value, row_shape: tuple) -> np.ndarray:
         if any(r.ndim != 1 for r in rows):
             raise ValueError(f"{field.path}: expected one 1-D array per row")
         out = np.empty(len(rows), dtype=object)
-        out[:] = rows
+        for i, row in enumerate(rows):  # one by one: equal-length rows must not become a 2-D array
+            out[i] = row
         return out
     array = np.asarray(value)
     if array.ndim == 0 or array.shape[1:] != row_shape:

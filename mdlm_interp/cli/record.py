@@ -1,0 +1,94 @@
+"""``mdlm-interp record``: run the task suite through a model with recorder hooks into an HDF5 store."""
+
+DEFAULT_MODEL = "organism-llada"
+
+
+def int_list(text: str) -> list[int]:
+    """Parse "50" or "1,5,10" into a list of ints."""
+    import argparse
+
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
+
+
+def name_list(text: str) -> list[str]:
+    """Parse "a,b" into ["a", "b"]."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def add_parser(subparsers) -> None:
+    """Register the ``record`` subcommand."""
+    parser = subparsers.add_parser(
+        "record",
+        help="record predictions, attention to masks, embedding gradients and the logit lens into HDF5",
+        description="Build task-suite prompts, run them through the model with recorder hooks, and write one "
+        "row per (example, condition) to an HDF5 store, batch by batch (resumable). A condition is "
+        "(masks, filler, placement). Prints a per-condition summary at the end.",
+    )
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"checkpoint directory, organism-NAME or hub id in the local cache (default {DEFAULT_MODEL})")
+    parser.add_argument("--task", default="all", type=name_list,
+                        help="'all' or comma-separated task names (see `mdlm-interp tasks list`)")
+    parser.add_argument("--masks", default=[1], type=int_list,
+                        help="appended mask count(s), e.g. 50 or 1,5,10,20,50; the first mask is the answer slot "
+                        "(default 1; causal models take none)")
+    parser.add_argument("--filler", default=None, metavar="TEXT",
+                        help="also record the filler control for each mask count above 1: the masks after the "
+                        "answer slot replaced by this one-token text, e.g. ' .'")
+    parser.add_argument("--placement", default=["random"], type=name_list,
+                        help="comma-separated layouts: random, relevant-at:K (relevant block at example slot K), "
+                        "query-at:K (query and answer slot at slot K) (default random)")
+    parser.add_argument("--n", type=int, default=20, help="prompts per task (default 20)")
+    parser.add_argument("--n-relevant", type=int, default=10, help="relevant examples per prompt (default 10)")
+    parser.add_argument("--n-distractor", type=int, default=40, help="distractor examples per prompt (default 40)")
+    parser.add_argument("--chat", action="store_true", help="wrap prompts in the family's chat template (instruct models)")
+    parser.add_argument("--record", default=["attention", "gradients", "lens"], type=name_list,
+                        help="what to record besides the prediction: comma-separated attention, gradients, lens "
+                        "(default all three)")
+    parser.add_argument("--top-k", type=int, default=10, help="top-k token ids and probabilities kept per row (default 10)")
+    parser.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (default 8)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the prompts (default 0)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="model dtype (default float32)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    parser.add_argument("--out", default="record.h5", help="output HDF5 store (default record.h5)")
+    existing = parser.add_mutually_exclusive_group()
+    existing.add_argument("--resume", action="store_true",
+                          help="continue an interrupted store written with the same settings")
+    existing.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    """Check the output path, load the model, record, then print the summary table."""
+    import shlex
+    import sys
+
+    from mdlm_interp.errors import UsageError
+    from mdlm_interp.store.writer import check_writable
+
+    if args.n < 1 or args.batch_size < 1:
+        raise UsageError("--n and --batch-size must be at least 1")
+    if not args.masks:
+        raise UsageError("--masks needs at least one count")
+    check_writable(args.out, resume=args.resume, overwrite=args.overwrite)  # before loading anything
+
+    from mdlm_interp.models import load_model
+    from mdlm_interp.record import record
+    from mdlm_interp.store import open_store
+    from mdlm_interp.store.summary import format_table, summarize
+
+    lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    out = record(
+        lm, out=args.out, tasks=args.task, masks=args.masks, filler=args.filler, placements=args.placement, n=args.n,
+        n_relevant=args.n_relevant, n_distractor=args.n_distractor, record=args.record, batch_size=args.batch_size,
+        seed=args.seed, top_k=args.top_k, chat=args.chat, resume=args.resume, overwrite=args.overwrite,
+        progress=not args.no_progress, command_line=shlex.join(["mdlm-interp", *sys.argv[1:]]),
+    )
+    with open_store(out) as store:
+        print(f"wrote {store.n_rows} rows to {out}")
+        print(format_table(summarize(store)))
+    return 0

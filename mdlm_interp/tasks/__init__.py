@@ -1,0 +1,42 @@
+"""The few-shot rule-induction task suite (docs/tasks.md).
+
+    from mdlm_interp.tasks import TASK_NAMES, PromptConfig, sample_prompt, tokenize_prompt
+    words = single_token_words(tokenizer)                      # words that are one token
+    prompt = sample_prompt(PromptConfig("adjective+largest"), seed=0, words=words)
+    tp = tokenize_prompt(prompt, tokenizer, mask_token_id=mask_id, masks=20, filler=" .")
+"""
+
+from mdlm_interp.tasks.export import export_records, prompt_record, record_seed, write_jsonl
+from mdlm_interp.tasks.format import DEFAULT_FILLER, AnswerSlot
+from mdlm_interp.tasks.prompt import Placement, Prompt, PromptConfig, parse_placement, sample_prompt
+from mdlm_interp.tasks.render import render_prompt
+from mdlm_interp.tasks.suite import CATEGORIES, DISTRACTOR_RULES, TASK_NAMES, Example, Task, get_task, word_lists
+from mdlm_interp.tasks.tokenize import TokenizedPrompt, single_token_words, tokenize_prompt
+from mdlm_interp.tasks.words import WordLists, load_word_lists
+
+__all__ = [
+    "CATEGORIES",
+    "DEFAULT_FILLER",
+    "DISTRACTOR_RULES",
+    "TASK_NAMES",
+    "AnswerSlot",
+    "Example",
+    "Placement",
+    "Prompt",
+    "PromptConfig",
+    "Task",
+    "TokenizedPrompt",
+    "WordLists",
+    "export_records",
+    "get_task",
+    "load_word_lists",
+    "parse_placement",
+    "prompt_record",
+    "record_seed",
+    "render_prompt",
+    "sample_prompt",
+    "single_token_words",
+    "tokenize_prompt",
+    "word_lists",
+    "write_jsonl",
+]
