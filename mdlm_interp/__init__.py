@@ -3,12 +3,7 @@
 Heavy submodules load on first use, so ``import mdlm_interp`` (and ``mdlm-interp --help``) stay fast.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("mdlm-interp")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+unknown"
+from mdlm_interp.version import __version__
 
 
 def __getattr__(name: str):

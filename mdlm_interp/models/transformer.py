@@ -152,8 +152,11 @@ class Attention(nn.Module):
             pattern = self.hook_pattern(scores.float().softmax(dim=-1).to(q.dtype))
             z = pattern @ v
         else:
+            if probes is not None:  # equal q/k/v widths keep SDPA on its fused kernel; zeros change no score
+                q, k = (F.pad(t, (0, probes.shape[-1])) for t in (q, k))
             z = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=allowed, is_causal=cfg.causal and allowed is None, enable_gqa=group > 1
+                q, k, v, attn_mask=allowed, is_causal=cfg.causal and allowed is None, scale=cfg.d_head**-0.5,
+                enable_gqa=group > 1,
             )
         if probes is not None:
             self.hook_probe_mass(z[..., cfg.d_head:])
