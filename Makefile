@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -x -q --timeout=600 tests
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q --durations=10 --timeout=600 tests
 
 demo: setup
 	mkdir -p out

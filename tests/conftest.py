@@ -1,11 +1,14 @@
 """Shared fixtures: tiny random checkpoints of every family, written once per test session."""
 
+import os
+
 import pytest
 import torch
 
 FAMILY_NAMES = ["llada", "dream", "llama", "qwen2"]
 
-torch.set_num_threads(2)
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # also for the CLI subprocesses
+torch.set_num_threads(1)  # tiny models: threads only add overhead (and thrash on a busy machine)
 
 
 @pytest.fixture(scope="session")
