@@ -85,6 +85,29 @@ def plan_conditions(masks, filler: str | None, placements) -> list[Condition]:
     return conditions
 
 
+def validate_request(tasks, masks, placements, record, n, n_relevant, n_distractor, batch_size, top_k) -> list[str]:
+    """Check a recording request that needs no model; return the task names ("all" expanded).
+
+    Raises ``UsageError`` naming the first problem (unknown task, mask count below 1, bad placement,
+    unknown record item, non-positive n / batch size / top-k).
+    """
+    tasks = tasks.split(",") if isinstance(tasks, str) else list(tasks)
+    task_names = list(TASK_NAMES) if tasks == ["all"] else tasks
+    for task in task_names:
+        if task not in TASK_NAMES:
+            raise UsageError(f"unknown task '{task}' (see `mdlm-interp tasks list`)")
+    if not masks or any(int(m) < 1 for m in masks):
+        raise UsageError(f"masks must be at least 1 (the first mask is the answer slot), got {list(masks)}")
+    for placement in placements:
+        PromptConfig(task_names[0], n_relevant, n_distractor, placement)
+    unknown = set(record) - set(RECORDABLE)
+    if unknown:
+        raise UsageError(f"unknown --record item(s) {sorted(unknown)}; choose from {', '.join(RECORDABLE)}")
+    if n < 1 or batch_size < 1 or top_k < 1:
+        raise UsageError("n, batch size and top-k must be at least 1")
+    return task_names
+
+
 def module_fingerprint(module: torch.nn.Module) -> str:
     """Return a sha256 over a module's parameter names and values (for modules without a checkpoint)."""
     digest = hashlib.sha256()
@@ -132,20 +155,10 @@ def record(
     """
     out = check_writable(out, resume=resume, overwrite=overwrite)
     subject = subject_from(model, tokenizer, mask_token_id, prediction_offset, causal, chat)
-    task_names = list(TASK_NAMES) if tasks in ("all", ["all"], ("all",)) else list(tasks)
-    for task in task_names:
-        if task not in TASK_NAMES:
-            raise UsageError(f"unknown task '{task}' (see `mdlm-interp tasks list`)")
+    task_names = validate_request(tasks, masks, placements, record, n, n_relevant, n_distractor, batch_size, top_k)
     masks = [int(m) for m in masks]
     if subject.causal and masks != [1]:
         raise UsageError("a causal model takes no appended masks (its answer is the next token); drop --masks")
-    if any(m < 1 for m in masks):
-        raise UsageError(f"masks must be at least 1 (the first mask is the answer slot), got {min(masks)}")
-    unknown = set(record) - set(RECORDABLE)
-    if unknown:
-        raise UsageError(f"unknown --record item(s) {sorted(unknown)}; choose from {', '.join(RECORDABLE)}")
-    if n < 1 or batch_size < 1 or top_k < 1:
-        raise UsageError("n, batch size and top-k must be at least 1")
     conditions = plan_conditions(masks, None if subject.causal else filler, placements)
     words = single_token_words(subject.tokenizer)
     prompts = {(task, p): [sample_prompt(PromptConfig(task, n_relevant, n_distractor, p), record_seed(seed, i), words)

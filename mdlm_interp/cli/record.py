@@ -67,17 +67,15 @@ def run(args) -> int:
     import shlex
     import sys
 
-    from mdlm_interp.errors import UsageError
+    from mdlm_interp.record import record, validate_request
     from mdlm_interp.store.writer import check_writable
 
-    if args.n < 1 or args.batch_size < 1:
-        raise UsageError("--n and --batch-size must be at least 1")
-    if not args.masks:
-        raise UsageError("--masks needs at least one count")
-    check_writable(args.out, resume=args.resume, overwrite=args.overwrite)  # before loading anything
+    # everything that needs no model is checked before loading one
+    check_writable(args.out, resume=args.resume, overwrite=args.overwrite)
+    validate_request(args.task, args.masks, args.placement, args.record, args.n, args.n_relevant,
+                     args.n_distractor, args.batch_size, args.top_k)
 
     from mdlm_interp.models import load_model
-    from mdlm_interp.record import record
     from mdlm_interp.store import open_store
     from mdlm_interp.store.summary import format_table, summarize
 
