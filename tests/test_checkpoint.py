@@ -150,3 +150,18 @@ def test_cli_init_and_info(tmp_path):
     bad = run_cli("model", "init", "--family", "gpt2", "--out", str(tmp_path / "x"))
     assert bad.returncode == 2
     assert run_cli("model", "info", str(tmp_path / "nowhere")).returncode == 2
+
+
+def test_fingerprint_changes_with_any_weight(tmp_path, tiny_checkpoint, monkeypatch):
+    from mdlm_interp.models import checkpoint
+
+    path = copy_checkpoint(tiny_checkpoint("llama"), tmp_path / "ck")
+    before = checkpoint.weights_fingerprint(path)
+    assert before.startswith("sha256:") and before == checkpoint.weights_fingerprint(tiny_checkpoint("llama"))
+    monkeypatch.setattr(checkpoint, "FULL_HASH_LIMIT", 0)  # force the sampled fingerprint of large checkpoints
+    sampled = checkpoint.weights_fingerprint(path)
+    assert sampled.startswith("sampled-sha256:")
+    edit_tensors(path, lambda t: t["model.norm.weight"].add_(1.0))
+    assert checkpoint.weights_fingerprint(path) != sampled
+    monkeypatch.setattr(checkpoint, "FULL_HASH_LIMIT", 1 << 30)
+    assert checkpoint.weights_fingerprint(path) != before

@@ -31,7 +31,7 @@ class LoadedModel:
         return logits_at(logits, positions, self.spec.prediction_offset)
 
     def fingerprint(self) -> str:
-        """Return the sha256 of the checkpoint's safetensors files (hex)."""
+        """Return the fingerprint of the checkpoint's weights (see ``weights_fingerprint``)."""
         return weights_fingerprint(self.path)
 
 
