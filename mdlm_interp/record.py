@@ -141,6 +141,7 @@ def record(
     overwrite: bool = False,
     progress: bool = True,
     command_line: str | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> Path:
     """Record ``n`` prompts per task under every condition into the HDF5 store ``out``; return its path.
 
@@ -151,9 +152,11 @@ def record(
     ``placements``: "random", "relevant-at:K", "query-at:K"; ``record``: any of attention, gradients,
     lens (the one-step prediction is always recorded). Rows are (condition, task, example), in that
     order. Bad input raises ``UsageError`` before any work; an existing ``out`` needs ``resume`` (same
-    settings) or ``overwrite``.
+    settings) or ``overwrite``. ``shard=(rank, world)`` records only the rank's contiguous block of
+    rows into ``shard_path(out, rank, world)`` (merge the shards with ``store.merge_stores``).
     """
-    out = check_writable(out, resume=resume, overwrite=overwrite)
+    rank, world = shard or (0, 1)
+    out = check_writable(shard_path(out, rank, world) if shard else out, resume=resume, overwrite=overwrite)
     subject = subject_from(model, tokenizer, mask_token_id, prediction_offset, causal, chat)
     task_names = validate_request(tasks, masks, placements, record, n, n_relevant, n_distractor, batch_size, top_k)
     masks = [int(m) for m in masks]
@@ -180,6 +183,9 @@ def record(
     }
     fingerprint = model.fingerprint() if isinstance(model, LoadedModel) else module_fingerprint(subject.module)
     settings["weights_fingerprint"] = fingerprint
+    if shard:
+        settings["shard"] = [rank, world]
+    first, stop = len(plan) * rank // world, len(plan) * (rank + 1) // world
     provenance = Provenance(
         command_line=command_line or shlex.join(sys.argv), model_id=subject.model_id, family=subject.family,
         dtype=subject.dtype, weights_fingerprint=fingerprint,
@@ -189,11 +195,11 @@ def record(
     dims = {"k": top_k, "relevant": max(n_relevant, 1), "layers": subject.n_layers, "heads": subject.n_heads}
     groups = ("examples", "tokens", *record)
     with open_writer(out, settings=settings, provenance=provenance, groups=groups, dims=dims,
-                     n_planned=len(plan), resume=resume, overwrite=overwrite) as writer:
-        start = writer.n_rows_done
-        bar = tqdm_or_none(progress, total=len(plan), initial=start)
-        for begin in range(start, len(plan), batch_size):
-            rows = range(begin, min(begin + batch_size, len(plan)))
+                     n_planned=stop - first, resume=resume, overwrite=overwrite) as writer:
+        start = first + writer.n_rows_done
+        bar = tqdm_or_none(progress, total=stop - first, initial=writer.n_rows_done)
+        for begin in range(start, stop, batch_size):
+            rows = range(begin, min(begin + batch_size, stop))
             batch = record_batch(subject, [tokenized[r] for r in rows], set(record), top_k, dims["relevant"])
             batch["examples/row"] = list(rows)
             batch["examples/example"] = [plan[r][1] * n + plan[r][2] for r in rows]
@@ -208,6 +214,12 @@ def record(
         if bar is not None:
             bar.close()
     return out
+
+
+def shard_path(out, rank: int, world: int) -> Path:
+    """Return the store path of shard ``rank`` of ``world`` for the merged store ``out``."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.shard{rank}-of-{world}{out.suffix}")
 
 
 def tqdm_or_none(enabled: bool, **kwargs):

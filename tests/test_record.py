@@ -260,3 +260,20 @@ def test_summary_json(tmp_path, tiny_model):
     for condition in conditions:
         rows = frame[frame["masks"] == condition["masks"]]
         assert condition["accuracy"] == pytest.approx(rows["correct"].mean())
+
+
+def test_torchrun_shards_merge_into_the_single_process_store(tmp_path, tiny_checkpoint):
+    common = ["record", "--model", str(tiny_checkpoint("dream")), "--task", ",".join(TASKS), "--masks", "1,4",
+              "--n-prompts", "5", "--n-relevant", "4", "--n-distractor", "6", "--batch-size", "3", "--no-progress"]
+    single = tmp_path / "single.h5"
+    assert cli(*common, "--out", str(single)).returncode == 0
+    merged = tmp_path / "merged.h5"
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                             "--master-port", "29517", "-m", "mdlm_interp", *common, "--out", str(merged)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "merged.shard0-of-2.h5").exists() and (tmp_path / "merged.shard1-of-2.h5").exists()
+    assert_same_rows(read_all(single), read_all(merged), atol=1e-5)
+    with open_store(merged) as store:
+        assert store.n_rows == 20 and len(store.attrs["merged_from"]) == 2
+        assert list(store.examples["row"]) == list(range(20))

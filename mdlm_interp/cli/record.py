@@ -40,7 +40,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--placement", default=["random"], type=name_list,
                         help="comma-separated layouts: random, relevant-at:K (relevant block at example slot K), "
                         "query-at:K (query and answer slot at slot K) (default random)")
-    parser.add_argument("--n", type=int, default=20, help="prompts per task (default 20)")
+    parser.add_argument("--n", "--n-prompts", dest="n", type=int, default=20,
+                        help="prompts per task (default 20); spell it --n-prompts under torchrun, whose own "
+                        "options make --n ambiguous")
     parser.add_argument("--n-relevant", type=int, default=10, help="relevant examples per prompt (default 10)")
     parser.add_argument("--n-distractor", type=int, default=40, help="distractor examples per prompt (default 40)")
     parser.add_argument("--chat", action="store_true", help="wrap prompts in the family's chat template (instruct models)")
@@ -59,6 +61,10 @@ def add_parser(subparsers) -> None:
                           help="continue an interrupted store written with the same settings")
     existing.add_argument("--overwrite", action="store_true", help="replace an existing store")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.epilog = ("Sharded over processes: torchrun --nproc-per-node N -m mdlm_interp record --n-prompts P ...; "
+                     "each rank "
+                     "records a contiguous block of rows into OUT.shardR-of-N.h5 and rank 0 merges them into OUT "
+                     "(HDF5 virtual datasets; keep the shards next to it).")
     parser.set_defaults(func=run)
 
 
@@ -79,14 +85,54 @@ def run(args) -> int:
     from mdlm_interp.store import open_store
     from mdlm_interp.store.summary import format_table, summarize
 
-    lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    rank, world, device = distributed_setup(args.device)
+    lm = load_model(args.model, device=device, dtype=args.dtype)
     out = record(
         lm, out=args.out, tasks=args.task, masks=args.masks, filler=args.filler, placements=args.placement, n=args.n,
         n_relevant=args.n_relevant, n_distractor=args.n_distractor, record=args.record, batch_size=args.batch_size,
         seed=args.seed, top_k=args.top_k, chat=args.chat, resume=args.resume, overwrite=args.overwrite,
-        progress=not args.no_progress, command_line=shlex.join(["mdlm-interp", *sys.argv[1:]]),
+        progress=not args.no_progress and rank == 0, command_line=shlex.join(["mdlm-interp", *sys.argv[1:]]),
+        shard=(rank, world) if world > 1 else None,
     )
+    if world > 1:
+        out = merge_shards(args, rank, world)
+    if rank != 0:
+        return 0
     with open_store(out) as store:
         print(f"wrote {store.n_rows} rows to {out}")
         print(format_table(summarize(store)))
     return 0
+
+
+def distributed_setup(device: str) -> tuple[int, int, str]:
+    """Under torchrun (WORLD_SIZE > 1) join the process group; return (rank, world size, device).
+
+    A CUDA device becomes this process's local GPU.
+    """
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    import torch.distributed as dist
+
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    if device.startswith("cuda"):
+        device = f"cuda:{os.environ['LOCAL_RANK']}"
+    return dist.get_rank(), world, device
+
+
+def merge_shards(args, rank: int, world: int):
+    """Wait for every rank; rank 0 merges the shard stores into ``args.out``. Returns that path."""
+    import torch.distributed as dist
+
+    from mdlm_interp.record import shard_path
+    from mdlm_interp.store.merge import merge_stores
+
+    dist.barrier()
+    if rank == 0:
+        shards = [shard_path(args.out, r, world) for r in range(world)]
+        merge_stores(shards, args.out, overwrite=args.resume or args.overwrite)
+    dist.barrier()
+    dist.destroy_process_group()
+    return args.out
