@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_STORE := out/demo.h5
+# The demo runs on the shipped LLaDA-style model organism; without it, on a tiny random LLaDA checkpoint.
+DEMO_MODEL := $(if $(wildcard data/models/organism-llada/config.json),organism-llada,out/tiny-llada)
 
 .PHONY: setup test demo bench organisms clean
 
@@ -22,7 +24,9 @@ test: setup
 
 demo: setup
 	mkdir -p out
-	HF_HUB_OFFLINE=1 $(BIN)/mdlm-interp record --masks 50 --out $(DEMO_STORE) --overwrite
+	test "$(DEMO_MODEL)" = organism-llada || test -f $(DEMO_MODEL)/config.json || \
+		$(BIN)/mdlm-interp model init --family llada --preset tiny --seed 0 --out $(DEMO_MODEL)
+	HF_HUB_OFFLINE=1 $(BIN)/mdlm-interp record --model $(DEMO_MODEL) --masks 50 --out $(DEMO_STORE) --overwrite
 	HF_HUB_OFFLINE=1 $(BIN)/mdlm-interp summary $(DEMO_STORE)
 
 bench: setup

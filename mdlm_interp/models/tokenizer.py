@@ -59,7 +59,7 @@ def tiny_corpus(words: list[str]) -> list[str]:
 
     symbols = [INPUT, OUTPUT, SEPARATOR, LINE_END, DEFAULT_FILLER, ":"]
     digits = [str(d) for d in range(10)] + [f" {d}" for d in range(10)]
-    return [f" {w}" for w in words] * 4 + list(words) + digits * 4 + symbols * 4
+    return [f" {w}" for w in words] * 4 + list(words) + digits * 4 + symbols * 64
 
 
 def write_tiny_tokenizer(out_dir: Path, spec: FamilySpec, words: list[str], vocab_size: int) -> dict[str, int]:
