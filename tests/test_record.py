@@ -277,3 +277,15 @@ def test_torchrun_shards_merge_into_the_single_process_store(tmp_path, tiny_chec
     with open_store(merged) as store:
         assert store.n_rows == 20 and len(store.attrs["merged_from"]) == 2
         assert list(store.examples["row"]) == list(range(20))
+
+
+def test_checkpoint_whose_tokenizer_lacks_the_mask_token_is_refused(tmp_path, tiny_checkpoint):
+    path = tmp_path / "nomask"
+    path.mkdir()
+    for file in tiny_checkpoint("llada").iterdir():
+        data = file.read_bytes()
+        (path / file.name).write_bytes(data.replace(b"<|mdm_mask|>", b"<|not_mask|>") if "tokenizer" in file.name
+                                       else data)
+    result = cli("record", "--model", str(path), "--out", str(tmp_path / "x.h5"), "--n", "1")
+    assert result.returncode == 2 and "no mask token '<|mdm_mask|>'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.h5").exists()
