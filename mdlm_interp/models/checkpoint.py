@@ -30,7 +30,7 @@ PRESETS: dict[str, dict] = {
     # A medium shape for benchmarks (about 30M parameters with a small vocabulary).
     "medium": dict(d_model=512, n_layers=8, n_heads=8, n_kv_heads=8, d_mlp=1376, max_seq_len=2048),
     # The trained model organisms (data/models/organism-*; mdlm_interp.training.organisms).
-    "organism": dict(d_model=128, n_layers=4, n_heads=4, n_kv_heads=4, d_mlp=384, max_seq_len=1024),
+    "organism": dict(d_model=128, n_layers=4, n_heads=4, n_kv_heads=4, d_mlp=384, max_seq_len=1024, tie_embeddings=True),
 }
 ROPE_THETA = {"llada": 500000.0, "dream": 1000000.0, "llama": 500000.0, "qwen2": 1000000.0}
 ARCHITECTURES = {"llada": "LLaDAModelLM", "dream": "DreamModel", "llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}

@@ -1,0 +1,136 @@
+"""Training batches of freshly sampled task-suite sequences, deterministic for (seed, stage, step).
+
+Every batch draws one number of examples (so its sequences have nearly the same length) and, per
+sequence, a task, how many of the examples are relevant, a placement (random mix, relevant block at
+a random slot, or, for diffusion models, the query at a random slot) and whether a BOS token leads. Prompt seeds are drawn at or above
+``TRAIN_SEED_BASE``; evaluation seeds stay below it.
+"""
+
+import hashlib
+import random
+from dataclasses import dataclass
+
+import torch
+
+from mdlm_interp.models.families import FamilySpec
+
+TRAIN_SEED_BASE = 10**9
+EXAMPLE_TOKENS = 12  # "Input: a, b, c\nOutput: d\n" with the organism tokenizer
+QUERY_TOKENS = 10
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What a stage trains on.
+
+    ``objective`` "pretrain": the whole sequence (answer filled in) is trained; "sft": only the
+    response, i.e. the query's answer (for diffusion models followed by 0..``max_extra`` further EOS
+    tokens, as LLaDA pads responses) and with ``example_answers`` every example's answer too; the
+    prompt never. Over the first ``curriculum`` fraction of the stage, the largest number of examples
+    grows linearly from ``min_examples`` to ``max_examples`` and that of EOS tokens from 0 to
+    ``max_extra``.
+    """
+
+    objective: str
+    batch_tokens: int = 4096
+    min_examples: int = 2
+    max_examples: int = 56
+    curriculum: float = 0.5
+    max_relevant: int = 12
+    max_extra: int = 7
+    bos_fraction: float = 0.5
+    example_answers: bool = True
+    query_at_fraction: float = 0.25
+    relevant_at_fraction: float = 0.35
+
+
+@dataclass
+class Batch:
+    """A padded batch: ``ids`` [B, T] clean tokens, ``valid`` [B, T] 1 for real tokens, ``trained``
+    [B, T] bool for the tokens the objective noises/scores (never padding, never position 0)."""
+
+    ids: torch.Tensor
+    valid: torch.Tensor
+    trained: torch.Tensor
+
+
+def step_rng(seed: int, stage: str, step: int) -> tuple[random.Random, torch.Generator]:
+    """Return the Python and torch generators of one training step (independent of any other step)."""
+    digest = hashlib.sha256(f"{seed}/{stage}/{step}".encode()).digest()
+    return random.Random(digest), torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+
+
+def curriculum_caps(config: DataConfig, progress: float) -> tuple[int, int]:
+    """Return the largest number of examples and of EOS tokens after the answer that a batch may have
+    at ``progress`` (0..1) of the stage: both grow linearly over the first ``curriculum`` fraction."""
+    ramp = 1.0 if config.curriculum <= 0 else min(1.0, progress / config.curriculum)
+    return round(config.min_examples + (config.max_examples - config.min_examples) * ramp), round(config.max_extra * ramp)
+
+
+def sample_sequence(rng: random.Random, config: DataConfig, spec: FamilySpec, tokenizer, n_examples: int,
+                    extra: int) -> tuple[list[int], list[int]]:
+    """Return (clean ids, trained positions) of one fresh sequence.
+
+    Pretraining trains every token after an optional BOS (Dream and causal models never position 0).
+    SFT trains the query's answer, for diffusion models followed by ``extra`` EOS tokens that pad it,
+    and with ``example_answers`` also the answer of every in-context example (the prompt read as a
+    multi-turn conversation whose responses are the answers).
+    """
+    from mdlm_interp.tasks import TASK_NAMES, PromptConfig, sample_prompt, tokenize_prompt
+
+    n_relevant = rng.randint(min(1, n_examples), min(config.max_relevant, n_examples))
+    n_distractor = n_examples - n_relevant
+    roll = rng.random()
+    if roll < config.relevant_at_fraction:
+        placement = f"relevant-at:{rng.randint(0, n_distractor)}"
+    elif roll < config.relevant_at_fraction + config.query_at_fraction and not spec.causal:
+        placement = f"query-at:{rng.randint(0, n_examples)}"
+    else:
+        placement = "random"
+    prompt = sample_prompt(PromptConfig(rng.choice(TASK_NAMES), n_relevant, n_distractor, placement),
+                           rng.randrange(TRAIN_SEED_BASE, 2 * TRAIN_SEED_BASE))
+    bos = tokenizer.convert_tokens_to_ids(spec.special_tokens["bos"]) if rng.random() < config.bos_fraction else None
+    eos = tokenizer.convert_tokens_to_ids(spec.special_tokens["eos"])
+    if spec.causal:
+        tp = tokenize_prompt(prompt, tokenizer, causal=True, bos_token_id=bos)
+        ids = tp.input_ids + [tp.answer_id]
+    else:
+        tp = tokenize_prompt(prompt, tokenizer, mask_token_id=tokenizer.mask_token_id, masks=1 + extra,
+                             bos_token_id=bos)
+        ids = list(tp.input_ids)
+        ids[tp.answer_position] = tp.answer_id
+        ids[tp.answer_position + 1:tp.answer_position + 1 + extra] = [eos] * extra
+    if config.objective == "sft":
+        answers = [end - 2 for _, end in tp.example_spans] if config.example_answers else []
+        if any(ids[position] != tokenizer.convert_tokens_to_ids(example.output)
+               for position, example in zip(answers, tp.prompt.examples)):
+            raise RuntimeError("the prompt format changed: an example does not end with ' <answer>\\n'")
+        response = range(tp.answer_position, tp.answer_position + 1 + (0 if spec.causal else extra))
+        return ids, sorted(answers + list(response))
+    first = 1 if bos is not None or spec.prediction_offset < 0 else 0
+    return ids + [eos], list(range(first, len(ids) + 1))
+
+
+def sample_batch(config: DataConfig, spec: FamilySpec, tokenizer, seed: int, stage: str, step: int,
+                 progress: float) -> tuple[Batch, torch.Generator]:
+    """Return the batch of ``step`` and the torch generator left for the step's noise.
+
+    The batch holds about ``config.batch_tokens`` tokens; ``progress`` (0..1) drives the curriculum.
+    """
+    rng, generator = step_rng(seed, stage, step)
+    examples_cap, extra_cap = curriculum_caps(config, progress)
+    n_examples = rng.randint(config.min_examples, examples_cap)
+    extra_max = extra_cap if config.objective == "sft" and not spec.causal else 0
+    length = EXAMPLE_TOKENS * n_examples + QUERY_TOKENS + 2 + extra_max
+    rows = [sample_sequence(rng, config, spec, tokenizer, n_examples, rng.randint(0, extra_max))
+            for _ in range(max(1, config.batch_tokens // length))]
+    width = max(len(ids) for ids, _ in rows)
+    pad = tokenizer.convert_tokens_to_ids(spec.special_tokens["eos"])
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    valid = torch.zeros((len(rows), width), dtype=torch.long)
+    trained = torch.zeros((len(rows), width), dtype=torch.bool)
+    for row, (tokens, positions) in enumerate(rows):
+        ids[row, :len(tokens)] = torch.tensor(tokens)
+        valid[row, :len(tokens)] = 1
+        trained[row, positions] = True
+    return Batch(ids, valid, trained), generator

@@ -1,0 +1,308 @@
+"""Training a model organism: stages, the family's objective, held-out evaluation, resumable state.
+
+A run is a ``TrainConfig``: a family (llada, llama or dream), a shape preset, a seed, an optional
+initial checkpoint (Dream starts from the trained Llama twin) and a list of stages (pretraining,
+then SFT). Each step samples a fresh batch (``training.data``), applies the family's objective:
+
+- llada: masked diffusion, prediction for token i at ``logits[:, i]``;
+- dream: masked diffusion with the -1 offset, prediction for token i at ``logits[:, i - 1]``;
+- llama: next-token cross-entropy;
+
+and takes one AdamW step (warmup then cosine decay, gradient clipping). The run is deterministic for
+a seed on CPU: fixed thread count, deterministic algorithms, every random draw from generators
+seeded by (seed, stage, step). Every ``save_every`` steps the training state (weights and AdamW
+moments as safetensors, position and history as JSON; never pickle) goes to ``OUT/train_state``;
+``resume=True`` continues from it and gives the same weights as an uninterrupted run. At the end the
+checkpoint directory (config.json, model.safetensors, tokenizer, training_config.json) is written.
+"""
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mdlm_interp.errors import UsageError
+from mdlm_interp.models.families import FAMILIES, FamilySpec
+from mdlm_interp.models.transformer import DecoderConfig, HookedDecoder
+from mdlm_interp.training.data import DataConfig, sample_batch
+from mdlm_interp.training.evaluate import EvalSetting, accuracy
+from mdlm_interp.training.objectives import apply_masks, causal_lm_loss, mask_ratios, masked_diffusion_loss
+
+STATE_DIR = "train_state"
+MONITOR_SEED_BASE = 500_000  # periodic held-out evaluation prompts: seeds 500000..
+TRAINABLE_FAMILIES = ("llada", "llama", "dream")
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One training stage: ``steps`` AdamW steps at peak learning rate ``lr`` on ``data``."""
+
+    name: str
+    steps: int
+    lr: float
+    data: DataConfig
+    warmup: int = 50
+    min_lr_ratio: float = 0.1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A whole training run (everything that determines the weights, plus evaluation settings)."""
+
+    family: str
+    preset: str
+    seed: int
+    stages: tuple[StageConfig, ...]
+    init: str | None = None
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    threads: int = 2
+    eval_every: int = 200
+    eval_prompts: int = 200
+    save_every: int = 100
+    overrides: dict = field(default_factory=dict)  # DecoderConfig shape fields replacing the preset's
+
+    def to_json(self) -> dict:
+        """Return the config as JSON-ready dicts."""
+        return asdict(self)
+
+    @staticmethod
+    def from_json(data: dict) -> "TrainConfig":
+        """Rebuild a config written by ``to_json``."""
+        stages = tuple(StageConfig(**dict(s, data=DataConfig(**s["data"]))) for s in data["stages"])
+        return TrainConfig(**dict(data, stages=stages))
+
+
+def decoder_config(family: str, preset: str, d_vocab: int, overrides: dict | None = None) -> DecoderConfig:
+    """Return the ``DecoderConfig`` of a ``family`` organism of shape ``preset`` with ``d_vocab`` tokens."""
+    from mdlm_interp.models.checkpoint import NORM_EPS, PRESETS, ROPE_THETA
+
+    if preset not in PRESETS:
+        raise UsageError(f"unknown preset '{preset}' (choose from {', '.join(PRESETS)})")
+    shape = dict(PRESETS[preset], **(overrides or {}))
+    shape.setdefault("rope_theta", ROPE_THETA[family])
+    spec = FAMILIES[family]
+    return DecoderConfig(
+        d_head=shape["d_model"] // shape["n_heads"], d_vocab=d_vocab, norm_eps=NORM_EPS[family],
+        qkv_bias=family in ("dream", "qwen2"), causal=spec.causal, rope_in_float32=spec.rope_in_float32, **shape,
+    )
+
+
+def init_weights(model: HookedDecoder, seed: int) -> None:
+    """Initialise for training: N(0, 0.02) weights, output projections scaled by 1/sqrt(2 layers),
+    zero biases, unit norm weights; deterministic for ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    residual_std = 0.02 / math.sqrt(2 * model.cfg.n_layers)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("ln1.weight") or name.endswith("ln2.weight") or name == "ln_final.weight":
+                param.fill_(1.0)
+            elif name.endswith(".bias"):
+                param.zero_()
+            else:
+                std = residual_std if name.endswith(("o_proj.weight", "down_proj.weight")) else 0.02
+                param.copy_(torch.randn(param.shape, generator=generator) * std)
+
+
+def load_init(model: HookedDecoder, source) -> None:
+    """Copy the weights of ``source`` (a ``LoadedModel`` of any family, same shape) into ``model``.
+
+    Parameters the source lacks (Dream's q/k/v biases when starting from the Llama twin) are zero.
+    """
+    if source.config.tie_embeddings != model.cfg.tie_embeddings:
+        raise UsageError(f"{source.path}: tie_embeddings={source.config.tie_embeddings}, the model has "
+                         f"{model.cfg.tie_embeddings}")
+    theirs = dict(source.model.named_parameters())
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in theirs:
+                if theirs[name].shape != param.shape:
+                    raise UsageError(f"{source.path}: {name} has shape {list(theirs[name].shape)}, "
+                                     f"expected {list(param.shape)}")
+                param.copy_(theirs[name])
+            elif name.endswith(".bias"):
+                param.zero_()
+            else:
+                raise UsageError(f"{source.path}: checkpoint has no {name}")
+
+
+def load_source(init: str, tokenizer):
+    """Load the checkpoint ``init`` to start from; its vocabulary must be the organism vocabulary."""
+    from mdlm_interp.models.loader import load_model
+
+    source = load_model(init)
+    if source.tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise UsageError(f"{init}: its tokenizer differs from the organism vocabulary; ids would not match")
+    return source
+
+
+def learning_rate(stage: StageConfig, step: int) -> float:
+    """Return the learning rate at ``step`` of ``stage``: linear warmup, then cosine to ``min_lr_ratio``."""
+    if step < stage.warmup:
+        return stage.lr * (step + 1) / stage.warmup
+    progress = (step - stage.warmup) / max(1, stage.steps - stage.warmup)
+    return stage.lr * (stage.min_lr_ratio + (1 - stage.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def training_loss(model: HookedDecoder, spec: FamilySpec, mask_token_id: int | None, batch, generator,
+                  objective: str) -> torch.Tensor:
+    """Return the family's loss on ``batch`` (a scalar). See the module docstring for the objectives."""
+    attention = None if bool(batch.valid.all()) else batch.valid
+    if spec.causal:
+        return causal_lm_loss(model(batch.ids, attention_mask=attention), batch.ids, batch.trained)
+    p = mask_ratios(batch.ids.shape[0], generator)
+    noisy, masked = apply_masks(batch.ids, batch.trained, p, mask_token_id, generator)
+    counts = batch.trained.sum(1).float()
+    normalizer = counts if objective == "sft" else torch.full_like(counts, counts.sum().item() / len(counts))
+    logits = model(noisy, attention_mask=attention)
+    return masked_diffusion_loss(logits, batch.ids, masked, p, normalizer, spec.prediction_offset)
+
+
+def make_optimizer(model: nn.Module, stage: StageConfig, weight_decay: float) -> torch.optim.AdamW:
+    """Return a fresh AdamW for ``stage`` (each stage starts with new moments, as SFT does)."""
+    return torch.optim.AdamW(model.parameters(), lr=stage.lr, betas=(0.9, 0.95), eps=1e-8,
+                             weight_decay=weight_decay, foreach=False)
+
+
+def save_state(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, position: dict) -> None:
+    """Write the resumable state to ``out/train_state``: weights and AdamW moments as safetensors,
+    ``position`` (stage, step, history, timings) as JSON. Written to a temporary folder, then swapped in."""
+    from safetensors.torch import save_file
+
+    names = {id(p): n for n, p in model.named_parameters()}
+    moments = {}
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            moments[f"{names[id(param)]}::{key}"] = value.detach().contiguous()
+    tmp = out / (STATE_DIR + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({n: p.detach().contiguous() for n, p in model.named_parameters()}, str(tmp / "model.safetensors"))
+    save_file(moments, str(tmp / "optimizer.safetensors"))
+    (tmp / "state.json").write_text(json.dumps(position, indent=2) + "\n")
+    final = out / STATE_DIR
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+
+
+def load_state(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """Restore weights and AdamW moments from ``out/train_state``; return its position JSON."""
+    from safetensors.torch import load_file
+
+    weights = load_file(str(out / STATE_DIR / "model.safetensors"))
+    moments = load_file(str(out / STATE_DIR / "optimizer.safetensors"))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            param.copy_(weights[name])
+    for name, param in model.named_parameters():
+        state = {key.split("::")[1]: value for key, value in moments.items() if key.split("::")[0] == name}
+        if state:
+            optimizer.state[param] = state
+    return json.loads((out / STATE_DIR / "state.json").read_text())
+
+
+def write_checkpoint(out: Path, model: HookedDecoder, spec: FamilySpec, dtype: torch.dtype) -> None:
+    """Write config.json, model.safetensors (``dtype``) and the tokenizer files of a checkpoint dir."""
+    from mdlm_interp.models.checkpoint import config_json, save_weights
+    from mdlm_interp.training.vocab import write_tokenizer
+
+    out.mkdir(parents=True, exist_ok=True)
+    special_ids = write_tokenizer(out, spec)
+    save_weights(model, spec, out, dtype)
+    (out / "config.json").write_text(json.dumps(config_json(spec, model.cfg, special_ids, dtype), indent=2) + "\n")
+
+
+def setup_determinism(threads: int) -> None:
+    """Fix the thread count and ask torch for deterministic algorithms (bitwise reproducible on CPU)."""
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+
+
+def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, dtype: torch.dtype = torch.float32,
+          progress: bool = True) -> dict:
+    """Run ``config`` and write the checkpoint to ``out_dir``; return a summary.
+
+    The summary holds the config, per-stage seconds and final loss, the held-out accuracy history
+    ``[{"stage", "step", "accuracy", "loss"}]`` (``eval_prompts`` prompts, 10 relevant + 40
+    distractor examples, relevant block next to the query, one mask) and the total seconds.
+    ``resume`` continues from ``out_dir/train_state`` (an error if there is none).
+    """
+    from tqdm import tqdm
+
+    from mdlm_interp.training.vocab import load_fast_tokenizer, padded_vocab_size
+
+    if config.family not in TRAINABLE_FAMILIES:
+        raise UsageError(f"cannot train family '{config.family}' (choose from {', '.join(TRAINABLE_FAMILIES)})")
+    out = Path(out_dir)
+    setup_determinism(config.threads)
+    spec = FAMILIES[config.family]
+    tokenizer = load_fast_tokenizer(spec)
+    source = load_source(config.init, tokenizer) if config.init else None
+    overrides = dict(config.overrides)
+    if source is not None:  # positions must mean what they meant to the source (Dream keeps Qwen's RoPE)
+        overrides.setdefault("rope_theta", source.config.rope_theta)
+    cfg = decoder_config(config.family, config.preset, padded_vocab_size(tokenizer.backend_tokenizer), overrides)
+    model = HookedDecoder(cfg)
+    init_weights(model, config.seed)
+    if source is not None:
+        load_init(model, source)
+    mask_id = tokenizer.mask_token_id if spec.mask_token else None
+    monitor = EvalSetting()
+    position = {"stage": 0, "step": 0, "history": [], "seconds": [0.0] * len(config.stages), "loss": [None] * len(config.stages)}
+    if resume:
+        if not (out / STATE_DIR / "state.json").exists():
+            raise UsageError(f"{out}: nothing to resume (no {STATE_DIR}/state.json)")
+        saved = json.loads((out / STATE_DIR / "state.json").read_text())
+        if saved["config"] != json.loads(json.dumps(config.to_json())):
+            raise UsageError(f"{out}: the saved training state was made with a different configuration")
+    out.mkdir(parents=True, exist_ok=True)
+    for index, stage in enumerate(config.stages):
+        optimizer = make_optimizer(model, stage, config.weight_decay)
+        if resume:
+            if saved["stage"] > index:
+                continue
+            position = {k: v for k, v in load_state(out, model, optimizer).items() if k != "config"}
+            resume = False
+        bar = tqdm(total=stage.steps, initial=position["step"], desc=f"{config.family} {stage.name}",
+                   disable=not progress, mininterval=2.0, dynamic_ncols=True)
+        running = position["loss"][index]
+        started = time.perf_counter() - position["seconds"][index]
+        model.train()
+        for step in range(position["step"], stage.steps):
+            batch, generator = sample_batch(stage.data, spec, tokenizer, config.seed, stage.name, step,
+                                            step / stage.steps)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(stage, step)
+            loss = training_loss(model, spec, mask_id, batch, generator, stage.data.objective)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+            done = step + 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{running:.3f}", refresh=False)
+            if config.eval_every and (done % config.eval_every == 0 or done == stage.steps):
+                model.eval()
+                acc = accuracy(model, spec, tokenizer, mask_id, monitor, config.eval_prompts, MONITOR_SEED_BASE)
+                model.train()
+                position["history"].append({"stage": stage.name, "step": done, "accuracy": acc, "loss": running,
+                                            "seconds": round(time.perf_counter() - started, 1)})
+                bar.write(f"{config.family} {stage.name} step {done}: loss {running:.3f}, held-out accuracy {acc:.3f}")
+            position["seconds"][index] = time.perf_counter() - started
+            position["loss"][index] = running
+            if done < stage.steps and config.save_every and done % config.save_every == 0:
+                position.update(stage=index, step=done)
+                save_state(out, model, optimizer, dict(position, config=config.to_json()))
+        bar.close()
+        position.update(stage=index + 1, step=0)
+    model.eval()
+    write_checkpoint(out, model, spec, dtype)
+    shutil.rmtree(out / STATE_DIR, ignore_errors=True)
+    return {"config": config.to_json(), "seconds": position["seconds"], "loss": position["loss"],
+            "history": position["history"], "total_seconds": sum(position["seconds"]), "n_params": cfg.n_params}
