@@ -107,8 +107,7 @@ def card_text(name: str, summary: dict, results: dict, command: str, dtype: str,
     stages = []
     for stage, seconds, loss in zip(config["stages"], summary["seconds"], summary["loss"]):
         data = stage["data"]
-        extra = "" if causal or data["objective"] == "pretrain" else f", answer + 0..{data['max_extra']} EOS"
-        stages.append(f"| {stage['name']} | {objective_text(family, data['objective'])}{extra} | {stage['steps']} | "
+        stages.append(f"| {stage['name']} | {objective_text(family, data)} | {stage['steps']} | "
                       f"{stage['lr']:g} | {data['batch_tokens']} | {data['min_examples']}..{data['max_examples']} "
                       f"| {seconds / 60:.1f} min | {loss if loss is None else round(loss, 3)} |")
     curve = [f"| {h['stage']} | {h['step']} | {h['loss']:.3f} | {h['accuracy']:.1%} |" for h in summary["history"]]
@@ -147,7 +146,9 @@ def card_text(name: str, summary: dict, results: dict, command: str, dtype: str,
         + (f"Initialised from `{config['init']}`, q/k/v biases set to zero. " if config.get("init") else "")
         + "Every batch is freshly sampled from the task suite (prompt seeds >= 1e9): varied numbers of "
         "examples and relevant examples, random mix / relevant block at a random slot"
-        + ("" if causal else " / query at a random slot") + ", with or without a leading BOS.",
+        + ("" if causal else " / query at a random slot") + ", with or without a leading BOS; the number of "
+        "examples (and of EOS tokens after the answer) grows over the first part of each stage (curriculum). "
+        "SFT reads a prompt as a multi-turn conversation whose responses are the answers.",
         "",
         "Held-out accuracy during training (200 prompts, seeds 500000.., 10 relevant + 40 distractor, "
         "relevant block next to the query, one mask):",
@@ -160,8 +161,8 @@ def card_text(name: str, summary: dict, results: dict, command: str, dtype: str,
         "",
         f"Prompts i = 0..{results['n_prompts'] - 1}: task i mod 16, seed i (never used in training), "
         "10 relevant + 40 distractor examples, greedy prediction from one forward pass, only the answer "
-        "slot (the first mask) scored. Chance is 1/3 (three candidate words).",
-        "" if not causal else "The causal twin takes no masks: its answer is the next token.",
+        "slot (the first mask) scored. Chance is 1/3 (three candidate words)."
+        + (" The causal twin takes no masks: its answer is the next token." if causal else ""),
         "",
         *accuracy_table(results),
         "",
@@ -174,13 +175,16 @@ def card_text(name: str, summary: dict, results: dict, command: str, dtype: str,
     return "\n".join(lines)
 
 
-def objective_text(family: str, objective: str) -> str:
-    """Return a short description of a stage's loss for the model card."""
+def objective_text(family: str, data: dict) -> str:
+    """Return a short description of a stage's loss (``data`` is its DataConfig as a dict) for the card."""
+    turns = "every example's answer and the query's" if data["example_answers"] else "the query's answer"
     if family == "llama":
-        return "next-token CE" + (" on the answer" if objective == "sft" else "")
+        return "next-token CE" + (f" on {turns}" if data["objective"] == "sft" else " on every token")
     shift = ", -1 offset" if family == "dream" else ""
-    what = "response masked with ratio t, 1/t weights" if objective == "sft" else "masked diffusion, 1/t weights"
-    return what + shift
+    if data["objective"] == "sft":
+        return (f"masked diffusion on the responses ({turns}, then 0..{data['max_extra']} EOS) with ratio t, "
+                f"1/t weights, prompt never masked{shift}")
+    return f"masked diffusion on every token, ratio t, 1/t weights{shift}"
 
 
 def config_shape(config: dict, family: str) -> str:

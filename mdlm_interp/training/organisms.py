@@ -21,19 +21,19 @@ from mdlm_interp.training.pretrain import StageConfig, TrainConfig
 
 RECIPES: dict[str, dict] = {
     "llama": dict(
-        steps=300, lr=3e-3, sft_steps=1200, sft_lr=3e-3, eval_every=200,
+        steps=100, lr=5e-4, sft_steps=1200, sft_lr=3e-3, eval_every=200,
         pretrain=DataConfig("pretrain", min_examples=0, max_examples=56, curriculum=0.5),
         sft=DataConfig("sft", min_examples=0, max_examples=56, curriculum=0.7),
     ),
     "dream": dict(
-        steps=200, lr=1e-3, sft_steps=600, sft_lr=1e-3, eval_every=200,
+        steps=100, lr=3e-4, sft_steps=600, sft_lr=1e-3, eval_every=200,
         pretrain=DataConfig("pretrain", min_examples=0, max_examples=56, curriculum=0.0),
-        sft=DataConfig("sft", min_examples=0, max_examples=56, curriculum=0.5),
+        sft=DataConfig("sft", min_examples=0, max_examples=56, curriculum=0.3),
     ),
     "llada": dict(
-        steps=300, lr=3e-3, sft_steps=2500, sft_lr=3e-3, eval_every=250,
+        steps=100, lr=5e-4, sft_steps=3000, sft_lr=3e-3, eval_every=250,
         pretrain=DataConfig("pretrain", min_examples=0, max_examples=56, curriculum=0.5),
-        sft=DataConfig("sft", min_examples=0, max_examples=56, curriculum=0.7),
+        sft=DataConfig("sft", min_examples=0, max_examples=56, curriculum=0.6),
     ),
 }
 
@@ -67,7 +67,7 @@ def build_config(family: str, preset: str, seed: int, steps: int | None = None, 
             raise UsageError(f"step counts must be >= 0, got {count} for {name}")
         data = recipe[name] if batch_tokens is None else replace(recipe[name], batch_tokens=batch_tokens)
         if count:
-            stages.append(StageConfig(name, count, rate, data, warmup=min(50, max(1, count // 10))))
+            stages.append(StageConfig(name, count, rate, data, warmup=min(50, count)))
     if not stages:
         raise UsageError("nothing to train: both --steps and --sft-steps are 0")
     if threads < 1:
