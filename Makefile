@@ -4,8 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_STORE := out/demo.h5
-# The demo runs on the shipped LLaDA-style model organism; without it, on a tiny random LLaDA checkpoint.
-DEMO_MODEL := $(if $(wildcard data/models/organism-llada/config.json),organism-llada,out/tiny-llada)
+# The demo records on the shipped LLaDA-style model organism (data/models/organism-llada).
+DEMO_MODEL := organism-llada
 
 .PHONY: setup test demo bench organisms clean
 
@@ -24,8 +24,6 @@ test: setup
 
 demo: setup
 	mkdir -p out
-	test "$(DEMO_MODEL)" = organism-llada || test -f $(DEMO_MODEL)/config.json || \
-		$(BIN)/mdlm-interp model init --family llada --preset tiny --seed 0 --out $(DEMO_MODEL)
 	HF_HUB_OFFLINE=1 $(BIN)/mdlm-interp record --model $(DEMO_MODEL) --masks 50 --out $(DEMO_STORE) --overwrite
 	HF_HUB_OFFLINE=1 $(BIN)/mdlm-interp summary $(DEMO_STORE)
 

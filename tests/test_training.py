@@ -62,6 +62,44 @@ def test_masked_diffusion_loss_reads_dream_predictions_one_position_earlier():
         masked_diffusion_loss(logits, targets, torch.tensor([[True, False, False, False]]), ones, ones, -1)
 
 
+def test_masked_diffusion_loss_takes_one_masking_probability_per_position():
+    generator = torch.Generator().manual_seed(2)
+    logits = torch.randn(2, 5, 6, generator=generator)
+    targets = torch.randint(0, 6, (2, 5), generator=generator)
+    masked = torch.rand(2, 5, generator=generator) < 0.6
+    masked[0, 1] = True
+    p_row = torch.tensor([0.3, 0.7])
+    p_pos = p_row[:, None].expand(2, 5).clone()
+    normalizer = torch.tensor([2.0, 4.0])
+    same = masked_diffusion_loss(logits, targets, masked, p_pos, normalizer)
+    assert same.item() == pytest.approx(masked_diffusion_loss(logits, targets, masked, p_row, normalizer).item())
+    p_pos[0, 1] = 1.0  # position (0, 1) weighted 1 instead of 1/0.3
+    ce = F.cross_entropy(logits[0, 1], targets[0, 1]).item()
+    expected = same.item() - ce / (0.3 * 2) / 2 + ce / (1.0 * 2) / 2
+    assert masked_diffusion_loss(logits, targets, masked, p_pos, normalizer).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_answer_always_masked_hides_the_answer_slot_and_weights_it_one():
+    from mdlm_interp.training.pretrain import training_loss
+
+    spec = FAMILIES["llada"]
+    tokenizer = load_fast_tokenizer(spec)
+    data = DataConfig("sft", batch_tokens=1500, max_examples=4, curriculum=0, answer_always_masked=True)
+    batch, generator = sample_batch(data, spec, tokenizer, seed=0, stage="sft", step=1, progress=1.0)
+    assert batch.answer.sum(1).eq(1).all() and not (batch.answer & ~batch.trained).any()
+    seen = {}
+
+    def model(ids, attention_mask=None):
+        seen["ids"] = ids
+        return torch.zeros(*ids.shape, 832)
+
+    loss = training_loss(model, spec, tokenizer.mask_token_id, batch, generator, data)
+    assert (seen["ids"][batch.answer] == tokenizer.mask_token_id).all()
+    # uniform logits: every masked token costs log(832); the answers alone contribute log(832) / n_response
+    answers_only = (math.log(832) / batch.trained.sum(1).float()).mean().item()
+    assert loss.item() >= answers_only - 1e-4
+
+
 def test_causal_loss_is_next_token_cross_entropy():
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 6, 7, generator=generator)
@@ -158,6 +196,20 @@ def test_sft_batches_train_only_the_responses():
                              FAMILIES["llama"], load_fast_tokenizer(FAMILIES["llama"]), seed=0, stage="sft", step=3,
                              progress=1.0)
     assert causal.trained.sum(1).eq(1).all()
+
+
+def test_log_uniform_example_counts_stay_in_bounds_and_favour_short_prompts():
+    import random
+
+    from mdlm_interp.training.data import draw_log_uniform
+
+    rng = random.Random(0)
+    draws = [draw_log_uniform(rng, 0, 56) for _ in range(20000)]
+    assert min(draws) == 0 and max(draws) == 56
+    # log(n + 1) uniform on [log 1, log 58): P(n <= 6) = log 8 / log 58, P(n >= 31) = log(58/32) / log 58
+    assert sum(d <= 6 for d in draws) / len(draws) == pytest.approx(math.log(8) / math.log(58), abs=0.015)
+    assert sum(d >= 31 for d in draws) / len(draws) == pytest.approx(math.log(58 / 32) / math.log(58), abs=0.015)
+    assert all(draw_log_uniform(rng, 5, 5) == 5 for _ in range(10))
 
 
 def test_pretraining_batches_never_train_position_zero_for_shifted_families():

@@ -84,8 +84,9 @@ def write_card(out: str | Path, name: str, summary: dict, results: dict, command
     config = summary["config"]
     (out / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
     training = {
-        "command": command, "config": config, "stored_dtype": dtype, "seconds": summary["seconds"],
-        "total_seconds": summary["total_seconds"], "history": summary["history"], "cpu": cpu_name(),
+        "command": command, "config": config, "stored_dtype": dtype, "n_params": summary["n_params"],
+        "seconds": summary["seconds"], "loss": summary["loss"], "total_seconds": summary["total_seconds"],
+        "history": summary["history"], "cpu": cpu_name(),
         "torch": torch.__version__, "mdlm_interp": __version__,
         "train_prompt_seeds": ">= 1000000000", "monitor_prompt_seeds": "500000..",
     }
@@ -108,7 +109,7 @@ def card_text(name: str, summary: dict, results: dict, command: str, dtype: str,
     for stage, seconds, loss in zip(config["stages"], summary["seconds"], summary["loss"]):
         data = stage["data"]
         stages.append(f"| {stage['name']} | {objective_text(family, data)} | {stage['steps']} | "
-                      f"{stage['lr']:g} | {data['batch_tokens']} | {data['min_examples']}..{data['max_examples']} "
+                      f"{stage['lr']:g} | {data['batch_tokens']} | {examples_text(data)} "
                       f"| {seconds / 60:.1f} min | {loss if loss is None else round(loss, 3)} |")
     curve = [f"| {h['stage']} | {h['step']} | {h['loss']:.3f} | {h['accuracy']:.1%} |" for h in summary["history"]]
     lines = [
@@ -146,8 +147,9 @@ def card_text(name: str, summary: dict, results: dict, command: str, dtype: str,
         + (f"Initialised from `{config['init']}`, q/k/v biases set to zero. " if config.get("init") else "")
         + "Every batch is freshly sampled from the task suite (prompt seeds >= 1e9): varied numbers of "
         "examples and relevant examples, random mix / relevant block at a random slot"
-        + ("" if causal else " / query at a random slot") + ", with or without a leading BOS; the number of "
-        "examples (and of EOS tokens after the answer) grows over the first part of each stage (curriculum). "
+        + ("" if causal else " / query at a random slot") + ", with or without a leading BOS; the largest number of "
+        "examples (and of EOS tokens after the answer) grows over the first part of each stage (curriculum, "
+        "in the table). "
         "SFT reads a prompt as a multi-turn conversation whose responses are the answers.",
         "",
         "Held-out accuracy during training (200 prompts, seeds 500000.., 10 relevant + 40 distractor, "
@@ -175,6 +177,13 @@ def card_text(name: str, summary: dict, results: dict, command: str, dtype: str,
     return "\n".join(lines)
 
 
+def examples_text(data: dict) -> str:
+    """Return how a stage draws the number of examples per prompt (``data`` is its DataConfig as a dict)."""
+    spread = ", log-uniform" if data.get("log_uniform_examples") else ""
+    ramp = f", cap grows over the first {data['curriculum']:.0%}" if data["curriculum"] > 0 else ""
+    return f"{data['min_examples']}..{data['max_examples']}{spread}{ramp}"
+
+
 def objective_text(family: str, data: dict) -> str:
     """Return a short description of a stage's loss (``data`` is its DataConfig as a dict) for the card."""
     turns = "every example's answer and the query's" if data["example_answers"] else "the query's answer"
@@ -182,8 +191,9 @@ def objective_text(family: str, data: dict) -> str:
         return "next-token CE" + (f" on {turns}" if data["objective"] == "sft" else " on every token")
     shift = ", -1 offset" if family == "dream" else ""
     if data["objective"] == "sft":
+        always = "; the query's answer always masked, weight 1" if data["answer_always_masked"] else ""
         return (f"masked diffusion on the responses ({turns}, then 0..{data['max_extra']} EOS) with ratio t, "
-                f"1/t weights, prompt never masked{shift}")
+                f"1/t weights, prompt never masked{always}{shift}")
     return f"masked diffusion on every token, ratio t, 1/t weights{shift}"
 
 

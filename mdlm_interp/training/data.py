@@ -7,6 +7,7 @@ a random slot, or, for diffusion models, the query at a random slot) and whether
 """
 
 import hashlib
+import math
 import random
 from dataclasses import dataclass
 
@@ -28,7 +29,12 @@ class DataConfig:
     tokens, as LLaDA pads responses) and with ``example_answers`` every example's answer too; the
     prompt never. Over the first ``curriculum`` fraction of the stage, the largest number of examples
     grows linearly from ``min_examples`` to ``max_examples`` and that of EOS tokens from 0 to
-    ``max_extra``.
+    ``max_extra``. ``answer_always_masked`` (diffusion SFT): the query's answer is always masked with
+    weight 1 instead of masked with ratio t and weight 1/t; the expected loss of that token is the
+    same (E[1{masked}/t] = 1 given the rest), without the variance of the 1/t weight.
+    ``log_uniform_examples``: a batch's number of examples n is drawn log-uniformly (n + 1 uniform on
+    a log scale) between the bounds instead of uniformly, so most batches hold many short prompts
+    (many answers per step) and a few hold long ones.
     """
 
     objective: str
@@ -40,18 +46,22 @@ class DataConfig:
     max_extra: int = 7
     bos_fraction: float = 0.5
     example_answers: bool = True
+    answer_always_masked: bool = False
     query_at_fraction: float = 0.25
     relevant_at_fraction: float = 0.35
+    log_uniform_examples: bool = False
 
 
 @dataclass
 class Batch:
     """A padded batch: ``ids`` [B, T] clean tokens, ``valid`` [B, T] 1 for real tokens, ``trained``
-    [B, T] bool for the tokens the objective noises/scores (never padding, never position 0)."""
+    [B, T] bool for the tokens the objective noises/scores (never padding, never position 0),
+    ``answer`` [B, T] bool for the query's answer slot (SFT; all False in pretraining)."""
 
     ids: torch.Tensor
     valid: torch.Tensor
     trained: torch.Tensor
+    answer: torch.Tensor
 
 
 def step_rng(seed: int, stage: str, step: int) -> tuple[random.Random, torch.Generator]:
@@ -67,9 +77,16 @@ def curriculum_caps(config: DataConfig, progress: float) -> tuple[int, int]:
     return round(config.min_examples + (config.max_examples - config.min_examples) * ramp), round(config.max_extra * ramp)
 
 
+def draw_log_uniform(rng: random.Random, low: int, high: int) -> int:
+    """Return an integer n in [low, high] with log(n + 1) uniform (rounded down)."""
+    value = math.exp(rng.uniform(math.log(low + 1), math.log(high + 2))) - 1
+    return min(high, int(value))
+
+
 def sample_sequence(rng: random.Random, config: DataConfig, spec: FamilySpec, tokenizer, n_examples: int,
-                    extra: int) -> tuple[list[int], list[int]]:
-    """Return (clean ids, trained positions) of one fresh sequence.
+                    extra: int) -> tuple[list[int], list[int], int | None]:
+    """Return (clean ids, trained positions, the query's answer position in SFT else None) of one
+    fresh sequence.
 
     Pretraining trains every token after an optional BOS (Dream and causal models never position 0).
     SFT trains the query's answer, for diffusion models followed by ``extra`` EOS tokens that pad it,
@@ -106,9 +123,9 @@ def sample_sequence(rng: random.Random, config: DataConfig, spec: FamilySpec, to
                for position, example in zip(answers, tp.prompt.examples)):
             raise RuntimeError("the prompt format changed: an example does not end with ' <answer>\\n'")
         response = range(tp.answer_position, tp.answer_position + 1 + (0 if spec.causal else extra))
-        return ids, sorted(answers + list(response))
+        return ids, sorted(answers + list(response)), tp.answer_position
     first = 1 if bos is not None or spec.prediction_offset < 0 else 0
-    return ids + [eos], list(range(first, len(ids) + 1))
+    return ids + [eos], list(range(first, len(ids) + 1)), None
 
 
 def sample_batch(config: DataConfig, spec: FamilySpec, tokenizer, seed: int, stage: str, step: int,
@@ -119,18 +136,22 @@ def sample_batch(config: DataConfig, spec: FamilySpec, tokenizer, seed: int, sta
     """
     rng, generator = step_rng(seed, stage, step)
     examples_cap, extra_cap = curriculum_caps(config, progress)
-    n_examples = rng.randint(config.min_examples, examples_cap)
+    n_examples = (draw_log_uniform(rng, config.min_examples, examples_cap) if config.log_uniform_examples
+                  else rng.randint(config.min_examples, examples_cap))
     extra_max = extra_cap if config.objective == "sft" and not spec.causal else 0
     length = EXAMPLE_TOKENS * n_examples + QUERY_TOKENS + 2 + extra_max
     rows = [sample_sequence(rng, config, spec, tokenizer, n_examples, rng.randint(0, extra_max))
             for _ in range(max(1, config.batch_tokens // length))]
-    width = max(len(ids) for ids, _ in rows)
+    width = max(len(ids) for ids, _, _ in rows)
     pad = tokenizer.convert_tokens_to_ids(spec.special_tokens["eos"])
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     valid = torch.zeros((len(rows), width), dtype=torch.long)
     trained = torch.zeros((len(rows), width), dtype=torch.bool)
-    for row, (tokens, positions) in enumerate(rows):
+    answer = torch.zeros((len(rows), width), dtype=torch.bool)
+    for row, (tokens, positions, answer_position) in enumerate(rows):
         ids[row, :len(tokens)] = torch.tensor(tokens)
         valid[row, :len(tokens)] = 1
         trained[row, positions] = True
-    return Batch(ids, valid, trained), generator
+        if answer_position is not None:
+            answer[row, answer_position] = True
+    return Batch(ids, valid, trained, answer), generator

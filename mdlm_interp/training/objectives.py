@@ -49,7 +49,7 @@ def masked_diffusion_loss(
     loss = 1/B * sum_b sum_{i masked in b} CE(logits[b, i + offset], targets[b, i]) / (p[b] * normalizer[b])
 
     ``logits`` [B, T, V] raw model output; ``targets`` [B, T] the clean ids; ``masked`` [B, T] bool;
-    ``p`` [B] masking probabilities; ``normalizer`` [B] the token count each sequence's sum is
+    ``p`` [B] masking probabilities (or [B, T], one per position: p[b, i] replaces p[b]); ``normalizer`` [B] the token count each sequence's sum is
     divided by: LLaDA pretraining divides by the number of tokens (pass N_tokens / B for every
     sequence, so the loss is the sum over the batch / N_tokens), LLaDA SFT by each sequence's
     response length. ``prediction_offset`` 0 (LLaDA) or -1 (Dream: the prediction for the token at
@@ -60,7 +60,8 @@ def masked_diffusion_loss(
     if (read < 0).any() or (read >= logits.shape[1]).any():
         raise ValueError(f"a masked position has no prediction with offset {prediction_offset}")
     ce = F.cross_entropy(logits[rows, read].float(), targets[rows, cols], reduction="none")
-    weights = 1.0 / (p[rows] * normalizer[rows].to(ce.dtype))
+    p_at = p[rows, cols] if p.dim() == 2 else p[rows]
+    weights = 1.0 / (p_at * normalizer[rows].to(ce.dtype))
     return (ce * weights).sum() / masked.shape[0]
 
 

@@ -1,10 +1,12 @@
 """The three model organisms and their recipes; ``python -m mdlm_interp.training.organisms`` rebuilds them.
 
-- organism-llama: the causal twin, next-token loss (pretraining on whole sequences, then SFT on the answer);
+- organism-llama: the causal twin, next-token loss (a short pretraining on whole sequences, then SFT
+  on the answers);
 - organism-dream: masked diffusion with the -1 prediction offset, initialised from organism-llama
   (so it is built after it), then masked-diffusion pretraining and SFT;
-- organism-llada: masked diffusion from scratch, pretraining then SFT (the answer and 0..7 EOS tokens
-  after it masked with ratio t, weighted 1/t; the prompt never masked).
+- organism-llada: masked diffusion from scratch, a short pretraining then SFT (the answers, and 0..7
+  EOS tokens after the query's, masked with ratio t and weighted 1/t; the prompt never masked; the
+  query's answer always masked with weight 1, the same expected loss with less variance).
 
 Each is one ``mdlm-interp pretrain`` command (``COMMANDS``), recorded verbatim in its model card.
 """
@@ -31,9 +33,10 @@ RECIPES: dict[str, dict] = {
         sft=DataConfig("sft", min_examples=0, max_examples=56, curriculum=0.3),
     ),
     "llada": dict(
-        steps=100, lr=5e-4, sft_steps=3000, sft_lr=3e-3, eval_every=250,
+        steps=100, lr=5e-4, sft_steps=4000, sft_lr=3e-3, eval_every=250,
         pretrain=DataConfig("pretrain", min_examples=0, max_examples=56, curriculum=0.5),
-        sft=DataConfig("sft", min_examples=0, max_examples=56, curriculum=0.6),
+        sft=DataConfig("sft", min_examples=1, max_examples=56, curriculum=1.0, example_answers=False,
+                       answer_always_masked=True, log_uniform_examples=True),
     ),
 }
 

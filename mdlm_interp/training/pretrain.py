@@ -13,13 +13,15 @@ a seed on CPU: fixed thread count, deterministic algorithms, every random draw f
 seeded by (seed, stage, step). Every ``save_every`` steps the training state (weights and AdamW
 moments as safetensors, position and history as JSON; never pickle) goes to ``OUT/train_state``;
 ``resume=True`` continues from it and gives the same weights as an uninterrupted run. At the end the
-checkpoint directory (config.json, model.safetensors, tokenizer, training_config.json) is written.
+checkpoint directory (config.json, model.safetensors, tokenizer files) is written; ``training.card``
+measures it and adds the model card.
 """
 
 import json
 import math
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -150,15 +152,19 @@ def learning_rate(stage: StageConfig, step: int) -> float:
 
 
 def training_loss(model: HookedDecoder, spec: FamilySpec, mask_token_id: int | None, batch, generator,
-                  objective: str) -> torch.Tensor:
+                  data: DataConfig) -> torch.Tensor:
     """Return the family's loss on ``batch`` (a scalar). See the module docstring for the objectives."""
     attention = None if bool(batch.valid.all()) else batch.valid
     if spec.causal:
         return causal_lm_loss(model(batch.ids, attention_mask=attention), batch.ids, batch.trained)
     p = mask_ratios(batch.ids.shape[0], generator)
     noisy, masked = apply_masks(batch.ids, batch.trained, p, mask_token_id, generator)
+    if data.answer_always_masked:
+        masked = masked | batch.answer
+        noisy = torch.where(batch.answer, torch.full_like(noisy, mask_token_id), noisy)
+        p = torch.where(batch.answer, torch.ones_like(noisy, dtype=p.dtype), p[:, None])
     counts = batch.trained.sum(1).float()
-    normalizer = counts if objective == "sft" else torch.full_like(counts, counts.sum().item() / len(counts))
+    normalizer = counts if data.objective == "sft" else torch.full_like(counts, counts.sum().item() / len(counts))
     logits = model(noisy, attention_mask=attention)
     return masked_diffusion_loss(logits, batch.ids, masked, p, normalizer, spec.prediction_offset)
 
@@ -217,10 +223,18 @@ def write_checkpoint(out: Path, model: HookedDecoder, spec: FamilySpec, dtype: t
     (out / "config.json").write_text(json.dumps(config_json(spec, model.cfg, special_ids, dtype), indent=2) + "\n")
 
 
-def setup_determinism(threads: int) -> None:
-    """Fix the thread count and ask torch for deterministic algorithms (bitwise reproducible on CPU)."""
+@contextmanager
+def deterministic(threads: int):
+    """Within the block: ``threads`` CPU threads and torch's deterministic algorithms (bitwise
+    reproducible on CPU); the previous settings are restored afterwards."""
+    previous = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous[0])
+        torch.use_deterministic_algorithms(previous[1])
 
 
 def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, dtype: torch.dtype = torch.float32,
@@ -232,14 +246,18 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, dtype:
     distractor examples, relevant block next to the query, one mask) and the total seconds.
     ``resume`` continues from ``out_dir/train_state`` (an error if there is none).
     """
+    if config.family not in TRAINABLE_FAMILIES:
+        raise UsageError(f"cannot train family '{config.family}' (choose from {', '.join(TRAINABLE_FAMILIES)})")
+    with deterministic(config.threads):
+        return run_stages(config, Path(out_dir), resume, dtype, progress)
+
+
+def run_stages(config: TrainConfig, out: Path, resume: bool, dtype: torch.dtype, progress: bool) -> dict:
+    """The body of ``train`` (same arguments and result), run under ``deterministic``."""
     from tqdm import tqdm
 
     from mdlm_interp.training.vocab import load_fast_tokenizer, padded_vocab_size
 
-    if config.family not in TRAINABLE_FAMILIES:
-        raise UsageError(f"cannot train family '{config.family}' (choose from {', '.join(TRAINABLE_FAMILIES)})")
-    out = Path(out_dir)
-    setup_determinism(config.threads)
     spec = FAMILIES[config.family]
     tokenizer = load_fast_tokenizer(spec)
     source = load_source(config.init, tokenizer) if config.init else None
@@ -278,7 +296,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, dtype:
                                             step / stage.steps)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(stage, step)
-            loss = training_loss(model, spec, mask_id, batch, generator, stage.data.objective)
+            loss = training_loss(model, spec, mask_id, batch, generator, stage.data)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
