@@ -29,10 +29,12 @@ def apply_masks(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mask each ``maskable`` token of sequence b independently with probability ``p[b]``.
 
-    ``input_ids`` [B, T] long, ``maskable`` [B, T] bool, ``p`` [B]. Returns (noisy ids [B, T], masked
-    [B, T] bool), masked being the positions replaced by ``mask_token_id``.
+    ``input_ids`` [B, T] long, ``maskable`` [B, T] bool, ``p`` [B] (or [B, T], one probability per
+    position). Returns (noisy ids [B, T], masked [B, T] bool), masked being the positions replaced by
+    ``mask_token_id``.
     """
-    masked = (torch.rand(input_ids.shape, generator=generator) < p[:, None]) & maskable
+    threshold = p if p.dim() == 2 else p[:, None]
+    masked = (torch.rand(input_ids.shape, generator=generator) < threshold) & maskable
     return torch.where(masked, torch.full_like(input_ids, mask_token_id), input_ids), masked
 
 
@@ -49,9 +51,10 @@ def masked_diffusion_loss(
     loss = 1/B * sum_b sum_{i masked in b} CE(logits[b, i + offset], targets[b, i]) / (p[b] * normalizer[b])
 
     ``logits`` [B, T, V] raw model output; ``targets`` [B, T] the clean ids; ``masked`` [B, T] bool;
-    ``p`` [B] masking probabilities (or [B, T], one per position: p[b, i] replaces p[b]); ``normalizer`` [B] the token count each sequence's sum is
-    divided by: LLaDA pretraining divides by the number of tokens (pass N_tokens / B for every
-    sequence, so the loss is the sum over the batch / N_tokens), LLaDA SFT by each sequence's
+    ``p`` [B] masking probabilities (or [B, T], one per position: p[b, i] replaces p[b]);
+    ``normalizer`` [B] the token count each sequence's sum is divided by: LLaDA pretraining divides
+    by the number of tokens (pass N_tokens / B for every sequence, so the loss is the sum over the
+    batch / N_tokens), LLaDA SFT by each sequence's
     response length. ``prediction_offset`` 0 (LLaDA) or -1 (Dream: the prediction for the token at
     i is ``logits[:, i - 1]``; a masked position 0 is an error).
     """

@@ -158,11 +158,9 @@ def training_loss(model: HookedDecoder, spec: FamilySpec, mask_token_id: int | N
     if spec.causal:
         return causal_lm_loss(model(batch.ids, attention_mask=attention), batch.ids, batch.trained)
     p = mask_ratios(batch.ids.shape[0], generator)
-    noisy, masked = apply_masks(batch.ids, batch.trained, p, mask_token_id, generator)
     if data.answer_always_masked:
-        masked = masked | batch.answer
-        noisy = torch.where(batch.answer, torch.full_like(noisy, mask_token_id), noisy)
-        p = torch.where(batch.answer, torch.ones_like(noisy, dtype=p.dtype), p[:, None])
+        p = torch.where(batch.answer, 1.0, p[:, None])
+    noisy, masked = apply_masks(batch.ids, batch.trained, p, mask_token_id, generator)
     counts = batch.trained.sum(1).float()
     normalizer = counts if data.objective == "sft" else torch.full_like(counts, counts.sum().item() / len(counts))
     logits = model(noisy, attention_mask=attention)
