@@ -26,10 +26,11 @@ def forward_ratio(repeats: int, batch: int, length: int) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from mdlm_interp import load_model
-    from mdlm_interp.models.checkpoint import write_random_checkpoint
+    from mdlm_interp.models.random_checkpoint import write_random_checkpoint
+    from mdlm_interp.tasks import tokenizer_corpus
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = write_random_checkpoint("llada", Path(tmp) / "medium", preset="medium", seed=0)
+        path = write_random_checkpoint("llada", Path(tmp) / "medium", tokenizer_corpus(), preset="medium", seed=0)
         lm = load_model(path)
     cfg = lm.config
     ref = LlamaForCausalLM(LlamaConfig(
@@ -73,9 +74,10 @@ def load_peak(path: str) -> dict:
         raise RuntimeError(f"no {field} in /proc/self/status")
 
     with tempfile.TemporaryDirectory() as tmp:  # warm imports and tokenizer code, so only weights are counted
-        from mdlm_interp.models.checkpoint import write_random_checkpoint
+        from mdlm_interp.models.random_checkpoint import write_random_checkpoint
+        from mdlm_interp.tasks import tokenizer_corpus
 
-        load_model(write_random_checkpoint("llada", Path(tmp) / "warm"))
+        load_model(write_random_checkpoint("llada", Path(tmp) / "warm", tokenizer_corpus()))
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
     before = status("VmRSS")
     start = time.perf_counter()
@@ -90,12 +92,13 @@ def load_peak(path: str) -> dict:
 
 def memory_ratio(n_layers: int) -> dict:
     """Write a sharded bf16 checkpoint and measure ``load_peak`` on it in a subprocess."""
-    from mdlm_interp.models.checkpoint import write_random_checkpoint
+    from mdlm_interp.models.random_checkpoint import write_random_checkpoint
+    from mdlm_interp.tasks import tokenizer_corpus
 
     with tempfile.TemporaryDirectory() as tmp:
         path = write_random_checkpoint(
-            "llada", Path(tmp) / "big", preset="medium", seed=0, dtype=torch.bfloat16, max_shard_bytes=200_000_000,
-            overrides=dict(d_model=2048, n_layers=n_layers, n_heads=16, n_kv_heads=16, d_mlp=5504))
+            "llada", Path(tmp) / "big", tokenizer_corpus(), preset="medium", seed=0, dtype=torch.bfloat16,
+            max_shard_bytes=200_000_000, overrides=dict(d_model=2048, n_layers=n_layers, n_heads=16, n_kv_heads=16, d_mlp=5504))
         out = subprocess.run([sys.executable, __file__, "--load-peak", str(path)], capture_output=True, text=True,
                              check=True)
         result = json.loads(out.stdout.strip().splitlines()[-1])

@@ -49,18 +49,20 @@ def main() -> None:
     from transformer_lens.model_bridge import TransformerBridge
 
     from mdlm_interp import load_model
-    from mdlm_interp.models.checkpoint import write_random_checkpoint
-    from mdlm_interp.record import batch_layout, record, record_batch, subject_from
+    from mdlm_interp.batching import collate
+    from mdlm_interp.models.random_checkpoint import write_random_checkpoint
+    from mdlm_interp.record import RecordConfig, record, record_batch, subject_from
     from mdlm_interp.store import writer as store_writer
-    from mdlm_interp.tasks import PromptConfig, sample_prompt, single_token_words, tokenize_prompt
+    from mdlm_interp.tasks import PromptConfig, sample_prompt, single_token_words, tokenize_prompt, tokenizer_corpus
 
     tmp = Path(tempfile.mkdtemp())
-    lm = load_model(args.model or write_random_checkpoint("llada", tmp / "medium", preset="medium"))
+    lm = load_model(args.model or write_random_checkpoint("llada", tmp / "medium", tokenizer_corpus(), preset="medium"))
     subject = subject_from(lm, None, None, None, False, False)
     words = single_token_words(lm.tokenizer)
     batch = [tokenize_prompt(sample_prompt(PromptConfig("adjective+largest"), seed=i, words=words), lm.tokenizer,
                              mask_token_id=lm.mask_token_id, masks=50) for i in range(args.batch_size)]
-    ids, attention_mask, layout = batch_layout(batch, lm.spec.prediction_offset, "cpu")
+    padded = collate(batch, lm.spec.prediction_offset)
+    ids, attention_mask, layout = padded.input_ids, padded.attention_mask, padded.layout
     cfg = lm.config
     bridge = TransformerBridge.boot_native({
         "d_model": cfg.d_model, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "d_head": cfg.d_head,
@@ -82,8 +84,8 @@ def main() -> None:
 
     runs = {
         "plain": lambda: torch.no_grad()(lm.model)(ids, attention_mask),
-        "attention+lens": lambda: record_batch(subject, batch, {"attention", "lens"}, 10, 10),
-        "attention+lens+gradients": lambda: record_batch(subject, batch, {"attention", "lens", "gradients"}, 10, 10),
+        "attention+lens": lambda: record_batch(subject, batch, RecordConfig(record=("attention", "lens"))),
+        "attention+lens+gradients": lambda: record_batch(subject, batch, RecordConfig()),
         "pattern route (run_with_cache)": pattern_route,
         "TL bridge plain": lambda: torch.no_grad()(bridge)(ids),
         "TL bridge run_with_cache(patterns)": bridge_cache,

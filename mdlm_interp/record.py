@@ -1,32 +1,118 @@
 """Recording: task prompts -> batches -> one forward pass with recorder hooks -> rows of a store.
 
 ``record`` takes a loaded model (``load_model``) or any ``HookedRootModule`` with the standard hook
-names plus its tokenizer, mask id and prediction offset. It plans one row per (example, condition),
-where a condition is (masks, filler, placement), writes them batch by batch to an HDF5 store, and
-can resume a killed run.
+names plus its tokenizer, mask id and prediction offset, and a ``RecordConfig`` (what to record).
+It plans one row per (example, condition), where a condition is (masks, filler, placement), writes
+them batch by batch to an HDF5 store, and can resume a killed run. This module alone decides where
+a recorder's results go in the store: recorder ``R`` of ``RECORDERS`` fills the group named by its
+key, the always-on prediction fills ``examples``.
 """
 
 import hashlib
 import shlex
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 
+from mdlm_interp.batching import collate
 from mdlm_interp.errors import UsageError
-from mdlm_interp.hooks.recorders import AttentionRecorder, BatchLayout, GradientRecorder, LensRecorder, distribution_stats
+from mdlm_interp.hooks.recorders import AttentionRecorder, GradientRecorder, LensRecorder, PredictionRecorder
 from mdlm_interp.models.loader import LoadedModel
+from mdlm_interp.store import schema
 from mdlm_interp.store.writer import Provenance, check_writable, open_writer
 from mdlm_interp.tasks import TASK_NAMES, PromptConfig, record_seed, sample_prompt, single_token_words, tokenize_prompt
 
-RECORDABLE = ("attention", "gradients", "lens")
-LAST_NONMASK = 50
+# --record item (and the store group its results fill) -> recorder class
+RECORDERS = {
+    "attention": AttentionRecorder,
+    "gradients": GradientRecorder,
+    "lens": LensRecorder,
+}
+RECORDABLE = tuple(RECORDERS)
+LAST_NONMASK = 50  # the attribution table's "last 50 non-mask tokens"
+FIELDS = {f.path: f for f in schema.DATA}
+
+
+def as_tuple(value) -> tuple:
+    """Return "a,b" or a sequence as a tuple (a bare int or str is one element)."""
+    if isinstance(value, str):
+        return tuple(part for part in value.split(",") if part)
+    if isinstance(value, (int, bool)):
+        return (value,)
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class RecordConfig:
+    """What a recording computes: everything that determines its rows.
+
+    ``tasks``: "all" or task names; ``masks``: mask counts at the answer slot (n masks: the answer
+    slot and n - 1 masks after it; causal models take none); ``filler`` (e.g. " ."): also record the
+    filler control for every mask count above 1; ``placements``: "random", "relevant-at:K",
+    "query-at:K"; ``n`` prompts per task; ``record``: any of attention, gradients, lens (the one-step
+    prediction is always recorded); ``top_k`` token ids kept per row; ``chat``: wrap prompts in the
+    family's chat template. Values are normalised on construction (tasks expanded, lists as sorted
+    or ordered tuples) and checked: a bad value raises ``UsageError`` naming it. The config as a dict
+    is the store's ``settings`` (with the model's facts), compared field by field on resume.
+    """
+
+    tasks: tuple = ("all",)
+    masks: tuple = (1,)
+    filler: str | None = None
+    placements: tuple = ("random",)
+    n: int = 20
+    n_relevant: int = 10
+    n_distractor: int = 40
+    record: tuple = RECORDABLE
+    seed: int = 0
+    top_k: int = 10
+    chat: bool = False
+
+    def __post_init__(self):
+        tasks = as_tuple(self.tasks)
+        tasks = TASK_NAMES if tasks == ("all",) else tasks
+        for task in tasks:
+            if task not in TASK_NAMES:
+                raise UsageError(f"unknown task '{task}' (see `mdlm-interp tasks list`)")
+        masks = tuple(int(m) for m in as_tuple(self.masks))
+        if not masks or any(m < 1 for m in masks):
+            raise UsageError(f"masks must be at least 1 (the first mask is the answer slot), got {list(masks)}")
+        placements = as_tuple(self.placements)
+        for placement in placements:
+            PromptConfig(tasks[0], self.n_relevant, self.n_distractor, placement)
+        record = tuple(sorted(as_tuple(self.record)))
+        unknown = set(record) - set(RECORDABLE)
+        if unknown:
+            raise UsageError(f"unknown --record item(s) {sorted(unknown)}; choose from {', '.join(RECORDABLE)}")
+        if self.n < 1 or self.top_k < 1:
+            raise UsageError("n and top-k must be at least 1")
+        for name, value in (("tasks", tuple(tasks)), ("masks", masks), ("placements", placements), ("record", record)):
+            object.__setattr__(self, name, value)
+
+    def settings(self) -> dict:
+        """Return the config as the JSON-ready dict written to a store's settings."""
+        return {name: list(value) if isinstance(value, tuple) else value for name, value in asdict(self).items()}
+
+    def task_config(self) -> dict:
+        """Return the prompt-building part of the settings (the store's ``task_config`` attribute)."""
+        keep = ("tasks", "masks", "filler", "placements", "n", "n_relevant", "n_distractor", "chat")
+        return {name: value for name, value in self.settings().items() if name in keep}
+
+    def conditions(self, causal: bool) -> list["Condition"]:
+        """Return the conditions in recording order: every (placement, masks); with a filler (not for a
+        causal model), also the filler control for each mask count above 1."""
+        conditions = [Condition(m, False, p) for p in self.placements for m in self.masks]
+        if self.filler is not None and not causal:
+            conditions += [Condition(m, True, p) for p in self.placements for m in self.masks if m > 1]
+        return conditions
 
 
 @dataclass(frozen=True)
 class Condition:
-    """How the prompt is asked: appended mask count, filler control, placement."""
+    """How the prompt is asked: mask count at the answer slot, filler control, placement."""
 
     masks: int
     filler: bool
@@ -47,6 +133,7 @@ class Subject:
     dtype: str
     chat_template: str | None
     max_length: int | None
+    fingerprint: object  # () -> the weights fingerprint (computed once per recording)
 
     @property
     def n_layers(self) -> int:
@@ -58,13 +145,19 @@ class Subject:
         """Number of attention (query) heads per block."""
         return int(self.module.cfg.n_heads)
 
+    def facts(self) -> dict:
+        """Return model_id, family, dtype and weights_fingerprint: the model's part of settings and provenance."""
+        return {"model_id": self.model_id, "family": self.family, "dtype": self.dtype,
+                "weights_fingerprint": self.fingerprint()}
 
-def subject_from(model, tokenizer, mask_token_id, prediction_offset, causal, chat) -> Subject:
+
+def subject_from(model, tokenizer=None, mask_token_id=None, prediction_offset=None, causal=False,
+                 chat=False) -> Subject:
     """Return a ``Subject`` from a ``LoadedModel`` or a HookedRootModule plus its facts."""
     if isinstance(model, LoadedModel):
         return Subject(model.model, model.tokenizer, model.mask_token_id, model.spec.prediction_offset,
                        model.spec.causal, model.spec.family, model.source, str(next(model.model.parameters()).dtype),
-                       model.spec.chat_template if chat else None, model.config.max_seq_len)
+                       model.spec.chat_template if chat else None, model.config.max_seq_len, model.fingerprint)
     if tokenizer is None or prediction_offset is None:
         raise UsageError("recording a bare module needs its tokenizer and prediction_offset")
     if not causal and mask_token_id is None:
@@ -72,40 +165,9 @@ def subject_from(model, tokenizer, mask_token_id, prediction_offset, causal, cha
     if chat:
         raise UsageError("chat mode needs a loaded model (its family gives the chat template)")
     cfg = getattr(model, "cfg", None)
-    return Subject(model, tokenizer, mask_token_id, prediction_offset, causal, "custom",
-                   type(model).__name__, str(next(model.parameters()).dtype), None, getattr(cfg, "n_ctx", None))
-
-
-def plan_conditions(masks, filler: str | None, placements) -> list[Condition]:
-    """Return the conditions in recording order: every (placement, masks); with a filler, also the
-    filler control for each mask count above 1."""
-    conditions = [Condition(m, False, p) for p in placements for m in masks]
-    if filler is not None:
-        conditions += [Condition(m, True, p) for p in placements for m in masks if m > 1]
-    return conditions
-
-
-def validate_request(tasks, masks, placements, record, n, n_relevant, n_distractor, batch_size, top_k) -> list[str]:
-    """Check a recording request that needs no model; return the task names ("all" expanded).
-
-    Raises ``UsageError`` naming the first problem (unknown task, mask count below 1, bad placement,
-    unknown record item, non-positive n / batch size / top-k).
-    """
-    tasks = tasks.split(",") if isinstance(tasks, str) else list(tasks)
-    task_names = list(TASK_NAMES) if tasks == ["all"] else tasks
-    for task in task_names:
-        if task not in TASK_NAMES:
-            raise UsageError(f"unknown task '{task}' (see `mdlm-interp tasks list`)")
-    if not masks or any(int(m) < 1 for m in masks):
-        raise UsageError(f"masks must be at least 1 (the first mask is the answer slot), got {list(masks)}")
-    for placement in placements:
-        PromptConfig(task_names[0], n_relevant, n_distractor, placement)
-    unknown = set(record) - set(RECORDABLE)
-    if unknown:
-        raise UsageError(f"unknown --record item(s) {sorted(unknown)}; choose from {', '.join(RECORDABLE)}")
-    if n < 1 or batch_size < 1 or top_k < 1:
-        raise UsageError("n, batch size and top-k must be at least 1")
-    return task_names
+    return Subject(model, tokenizer, mask_token_id, prediction_offset, causal, "custom", type(model).__name__,
+                   str(next(model.parameters()).dtype), None, getattr(cfg, "n_ctx", None),
+                   partial(module_fingerprint, model))
 
 
 def module_fingerprint(module: torch.nn.Module) -> str:
@@ -117,96 +179,51 @@ def module_fingerprint(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def record(
-    model,
-    tokenizer=None,
-    *,
-    out,
-    mask_token_id: int | None = None,
-    prediction_offset: int | None = None,
-    causal: bool = False,
-    tasks="all",
-    masks=(1,),
-    filler: str | None = None,
-    placements=("random",),
-    n: int = 20,
-    n_relevant: int = 10,
-    n_distractor: int = 40,
-    record=RECORDABLE,
-    batch_size: int = 8,
-    seed: int = 0,
-    top_k: int = 10,
-    chat: bool = False,
-    resume: bool = False,
-    overwrite: bool = False,
-    progress: bool = True,
-    command_line: str | None = None,
-    shard: tuple[int, int] | None = None,
-) -> Path:
-    """Record ``n`` prompts per task under every condition into the HDF5 store ``out``; return its path.
+def record(model, tokenizer=None, *, out, config: RecordConfig | None = None, mask_token_id: int | None = None,
+           prediction_offset: int | None = None, causal: bool = False, batch_size: int = 8, resume: bool = False,
+           overwrite: bool = False, progress: bool = True, command_line: str | None = None,
+           shard: tuple[int, int] | None = None, **config_fields) -> Path:
+    """Record ``config.n`` prompts per task under every condition into the HDF5 store ``out``; return its path.
 
     ``model``: a ``LoadedModel``, or any HookedRootModule with the standard hook names (then pass
     ``tokenizer``, ``prediction_offset``, ``causal`` and, for a diffusion model, ``mask_token_id``).
-    ``masks``: appended mask counts (the first mask is the answer slot; causal models take none);
-    ``filler`` (e.g. " ."): also record the filler control for each mask count above 1;
-    ``placements``: "random", "relevant-at:K", "query-at:K"; ``record``: any of attention, gradients,
-    lens (the one-step prediction is always recorded). Rows are (condition, task, example), in that
-    order. Bad input raises ``UsageError`` before any work; an existing ``out`` needs ``resume`` (same
-    settings) or ``overwrite``. ``shard=(rank, world)`` records only the rank's contiguous block of
-    rows into ``shard_path(out, rank, world)`` (merge the shards with ``store.merge_stores``).
+    ``config``: a ``RecordConfig``, or its fields as keywords (``record(lm, out=..., masks=[1, 50], n=20)``).
+    Rows are (condition, task, example), in that order. Bad input raises ``UsageError`` before any
+    work; an existing ``out`` needs ``resume`` (same settings) or ``overwrite``. ``shard=(rank, world)``
+    records only the rank's contiguous block of rows into ``shard_path(out, rank, world)`` (merge the
+    shards with ``store.merge_stores``).
     """
+    if config is None:
+        config = RecordConfig(**config_fields)
+    elif config_fields:
+        raise TypeError(f"pass either config or its fields, not both ({sorted(config_fields)})")
     rank, world = shard or (0, 1)
     out = check_writable(shard_path(out, rank, world) if shard else out, resume=resume, overwrite=overwrite)
-    subject = subject_from(model, tokenizer, mask_token_id, prediction_offset, causal, chat)
-    task_names = validate_request(tasks, masks, placements, record, n, n_relevant, n_distractor, batch_size, top_k)
-    masks = [int(m) for m in masks]
-    if subject.causal and masks != [1]:
-        raise UsageError("a causal model takes no appended masks (its answer is the next token); drop --masks")
-    conditions = plan_conditions(masks, None if subject.causal else filler, placements)
-    words = single_token_words(subject.tokenizer)
-    prompts = {(task, p): [sample_prompt(PromptConfig(task, n_relevant, n_distractor, p), record_seed(seed, i), words)
-                           for i in range(n)] for p in dict.fromkeys(placements) for task in task_names}
-    plan = [(c, t, i) for c in conditions for t, task in enumerate(task_names) for i in range(n)]
-    tokenized = [tokenize_prompt(prompts[(task_names[t], c.placement)][i], subject.tokenizer,
-                                 mask_token_id=subject.mask_token_id, causal=subject.causal,
-                                 masks=0 if subject.causal else c.masks, filler=filler if c.filler else None,
-                                 chat_template=subject.chat_template)
-                 for c, t, i in plan]
-    longest = max(len(tp.input_ids) for tp in tokenized)
+    subject = subject_from(model, tokenizer, mask_token_id, prediction_offset, causal, config.chat)
+    if batch_size < 1:
+        raise UsageError("batch size must be at least 1")
+    if subject.causal and config.masks != (1,):
+        raise UsageError("a causal model takes no masks (its answer is the next token); drop --masks")
+    plan = [(c, t, i) for c in config.conditions(subject.causal) for t in range(len(config.tasks)) for i in range(config.n)]
+    prompts = plan_prompts(subject, config, plan)
+    longest = max(len(tp.input_ids) for tp in prompts)
     if subject.max_length is not None and longest > subject.max_length:
         raise UsageError(f"prompts reach {longest} tokens, longer than the model's context of {subject.max_length}")
 
-    settings = {
-        "model_id": subject.model_id, "family": subject.family, "dtype": subject.dtype, "tasks": task_names,
-        "masks": masks, "filler": filler, "placements": list(placements), "n": n, "n_relevant": n_relevant,
-        "n_distractor": n_distractor, "record": sorted(record), "seed": seed, "top_k": top_k, "chat": chat,
-    }
-    fingerprint = model.fingerprint() if isinstance(model, LoadedModel) else module_fingerprint(subject.module)
-    settings["weights_fingerprint"] = fingerprint
-    if shard:
-        settings["shard"] = [rank, world]
+    facts = subject.facts()
+    settings = {**config.settings(), **facts, **({"shard": [rank, world]} if shard else {})}
+    provenance = Provenance(command_line=command_line or shlex.join(sys.argv), task_config=config.task_config(),
+                            seed=config.seed, **facts)
+    dims = {"k": config.top_k, "relevant": max(config.n_relevant, 1), "layers": subject.n_layers,
+            "heads": subject.n_heads}
     first, stop = len(plan) * rank // world, len(plan) * (rank + 1) // world
-    provenance = Provenance(
-        command_line=command_line or shlex.join(sys.argv), model_id=subject.model_id, family=subject.family,
-        dtype=subject.dtype, weights_fingerprint=fingerprint,
-        task_config={k: settings[k] for k in ("tasks", "masks", "filler", "placements", "n", "n_relevant",
-                                              "n_distractor", "chat")},
-        seed=seed)
-    dims = {"k": top_k, "relevant": max(n_relevant, 1), "layers": subject.n_layers, "heads": subject.n_heads}
-    groups = ("examples", "tokens", *record)
-    with open_writer(out, settings=settings, provenance=provenance, groups=groups, dims=dims,
-                     n_planned=stop - first, resume=resume, overwrite=overwrite) as writer:
-        start = first + writer.n_rows_done
+    with open_writer(out, settings=settings, provenance=provenance, groups=("examples", "tokens", *config.record),
+                     dims=dims, n_planned=stop - first, resume=resume, overwrite=overwrite) as writer:
         bar = tqdm_or_none(progress, total=stop - first, initial=writer.n_rows_done)
-        for begin in range(start, stop, batch_size):
+        for begin in range(first + writer.n_rows_done, stop, batch_size):
             rows = range(begin, min(begin + batch_size, stop))
-            batch = record_batch(subject, [tokenized[r] for r in rows], set(record), top_k, dims["relevant"])
-            batch["examples/row"] = list(rows)
-            batch["examples/example"] = [plan[r][1] * n + plan[r][2] for r in rows]
-            batch["examples/task"] = [task_names[plan[r][1]] for r in rows]
-            batch["examples/masks"] = [0 if subject.causal else plan[r][0].masks for r in rows]
-            batch["examples/filler"] = [plan[r][0].filler for r in rows]
-            batch["examples/placement"] = [plan[r][0].placement for r in rows]
+            batch = record_batch(subject, [prompts[r] for r in rows], config)
+            batch.update(plan_columns(config, subject.causal, [plan[r] for r in rows], rows))
             writer.append(batch)
             if bar is not None:
                 bar.update(len(rows))
@@ -214,6 +231,35 @@ def record(
         if bar is not None:
             bar.close()
     return out
+
+
+def plan_prompts(subject: Subject, config: RecordConfig, plan: list) -> list:
+    """Return the ``TokenizedPrompt`` of every planned (condition, task index, example index) row.
+
+    Example i of a task is the same prompt (seed ``record_seed(config.seed, i)``) under every
+    condition of a placement, and the same examples under every placement.
+    """
+    words = single_token_words(subject.tokenizer)
+    sampled = {(task, p): [sample_prompt(PromptConfig(task, config.n_relevant, config.n_distractor, p),
+                                         record_seed(config.seed, i), words) for i in range(config.n)]
+               for p in dict.fromkeys(config.placements) for task in config.tasks}
+    return [tokenize_prompt(sampled[(config.tasks[t], c.placement)][i], subject.tokenizer,
+                            mask_token_id=subject.mask_token_id, causal=subject.causal,
+                            masks=0 if subject.causal else c.masks, filler=config.filler if c.filler else None,
+                            chat_template=subject.chat_template)
+            for c, t, i in plan]
+
+
+def plan_columns(config: RecordConfig, causal: bool, planned: list, rows) -> dict:
+    """Return the /examples columns that say which row this is: row, example, task, masks, filler, placement."""
+    return {
+        "examples/row": list(rows),
+        "examples/example": [t * config.n + i for _, t, i in planned],
+        "examples/task": [config.tasks[t] for _, t, _ in planned],
+        "examples/masks": [0 if causal else c.masks for c, _, _ in planned],
+        "examples/filler": [c.filler for c, _, _ in planned],
+        "examples/placement": [c.placement for c, _, _ in planned],
+    }
 
 
 def shard_path(out, rank: int, world: int) -> Path:
@@ -231,92 +277,53 @@ def tqdm_or_none(enabled: bool, **kwargs):
     return tqdm(unit="row", desc="recording", **kwargs)
 
 
-def batch_layout(tokenized: list, offset: int, device) -> tuple[torch.Tensor, torch.Tensor, BatchLayout]:
-    """Right-pad a batch; return (input_ids [batch, pos], attention_mask [batch, pos], layout)."""
-    width = max(len(tp.input_ids) for tp in tokenized)
-    batch = len(tokenized)
-    ids = torch.zeros(batch, width, dtype=torch.long)
-    selections = {name: torch.zeros(batch, width, dtype=torch.bool)
-                  for name in ("valid", "appended", "masks", "relevant", "last50")}
-    for row, tp in enumerate(tokenized):
-        length = len(tp.input_ids)
-        ids[row, :length] = torch.tensor(tp.input_ids)
-        selections["valid"][row, :length] = True
-        answer, (mask_start, mask_end) = tp.answer_position, tp.spans["masks"]
-        selections["appended"][row, answer:max(answer + 1, mask_end)] = answer < length
-        selections["masks"][row, mask_start:mask_end] = True
-        for index in tp.relevant_examples:
-            start, end = tp.example_spans[index]
-            selections["relevant"][row, start:end] = True
-        selections["last50"][row, max(0, answer - LAST_NONMASK):answer] = True
-    selections["context"] = selections["valid"] & ~selections["appended"]
-    readout = torch.tensor([tp.answer_position + offset for tp in tokenized])
-    answers = torch.tensor([tp.answer_id for tp in tokenized])
-    layout = BatchLayout(readout=readout.to(device), answer_ids=answers.to(device),
-                         **{k: v.to(device) for k, v in selections.items()})
-    return ids.to(device), selections["valid"].long().to(device), layout
+def recorder_factories(config: RecordConfig) -> dict:
+    """Return store group -> recorder factory ``(module, layout) -> Recorder`` for ``config``: the
+    prediction (group "examples") and every recorder of ``config.record``."""
+    return {"examples": partial(PredictionRecorder, top_k=config.top_k),
+            **{name: RECORDERS[name] for name in config.record}}
 
 
-def supports_probes(module) -> bool:
-    """Whether ``module`` exposes attention probes (the toolkit's own decoder does)."""
-    return "blocks.0.attn.hook_probe_mass" in getattr(module, "hook_dict", {})
+def record_batch(subject: Subject, prompts: list, config: RecordConfig, factories: dict | None = None) -> dict:
+    """Run one forward pass (and a backward pass when a recorder needs one) over a batch; return its
+    store columns: dataset path -> one value per row, without the plan columns (``plan_columns``).
 
-
-def record_batch(subject: Subject, tokenized: list, record: set, top_k: int, max_relevant: int,
-                 use_probes: bool | None = None) -> dict:
-    """Run one forward pass (and a backward pass for gradients) over a batch; return store columns.
-
-    Returns a dict of store dataset paths -> per-row values, without the plan columns (row, example,
-    task, masks, filler, placement), which the caller adds. ``use_probes`` (default: when the module
-    supports them) measures attention mass with attention probes instead of patterns.
+    ``factories`` (default ``recorder_factories(config)``) maps store groups to recorder factories;
+    pass your own to record differently (e.g. attention from patterns instead of probes).
     """
     device = next(subject.module.parameters()).device
-    ids, attention_mask, layout = batch_layout(tokenized, subject.prediction_offset, device)
-    recorders = {}
-    if "attention" in record:
-        probes = supports_probes(subject.module) if use_probes is None else use_probes
-        recorders["attention"] = AttentionRecorder(subject.n_layers, layout, probes)
-    if "lens" in record:
-        recorders["lens"] = LensRecorder(subject.module, subject.n_layers, layout)
-    if "gradients" in record:
-        recorders["gradients"] = GradientRecorder(layout)
+    batch = collate(prompts, subject.prediction_offset, last_k=LAST_NONMASK, device=device)
+    recorders = {group: make(subject.module, batch.layout) for group, make in (factories or recorder_factories(config)).items()}
     hooks = [hook for recorder in recorders.values() for hook in recorder.fwd_hooks()]
-    kwargs = recorders["attention"].forward_kwargs() if "attention" in recorders else {}
-    with torch.set_grad_enabled("gradients" in record):
-        logits = subject.module.run_with_hooks(ids, attention_mask=attention_mask, fwd_hooks=hooks, **kwargs)
-        columns = recorders["gradients"].results(logits) if "gradients" in record else {}
-    with torch.no_grad():
-        answer_logits = logits.detach()[layout.rows, layout.readout].float()
-        stats = distribution_stats(answer_logits, layout.answer_ids)
-        top = answer_logits.softmax(-1).topk(top_k, dim=-1)
-        for name in ("attention", "lens"):
-            if name in recorders:
-                columns.update(recorders[name].results())
-    lengths = [len(tp.input_ids) for tp in tokenized]
-    columns = {k: v.cpu().numpy() for k, v in columns.items()}
-    if "gradients/norms" in columns:
-        columns["gradients/norms"] = [row[:n] for row, n in zip(columns["gradients/norms"], lengths)]
-    relevant = torch.full((len(tokenized), max_relevant, 2), -1, dtype=torch.int32)
-    for row, tp in enumerate(tokenized):
+    kwargs = {k: v for recorder in recorders.values() for k, v in recorder.forward_kwargs().items()}
+    with torch.set_grad_enabled(any(recorder.needs_grad for recorder in recorders.values())):
+        logits = subject.module.run_with_hooks(batch.input_ids, attention_mask=batch.attention_mask, fwd_hooks=hooks,
+                                               **kwargs)
+        results = {f"{group}/{name}": value.detach().cpu() for group, recorder in recorders.items()
+                   for name, value in recorder.results(logits).items()}
+    valid = batch.layout.valid.cpu()
+    columns = {path: [row[keep].numpy() for row, keep in zip(value, valid)] if FIELDS[path].vlen else value.numpy()
+               for path, value in results.items()}
+    columns.update(prompt_columns(prompts, max(config.n_relevant, 1)))
+    return columns
+
+
+def prompt_columns(prompts: list, max_relevant: int) -> dict:
+    """Return the /examples and /tokens columns that come from the prompts themselves (lengths, spans,
+    answer, input ids); relevant_spans is [rows, max_relevant, 2], padded with -1."""
+    relevant = torch.full((len(prompts), max_relevant, 2), -1, dtype=torch.int32)
+    for row, tp in enumerate(prompts):
         spans = [tp.example_spans[i] for i in tp.relevant_examples][:max_relevant]
         if spans:
             relevant[row, :len(spans)] = torch.tensor(spans, dtype=torch.int32)
-    predicted = answer_logits.argmax(-1)
-    columns.update({
-        "examples/input_length": lengths,
+    return {
+        "examples/input_length": [len(tp.input_ids) for tp in prompts],
         "examples/relevant_spans": relevant.numpy(),
-        "examples/query_start": [tp.spans["query"][0] for tp in tokenized],
-        "examples/query_end": [tp.spans["query"][1] for tp in tokenized],
-        "examples/answer_position": [tp.answer_position for tp in tokenized],
-        "examples/masks_start": [tp.spans["masks"][0] for tp in tokenized],
-        "examples/masks_end": [tp.spans["masks"][1] for tp in tokenized],
-        "examples/answer_id": layout.answer_ids.cpu().numpy(),
-        "examples/predicted_id": predicted.cpu().numpy(),
-        "examples/p_answer": stats["p_answer"].cpu().numpy(),
-        "examples/entropy": stats["entropy"].cpu().numpy(),
-        "examples/correct": (predicted == layout.answer_ids).cpu().numpy(),
-        "examples/topk_ids": top.indices.cpu().numpy(),
-        "examples/topk_probs": top.values.cpu().numpy(),
-        "tokens/input_ids": [torch.tensor(tp.input_ids).numpy() for tp in tokenized],
-    })
-    return columns
+        "examples/query_start": [tp.spans["query"][0] for tp in prompts],
+        "examples/query_end": [tp.spans["query"][1] for tp in prompts],
+        "examples/answer_position": [tp.answer_position for tp in prompts],
+        "examples/masks_start": [tp.spans["masks"][0] for tp in prompts],
+        "examples/masks_end": [tp.spans["masks"][1] for tp in prompts],
+        "examples/answer_id": [tp.answer_id for tp in prompts],
+        "tokens/input_ids": [torch.tensor(tp.input_ids).numpy() for tp in prompts],
+    }

@@ -14,13 +14,15 @@ torch.set_num_threads(1)  # tiny models: threads only add overhead (and thrash o
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """Return a function family -> path of a tiny random float32 checkpoint (seed 0), cached."""
-    from mdlm_interp.models.checkpoint import write_random_checkpoint
+    from mdlm_interp.models.random_checkpoint import write_random_checkpoint
+    from mdlm_interp.tasks import tokenizer_corpus
 
     cache = {}
 
     def get(family: str):
         if family not in cache:
-            cache[family] = write_random_checkpoint(family, tmp_path_factory.mktemp(f"tiny-{family}"), seed=0)
+            cache[family] = write_random_checkpoint(family, tmp_path_factory.mktemp(f"tiny-{family}"),
+                                                    tokenizer_corpus(), seed=0)
         return cache[family]
 
     return get

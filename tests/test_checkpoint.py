@@ -12,16 +12,20 @@ from safetensors.torch import load_file, save_file
 
 from mdlm_interp import load_model
 from mdlm_interp.errors import UsageError
-from mdlm_interp.models.checkpoint import write_random_checkpoint
+from mdlm_interp.models.random_checkpoint import write_random_checkpoint
+from mdlm_interp.tasks import tokenizer_corpus
+
+from cli_run import run_cli
 
 
-def run_cli(*args, env=None):
+def run_cli_process(*args, env=None):
+    """Run ``python -m mdlm_interp ARGS`` in a fresh process (for environment variables read at import)."""
     full_env = dict(os.environ, **(env or {}))
     return subprocess.run([sys.executable, "-m", "mdlm_interp", *args], capture_output=True, text=True, env=full_env)
 
 
 def test_sharded_bf16_checkpoint_loads_like_the_single_file(tmp_path, tiny_checkpoint):
-    sharded = write_random_checkpoint("dream", tmp_path / "sharded", seed=0, dtype=torch.bfloat16,
+    sharded = write_random_checkpoint("dream", tmp_path / "sharded", tokenizer_corpus(), seed=0, dtype=torch.bfloat16,
                                       max_shard_bytes=60_000)
     shards = sorted(sharded.glob("model-*.safetensors"))
     assert len(shards) >= 3 and (sharded / "model.safetensors.index.json").exists()
@@ -38,9 +42,9 @@ def test_sharded_bf16_checkpoint_loads_like_the_single_file(tmp_path, tiny_check
 
 
 def test_random_checkpoints_are_deterministic(tmp_path):
-    a = write_random_checkpoint("llada", tmp_path / "a", seed=3)
-    b = write_random_checkpoint("llada", tmp_path / "b", seed=3)
-    c = write_random_checkpoint("llada", tmp_path / "c", seed=4)
+    a = write_random_checkpoint("llada", tmp_path / "a", tokenizer_corpus(), seed=3)
+    b = write_random_checkpoint("llada", tmp_path / "b", tokenizer_corpus(), seed=3)
+    c = write_random_checkpoint("llada", tmp_path / "c", tokenizer_corpus(), seed=4)
     for name in ["model.safetensors", "config.json", "tokenizer.json"]:
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     assert (a / "model.safetensors").read_bytes() != (c / "model.safetensors").read_bytes()
@@ -105,7 +109,7 @@ def test_broken_checkpoints_give_one_line_errors(problem, expected, tmp_path, ti
 
 
 def test_missing_shard_is_named(tmp_path):
-    path = write_random_checkpoint("llama", tmp_path / "ck", max_shard_bytes=60_000)
+    path = write_random_checkpoint("llama", tmp_path / "ck", tokenizer_corpus(), max_shard_bytes=60_000)
     victim = sorted(path.glob("model-*.safetensors"))[1]
     victim.unlink()
     with pytest.raises(UsageError, match=f"shard {victim.name} listed"):
@@ -127,11 +131,11 @@ def test_hub_id_resolves_through_the_local_cache(tmp_path, tiny_checkpoint):
     refs.mkdir()
     (refs / "main").write_text("0123abc")
     env = {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
-    result = run_cli("model", "info", "GSAI-ML/LLaDA-tiny", "--json", env=env)
+    result = run_cli_process("model", "info", "GSAI-ML/LLaDA-tiny", "--json", env=env)
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
     assert info["family"] == "llada" and info["path"] == str(snapshot)
-    missing = run_cli("model", "info", "GSAI-ML/LLaDA-8B-Instruct", env=env)
+    missing = run_cli_process("model", "info", "GSAI-ML/LLaDA-8B-Instruct", env=env)
     assert missing.returncode == 2
     assert "GSAI-ML/LLaDA-8B-Instruct" in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
 

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 
 import h5py
 import numpy as np
@@ -13,9 +14,12 @@ import pytest
 import torch
 
 from mdlm_interp.errors import UsageError
-from mdlm_interp.record import Subject, record, record_batch, subject_from
+from mdlm_interp.hooks import AttentionRecorder
+from mdlm_interp.record import RecordConfig, Subject, record, record_batch, recorder_factories, subject_from
 from mdlm_interp.store import open_store
 from mdlm_interp.tasks import PromptConfig, sample_prompt, single_token_words, tokenize_prompt
+
+from cli_run import run_cli
 
 TASKS = ["adjective+largest", "verb+smallest"]
 
@@ -82,8 +86,9 @@ def test_recorded_quantities_equal_brute_force(family, masks, use_probes, tiny_m
     subject = subject_from(lm, None, None, None, False, False)
     batch = prompts_for(lm, masks, n=4, n_distractor=6)
     batch[1] = prompts_for(lm, masks, n=2, n_distractor=14)[1]  # a longer prompt, so the batch is padded
-    columns = record_batch(subject, batch, {"attention", "lens", "gradients"}, top_k=5, max_relevant=4,
-                           use_probes=use_probes)
+    config = RecordConfig(top_k=5, n_relevant=4)
+    factories = {**recorder_factories(config), "attention": partial(AttentionRecorder, use_probes=use_probes)}
+    columns = record_batch(subject, batch, config, factories)
     assert len({len(tp.input_ids) for tp in batch}) > 1
     for row, tp in enumerate(batch):
         expected = brute_force(lm.model, tp, lm.spec.prediction_offset)
@@ -100,8 +105,9 @@ def test_dream_offset_is_applied(tiny_model):
     tp = prompts_for(lm, 3, n=1)[0]
     subject = subject_from(lm, None, None, None, False, False)
     shifted = Subject(**{**subject.__dict__, "prediction_offset": 0})
-    with_offset = record_batch(subject, [tp], {"lens"}, 5, 4)
-    without = record_batch(shifted, [tp], {"lens"}, 5, 4)
+    config = RecordConfig(record=["lens"], top_k=5, n_relevant=4)
+    with_offset = record_batch(subject, [tp], config)
+    without = record_batch(shifted, [tp], config)
     with torch.no_grad():
         logits = lm.model(torch.tensor(tp.input_ids)[None])[0]
     expected = logits[tp.answer_position - 1].softmax(-1)[tp.answer_id].item()
@@ -167,7 +173,7 @@ def test_transformer_lens_bridge_records_through_the_same_api(tmp_path, tiny_mod
     subject = subject_from(bridge, lm.tokenizer, lm.mask_token_id, 0, False, False)
     tp = prompts_for(lm, 4, n=1, n_distractor=6)[0]
     expected = brute_force(bridge, tp, 0)
-    got = record_batch(subject, [tp], {"attention", "lens", "gradients"}, 5, 4)
+    got = record_batch(subject, [tp], RecordConfig(top_k=5, n_relevant=4))
     for name in ("attention/mask_mass_from_answer", "lens/p_answer", "gradients/mask_mean"):
         np.testing.assert_allclose(got[name][0], expected[name].detach().numpy(), atol=1e-5, rtol=1e-4)
     with open_store(out) as store:
@@ -175,17 +181,12 @@ def test_transformer_lens_bridge_records_through_the_same_api(tmp_path, tiny_mod
         assert store.attention["mask_mass_from_answer"].shape == (4, 2, 4)
 
 
-def cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "mdlm_interp", *args], capture_output=True, text=True,
-                          env=dict(os.environ, **(env or {})))
-
-
 def test_killed_run_resumes_to_the_same_store(tmp_path, tiny_checkpoint):
     model = str(tiny_checkpoint("llada"))
     common = ["record", "--model", model, "--task", ",".join(TASKS), "--masks", "1,3", "--n", "80",
               "--n-relevant", "4", "--n-distractor", "8", "--batch-size", "4", "--no-progress"]
     full = tmp_path / "full.h5"
-    assert cli(*common, "--out", str(full)).returncode == 0
+    assert run_cli(*common, "--out", str(full)).returncode == 0
     killed = tmp_path / "killed.h5"
     process = subprocess.Popen([sys.executable, "-m", "mdlm_interp", *common, "--out", str(killed)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -203,11 +204,11 @@ def test_killed_run_resumes_to_the_same_store(tmp_path, tiny_checkpoint):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert 64 <= done < 320, "the run should be killed part-way"
-    again = cli(*common, "--out", str(killed))
+    again = run_cli(*common, "--out", str(killed))
     assert again.returncode == 2 and "--resume" in again.stderr  # refused, untouched
-    changed = cli(*[a if a != "1,3" else "1,4" for a in common], "--out", str(killed), "--resume")
+    changed = run_cli(*[a if a != "1,3" else "1,4" for a in common], "--out", str(killed), "--resume")
     assert changed.returncode == 2 and "masks" in changed.stderr
-    resumed = cli(*common, "--out", str(killed), "--resume")
+    resumed = run_cli(*common, "--out", str(killed), "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert_same_rows(read_all(full), read_all(killed))
     with open_store(killed) as store:
@@ -217,7 +218,7 @@ def test_killed_run_resumes_to_the_same_store(tmp_path, tiny_checkpoint):
 def test_existing_output_is_left_untouched(tmp_path, tiny_checkpoint):
     out = tmp_path / "exists.h5"
     out.write_bytes(b"precious")
-    result = cli("record", "--model", str(tiny_checkpoint("llada")), "--out", str(out), "--n", "1")
+    result = run_cli("record", "--model", str(tiny_checkpoint("llada")), "--out", str(out), "--n", "1")
     assert result.returncode == 2 and out.read_bytes() == b"precious"
 
 
@@ -234,14 +235,14 @@ def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, tiny_checkpoi
     for flag, value in zip(args[::2], args[1::2]):
         base[flag] = value
     flat = [item for pair in base.items() for item in pair] + [a for a in args if a not in base and a not in base.values()]
-    result = cli("record", *flat, "--n", "1", "--no-progress")
+    result = run_cli("record", *flat, "--n", "1", "--no-progress")
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x.h5").exists()
 
 
 def test_causal_models_refuse_masks_and_bare_modules_need_a_mask_id(tmp_path, tiny_checkpoint, tiny_model):
-    result = cli("record", "--model", str(tiny_checkpoint("llama")), "--masks", "5", "--out", str(tmp_path / "c.h5"))
+    result = run_cli("record", "--model", str(tiny_checkpoint("llama")), "--masks", "5", "--out", str(tmp_path / "c.h5"))
     assert result.returncode == 2 and "causal" in result.stderr
     with pytest.raises(UsageError, match="no mask token"):
         record(tiny_model("llada").model, tiny_model("llada").tokenizer, out=tmp_path / "b.h5", prediction_offset=0)
@@ -251,7 +252,7 @@ def test_causal_models_refuse_masks_and_bare_modules_need_a_mask_id(tmp_path, ti
 def test_summary_json(tmp_path, tiny_model):
     out = record(tiny_model("dream"), out=tmp_path / "s.h5", tasks=TASKS, masks=[1, 3], n=2, n_relevant=4,
                  n_distractor=6, progress=False)
-    result = cli("summary", str(out), "--json")
+    result = run_cli("summary", str(out), "--json")
     conditions = json.loads(result.stdout)["conditions"]
     with open_store(out) as store:
         frame = store.examples
@@ -262,14 +263,23 @@ def test_summary_json(tmp_path, tiny_model):
         assert condition["accuracy"] == pytest.approx(rows["correct"].mean())
 
 
+def free_port() -> int:
+    """Return a TCP port that is free on this machine now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def test_torchrun_shards_merge_into_the_single_process_store(tmp_path, tiny_checkpoint):
     common = ["record", "--model", str(tiny_checkpoint("dream")), "--task", ",".join(TASKS), "--masks", "1,4",
               "--n-prompts", "5", "--n-relevant", "4", "--n-distractor", "6", "--batch-size", "3", "--no-progress"]
     single = tmp_path / "single.h5"
-    assert cli(*common, "--out", str(single)).returncode == 0
+    assert run_cli(*common, "--out", str(single)).returncode == 0
     merged = tmp_path / "merged.h5"
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                             "--master-port", "29517", "-m", "mdlm_interp", *common, "--out", str(merged)],
+                             "--master-port", str(free_port()), "-m", "mdlm_interp", *common, "--out", str(merged)],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "merged.shard0-of-2.h5").exists() and (tmp_path / "merged.shard1-of-2.h5").exists()
@@ -286,6 +296,6 @@ def test_checkpoint_whose_tokenizer_lacks_the_mask_token_is_refused(tmp_path, ti
         data = file.read_bytes()
         (path / file.name).write_bytes(data.replace(b"<|mdm_mask|>", b"<|not_mask|>") if "tokenizer" in file.name
                                        else data)
-    result = cli("record", "--model", str(path), "--out", str(tmp_path / "x.h5"), "--n", "1")
+    result = run_cli("record", "--model", str(path), "--out", str(tmp_path / "x.h5"), "--n", "1")
     assert result.returncode == 2 and "no mask token '<|mdm_mask|>'" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.h5").exists()

@@ -2,9 +2,6 @@
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -21,6 +18,8 @@ from mdlm_interp.training.objectives import (
 )
 from mdlm_interp.training.pretrain import StageConfig, TrainConfig, train
 from mdlm_interp.training.vocab import load_fast_tokenizer, special_tokens
+
+from cli_run import run_cli
 
 
 # ---------------------------------------------------------------- losses
@@ -157,13 +156,13 @@ def test_prompts_tokenize_into_exactly_their_words_and_every_word_is_one_token()
 
 def test_one_vocabulary_serves_every_family(tmp_path):
     from mdlm_interp import load_model
-    from mdlm_interp.training.pretrain import decoder_config, write_checkpoint
     from mdlm_interp.models.transformer import HookedDecoder
+    from mdlm_interp.training.pretrain import write_checkpoint
 
     vocab = load_fast_tokenizer(FAMILIES["llada"]).get_vocab()
     assert all(token in vocab for token in special_tokens())
     for family in ("llada", "llama", "dream"):
-        model = HookedDecoder(decoder_config(family, "tiny", 832))
+        model = HookedDecoder(FAMILIES[family].preset_config("tiny", 832))
         write_checkpoint(tmp_path / family, model, FAMILIES[family], torch.float32)
         lm = load_model(tmp_path / family)
         assert lm.tokenizer.get_vocab() == vocab
@@ -227,7 +226,7 @@ def test_pretraining_batches_never_train_position_zero_for_shifted_families():
 def tiny_config(family: str, seed: int = 0, init=None, steps: int = 4) -> TrainConfig:
     data = dict(batch_tokens=600, max_examples=4)
     return TrainConfig(
-        family=family, preset="tiny", seed=seed, init=init, eval_every=0, save_every=2,
+        family=family, preset="tiny", seed=seed, init=init, eval_every=0, save_every=2, threads=1,
         stages=(StageConfig("pretrain", steps, 3e-3, DataConfig("pretrain", **data), warmup=1),
                 StageConfig("sft", steps, 3e-3, DataConfig("sft", **data), warmup=1)),
     )
@@ -239,9 +238,9 @@ def weights(path):
 
 @pytest.mark.parametrize("family", ["llada", "llama"])
 def test_same_seed_gives_bitwise_identical_weights(tmp_path, family):
-    train(tiny_config(family), tmp_path / "a", progress=False)
-    train(tiny_config(family), tmp_path / "b", progress=False)
-    train(tiny_config(family, seed=1), tmp_path / "c", progress=False)
+    train(tiny_config(family, steps=2), tmp_path / "a", progress=False)
+    train(tiny_config(family, steps=2), tmp_path / "b", progress=False)
+    train(tiny_config(family, seed=1, steps=2), tmp_path / "c", progress=False)
     assert weights(tmp_path / "a") == weights(tmp_path / "b")
     assert weights(tmp_path / "a") != weights(tmp_path / "c")
     assert not (tmp_path / "a" / "train_state").exists()
@@ -269,11 +268,26 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     assert weights(tmp_path / "full") == weights(tmp_path / "cut")
 
 
-def test_resume_refuses_a_different_configuration(tmp_path):
+def test_resume_refuses_a_different_configuration(tmp_path, monkeypatch):
+    import mdlm_interp.training.pretrain as pretrain
     from mdlm_interp.errors import UsageError
 
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match="nothing to resume"):
         train(tiny_config("llada"), tmp_path / "none", resume=True, progress=False)
+    real = pretrain.sample_batch
+
+    def interrupt(data, spec, tokenizer, seed, stage, step, progress):
+        if step == 3:
+            raise KeyboardInterrupt
+        return real(data, spec, tokenizer, seed, stage, step, progress)
+
+    monkeypatch.setattr(pretrain, "sample_batch", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config("llada"), tmp_path / "cut", progress=False)
+    assert (tmp_path / "cut" / "train_state" / "state.json").exists()
+    monkeypatch.setattr(pretrain, "sample_batch", real)
+    with pytest.raises(UsageError, match="different configuration"):
+        train(tiny_config("llada", seed=1), tmp_path / "cut", resume=True, progress=False)
 
 
 def test_dream_starts_from_the_causal_twin_with_zero_qkv_biases(tmp_path):
@@ -297,7 +311,7 @@ def test_dream_starts_from_the_causal_twin_with_zero_qkv_biases(tmp_path):
 
 
 def test_pretrain_cli_help_documents_every_flag():
-    out = subprocess.run([sys.executable, "-m", "mdlm_interp", "pretrain", "--help"], capture_output=True, text=True)
+    out = run_cli("pretrain", "--help")
     assert out.returncode == 0
     for flag in ("--family", "--preset", "--init", "--steps", "--sft-steps", "--seed", "--out", "--resume",
                  "--threads", "--dtype"):
@@ -308,13 +322,9 @@ def test_pretrain_cli_writes_a_loadable_checkpoint_with_a_model_card(tmp_path):
     from mdlm_interp import load_model
 
     out = tmp_path / "cli-llada"
-    result = subprocess.run(
-        [sys.executable, "-m", "mdlm_interp", "pretrain", "--family", "llada", "--preset", "tiny", "--steps", "2",
-         "--sft-steps", "2", "--seed", "0", "--batch-tokens", "600", "--eval-every", "0", "--eval-prompts", "8",
-         "--masks", "1,5",
-         "--no-progress", "--out", str(out)],
-        capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"),
-    )
+    result = run_cli("pretrain", "--family", "llada", "--preset", "tiny", "--steps", "2", "--sft-steps", "2", "--seed", "0",
+                     "--batch-tokens", "600", "--eval-every", "0", "--eval-prompts", "8", "--masks", "1,5",
+                     "--no-progress", "--out", str(out))
     assert result.returncode == 0, result.stderr
     card = (out / "README.md").read_text()
     assert "mdlm-interp pretrain --family llada" in card and "masks" in card

@@ -3,6 +3,8 @@
 
 def add_parser(subparsers) -> None:
     """Register ``model init`` and ``model info``."""
+    from mdlm_interp.models.families import DTYPE_NAMES, FAMILIES, SHAPE_PRESETS
+
     parser = subparsers.add_parser("model", help="write tiny random checkpoints; describe a checkpoint")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
@@ -12,10 +14,11 @@ def add_parser(subparsers) -> None:
         description="Write a complete Hugging Face style checkpoint (config.json, safetensors, tokenizer) "
         "with random weights, for tests and benchmarks.",
     )
-    init.add_argument("--family", required=True, choices=["llada", "dream", "llama", "qwen2"], help="model family")
-    init.add_argument("--preset", default="tiny", help="shape preset: tiny (tests) or medium (benchmarks)")
+    init.add_argument("--family", required=True, choices=list(FAMILIES), help="model family")
+    init.add_argument("--preset", default="tiny", choices=list(SHAPE_PRESETS),
+                      help="shape preset: tiny (tests), medium (benchmarks) or organism (the trained organisms' shape)")
     init.add_argument("--seed", type=int, default=0, help="seed of the random weights (same seed, same files)")
-    init.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+    init.add_argument("--dtype", default="float32", choices=list(DTYPE_NAMES),
                       help="dtype of the stored weights")
     init.add_argument("--shard-mb", type=float, default=None,
                       help="split the weights into shards of at most this many MB (with an index file)")
@@ -30,11 +33,13 @@ def add_parser(subparsers) -> None:
 
 def run_init(args) -> int:
     """Handle ``model init``."""
-    from mdlm_interp.models.checkpoint import write_random_checkpoint
     from mdlm_interp.models.loader import parse_dtype
+    from mdlm_interp.models.random_checkpoint import write_random_checkpoint
+    from mdlm_interp.tasks import tokenizer_corpus
 
     shard = None if args.shard_mb is None else int(args.shard_mb * 1e6)
-    out = write_random_checkpoint(args.family, args.out, args.preset, args.seed, parse_dtype(args.dtype), shard)
+    out = write_random_checkpoint(args.family, args.out, tokenizer_corpus(), args.preset, args.seed,
+                                  parse_dtype(args.dtype), shard)
     print(f"wrote {args.family} {args.preset} checkpoint to {out}")
     return 0
 

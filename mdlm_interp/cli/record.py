@@ -20,6 +20,8 @@ def name_list(text: str) -> list[str]:
 
 def add_parser(subparsers) -> None:
     """Register the ``record`` subcommand."""
+    from mdlm_interp.models.families import DTYPE_NAMES
+
     parser = subparsers.add_parser(
         "record",
         help="record predictions, attention to masks, embedding gradients and the logit lens into HDF5",
@@ -32,8 +34,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--task", default="all", type=name_list,
                         help="'all' or comma-separated task names (see `mdlm-interp tasks list`)")
     parser.add_argument("--masks", default=[1], type=int_list,
-                        help="appended mask count(s), e.g. 50 or 1,5,10,20,50; the first mask is the answer slot "
-                        "(default 1; causal models take none)")
+                        help="mask count(s) n, e.g. 50 or 1,5,10,20,50: n masks are the answer slot and n - 1 "
+                        "masks after it (default 1; causal models take none)")
     parser.add_argument("--filler", default=None, metavar="TEXT",
                         help="also record the filler control for each mask count above 1: the masks after the "
                         "answer slot replaced by this one-token text, e.g. ' .'")
@@ -52,7 +54,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--top-k", type=int, default=10, help="top-k token ids and probabilities kept per row (default 10)")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (default 8)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prompts (default 0)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+    parser.add_argument("--dtype", default="float32", choices=list(DTYPE_NAMES),
                         help="model dtype (default float32)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     parser.add_argument("--out", default="record.h5", help="output HDF5 store (default record.h5)")
@@ -69,17 +71,21 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    """Check the output path, load the model, record, then print the summary table."""
+    """Check the request and the output path, load the model, record, then print the summary table."""
     import shlex
     import sys
 
-    from mdlm_interp.record import record, validate_request
+    from mdlm_interp.errors import UsageError
+    from mdlm_interp.record import RecordConfig, record
     from mdlm_interp.store.writer import check_writable
 
     # everything that needs no model is checked before loading one
     check_writable(args.out, resume=args.resume, overwrite=args.overwrite)
-    validate_request(args.task, args.masks, args.placement, args.record, args.n, args.n_relevant,
-                     args.n_distractor, args.batch_size, args.top_k)
+    config = RecordConfig(tasks=args.task, masks=args.masks, filler=args.filler, placements=args.placement, n=args.n,
+                          n_relevant=args.n_relevant, n_distractor=args.n_distractor, record=args.record,
+                          seed=args.seed, top_k=args.top_k, chat=args.chat)
+    if args.batch_size < 1:
+        raise UsageError("batch size must be at least 1")
 
     from mdlm_interp.models import load_model
     from mdlm_interp.store import open_store
@@ -88,9 +94,7 @@ def run(args) -> int:
     rank, world, device = distributed_setup(args.device)
     lm = load_model(args.model, device=device, dtype=args.dtype)
     out = record(
-        lm, out=args.out, tasks=args.task, masks=args.masks, filler=args.filler, placements=args.placement, n=args.n,
-        n_relevant=args.n_relevant, n_distractor=args.n_distractor, record=args.record, batch_size=args.batch_size,
-        seed=args.seed, top_k=args.top_k, chat=args.chat, resume=args.resume, overwrite=args.overwrite,
+        lm, out=args.out, config=config, batch_size=args.batch_size, resume=args.resume, overwrite=args.overwrite,
         progress=not args.no_progress and rank == 0, command_line=shlex.join(["mdlm-interp", *sys.argv[1:]]),
         shard=(rank, world) if world > 1 else None,
     )

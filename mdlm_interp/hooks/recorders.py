@@ -1,57 +1,83 @@
 """Recorders: hook functions that reduce activations on the fly, layer by layer.
 
-Each recorder gives TransformerLens ``fwd_hooks`` for one batch and, after the forward pass, a dict of
-reduced arrays keyed by store dataset path ("attention/mask_mass_from_answer", ...). They need only
-the standard hook names, so they work with the toolkit's ``HookedDecoder`` and with any
-``HookedRootModule`` exposing them (e.g. a TransformerLens ``TransformerBridge``). Nothing holds more
-than one layer's attention pattern at a time.
-"""
+Every recorder follows one protocol. It is built for one batch as ``Recorder(module, layout)``
+(``layout``: the batch's ``batching.BatchLayout``) and offers
 
-from dataclasses import dataclass
+- ``needs_grad``: whether the forward pass must build a graph (the gradient recorder's does);
+- ``fwd_hooks()``: TransformerLens ``(hook name, function)`` pairs for ``run_with_hooks``;
+- ``forward_kwargs()``: extra keyword arguments of the forward pass (attention probes);
+- ``results(logits)``: after the forward pass, a dict of plain names -> tensors, one row per batch row.
+
+Where the results go (store paths) is the caller's business (``record.py``). Recorders need only
+the standard hook names, so they work with the toolkit's ``HookedDecoder`` and with any
+``HookedRootModule`` exposing them (e.g. a TransformerLens ``TransformerBridge``). Nothing holds
+more than one layer's attention pattern at a time.
+"""
 
 import torch
 from einops import einsum
 
-
-@dataclass
-class BatchLayout:
-    """Where things are in a padded batch; every mask is bool [batch, pos].
-
-    readout [batch]: index of the logits that predict the answer slot (answer position + offset).
-    answer_ids [batch]: the correct answer's token id.
-    valid: real tokens (not padding). appended: the answer slot and the tokens appended after it.
-    masks: the appended tokens after the answer slot only. relevant: tokens of relevant examples.
-    context: valid tokens outside ``appended``. last50: the 50 context tokens nearest before the
-    answer slot.
-    """
-
-    readout: torch.Tensor
-    answer_ids: torch.Tensor
-    valid: torch.Tensor
-    appended: torch.Tensor
-    masks: torch.Tensor
-    relevant: torch.Tensor
-    context: torch.Tensor
-    last50: torch.Tensor
-
-    @property
-    def rows(self) -> torch.Tensor:
-        """Return arange(batch)."""
-        return torch.arange(len(self.readout), device=self.readout.device)
+from mdlm_interp.batching import BatchLayout
 
 
-class AttentionRecorder:
-    """Attention mass on the appended masks and on the relevant examples, per layer and head.
+def supports_probes(module) -> bool:
+    """Whether ``module`` exposes attention probes (the toolkit's own decoder does)."""
+    return "blocks.0.attn.hook_probe_mass" in getattr(module, "hook_dict", {})
 
-    With ``use_probes`` (the toolkit's ``HookedDecoder``) the masses ride along the fast attention
-    kernel as attention probes (``blocks.{l}.attn.hook_probe_mass``); otherwise each layer's
-    ``hook_pattern`` is reduced as it passes. Both give the same numbers.
-    """
 
-    def __init__(self, n_layers: int, layout: BatchLayout, use_probes: bool):
+class Recorder:
+    """The recorder protocol, with its defaults: no graph, no hooks, no extra forward arguments."""
+
+    needs_grad = False
+
+    def __init__(self, module, layout: BatchLayout):
         self.layout = layout
-        self.n_layers = n_layers
-        self.use_probes = use_probes
+
+    def fwd_hooks(self) -> list:
+        """Return the (hook name, function) pairs to attach for the forward pass."""
+        return []
+
+    def forward_kwargs(self) -> dict:
+        """Return extra keyword arguments of the forward pass."""
+        return {}
+
+    def results(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Return plain names -> tensors with one row per batch row, after the forward pass gave ``logits``."""
+        raise NotImplementedError
+
+
+class PredictionRecorder(Recorder):
+    """The one-step prediction for the answer slot: argmax, p(answer), entropy, correctness, top-k."""
+
+    def __init__(self, module, layout: BatchLayout, top_k: int = 10):
+        self.layout = layout
+        self.top_k = top_k
+
+    @torch.no_grad()
+    def results(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Return predicted_id, p_answer, entropy, correct [batch] and topk_ids, topk_probs [batch, k]."""
+        lay = self.layout
+        answer_logits = logits.detach()[lay.rows, lay.readout].float()
+        stats = distribution_stats(answer_logits, lay.answer_ids)
+        top = answer_logits.softmax(-1).topk(self.top_k, dim=-1)
+        predicted = answer_logits.argmax(-1)
+        return {"predicted_id": predicted, "p_answer": stats["p_answer"], "entropy": stats["entropy"],
+                "correct": predicted == lay.answer_ids, "topk_ids": top.indices, "topk_probs": top.values}
+
+
+class AttentionRecorder(Recorder):
+    """Attention mass on the masks after the answer slot and on the relevant examples, per layer and head.
+
+    With ``use_probes`` (default: when the module supports them, as the toolkit's ``HookedDecoder``
+    does) the masses ride along the fast attention kernel as attention probes
+    (``blocks.{l}.attn.hook_probe_mass``); otherwise each layer's ``hook_pattern`` is reduced as it
+    passes. Both give the same numbers.
+    """
+
+    def __init__(self, module, layout: BatchLayout, use_probes: bool | None = None):
+        self.layout = layout
+        self.n_layers = len(module.blocks)
+        self.use_probes = supports_probes(module) if use_probes is None else use_probes
         self.probes = torch.stack([layout.masks, layout.relevant], dim=-1).float()  # [batch, key, 2]
         self.per_layer: dict[int, dict[str, torch.Tensor]] = {}
 
@@ -74,16 +100,17 @@ class AttentionRecorder:
             from_answer = mass[lay.rows, :, lay.readout]  # [batch, head, 2]
             context = lay.context.float()
             self.per_layer[layer] = {
-                "attention/mask_mass_from_answer": from_answer[..., 0],
-                "attention/relevant_mass_from_answer": from_answer[..., 1],
-                "attention/mask_mass_from_context": einsum(mass[..., 0], context, "b h q, b q -> b h")
+                "mask_mass_from_answer": from_answer[..., 0],
+                "relevant_mass_from_answer": from_answer[..., 1],
+                "mask_mass_from_context": einsum(mass[..., 0], context, "b h q, b q -> b h")
                 / context.sum(-1, keepdim=True).clamp(min=1),
             }
 
         return reduce
 
-    def results(self) -> dict[str, torch.Tensor]:
-        """Return each quantity stacked over layers: [batch, layer, head]."""
+    def results(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Return mask_mass_from_answer, relevant_mass_from_answer, mask_mass_from_context, each
+        [batch, layer, head]."""
         names = self.per_layer[0].keys()
         return {name: torch.stack([self.per_layer[l][name] for l in range(self.n_layers)], dim=1) for name in names}
 
@@ -103,14 +130,14 @@ def distribution_stats(logits: torch.Tensor, answer_ids: torch.Tensor) -> dict[s
     }
 
 
-class LensRecorder:
+class LensRecorder(Recorder):
     """Logit lens at the readout position: the residual stream entering block 0 and after each block,
     through the model's final norm and unembedding."""
 
-    def __init__(self, model, n_layers: int, layout: BatchLayout):
-        self.model = model
+    def __init__(self, module, layout: BatchLayout):
+        self.model = module
         self.layout = layout
-        self.n_layers = n_layers
+        self.n_layers = len(module.blocks)
         self.per_stage: dict[int, dict[str, torch.Tensor]] = {}
 
     def fwd_hooks(self) -> list:
@@ -128,17 +155,19 @@ class LensRecorder:
 
         return reduce
 
-    def results(self) -> dict[str, torch.Tensor]:
-        """Return lens/p_answer, lens/rank, lens/entropy, each [batch, layer + 1]."""
+    def results(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Return p_answer, rank, entropy, each [batch, layer + 1]."""
         stages = range(self.n_layers + 1)
-        return {f"lens/{name}": torch.stack([self.per_stage[s][name] for s in stages], dim=1)
+        return {name: torch.stack([self.per_stage[s][name] for s in stages], dim=1)
                 for name in ("p_answer", "rank", "entropy")}
 
 
-class GradientRecorder:
+class GradientRecorder(Recorder):
     """Per-token L2 norm of d(answer logit at the readout) / d(input embedding), and its normalised means."""
 
-    def __init__(self, layout: BatchLayout):
+    needs_grad = True
+
+    def __init__(self, module, layout: BatchLayout):
         self.layout = layout
         self.embeddings: torch.Tensor | None = None
 
@@ -152,7 +181,7 @@ class GradientRecorder:
         return [("hook_embed", capture)]
 
     def results(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Return gradients/norms [batch, pos] (0 on padding) and the three normalised means [batch].
+        """Return norms [batch, pos] (0 on padding) and mask_mean, last50_mean, nonmask_mean [batch].
 
         ``logits`` is the raw output [batch, pos, vocab] of the forward pass that ran this recorder's
         hook. Rows are independent, so one backward pass of the summed answer logits serves them all.
@@ -169,8 +198,8 @@ class GradientRecorder:
             return torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, float("nan")))
 
         return {
-            "gradients/norms": norms.detach(),
-            "gradients/mask_mean": mean_over(lay.appended),
-            "gradients/last50_mean": mean_over(lay.last50),
-            "gradients/nonmask_mean": mean_over(lay.context),
+            "norms": norms.detach(),
+            "mask_mean": mean_over(lay.appended).detach(),
+            "last50_mean": mean_over(lay.last_context).detach(),
+            "nonmask_mean": mean_over(lay.context).detach(),
         }

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from mdlm_interp.errors import UsageError
-from mdlm_interp.models.families import FAMILIES, FamilySpec
+from mdlm_interp.models.families import FamilySpec
 from mdlm_interp.models.transformer import DecoderConfig, HookedDecoder
 from mdlm_interp.paths import data_dir
 
@@ -23,19 +23,6 @@ INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 # Tensors some checkpoints carry that hold no weights (recomputed from the config).
 IGNORED_TENSORS = re.compile(r".*rotary_emb\.inv_freq$")
-
-PRESETS: dict[str, dict] = {
-    # Tiny random models for tests: grouped-query attention, 2 layers.
-    "tiny": dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_mlp=160, max_seq_len=2048),
-    # A medium shape for benchmarks (about 30M parameters with a small vocabulary).
-    "medium": dict(d_model=512, n_layers=8, n_heads=8, n_kv_heads=8, d_mlp=1376, max_seq_len=2048),
-    # The trained model organisms (data/models/organism-*; mdlm_interp.training.organisms).
-    "organism": dict(d_model=128, n_layers=4, n_heads=4, n_kv_heads=4, d_mlp=384, max_seq_len=1024, tie_embeddings=True),
-}
-ROPE_THETA = {"llada": 500000.0, "dream": 1000000.0, "llama": 500000.0, "qwen2": 1000000.0}
-ARCHITECTURES = {"llada": "LLaDAModelLM", "dream": "DreamModel", "llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
-NORM_EPS = {"llada": 1e-5, "dream": 1e-6, "llama": 1e-5, "qwen2": 1e-6}
-
 
 def resolve_checkpoint(name: str | os.PathLike) -> Path:
     """Return the local directory of a checkpoint given a path, ``organism-NAME`` or a hub id.
@@ -255,79 +242,13 @@ def config_json(spec: FamilySpec, cfg: DecoderConfig, special_ids: dict[str, int
         "rope_theta": cfg.rope_theta, "norm_eps": cfg.norm_eps, "qkv_bias": cfg.qkv_bias,
         "tie_embeddings": cfg.tie_embeddings,
     }
-    config = {"architectures": [ARCHITECTURES[spec.family]], "model_type": spec.model_types[0]}
-    if spec.family == "dream":
-        config["model_type"] = "Dream"
+    config = {"architectures": [spec.architecture], "model_type": spec.model_types[0]}
     for field, keys in spec.config_keys.items():
         for key in keys:
             config[key] = values[field]
     config.update(spec.fixed_config)
-    if spec.family == "llada":
-        config.update(mlp_hidden_size=cfg.d_mlp, mlp_ratio=4, attention_dropout=0.0, residual_dropout=0.0,
-                      embedding_dropout=0.0)
-    else:
-        config.update(hidden_act="silu", use_sliding_window=False, attention_dropout=0.0)
+    config.update(spec.extra_config)
     for role, key in spec.special_id_keys.items():
         config[key] = special_ids[spec.special_tokens[role]]
     config["torch_dtype"] = str(dtype).removeprefix("torch.")
     return config
-
-
-def tiny_words() -> list[str]:
-    """Return the words the tiny tokenizer learns as single tokens: every word list in data/words."""
-    words = []
-    for file in sorted((data_dir() / "words").glob("*.txt")):
-        words += [line.strip() for line in file.read_text().splitlines() if line.strip()]
-    return list(dict.fromkeys(words))
-
-
-def write_random_checkpoint(
-    family: str,
-    out_dir: str | os.PathLike,
-    preset: str = "tiny",
-    seed: int = 0,
-    dtype: torch.dtype = torch.float32,
-    max_shard_bytes: int | None = None,
-    overrides: dict | None = None,
-) -> Path:
-    """Write a complete random checkpoint directory (config, safetensors, tokenizer); return its path.
-
-    Real config field names and real parameter names of the family; a byte-level BPE tokenizer that
-    knows the words of data/words as single tokens, with the family's special tokens. The same
-    (family, preset, seed) gives the same files.
-    """
-    from mdlm_interp.models.tokenizer import write_tiny_tokenizer
-
-    if family not in FAMILIES:
-        raise UsageError(f"unknown family '{family}' (choose from {', '.join(FAMILIES)})")
-    if preset not in PRESETS:
-        raise UsageError(f"unknown preset '{preset}' (choose from {', '.join(PRESETS)})")
-    spec = FAMILIES[family]
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    words = tiny_words()
-    special_ids = write_tiny_tokenizer(out, spec, words, vocab_size=256 + 2 * len(words) + 64)
-    shape = dict(PRESETS[preset], **(overrides or {}))
-    d_vocab = -(-(max(special_ids.values()) + 1) // 64) * 64  # padded like real vocabularies
-    cfg = DecoderConfig(
-        d_head=shape["d_model"] // shape["n_heads"], d_vocab=d_vocab, rope_theta=ROPE_THETA[family],
-        norm_eps=NORM_EPS[family], qkv_bias=family in ("dream", "qwen2"), causal=spec.causal,
-        rope_in_float32=spec.rope_in_float32, **shape,
-    )
-    model = HookedDecoder(cfg)
-    randomize(model, seed)
-    save_weights(model, spec, out, dtype, max_shard_bytes)
-    (out / "config.json").write_text(json.dumps(config_json(spec, cfg, special_ids, dtype), indent=2) + "\n")
-    return out
-
-
-def randomize(model: nn.Module, seed: int) -> None:
-    """Fill every parameter deterministically: N(0, 0.02) matrices and biases, norm weights near 1."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            noise = torch.randn(param.shape, generator=generator)
-            if name.endswith("ln1.weight") or name.endswith("ln2.weight") or name == "ln_final.weight":
-                param.copy_(1.0 + 0.1 * noise)
-            else:
-                param.copy_(0.02 * noise)

@@ -1,15 +1,43 @@
 """The four model families as data: LLaDA, Dream and their autoregressive twins Llama and Qwen2.
 
-A ``FamilySpec`` says how a checkpoint's config.json maps onto ``DecoderConfig``, how our parameter
-names map onto the checkpoint's, which special tokens the tokenizer carries, where the prediction
-for a position is read (``prediction_offset``) and how a chat turn is templated.
+A ``FamilySpec`` holds every family fact the toolkit uses (docs/models.md): how a checkpoint's
+config.json maps onto ``DecoderConfig`` and what it must say, the architecture name and defaults a
+new checkpoint is written with, how our parameter names map onto the checkpoint's, the tokenizer's
+file format and special tokens, where the prediction for a position is read
+(``prediction_offset``) and how a chat turn is templated. Adding a family is one more spec here.
+
+This module imports no torch, so the command line can read its tables (families, shape presets,
+dtype names) without slowing ``--help``.
 """
 
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from mdlm_interp.errors import UsageError
-from mdlm_interp.models.transformer import DecoderConfig
+
+if TYPE_CHECKING:
+    from mdlm_interp.models.transformer import DecoderConfig
+
+# Weight dtypes a model can be loaded or written in (torch dtype names).
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+
+# Shape presets of random and trained checkpoints; the family supplies rope theta, norm eps, q/k/v bias.
+SHAPE_PRESETS: dict[str, dict] = {
+    # Tiny random models for tests: grouped-query attention, 2 layers.
+    "tiny": dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_mlp=160, max_seq_len=2048),
+    # A medium shape for benchmarks (about 30M parameters with a small vocabulary).
+    "medium": dict(d_model=512, n_layers=8, n_heads=8, n_kv_heads=8, d_mlp=1376, max_seq_len=2048),
+    # The trained model organisms (data/models/organism-*; mdlm_interp.training.organisms).
+    "organism": dict(d_model=128, n_layers=4, n_heads=4, n_kv_heads=4, d_mlp=384, max_seq_len=1024, tie_embeddings=True),
+}
+
+# Tokenizer file formats: what a checkpoint of the format ships, and the transformers class named in
+# its tokenizer_config.json.
+TOKENIZER_FORMATS = {
+    "tokenizer.json": "PreTrainedTokenizerFast",
+    "vocab.json+merges.txt": "Qwen2Tokenizer",
+}
 
 
 @dataclass(frozen=True)
@@ -17,7 +45,8 @@ class FamilySpec:
     """Everything family-specific, as data."""
 
     family: str
-    model_types: tuple[str, ...]  # config.json "model_type" values (lower case)
+    model_types: tuple[str, ...]  # config.json "model_type" values (matched ignoring case); the first is written
+    architecture: str  # config.json "architectures" entry of the real checkpoints
     causal: bool
     prediction_offset: int  # logits[:, i + offset] is the prediction for the token at i
     config_keys: dict[str, tuple[str, ...]]  # DecoderConfig field -> config.json keys, first found wins
@@ -26,15 +55,20 @@ class FamilySpec:
     special_id_keys: dict[str, str]  # role -> config.json key holding its id
     chat_template: str  # "{content}" is the user's message; ends where the assistant's answer starts
     rope_in_float32: bool
+    default_rope_theta: float  # what a new checkpoint of the family is written with
+    default_norm_eps: float
+    tokenizer_format: str  # a key of TOKENIZER_FORMATS: the files the real checkpoints ship
     fixed_config: dict[str, object] = field(default_factory=dict)  # config.json values we require
-    qkv_bias: bool | None = None  # None: read it from config_keys["qkv_bias"]
+    extra_config: dict[str, object] = field(default_factory=dict)  # further fields a written config.json carries
+    qkv_bias: bool | None = None  # None: read it from config_keys["qkv_bias"] (absent: no bias)
+    mlp_ratio_key: str | None = None  # when config_keys["d_mlp"] are absent: d_mlp = config[key] (default 4) * d_model
 
     @property
     def mask_token(self) -> str | None:
         """The mask token's string, or None for causal families."""
         return self.special_tokens.get("mask")
 
-    def decoder_config(self, config: dict) -> DecoderConfig:
+    def decoder_config(self, config: dict) -> "DecoderConfig":
         """Return the ``DecoderConfig`` described by a checkpoint's config.json ``config``."""
         for key, required in self.fixed_config.items():
             if key in config and config[key] != required:
@@ -51,14 +85,16 @@ class FamilySpec:
             return default
 
         d_model, n_heads = int(get("d_model")), int(get("n_heads"))
-        d_mlp = config.get("mlp_hidden_size") if self.family == "llada" else None
-        if self.family == "llada" and d_mlp is None:
-            d_mlp = int(config.get("mlp_ratio", 4)) * d_model
+        d_mlp = next((config[k] for k in self.config_keys["d_mlp"] if config.get(k) is not None), None)
+        if d_mlp is None and self.mlp_ratio_key is not None:
+            d_mlp = int(config.get(self.mlp_ratio_key, 4)) * d_model
         rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type != "default":
             raise UsageError(f"config.json asks for rope scaling '{rope_type}', which is not supported")
         qkv_bias = self.qkv_bias if self.qkv_bias is not None else bool(get("qkv_bias", False))
+        from mdlm_interp.models.transformer import DecoderConfig
+
         return DecoderConfig(
             d_model=d_model,
             n_layers=int(get("n_layers")),
@@ -74,6 +110,21 @@ class FamilySpec:
             causal=self.causal,
             tie_embeddings=bool(get("tie_embeddings", False)),
             rope_in_float32=self.rope_in_float32,
+        )
+
+    def preset_config(self, preset: str, d_vocab: int, overrides: dict | None = None) -> "DecoderConfig":
+        """Return the ``DecoderConfig`` of a new ``preset``-shaped model of this family with ``d_vocab``
+        tokens: the preset's shape (``overrides`` replace any of its fields, rope_theta included) and
+        the family's defaults for rope theta, norm eps and q/k/v bias."""
+        from mdlm_interp.models.transformer import DecoderConfig
+
+        if preset not in SHAPE_PRESETS:
+            raise UsageError(f"unknown preset '{preset}' (choose from {', '.join(SHAPE_PRESETS)})")
+        shape = dict(SHAPE_PRESETS[preset], **(overrides or {}))
+        shape.setdefault("rope_theta", self.default_rope_theta)
+        return DecoderConfig(
+            d_head=shape["d_model"] // shape["n_heads"], d_vocab=d_vocab, norm_eps=self.default_norm_eps,
+            qkv_bias=bool(self.qkv_bias), causal=self.causal, rope_in_float32=self.rope_in_float32, **shape,
         )
 
     def checkpoint_name(self, our_name: str) -> str:
@@ -129,6 +180,8 @@ LLADA_PARAM_NAMES = {
     "unembed": "model.transformer.ff_out",
 }
 
+HF_EXTRA_CONFIG = {"hidden_act": "silu", "use_sliding_window": False, "attention_dropout": 0.0}
+
 LLAMA3_CHAT = (
     "{bos}<|start_header_id|>user<|end_header_id|>\n\n{{content}}<|eot_id|>"
     "<|start_header_id|>assistant<|end_header_id|>\n\n"
@@ -141,6 +194,7 @@ QWEN_CHAT = (
 LLADA = FamilySpec(
     family="llada",
     model_types=("llada",),
+    architecture="LLaDAModelLM",
     causal=False,
     prediction_offset=0,
     config_keys={
@@ -148,6 +202,7 @@ LLADA = FamilySpec(
         "n_layers": ("n_layers",),
         "n_heads": ("n_heads",),
         "n_kv_heads": ("n_kv_heads",),
+        "d_mlp": ("mlp_hidden_size",),
         "d_vocab": ("embedding_size", "vocab_size"),
         "max_seq_len": ("max_sequence_length",),
         "rope_theta": ("rope_theta",),
@@ -168,6 +223,11 @@ LLADA = FamilySpec(
     special_id_keys={"mask": "mask_token_id", "eos": "eos_token_id", "pad": "pad_token_id"},
     chat_template=LLAMA3_CHAT.format(bos="<|startoftext|>"),
     rope_in_float32=True,
+    default_rope_theta=500000.0,
+    default_norm_eps=1e-5,
+    tokenizer_format="tokenizer.json",
+    mlp_ratio_key="mlp_ratio",
+    extra_config={"mlp_ratio": 4, "attention_dropout": 0.0, "residual_dropout": 0.0, "embedding_dropout": 0.0},
     fixed_config={
         "rope": True,
         "activation_type": "silu",
@@ -183,7 +243,8 @@ LLADA = FamilySpec(
 
 DREAM = FamilySpec(
     family="dream",
-    model_types=("dream",),
+    model_types=("Dream",),
+    architecture="DreamModel",
     causal=False,
     prediction_offset=-1,
     config_keys=HF_CONFIG_KEYS,
@@ -204,12 +265,17 @@ DREAM = FamilySpec(
     },
     chat_template=QWEN_CHAT,
     rope_in_float32=False,
+    default_rope_theta=1000000.0,
+    default_norm_eps=1e-6,
+    tokenizer_format="vocab.json+merges.txt",
+    extra_config=HF_EXTRA_CONFIG,
     qkv_bias=True,
 )
 
 LLAMA = FamilySpec(
     family="llama",
     model_types=("llama",),
+    architecture="LlamaForCausalLM",
     causal=True,
     prediction_offset=-1,
     config_keys=HF_CONFIG_KEYS,
@@ -224,11 +290,16 @@ LLAMA = FamilySpec(
     special_id_keys={"bos": "bos_token_id", "eos": "eos_token_id"},
     chat_template=LLAMA3_CHAT.format(bos="<|begin_of_text|>"),
     rope_in_float32=False,
+    default_rope_theta=500000.0,
+    default_norm_eps=1e-5,
+    tokenizer_format="tokenizer.json",
+    extra_config=HF_EXTRA_CONFIG,
 )
 
 QWEN2 = FamilySpec(
     family="qwen2",
     model_types=("qwen2",),
+    architecture="Qwen2ForCausalLM",
     causal=True,
     prediction_offset=-1,
     config_keys=HF_CONFIG_KEYS,
@@ -237,6 +308,10 @@ QWEN2 = FamilySpec(
     special_id_keys={"eos": "eos_token_id"},
     chat_template=QWEN_CHAT,
     rope_in_float32=False,
+    default_rope_theta=1000000.0,
+    default_norm_eps=1e-6,
+    tokenizer_format="vocab.json+merges.txt",
+    extra_config=HF_EXTRA_CONFIG,
     qkv_bias=True,
 )
 
@@ -247,7 +322,7 @@ def family_for_config(config: dict) -> FamilySpec:
     """Return the family spec whose ``model_type`` matches a checkpoint's config.json."""
     model_type = str(config.get("model_type", "")).lower()
     for spec in FAMILIES.values():
-        if model_type in spec.model_types:
+        if model_type in (t.lower() for t in spec.model_types):
             return spec
     raise UsageError(
         f"config.json has model_type {config.get('model_type')!r}; supported: "

@@ -8,7 +8,7 @@ import torch
 
 from mdlm_interp.errors import UsageError
 from mdlm_interp.models.checkpoint import load_weights, read_config, resolve_checkpoint, weights_fingerprint
-from mdlm_interp.models.families import FamilySpec, family_for_config
+from mdlm_interp.models.families import DTYPE_NAMES, FamilySpec, family_for_config
 from mdlm_interp.models.readout import logits_at
 from mdlm_interp.models.tokenizer import check_special_ids, load_tokenizer
 from mdlm_interp.models.transformer import DecoderConfig, HookedDecoder
@@ -35,7 +35,7 @@ class LoadedModel:
         return weights_fingerprint(self.path)
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype:

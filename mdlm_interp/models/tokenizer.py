@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from mdlm_interp.errors import UsageError
-from mdlm_interp.models.families import FamilySpec
+from mdlm_interp.models.families import TOKENIZER_FORMATS, FamilySpec
 
 
 def load_tokenizer(path: Path, spec: FamilySpec):
@@ -52,22 +52,12 @@ def check_special_ids(tokenizer, spec: FamilySpec, config: dict, where: str) -> 
             )
 
 
-def tiny_corpus(words: list[str]) -> list[str]:
-    """Return training text for a tiny BPE: every word with and without a leading space, digits, and the
-    task prompts' format pieces."""
-    from mdlm_interp.tasks.format import DEFAULT_FILLER, INPUT, LINE_END, OUTPUT, SEPARATOR
+def write_tiny_tokenizer(out_dir: Path, spec: FamilySpec, corpus: list[str], vocab_size: int) -> dict[str, int]:
+    """Train a byte-level BPE on the texts ``corpus`` and write it in the family's tokenizer format
+    (``spec.tokenizer_format``: tokenizer.json, or vocab.json + merges.txt) into ``out_dir``.
 
-    symbols = [INPUT, OUTPUT, SEPARATOR, LINE_END, DEFAULT_FILLER, ":"]
-    digits = [str(d) for d in range(10)] + [f" {d}" for d in range(10)]
-    return [f" {w}" for w in words] * 4 + list(words) + digits * 4 + symbols * 64
-
-
-def write_tiny_tokenizer(out_dir: Path, spec: FamilySpec, words: list[str], vocab_size: int) -> dict[str, int]:
-    """Train a byte-level BPE on ``words`` and write it in the family's format into ``out_dir``.
-
-    LLaDA/Llama get tokenizer.json; Dream/Qwen2 get vocab.json + merges.txt, as their real
-    checkpoints ship. The family's special tokens are appended after the learned vocabulary.
-    Returns the special tokens' ids (token string -> id).
+    The family's special tokens are appended after the learned vocabulary. Returns the special
+    tokens' ids (token string -> id).
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -77,12 +67,12 @@ def write_tiny_tokenizer(out_dir: Path, spec: FamilySpec, words: list[str], voca
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
     )
-    tokenizer.train_from_iterator(tiny_corpus(words), trainer)
+    tokenizer.train_from_iterator(corpus, trainer)
     specials = list(dict.fromkeys(spec.special_tokens.values()))
     tokenizer.add_special_tokens(specials)
     special_ids = {token: tokenizer.token_to_id(token) for token in specials}
     config = {
-        "tokenizer_class": "PreTrainedTokenizerFast" if spec.family in ("llada", "llama") else "Qwen2Tokenizer",
+        "tokenizer_class": TOKENIZER_FORMATS[spec.tokenizer_format],
         "add_bos_token": False,
         "added_tokens_decoder": {
             str(i): {"content": t, "special": True, "lstrip": False, "rstrip": False, "normalized": False}
@@ -91,9 +81,9 @@ def write_tiny_tokenizer(out_dir: Path, spec: FamilySpec, words: list[str], voca
         **{f"{role}_token": token for role, token in spec.special_tokens.items() if role in ("bos", "eos", "pad", "mask")},
     }
     out_dir = Path(out_dir)
-    if spec.family in ("llada", "llama"):
+    if spec.tokenizer_format == "tokenizer.json":
         tokenizer.save(str(out_dir / "tokenizer.json"))
-    else:
+    else:  # vocab.json + merges.txt
         tokenizer.model.save(str(out_dir))
     (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
     return special_ids

@@ -7,12 +7,12 @@
 """
 
 from mdlm_interp.tasks.export import export_records, prompt_record, record_seed, write_jsonl
-from mdlm_interp.tasks.format import DEFAULT_FILLER, AnswerSlot
+from mdlm_interp.tasks.format import DEFAULT_FILLER, AnswerSlot, tokenizer_corpus
 from mdlm_interp.tasks.prompt import Placement, Prompt, PromptConfig, parse_placement, sample_prompt
 from mdlm_interp.tasks.render import render_prompt
 from mdlm_interp.tasks.suite import CATEGORIES, DISTRACTOR_RULES, TASK_NAMES, Example, Task, get_task, word_lists
 from mdlm_interp.tasks.tokenize import TokenizedPrompt, single_token_words, tokenize_prompt
-from mdlm_interp.tasks.words import WordLists, load_word_lists
+from mdlm_interp.tasks.words import WordLists, all_words, load_word_lists
 
 __all__ = [
     "CATEGORIES",
@@ -27,6 +27,7 @@ __all__ = [
     "Task",
     "TokenizedPrompt",
     "WordLists",
+    "all_words",
     "export_records",
     "get_task",
     "load_word_lists",
@@ -37,6 +38,7 @@ __all__ = [
     "sample_prompt",
     "single_token_words",
     "tokenize_prompt",
+    "tokenizer_corpus",
     "word_lists",
     "write_jsonl",
 ]

@@ -31,6 +31,18 @@ def word_piece(word: str) -> str:
     return " " + word
 
 
+def tokenizer_corpus() -> list[str]:
+    """Return training texts for a small BPE tokenizer that writes every prompt of the suite with one
+    token per word: each word of data/words with and without its leading space, the digits, and the
+    format's fixed pieces (repeated so that they merge into single tokens)."""
+    from mdlm_interp.tasks.words import all_words
+
+    words = all_words()
+    symbols = [INPUT, OUTPUT, SEPARATOR, LINE_END, DEFAULT_FILLER, ":"]
+    digits = [str(d) for d in range(10)] + [f" {d}" for d in range(10)]
+    return [word_piece(w) for w in words] * 4 + words + digits * 4 + symbols * 64
+
+
 def query_pieces(example: Example) -> list[str]:
     """Return the text pieces of a query (the example without its answer), in order."""
     a, b, c = (word_piece(w) for w in example.inputs)

@@ -78,3 +78,13 @@ def _load(categories: tuple[str, ...], directory: str) -> WordLists:
             owner[word] = category
         by_category[category] = tuple(words)
     return WordLists(by_category)
+
+
+def all_words(directory: Path | None = None) -> list[str]:
+    """Return every word (and digit) of ``directory``'s ``*.txt`` lists (default ``data_dir()/"words"``),
+    files in name order, each word once."""
+    directory = Path(directory) if directory is not None else data_dir() / "words"
+    words = []
+    for file in sorted(directory.glob("*.txt")):
+        words += [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return list(dict.fromkeys(words))

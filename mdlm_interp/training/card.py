@@ -11,6 +11,7 @@ import json
 import platform
 from pathlib import Path
 
+from mdlm_interp.models.families import FAMILIES
 from mdlm_interp.training.evaluate import NEXT_TO_QUERY, EvalSetting, loaded_accuracy
 
 PLACEMENTS = (NEXT_TO_QUERY, "random")
@@ -104,11 +105,12 @@ def card_text(name: str, summary: dict, results: dict, command: str, dtype: str,
     """Return the model card (markdown) of an organism whose directory holds ``size`` bytes."""
     config = summary["config"]
     family = config["family"]
-    causal = family == "llama"
+    spec = FAMILIES[family]
+    causal = spec.causal
     stages = []
     for stage, seconds, loss in zip(config["stages"], summary["seconds"], summary["loss"]):
         data = stage["data"]
-        stages.append(f"| {stage['name']} | {objective_text(family, data)} | {stage['steps']} | "
+        stages.append(f"| {stage['name']} | {objective_text(spec, data)} | {stage['steps']} | "
                       f"{stage['lr']:g} | {data['batch_tokens']} | {examples_text(data)} "
                       f"| {seconds / 60:.1f} min | {loss if loss is None else round(loss, 3)} |")
     curve = [f"| {h['stage']} | {h['step']} | {h['loss']:.3f} | {h['accuracy']:.1%} |" for h in summary["history"]]
@@ -130,9 +132,9 @@ def card_text(name: str, summary: dict, results: dict, command: str, dtype: str,
         "| | |",
         "|---|---|",
         f"| family | {family} ({'causal' if causal else 'bidirectional'}, prediction for token i read at "
-        f"logits[:, i{'' if family == 'llada' else '-1'}]) |",
+        f"logits[:, i{spec.prediction_offset or ''}]) |",
         f"| parameters | {summary['n_params']:,} |",
-        f"| shape | {config_shape(shape, family)} |",
+        f"| shape | {config_shape(shape, spec)} |",
         f"| weights | model.safetensors, {dtype} (load in float32) |",
         f"| size on disk | {size / 1e6:.2f} MB (this directory) |",
         "",
@@ -184,12 +186,13 @@ def examples_text(data: dict) -> str:
     return f"{data['min_examples']}..{data['max_examples']}{spread}{ramp}"
 
 
-def objective_text(family: str, data: dict) -> str:
-    """Return a short description of a stage's loss (``data`` is its DataConfig as a dict) for the card."""
+def objective_text(spec, data: dict) -> str:
+    """Return a short description of a stage's loss for the card (``spec`` the family's FamilySpec,
+    ``data`` the stage's DataConfig as a dict)."""
     turns = "every example's answer and the query's" if data["example_answers"] else "the query's answer"
-    if family == "llama":
+    if spec.causal:
         return "next-token CE" + (f" on {turns}" if data["objective"] == "sft" else " on every token")
-    shift = ", -1 offset" if family == "dream" else ""
+    shift = f", {spec.prediction_offset} offset" if spec.prediction_offset else ""
     if data["objective"] == "sft":
         always = "; the query's answer always masked, weight 1" if data["answer_always_masked"] else ""
         return (f"masked diffusion on the responses ({turns}, then 0..{data['max_extra']} EOS) with ratio t, "
@@ -197,11 +200,8 @@ def objective_text(family: str, data: dict) -> str:
     return f"masked diffusion on every token, ratio t, 1/t weights{shift}"
 
 
-def config_shape(config: dict, family: str) -> str:
-    """Return a one-line shape description from a checkpoint's config.json."""
-    if family == "llada":
-        keys = ("n_layers", "d_model", "n_heads", "mlp_hidden_size", "vocab_size")
-    else:
-        keys = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size")
-    layers, width, heads, mlp, vocab = (config[k] for k in keys)
-    return f"{layers} layers, d_model {width}, {heads} heads, d_mlp {mlp}, vocabulary {vocab}"
+def config_shape(config: dict, spec) -> str:
+    """Return a one-line shape description from a checkpoint's config.json (``spec`` its FamilySpec)."""
+    cfg = spec.decoder_config(config)
+    return (f"{cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads, d_mlp {cfg.d_mlp}, "
+            f"vocabulary {config['vocab_size']}")

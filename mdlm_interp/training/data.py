@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mdlm_interp.batching import pad_sequences, position_sets
 from mdlm_interp.models.families import FamilySpec
 
 TRAIN_SEED_BASE = 10**9
@@ -142,16 +143,8 @@ def sample_batch(config: DataConfig, spec: FamilySpec, tokenizer, seed: int, sta
     length = EXAMPLE_TOKENS * n_examples + QUERY_TOKENS + 2 + extra_max
     rows = [sample_sequence(rng, config, spec, tokenizer, n_examples, rng.randint(0, extra_max))
             for _ in range(max(1, config.batch_tokens // length))]
-    width = max(len(ids) for ids, _, _ in rows)
     pad = tokenizer.convert_tokens_to_ids(spec.special_tokens["eos"])
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    valid = torch.zeros((len(rows), width), dtype=torch.long)
-    trained = torch.zeros((len(rows), width), dtype=torch.bool)
-    answer = torch.zeros((len(rows), width), dtype=torch.bool)
-    for row, (tokens, positions, answer_position) in enumerate(rows):
-        ids[row, :len(tokens)] = torch.tensor(tokens)
-        valid[row, :len(tokens)] = 1
-        trained[row, positions] = True
-        if answer_position is not None:
-            answer[row, answer_position] = True
-    return Batch(ids, valid, trained, answer), generator
+    ids, valid, starts = pad_sequences([tokens for tokens, _, _ in rows], pad)
+    trained = position_sets([[(p, p + 1) for p in positions] for _, positions, _ in rows], ids.shape[1], starts)
+    answer = position_sets([[] if a is None else [(a, a + 1)] for _, _, a in rows], ids.shape[1], starts)
+    return Batch(ids, valid.long(), trained, answer), generator

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from mdlm_interp.batching import collate
 from mdlm_interp.models.families import FamilySpec
-from mdlm_interp.models.readout import logits_at
 
 NEXT_TO_QUERY = "next-to-query"  # shorthand: the relevant block in the slots just before the query
 
@@ -61,18 +61,9 @@ def predict(model, spec: FamilySpec, prompts: list, pad_id: int, batch_size: int
     """
     predictions = []
     for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start:start + batch_size]
-        lengths = [len(tp.input_ids) for tp in chunk]
-        width = max(lengths)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        valid = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, tp in enumerate(chunk):
-            ids[row, :lengths[row]] = torch.tensor(tp.input_ids)
-            valid[row, :lengths[row]] = 1
-        attention = None if min(lengths) == width else valid
-        logits = model(ids, attention_mask=attention)
-        positions = torch.tensor([tp.answer_position for tp in chunk])
-        predictions.append(logits_at(logits, positions, spec.prediction_offset).argmax(-1))
+        batch = collate(prompts[start:start + batch_size], spec.prediction_offset, pad_id=pad_id)
+        logits = model(batch.input_ids, attention_mask=batch.attention_mask_if_padded)
+        predictions.append(logits[batch.layout.rows, batch.layout.readout].argmax(-1))
     return torch.cat(predictions)
 
 

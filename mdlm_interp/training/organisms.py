@@ -1,4 +1,4 @@
-"""The three model organisms and their recipes; ``python -m mdlm_interp.training.organisms`` rebuilds them.
+"""The three model organisms: building a run from a recipe, training, measuring and writing the card.
 
 - organism-llama: the causal twin, next-token loss (a short pretraining on whole sequences, then SFT
   on the answers);
@@ -8,45 +8,25 @@
   EOS tokens after the query's, masked with ratio t and weighted 1/t; the prompt never masked; the
   query's answer always masked with weight 1, the same expected loss with less variance).
 
-Each is one ``mdlm-interp pretrain`` command (``COMMANDS``), recorded verbatim in its model card.
+``pretrain_organism`` is what ``mdlm-interp pretrain`` runs; ``python -m mdlm_interp.training.organisms``
+(``make organisms``) rebuilds the three shipped ones from ``recipes.ORGANISMS``.
 """
 
 import os
+import shlex
 import sys
 import time
-from dataclasses import replace
+from pathlib import Path
 
 from mdlm_interp.errors import UsageError
 from mdlm_interp.paths import data_dir
 from mdlm_interp.training.data import DataConfig
 from mdlm_interp.training.pretrain import StageConfig, TrainConfig
+from mdlm_interp.training.recipes import ORGANISMS, RECIPES
 
-RECIPES: dict[str, dict] = {
-    "llama": dict(
-        steps=100, lr=5e-4, sft_steps=1200, sft_lr=3e-3, eval_every=200,
-        pretrain=DataConfig("pretrain", min_examples=0, max_examples=56, curriculum=0.5),
-        sft=DataConfig("sft", min_examples=0, max_examples=56, curriculum=0.7),
-    ),
-    "dream": dict(
-        steps=100, lr=3e-4, sft_steps=600, sft_lr=1e-3, eval_every=200,
-        pretrain=DataConfig("pretrain", min_examples=0, max_examples=56, curriculum=0.0),
-        sft=DataConfig("sft", min_examples=0, max_examples=56, curriculum=0.3),
-    ),
-    "llada": dict(
-        steps=100, lr=5e-4, sft_steps=4000, sft_lr=3e-3, eval_every=250,
-        pretrain=DataConfig("pretrain", min_examples=0, max_examples=56, curriculum=0.5),
-        sft=DataConfig("sft", min_examples=1, max_examples=56, curriculum=1.0, example_answers=False,
-                       answer_always_masked=True, log_uniform_examples=True),
-    ),
-}
-
-# The order matters: organism-dream starts from organism-llama.
-COMMANDS: dict[str, list[str]] = {
-    "organism-llama": ["--family", "llama", "--preset", "organism", "--seed", "0", "--out", "data/models/organism-llama"],
-    "organism-dream": ["--family", "dream", "--preset", "organism", "--init", "data/models/organism-llama",
-                       "--seed", "0", "--out", "data/models/organism-dream"],
-    "organism-llada": ["--family", "llada", "--preset", "organism", "--seed", "0", "--out", "data/models/organism-llada"],
-}
+# pretrain_organism's options in the order a command line names them (None: not given, the recipe's value).
+OPTION_ORDER = ("family", "preset", "init", "steps", "sft_steps", "seed", "lr", "sft_lr", "batch_tokens", "threads",
+                "eval_every", "eval_prompts", "masks", "dtype", "out")
 
 
 def build_config(family: str, preset: str, seed: int, steps: int | None = None, sft_steps: int | None = None,
@@ -68,7 +48,7 @@ def build_config(family: str, preset: str, seed: int, steps: int | None = None, 
                               ("sft", pick(sft_steps, "sft_steps"), pick(sft_lr, "sft_lr"))):
         if count < 0:
             raise UsageError(f"step counts must be >= 0, got {count} for {name}")
-        data = recipe[name] if batch_tokens is None else replace(recipe[name], batch_tokens=batch_tokens)
+        data = DataConfig(**dict(recipe[name], **({} if batch_tokens is None else {"batch_tokens": batch_tokens})))
         if count:
             stages.append(StageConfig(name, count, rate, data, warmup=min(50, count)))
     if not stages:
@@ -79,21 +59,61 @@ def build_config(family: str, preset: str, seed: int, steps: int | None = None, 
                        eval_every=pick(eval_every, "eval_every"))
 
 
+def pretrain_command(options: dict) -> str:
+    """Return the ``mdlm-interp pretrain`` command line that rebuilds a run of ``pretrain_organism(**options)``
+    (given options only, in ``OPTION_ORDER``; ``masks`` written comma-separated)."""
+    argv = ["mdlm-interp", "pretrain"]
+    for name in OPTION_ORDER:
+        value = options.get(name)
+        if value is not None:
+            argv += ["--" + name.replace("_", "-"), ",".join(map(str, value)) if name == "masks" else str(value)]
+    return shlex.join(argv)
+
+
+def pretrain_organism(family: str, out: str, *, preset: str = "organism", seed: int = 0, init: str | None = None,
+                      steps: int | None = None, sft_steps: int | None = None, lr: float | None = None,
+                      sft_lr: float | None = None, batch_tokens: int | None = None, threads: int = 1,
+                      eval_every: int | None = None, eval_prompts: int = 1000, masks=(1, 5, 10, 20, 50),
+                      dtype: str = "float32", resume: bool = False, progress: bool = True) -> dict:
+    """Train ``family``'s recipe (given values replace the recipe's), write the checkpoint to ``out``,
+    measure it on ``eval_prompts`` held-out prompts per condition and write its model card.
+
+    Returns ``training.card.measure``'s results. Raises ``UsageError`` for bad options before training.
+    """
+    from mdlm_interp.models.loader import parse_dtype
+    from mdlm_interp.training.card import measure, write_card
+    from mdlm_interp.training.pretrain import train
+
+    masks = tuple(int(m) for m in masks)
+    if any(m < 1 for m in masks):
+        raise UsageError("--masks values must be at least 1 (the first mask is the answer slot)")
+    options = dict(family=family, preset=preset, init=init, steps=steps, sft_steps=sft_steps, seed=seed, lr=lr,
+                   sft_lr=sft_lr, batch_tokens=batch_tokens, threads=threads, eval_every=eval_every,
+                   eval_prompts=eval_prompts, masks=masks, dtype=dtype, out=out)
+    config = build_config(family, preset, seed, steps=steps, sft_steps=sft_steps, init=init, lr=lr, sft_lr=sft_lr,
+                          batch_tokens=batch_tokens, threads=threads, eval_every=eval_every)
+    summary = train(config, out, resume=resume, dtype=parse_dtype(dtype), progress=progress)
+    print(f"trained {family} in {summary['total_seconds'] / 60:.1f} min; measuring {out}", file=sys.stderr)
+    results = measure(out, masks, eval_prompts)
+    write_card(out, Path(out).name, summary, results, pretrain_command(options), dtype)
+    return results
+
+
 def main() -> int:
     """Rebuild the three organisms in data/models; return an exit code.
 
-    The commands' paths are relative to the folder holding data/ (the repository root), where this runs.
+    Their output paths are relative to the folder holding data/ (the repository root), where this runs.
     """
-    from mdlm_interp.cli import main as cli_main
-
     os.chdir(data_dir().parent)
     started = time.perf_counter()
-    for name, argv in COMMANDS.items():
-        print(f"== {name}: mdlm-interp pretrain {' '.join(argv)}", file=sys.stderr)
-        code = cli_main(["pretrain", *argv])
-        if code:
-            return code
-    print(f"rebuilt {len(COMMANDS)} organisms in {(time.perf_counter() - started) / 60:.1f} min", file=sys.stderr)
+    for name, options in ORGANISMS.items():
+        print(f"== {name}: {pretrain_command(options)}", file=sys.stderr)
+        try:
+            pretrain_organism(**options)
+        except UsageError as error:
+            print(f"mdlm-interp: error: {error}", file=sys.stderr)
+            return 2
+    print(f"rebuilt {len(ORGANISMS)} organisms in {(time.perf_counter() - started) / 60:.1f} min", file=sys.stderr)
     return 0
 
 

@@ -30,14 +30,13 @@ from torch import nn
 
 from mdlm_interp.errors import UsageError
 from mdlm_interp.models.families import FAMILIES, FamilySpec
-from mdlm_interp.models.transformer import DecoderConfig, HookedDecoder
+from mdlm_interp.models.transformer import HookedDecoder
 from mdlm_interp.training.data import DataConfig, sample_batch
 from mdlm_interp.training.evaluate import EvalSetting, accuracy
 from mdlm_interp.training.objectives import apply_masks, causal_lm_loss, mask_ratios, masked_diffusion_loss
 
 STATE_DIR = "train_state"
 MONITOR_SEED_BASE = 500_000  # periodic held-out evaluation prompts: seeds 500000..
-TRAINABLE_FAMILIES = ("llada", "llama", "dream")
 
 
 @dataclass(frozen=True)
@@ -78,21 +77,6 @@ class TrainConfig:
         """Rebuild a config written by ``to_json``."""
         stages = tuple(StageConfig(**dict(s, data=DataConfig(**s["data"]))) for s in data["stages"])
         return TrainConfig(**dict(data, stages=stages))
-
-
-def decoder_config(family: str, preset: str, d_vocab: int, overrides: dict | None = None) -> DecoderConfig:
-    """Return the ``DecoderConfig`` of a ``family`` organism of shape ``preset`` with ``d_vocab`` tokens."""
-    from mdlm_interp.models.checkpoint import NORM_EPS, PRESETS, ROPE_THETA
-
-    if preset not in PRESETS:
-        raise UsageError(f"unknown preset '{preset}' (choose from {', '.join(PRESETS)})")
-    shape = dict(PRESETS[preset], **(overrides or {}))
-    shape.setdefault("rope_theta", ROPE_THETA[family])
-    spec = FAMILIES[family]
-    return DecoderConfig(
-        d_head=shape["d_model"] // shape["n_heads"], d_vocab=d_vocab, norm_eps=NORM_EPS[family],
-        qkv_bias=family in ("dream", "qwen2"), causal=spec.causal, rope_in_float32=spec.rope_in_float32, **shape,
-    )
 
 
 def init_weights(model: HookedDecoder, seed: int) -> None:
@@ -244,8 +228,8 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, dtype:
     distractor examples, relevant block next to the query, one mask) and the total seconds.
     ``resume`` continues from ``out_dir/train_state`` (an error if there is none).
     """
-    if config.family not in TRAINABLE_FAMILIES:
-        raise UsageError(f"cannot train family '{config.family}' (choose from {', '.join(TRAINABLE_FAMILIES)})")
+    if config.family not in FAMILIES:
+        raise UsageError(f"unknown family '{config.family}' (choose from {', '.join(FAMILIES)})")
     with deterministic(config.threads):
         return run_stages(config, Path(out_dir), resume, dtype, progress)
 
@@ -262,7 +246,7 @@ def run_stages(config: TrainConfig, out: Path, resume: bool, dtype: torch.dtype,
     overrides = dict(config.overrides)
     if source is not None:  # positions must mean what they meant to the source (Dream keeps Qwen's RoPE)
         overrides.setdefault("rope_theta", source.config.rope_theta)
-    cfg = decoder_config(config.family, config.preset, padded_vocab_size(tokenizer.backend_tokenizer), overrides)
+    cfg = spec.preset_config(config.preset, padded_vocab_size(tokenizer.backend_tokenizer), overrides)
     model = HookedDecoder(cfg)
     init_weights(model, config.seed)
     if source is not None:

@@ -13,7 +13,7 @@ import string
 from pathlib import Path
 
 from mdlm_interp.models.families import FAMILIES, FamilySpec
-from mdlm_interp.paths import data_dir
+from mdlm_interp.tasks.words import all_words
 
 UNK = "<unk>"
 # One token per word (letters/digits), per newline, per punctuation character; other spaces vanish.
@@ -53,20 +53,12 @@ def format_texts() -> list[str]:
     return texts
 
 
-def word_list_words() -> list[str]:
-    """Return every word (and digit) of data/words/*.txt, in file order, without repeats."""
-    words = []
-    for file in sorted((data_dir() / "words").glob("*.txt")):
-        words += [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return list(dict.fromkeys(words))
-
-
 def vocabulary() -> list[str]:
     """Return the ordered regular tokens: punctuation, newline, format/template words, data/words."""
     pieces = list(string.punctuation) + ["\n"]
     for text in format_texts():
         pieces += split_words(text)
-    return list(dict.fromkeys(pieces + word_list_words()))
+    return list(dict.fromkeys(pieces + all_words()))
 
 
 def build_tokenizer():

@@ -1,0 +1,96 @@
+"""The package's layering, read from the import statements (``ast``; lazy imports inside functions count).
+
+Data flows one way (DESIGN.md): models know nothing of tasks, stores, recording, training or the CLI;
+stores know nothing of models, tasks, hooks or recording; hooks write no store; the library never
+imports its command line.
+"""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "mdlm_interp"
+
+# (layer, what it must not import); a layer is a subpackage or module of mdlm_interp.
+RULES = [
+    ("models", ("tasks", "store", "record", "training", "cli", "hooks", "batching")),
+    ("store", ("models", "tasks", "hooks", "record", "training", "cli")),
+    ("hooks", ("store", "record", "training", "cli")),
+    ("tasks", ("models", "store", "hooks", "record", "training", "cli")),
+    ("batching", ("models", "tasks", "store", "hooks", "record", "training", "cli")),
+]
+
+COMMAND_LINE = ("cli", "__main__")  # the command line and `python -m mdlm_interp`, its entry point
+
+
+def import_statements(file: Path, package_root: Path) -> list[list[str]]:
+    """Return, per import statement of a file, the absolute dotted names it may load (relative imports
+    resolved; ``from a import b`` may load ``a`` and ``a.b``)."""
+    tree = ast.parse(file.read_text(encoding="utf-8"), filename=str(file))
+    package = file.relative_to(package_root.parent).with_suffix("").parts[:-1]
+    statements = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            statements += [[alias.name] for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package[: len(package) - node.level + 1] + ((base,) if base else ()))
+            statements.append([base] + [f"{base}.{alias.name}" for alias in node.names])
+    return statements
+
+
+def layer_of(file: Path, package_root: Path) -> str:
+    """Return the first component below the package of a file (e.g. "models" or "record")."""
+    return file.relative_to(package_root).with_suffix("").parts[0]
+
+
+def violations(package_root: Path) -> list[str]:
+    """Return one line per import that breaks a rule of ``RULES`` or imports the CLI from outside it."""
+    name = package_root.name
+    problems = []
+    for file in sorted(package_root.rglob("*.py")):
+        layer = layer_of(file, package_root)
+        forbidden = dict(RULES).get(layer, ())
+        if layer not in COMMAND_LINE:
+            forbidden = (*forbidden, "cli")
+        for names in import_statements(file, package_root):
+            for module in names:
+                parts = module.split(".")
+                if parts[0] == name and len(parts) > 1 and parts[1] in forbidden:
+                    problems.append(f"{file.relative_to(package_root.parent)} ({layer}) imports {module}")
+                    break
+    return problems
+
+
+def test_the_package_keeps_its_layers():
+    assert violations(PACKAGE) == []
+
+
+def write(root: Path, relative: str, text: str) -> None:
+    path = root / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+@pytest.mark.parametrize("relative,text,expected", [
+    ("models/loader.py", "from mdlm_interp.tasks import TASK_NAMES\n", "(models) imports mdlm_interp.tasks"),
+    ("models/loader.py", "def f():\n    import mdlm_interp.store.reader\n", "(models) imports mdlm_interp.store.reader"),
+    ("models/loader.py", "from ..record import record\n", "(models) imports mdlm_interp.record"),
+    ("models/loader.py", "from mdlm_interp import training\n", "(models) imports mdlm_interp.training"),
+    ("store/reader.py", "from mdlm_interp.models.loader import load_model\n", "(store) imports mdlm_interp.models"),
+    ("store/reader.py", "from ..hooks import recorders\n", "(store) imports mdlm_interp.hooks"),
+    ("store/reader.py", "from . import schema\nfrom mdlm_interp.tasks import words\n", "(store) imports mdlm_interp.tasks"),
+    ("hooks/recorders.py", "from mdlm_interp.store.writer import open_writer\n", "(hooks) imports mdlm_interp.store"),
+    ("record.py", "from mdlm_interp.cli.record import run\n", "(record) imports mdlm_interp.cli"),
+    ("training/organisms.py", "from mdlm_interp.cli import main\n", "(training) imports mdlm_interp.cli"),
+])
+def test_each_rule_catches_its_violation(tmp_path, relative, text, expected):
+    root = tmp_path / "mdlm_interp"
+    write(root, "__init__.py", "")
+    write(root, "cli/record.py", "from mdlm_interp.record import record\nfrom mdlm_interp.cli import main\n")
+    assert violations(root) == []  # the CLI may import anything, itself included
+    write(root, relative, text)
+    found = violations(root)
+    assert len(found) == 1 and expected in found[0], found
