@@ -434,3 +434,13 @@ def test_merge_refuses_mismatched_or_incomplete_shards(tmp_path):
 def test_docs_carry_the_schema_tables():
     docs = (TESTS_DIR.parent / "docs" / "store.md").read_text()
     assert schema.markdown() in docs, "regenerate the tables in docs/store.md from schema.markdown()"
+
+
+def test_summary_orders_placement_slots_as_numbers():
+    from mdlm_interp.store.summary import placement_order
+
+    placements = ["relevant-at:10", "random", "relevant-at:5", "query-at:40", "relevant-at:40", "query-at:9",
+                  "relevant-at:5,query-at:12", "relevant-at:5,query-at:3"]
+    assert sorted(placements, key=placement_order) == [
+        "query-at:9", "query-at:40", "random", "relevant-at:5", "relevant-at:5,query-at:3",
+        "relevant-at:5,query-at:12", "relevant-at:10", "relevant-at:40"]

@@ -24,13 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"mdlm_interp.cli.{name}")
-        except ModuleNotFoundError as error:
-            if error.name == f"mdlm_interp.cli.{name}":
-                continue  # subcommand not built yet
-            raise
-        module.add_parser(subparsers)
+        importlib.import_module(f"mdlm_interp.cli.{name}").add_parser(subparsers)
     return parser
 
 

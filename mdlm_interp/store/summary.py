@@ -1,6 +1,7 @@
 """Per-condition summary of a store: accuracy, p(answer), entropy, attention to masks, gradient shares."""
 
 import math
+import re
 
 CONDITION = ("masks", "filler", "placement")
 
@@ -28,7 +29,7 @@ COLUMNS = {  # key -> table heading, in table order
 
 
 def summarize(store) -> list:
-    """Return one dict per condition, sorted by (placement, filler, masks).
+    """Return one dict per condition, sorted by (placement with numeric slots, filler, masks).
 
     Keys: masks (int), filler (bool), placement (str), n (rows), accuracy (mean of correct),
     p_answer and entropy (means), and for recorded groups mask_attention (mean over rows, layers and
@@ -49,8 +50,14 @@ def summarize(store) -> list:
             mean = float(group[key].astype("float64").mean())
             row[key] = None if math.isnan(mean) else mean
         conditions.append(row)
-    conditions.sort(key=lambda r: (r["placement"], r["filler"], r["masks"]))
+    conditions.sort(key=lambda r: (placement_order(r["placement"]), r["filler"], r["masks"]))
     return conditions
+
+
+def placement_order(placement: str) -> tuple:
+    """Return a sort key that orders placements by name with their slot numbers compared as numbers
+    ("relevant-at:5" before "relevant-at:10"; "relevant-at:K,query-at:J" by K, then J)."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", placement))
 
 
 def format_table(conditions: list) -> str:
