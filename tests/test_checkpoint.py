@@ -169,3 +169,23 @@ def test_fingerprint_changes_with_any_weight(tmp_path, tiny_checkpoint, monkeypa
     assert checkpoint.weights_fingerprint(path) != sampled
     monkeypatch.setattr(checkpoint, "FULL_HASH_LIMIT", 1 << 30)
     assert checkpoint.weights_fingerprint(path) != before
+
+
+def test_a_new_family_is_one_spec(tmp_path, monkeypatch):
+    """Adding a family touches models/families.py only: a spec registered in FAMILIES is offered by the CLI,
+    written with its own names and read back by load_model."""
+    import dataclasses
+
+    from mdlm_interp.models import families
+
+    mistral = dataclasses.replace(families.LLAMA, family="mistral", model_types=("mistral",),
+                                  architecture="MistralForCausalLM", default_rope_theta=1e6)
+    monkeypatch.setitem(families.FAMILIES, "mistral", mistral)
+    result = run_cli("model", "init", "--family", "mistral", "--seed", "2", "--out", tmp_path / "m")
+    assert result.returncode == 0, result.stderr
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["model_type"] == "mistral" and config["architectures"] == ["MistralForCausalLM"]
+    assert config["rope_theta"] == 1e6
+    lm = load_model(tmp_path / "m")
+    assert lm.spec is mistral and lm.config.causal and lm.config.rope_theta == 1e6
+    assert "mistral" in run_cli("model", "init", "--help").stdout

@@ -9,7 +9,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 
 from conftest import FAMILY_NAMES
 
-# LLaDA -> Llama names, written out here from MODELS.md (independent of the toolkit's own map).
+# LLaDA -> Llama names, written out here from docs/models.md (independent of the toolkit's own map).
 LLADA_TOP = {"model.transformer.wte": "model.embed_tokens", "model.transformer.ln_f": "model.norm",
              "model.transformer.ff_out": "lm_head"}
 LLADA_BLOCK = {"attn_norm": "input_layernorm", "q_proj": "self_attn.q_proj", "k_proj": "self_attn.k_proj",

@@ -371,7 +371,7 @@ def test_tokenize_errors(bpe):
     moved = sample_prompt(PromptConfig("animal+largest", 2, 2, "query-at:1"), 0, single_token_words(bpe))
     cases = [
         (dict(mask_token_id=mask_id, masks=0), "masks must be at least 1 for a diffusion model"),
-        (dict(causal=True, masks=2), "a causal model takes no appended masks"),
+        (dict(causal=True, masks=2), "a causal model takes no masks"),
         (dict(), "needs mask_token_id"),
         (dict(mask_token_id=mask_id, masks=2, filler=" ..."), "the filler ' ...' is [2-9] tokens"),
         (dict(mask_token_id=mask_id, chat_template="no slot"), "must contain \\{content\\} exactly once"),

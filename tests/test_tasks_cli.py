@@ -85,9 +85,9 @@ def test_show_marks_spans_masks_and_filler(capsys):
     assert out.count("<mask>") == 4
     assert len(re.findall(r"\[example \d+: RELEVANT \(verb\)\]", out)) == 2
     assert len(re.findall(r"\[example \d+: distractor \(largest\)\]", out)) == 3
-    assert "[query, after 5 examples]" in out and "[3 appended masks]" in out
+    assert "[query, after 5 examples]" in out and "[3 masks after the answer slot]" in out
     code, out, _ = run(capsys, "tasks", "show", "verb+largest", "--masks", "4", "--filler", " .")
-    assert code == 0 and out.count("<mask>") == 1 and "[3 appended fillers ' .']\n . . .\n" in out
+    assert code == 0 and out.count("<mask>") == 1 and "[3 fillers ' .' after the answer slot]\n . . .\n" in out
     code, out, _ = run(capsys, "tasks", "show", "verb+largest", "--placement", "query-at:0")
     assert code == 0 and out.index("[query, after 0 examples]") < out.index("[example 0:")
 
@@ -97,7 +97,7 @@ def test_show_marks_spans_masks_and_filler(capsys):
     (["show", "verb+largest", "--placement", "relevant-at:41"], "K=41 is out of range"),
     (["show", "verb+largest", "--placement", "query-at:51"], "K=51 is out of range"),
     (["show", "verb+largest", "--masks", "0"], "masks must be at least 1 for a diffusion model"),
-    (["show", "verb+largest", "--causal", "--masks", "5"], "a causal model takes no appended masks"),
+    (["show", "verb+largest", "--causal", "--masks", "5"], "a causal model takes no masks"),
     (["show", "body+largest", "--n-relevant", "80"], "n_relevant=80 is too large"),
     (["export", "--task", "nope", "--n", "1", "--out", "-"], "unknown task 'nope'"),
     (["export", "--task", "all", "--n", "0", "--out", "-"], "n must be a positive integer"),

@@ -7,7 +7,7 @@ def add_parser(subparsers) -> None:
         "summary",
         help="per-condition table of a recorded store",
         description="Per condition (masks, filler, placement): rows, accuracy, mean p(answer) and entropy, and "
-        "where recorded the mean attention mass on the appended masks and the three normalised gradient means.",
+        "where recorded the mean attention mass on the masks after the answer slot and the three normalised gradient means.",
     )
     parser.add_argument("store", metavar="STORE", help="HDF5 store written by `mdlm-interp record`")
     parser.add_argument("--json", action="store_true", help='print {"conditions": [{...}, ...]} instead of a table')

@@ -16,7 +16,7 @@ def add_parser(subparsers) -> None:
 
     show = actions.add_parser("show", help="print one prompt with its spans labelled",
                               description="Print one sampled prompt as text, with a [label] line before each "
-                              "example, the query, the answer slot and the appended masks (<mask>).")
+                              "example, the query, the answer slot and the masks after it (<mask>).")
     show.add_argument("task", help="task name, e.g. adjective+largest (see `tasks list`)")
     _add_sampling_flags(show)
     show.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the prompt (default 0)")

@@ -72,7 +72,7 @@ class AnswerSlot:
         if isinstance(self.masks, bool) or not isinstance(self.masks, int):
             raise UsageError(f"masks must be an integer, got {self.masks!r}")
         if self.causal and self.masks not in (0, 1):
-            raise UsageError(f"a causal model takes no appended masks (its answer is the next token): "
+            raise UsageError(f"a causal model takes no masks (its answer is the next token): "
                              f"masks must be 0 or 1, got {self.masks}")
         if not self.causal and self.masks < 1:
             raise UsageError(f"masks must be at least 1 for a diffusion model (the first mask is the answer "

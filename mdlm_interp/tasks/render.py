@@ -17,7 +17,7 @@ from mdlm_interp.tasks.prompt import Prompt
 
 def render_prompt(prompt: Prompt, slot: AnswerSlot, chat_template: str | None = None) -> str:
     """Return ``prompt`` as text with a ``[label]`` line before each span: the examples (relevant ones
-    marked), the query, the answer slot and the appended masks (shown as "<mask>") or fillers.
+    marked), the query, the answer slot and the masks after it (shown as "<mask>") or fillers.
 
     Each span's text follows its label verbatim, plus a line break where it has none of its own;
     raises ``UsageError`` for a layout that ``tokenize_prompt`` would refuse.
@@ -45,7 +45,7 @@ def render_prompt(prompt: Prompt, slot: AnswerSlot, chat_template: str | None = 
         extra = slot.kinds[1:]
         if extra:
             what = "masks" if extra[0] == "mask" else f"fillers {slot.filler!r}"
-            blocks.append((f"{len(extra)} appended {what}",
+            blocks.append((f"{len(extra)} {what} after the answer slot",
                            "".join(MASK_TEXT if kind == "mask" else slot.filler for kind in extra)))
     if not query_last:
         blocks.append(("line break ending the query", LINE_END))

@@ -3,7 +3,7 @@
 The measurement loads the checkpoint exactly as users will (``load_model``, float32, from the
 stored weights) and scores ``n_prompts`` held-out prompts (seeds 0..n-1; training draws seeds
 >= 1e9) with 10 relevant + 40 distractor examples, greedy, one forward pass, the first mask scored:
-for every number of appended masks and two placements, the relevant block next to the query and
+for every number of masks and two placements, the relevant block next to the query and
 a random mix. Causal models take no masks (their answer is the next token): one row per placement.
 """
 
@@ -64,7 +64,7 @@ def accuracy_table(results: dict) -> list[str]:
     """Return the markdown rows of the accuracy grid: one row per mask count, one column per placement."""
     by = {(r["placement"], r["masks"]): r["accuracy"] for r in results["accuracy"]}
     counts = sorted({r["masks"] for r in results["accuracy"]})
-    lines = ["| appended masks | relevant block next to the query | random placement |", "|---|---|---|"]
+    lines = ["| masks | relevant block next to the query | random placement |", "|---|---|---|"]
     for count in counts:
         cells = [f"{by[(p, count)]:.1%}" if (p, count) in by else "-" for p in PLACEMENTS]
         lines.append(f"| {count} | " + " | ".join(cells) + " |")

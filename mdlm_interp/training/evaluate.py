@@ -17,7 +17,7 @@ NEXT_TO_QUERY = "next-to-query"  # shorthand: the relevant block in the slots ju
 
 @dataclass(frozen=True)
 class EvalSetting:
-    """One evaluation condition: example counts, placement, number of appended masks (1 = answer slot)."""
+    """One evaluation condition: example counts, placement, number of masks n (the answer slot and n - 1 after it)."""
 
     n_relevant: int = 10
     n_distractor: int = 40

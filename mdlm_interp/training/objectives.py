@@ -1,7 +1,7 @@
 """Training losses of the model organisms: LLaDA's masked-diffusion loss (with Dream's -1 prediction
 offset as an option) and the next-token loss of the causal twin.
 
-Masked diffusion (LLaDA, MODELS.md): t ~ U(0, 1), p = (1 - eps) t + eps, each maskable token is
+Masked diffusion (LLaDA, docs/models.md): t ~ U(0, 1), p = (1 - eps) t + eps, each maskable token is
 replaced by the mask token with probability p, and the loss is the cross-entropy on the masked
 tokens weighted by 1/p, divided by the number of tokens. Dream reads the prediction for the token at
 position i from ``logits[:, i - 1]``; LLaDA from ``logits[:, i]``.
