@@ -57,7 +57,8 @@ def load_model(
     ``name_or_path`` is a checkpoint directory, ``organism-NAME`` or a hub id found in the local
     Hugging Face cache. Weights come from safetensors only, strictly by name and shape, into a model
     built without allocating; ``dtype`` defaults to float32. The model is in eval mode with
-    ``requires_grad`` off for its parameters.
+    ``requires_grad`` off for its parameters, and carries the tokenizer (``model.to_tokens``,
+    ``model.to_string``), prepending BOS by default where the family's prompts start with it.
     """
     path = resolve_checkpoint(name_or_path)
     config = read_config(path)
@@ -70,5 +71,9 @@ def load_model(
     with torch.device("meta"):
         model = HookedDecoder(cfg)
     load_weights(model, path, spec, torch_dtype, device)
+    model.cfg.device = str(model.W_E.device)
     model.eval()
-    return LoadedModel(model, tokenizer, spec, cfg, mask_token_id, str(name_or_path), path)
+    model.tokenizer = tokenizer
+    bos = spec.special_tokens.get("bos")
+    model.default_prepend_bos = bos is not None and spec.chat_template.startswith(bos)
+    return LoadedModel(model, tokenizer, spec, model.cfg, mask_token_id, str(name_or_path), path)
