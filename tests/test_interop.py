@@ -273,6 +273,9 @@ def test_accumulated_resid_with_ln_is_the_logit_lens(name):
     expected = torch.stack([(s / rms(s, cfg.norm_eps)).float() * model.ln_final.weight for s in streams]) @ model.W_U
     torch.testing.assert_close(lens, expected, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(lens[-1], logits[0, read])
+    readout = cache.logit_lens(return_type="logits", positions=read)  # TransformerLens' one-call logit lens
+    assert readout.labels == labels
+    torch.testing.assert_close(readout.values[:, 0], expected.float(), atol=1e-4, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", ORGANISMS)

@@ -376,6 +376,9 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """One pre-norm transformer block."""
 
+    # TransformerLens' logit lens asks this: hook_resid_post is the one residual stream ln_final reads.
+    hook_out_is_single_residual_stream = True
+
     def __init__(self, cfg: DecoderConfig):
         super().__init__()
         self.ln1 = RMSNorm(cfg.d_model, cfg.norm_eps)
