@@ -157,11 +157,12 @@ def test_mlp_and_norm_hooks_hold_what_transformer_lens_names_them(tiny_model):
         # reading the new hooks changes no number; a returned scale is used
         read_only, _ = lm.model.run_with_cache(ids, names_filter=lambda name: "scale" in name or ".mlp." in name)
         assert torch.equal(read_only, plain)
-        seen = {}
-        lm.model.run_with_hooks(ids, fwd_hooks=[
-            ("blocks.1.ln2.hook_scale", lambda scale, hook: 2 * scale),
-            ("blocks.1.ln2.hook_normalized", lambda x, hook: seen.setdefault("x", x))])
-    torch.testing.assert_close(seen["x"], normalized / 2)
+        for edit in (lambda scale, hook: 2 * scale, lambda scale, hook: scale.mul_(2)):  # new tensor, in place
+            seen = {}
+            lm.model.run_with_hooks(ids, fwd_hooks=[
+                ("blocks.1.ln2.hook_scale", edit),
+                ("blocks.1.ln2.hook_normalized", lambda x, hook: seen.setdefault("x", x))])
+            torch.testing.assert_close(seen["x"], normalized / 2)
 
 
 def test_head_results_are_opt_in_and_sum_to_the_attention_output(tiny_model):
@@ -428,6 +429,9 @@ def test_nnsight_reads_patterns_and_patches_a_head_like_transformer_lens_hooks()
         with traced.trace(corrupt):
             traced.blocks[0].attn.hook_z.output[:, :, 1] = z_clean[:, :, 1]
             patched = traced.output.save()
+        with traced.trace(corrupt):  # an in-place edit of the final norm's scale takes effect
+            traced.ln_final.hook_scale.output[:] = 2 * traced.ln_final.hook_scale.output
+            halved = traced.output.save()
         _, cache = model.run_with_cache(corrupt)
         _, clean_z = model.run_with_cache(clean, names_filter="blocks.0.attn.hook_z")  # the fused path, as in nnsight
 
@@ -438,5 +442,6 @@ def test_nnsight_reads_patterns_and_patches_a_head_like_transformer_lens_hooks()
     assert not model.cfg.explicit_attention
     torch.testing.assert_close(pattern, cache["pattern", 2])
     assert torch.equal(patched, expected)
+    torch.testing.assert_close(halved, model(corrupt) / 2)
     metric = metric_for(read, answer, None)
     assert metric(patched) - metric(model(corrupt)) > 1.0  # head 0.1 matters for this pair
