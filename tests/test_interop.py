@@ -154,7 +154,7 @@ def test_mlp_and_norm_hooks_hold_what_transformer_lens_names_them(tiny_model):
         resid_mid = cache["resid_mid", 1]
         torch.testing.assert_close(cache["blocks.1.ln2.hook_scale"], rms(resid_mid, ln2.eps).float())
         torch.testing.assert_close(cache["scale"], rms(cache["resid_post", 1], lm.config.norm_eps).float())
-        # reading the new hooks changes no number; a returned scale is used
+        # reading the new hooks changes no number; a changed scale is used, returned or edited in place
         read_only, _ = lm.model.run_with_cache(ids, names_filter=lambda name: "scale" in name or ".mlp." in name)
         assert torch.equal(read_only, plain)
         for edit in (lambda scale, hook: 2 * scale, lambda scale, hook: scale.mul_(2)):  # new tensor, in place
