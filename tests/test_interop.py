@@ -343,6 +343,19 @@ def test_stack_neuron_results_splits_each_mlp_output_by_neuron(name):
         torch.testing.assert_close(mine.sum(0), cache["mlp_out", layer][0, read], atol=1e-4, rtol=1e-5)
 
 
+def test_full_resid_decomposition_adds_heads_neurons_and_embedding_up_to_the_final_stream():
+    lm = organism("organism-dream")
+    cfg = lm.config
+    clean, _, read, _, _ = patching_pair(lm)
+    with torch.no_grad():
+        _, cache = lm.model.run_with_cache(clean)
+        parts, labels = cache.get_full_resid_decomposition(pos_slice=read, return_labels=True)
+    n_heads, n_neurons = cfg.n_layers * cfg.n_heads, cfg.n_layers * cfg.d_mlp
+    assert parts.shape[0] == n_heads + n_neurons + 2 and labels[-2:] == ["embed", "bias"]
+    assert labels[n_heads] == "L0N0" and not parts[-1].any()  # no bias writes to the residual stream
+    torch.testing.assert_close(parts.sum(0), cache["resid_post", -1][:, read], atol=1e-4, rtol=1e-5)
+
+
 # ---------------------------------------------------------------- transformer_lens.patching and nnsight
 
 
@@ -366,18 +379,20 @@ def test_patching_the_residual_stream_equals_a_patched_manual_forward(name):
         grid = patching.get_act_patch_resid_pre(model, corrupt, clean_cache, metric)
         _, clean_inputs = manual_forward(model, clean)
         n = clean.shape[1]
-        expected = torch.empty(cfg.n_layers, n)
-        for layer in range(cfg.n_layers):  # one batched manual forward per layer: row p patches position p
+        positions = sorted(set(range(0, n, 7)) | {read - 1, read, read + 1, n - 1} & set(range(n)))
+        rows = torch.arange(len(positions))
+        expected = torch.empty(cfg.n_layers, len(positions))
+        for layer in range(cfg.n_layers):  # one batched manual forward per layer: row i patches positions[i]
             def patch(l, x, layer=layer):
                 if l != layer:
                     return x
                 x = x.clone()
-                x[torch.arange(n), torch.arange(n)] = clean_inputs[layer][0]
+                x[rows, positions] = clean_inputs[layer][0, positions]
                 return x
-            logits, _ = manual_forward(model, corrupt.expand(n, -1), edit=patch)
-            expected[layer] = torch.stack([metric(logits[p:p + 1]) for p in range(n)])
+            logits, _ = manual_forward(model, corrupt.expand(len(positions), -1), edit=patch)
+            expected[layer] = torch.stack([metric(logits[i:i + 1]) for i in rows])
     assert grid.shape == (cfg.n_layers, n)
-    torch.testing.assert_close(grid, expected, atol=2e-4, rtol=1e-4)
+    torch.testing.assert_close(grid[:, positions], expected, atol=2e-4, rtol=1e-4)
     assert grid.max() - grid.min() > 1e-2  # patching moves the metric somewhere
 
 
