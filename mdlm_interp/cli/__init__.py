@@ -10,7 +10,7 @@ import sys
 
 from mdlm_interp.errors import UsageError
 
-SUBCOMMAND_MODULES = ["model", "tasks", "pretrain", "record", "summary"]
+SUBCOMMAND_MODULES = ["model", "tasks", "pretrain", "record", "summary", "analyze", "sweep"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,170 @@
+"""Stores -> ``Recordings``: one frame of rows from every store, with the columns analyses group by.
+
+A row is one (example, condition) of one store. Next to the store's /examples columns it carries
+the store index (``store``), the model label (``model``), the context setting (``n_relevant``,
+``n_distractor``) and the pairing key ``pair`` ("seed:task:prompt", where prompt is the index of the
+prompt within its task): the same key is the same prompt under every condition of a model and
+setting, whichever store recorded it, so paired comparisons join on it (``PAIR``).
+"""
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from mdlm_interp.store import open_store
+
+SETTING = ["model", "n_relevant", "n_distractor"]
+CONDITION = ["placement", "filler", "masks"]
+PAIR = "pair"
+GRADIENT_COLUMNS = {"grad_mask": "gradients/mask_mean", "grad_last50": "gradients/last50_mean",
+                    "grad_nonmask": "gradients/nonmask_mean"}
+
+
+class Skip(Exception):
+    """An analysis cannot run on these recordings; the message (one sentence) says what is missing."""
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    """What the report says about one store: where it is, what made it, what it holds."""
+
+    path: Path
+    model: str
+    model_id: str
+    family: str
+    fingerprint: str
+    n_relevant: int
+    n_distractor: int
+    seed: int
+    groups: tuple
+    dims: dict
+    n_rows: int
+    n_planned: int
+    status: str
+    command_line: str
+    created: str
+    toolkit_version: str
+
+
+class Recordings:
+    """Rows of several stores. ``rows``: pandas DataFrame, one row per (example, condition) of each
+    store, duplicates across stores dropped. ``stores``: list of ``StoreInfo`` (``rows.store`` indexes
+    it). ``notes``: sentences for the report (e.g. dropped duplicates).
+    """
+
+    def __init__(self, stores: list, rows, notes: list | None = None):
+        self.stores = stores
+        self.rows = rows
+        self.notes = list(notes or [])
+        self._arrays = {}
+
+    def with_groups(self, groups) -> tuple["Recordings", list[StoreInfo]]:
+        """Return (recordings restricted to stores that recorded every group in ``groups``, stores left out)."""
+        keep = [i for i, s in enumerate(self.stores) if set(groups) <= set(s.groups)]
+        left_out = [s for i, s in enumerate(self.stores) if i not in keep]
+        subset = Recordings(self.stores, self.rows[self.rows["store"].isin(keep)], self.notes)
+        subset._arrays = self._arrays
+        return subset, left_out
+
+    def gather(self, rows, name: str) -> np.ndarray:
+        """Return dataset ``name`` (e.g. "attention/mask_mass_from_answer") for the given rows (a slice of
+        ``self.rows``, possibly from several stores of one model) as one array [len(rows), ...]."""
+        parts = []
+        for store, group in rows.groupby("store", sort=False):
+            parts.append((group.index, self.store_array(int(store), name)[group["row_in_store"].to_numpy()]))
+        if not parts:
+            raise ValueError("no rows to gather")
+        out = np.empty((len(rows),) + parts[0][1].shape[1:], dtype=parts[0][1].dtype)
+        position = {index: i for i, index in enumerate(rows.index)}
+        for index, values in parts:
+            out[[position[i] for i in index]] = values
+        return out
+
+    def store_array(self, store: int, name: str) -> np.ndarray:
+        """Return dataset ``name`` of store number ``store``, all its rows (read once, then cached)."""
+        key = (store, name)
+        if key not in self._arrays:
+            with open_store(self.stores[store].path) as opened:
+                self._arrays[key] = opened.array(name)
+        return self._arrays[key]
+
+    def models(self) -> list[str]:
+        """Return the model labels in the order their stores were given."""
+        return list(dict.fromkeys(s.model for s in self.stores))
+
+
+def find_stores(paths) -> list[Path]:
+    """Expand folders into the .h5 files below them (sorted; shard files of merged stores left out)."""
+    found = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*.h5") if ".shard" not in p.name)
+        else:
+            found.append(path)
+    return found
+
+
+def load(paths) -> Recordings:
+    """Open every store (folders are searched for .h5 files) and return their ``Recordings``.
+
+    Raises ``UsageError`` (one line) for a path that is not a readable store, before reading any rows.
+    """
+    import pandas as pd
+
+    paths = find_stores(paths)
+    stores = [_info(path) for path in paths]
+    stores = _disambiguate(stores)
+    frames = []
+    for index, info in enumerate(stores):
+        with open_store(info.path) as store:
+            frame = store.examples.copy()
+            n = int(store.attrs["settings"].get("n", 0)) or max(1, int(frame["example"].max()) + 1)
+            for column, name in GRADIENT_COLUMNS.items():
+                frame[column] = store.array(name).astype(float) if "gradients" in store.groups else np.nan
+        frame.insert(0, "store", index)
+        frame.insert(1, "model", info.model)
+        frame.insert(2, "n_relevant", info.n_relevant)
+        frame.insert(3, "n_distractor", info.n_distractor)
+        frame["seed"] = info.seed
+        frame["prompt"] = frame["example"] % n
+        frame["pair"] = [f"{info.seed}:{task}:{prompt}" for task, prompt in zip(frame["task"], frame["prompt"])]
+        frame["row_in_store"] = np.arange(len(frame))
+        frame["causal"] = frame["masks"] == 0
+        frames.append(frame)
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    notes = []
+    if len(rows):
+        key = SETTING + CONDITION + [PAIR]
+        duplicated = rows.duplicated(subset=key, keep="first")
+        if duplicated.any():
+            notes.append(f"{int(duplicated.sum())} rows recorded twice (same model, setting, condition and prompt "
+                         "in two stores) were counted once.")
+            rows = rows[~duplicated].reset_index(drop=True)
+    return Recordings(stores, rows, notes)
+
+
+def _info(path: Path) -> StoreInfo:
+    with open_store(path) as store:
+        attrs = store.attrs
+        config = attrs["task_config"]
+        return StoreInfo(
+            path=path, model=model_label(attrs["model_id"]), model_id=attrs["model_id"], family=attrs["family"],
+            fingerprint=attrs["weights_fingerprint"], n_relevant=int(config["n_relevant"]),
+            n_distractor=int(config["n_distractor"]), seed=int(attrs["seed"]), groups=store.groups,
+            dims=dict(store.dims), n_rows=store.n_rows, n_planned=int(attrs["n_planned"]), status=attrs["status"],
+            command_line=attrs["command_line"], created=attrs["created"], toolkit_version=attrs["toolkit_version"])
+
+
+def model_label(model_id: str) -> str:
+    """Return a short label for a model id: the last path component ("organism-llada", "LLaDA-8B-Instruct")."""
+    return Path(str(model_id).rstrip("/")).name or str(model_id)
+
+
+def _disambiguate(stores: list) -> list:
+    """Give stores whose labels collide but whose weights differ labels with a short fingerprint."""
+    by_label = {}
+    for info in stores:
+        by_label.setdefault(info.model, set()).add(info.fingerprint)
+    return [replace(s, model=f"{s.model}@{s.fingerprint.split(':')[-1][:8]}") if len(by_label[s.model]) > 1 else s
+            for s in stores]

@@ -1,0 +1,57 @@
+"""Figure conventions shared by the analyses: one colour per model, interval bands, a masks axis.
+
+matplotlib is imported inside the functions (``mdlm-interp --help`` stays fast) and figures are
+``matplotlib.figure.Figure`` objects, never pyplot state, so drawing is safe anywhere.
+"""
+
+FAMILY_COLORS = {"llada": "#1f77b4", "dream": "#ff7f0e", "llama": "#2ca02c", "qwen": "#d62728"}
+OTHER_COLORS = ["#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+FILLER_STYLE = "--"
+MASK_STYLE = "-"
+
+
+def new_figure(nrows: int = 1, ncols: int = 1, width: float = 4.2, height: float = 3.2, **kwargs):
+    """Return (Figure, axes as a 2-D array [nrows, ncols]) with panels of ``width`` x ``height`` inches."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    axes = figure.subplots(nrows, ncols, squeeze=False, **kwargs)
+    return figure, np.asarray(axes)
+
+
+def model_colors(models) -> dict:
+    """Return {model: colour}: LLaDA blue, Dream orange, Llama green, Qwen red (by name), others in order."""
+    colors, spare = {}, iter(OTHER_COLORS * 4)
+    for model in models:
+        lowered = model.lower()
+        match = next((c for family, c in FAMILY_COLORS.items() if family in lowered), None)
+        colors[model] = match if match and match not in colors.values() else next(spare)
+    return colors
+
+
+def line_with_band(ax, x, y, low, high, color, style=MASK_STYLE, label=None, marker="o"):
+    """Draw y against x with a translucent 95% band between low and high."""
+    ax.plot(x, y, linestyle=style, marker=marker, markersize=3.5, color=color, label=label)
+    ax.fill_between(x, low, high, color=color, alpha=0.15, linewidth=0)
+
+
+def masks_axis(ax, masks) -> None:
+    """Put the number of masks on a linear x axis, ticks at the recorded counts that do not crowd each other."""
+    from matplotlib.ticker import FixedLocator
+
+    counts = sorted({int(m) for m in masks if m >= 1})
+    spacing = (counts[-1] - counts[0]) / 12 if counts else 0
+    ticks = []
+    for count in counts:
+        if not ticks or count - ticks[-1] >= spacing or count == counts[-1]:
+            if ticks and count == counts[-1] and count - ticks[-1] < spacing and len(ticks) > 1:
+                ticks.pop()
+            ticks.append(count)
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.set_xlabel("masks (answer slot + masks after it)")
+
+
+def save(figure, path, provenance: str) -> None:
+    """Write ``figure`` as PNG (110 dpi) with ``provenance`` in its metadata."""
+    figure.savefig(path, dpi=110, metadata={"Software": "mdlm-interp", "Description": provenance})

@@ -1,0 +1,187 @@
+"""Run every registered analysis on a set of stores and write DIR/report.md, DIR/tables/*.csv,
+DIR/figures/*.png and DIR/provenance.json."""
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from mdlm_interp.analyses.data import Skip, load
+from mdlm_interp.analyses.plotting import save
+from mdlm_interp.analyses.registry import analyses as registered
+from mdlm_interp.analyses.stats import INTERVALS
+from mdlm_interp.errors import UsageError
+from mdlm_interp.version import __version__
+
+MAX_REPORT_ROWS = 400  # longer tables are cut in report.md (the CSV keeps every row)
+
+
+@dataclass
+class Outcome:
+    """What one analysis produced: tables, figures (name, caption), its paragraph, or the reason it was skipped."""
+
+    title: str
+    tables: dict
+    figures: list
+    paragraph: str
+    shown: dict
+    skipped: str | None
+    notes: list
+
+
+def prepare_out(out) -> Path:
+    """Create ``out`` (and its tables/ and figures/ folders); UsageError if that is impossible."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder")
+    try:
+        (out / "tables").mkdir(parents=True, exist_ok=True)
+        (out / "figures").mkdir(exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"cannot create {out}: {error.strerror or error}") from None
+    return out
+
+
+def run_analyses(recordings, only=None) -> list[Outcome]:
+    """Run the registered analyses (or those named in ``only``) on ``recordings``; never raises ``Skip``."""
+    outcomes = []
+    for analysis in registered():
+        if only and analysis.name not in only:
+            continue
+        subset, left_out = recordings.with_groups(analysis.needs)
+        notes = []
+        if left_out and analysis.needs:
+            names = ", ".join(f"{s.path.name} ({s.model})" for s in left_out)
+            notes.append(f"Stores without /{', /'.join(analysis.needs)} are left out here: {names}.")
+        try:
+            if subset.rows.empty:
+                raise Skip(f"no store recorded /{', /'.join(analysis.needs)}")
+            tables = analysis.tables(subset)
+        except Skip as reason:
+            outcomes.append(Outcome(analysis.title, {}, [], "", {}, str(reason), notes))
+            continue
+        figures = analysis.figures(tables)
+        outcomes.append(Outcome(analysis.title, tables, figures, analysis.paragraph(tables),
+                                (analysis.shown or (lambda t: t))(tables), None, notes))
+    return outcomes
+
+
+def write_report(stores, out, *, command_line: str = "", only=None) -> Path:
+    """Analyse ``stores`` (paths to stores or folders of stores) into folder ``out``; return report.md's path.
+
+    Writes tables/NAME.csv for every table, figures/NAME.png for every figure (provenance in the PNG
+    metadata), provenance.json and report.md (provenance, every table, every figure with its caption,
+    and a note for every analysis that was skipped and why). Raises ``UsageError`` before writing
+    anything if a path is not a readable store.
+    """
+    recordings = load(stores)
+    if not recordings.stores:
+        raise UsageError("no stores found in " + ", ".join(map(str, stores)))
+    out = prepare_out(out)
+    outcomes = run_analyses(recordings, only)
+    provenance = {
+        "command_line": command_line, "toolkit_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "intervals": INTERVALS,
+        "stores": [{"path": str(s.path), "model": s.model, "model_id": s.model_id, "family": s.family,
+                    "weights_fingerprint": s.fingerprint, "seed": s.seed, "n_relevant": s.n_relevant,
+                    "n_distractor": s.n_distractor, "rows": s.n_rows, "status": s.status,
+                    "command_line": s.command_line} for s in recordings.stores],
+    }
+    (out / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    stamp = f"{command_line} | mdlm-interp {__version__} | {provenance['created']}"
+    for outcome in outcomes:
+        for name, frame in outcome.tables.items():
+            frame.to_csv(out / "tables" / f"{name}.csv", index=False, float_format="%.6g")
+        for figure in outcome.figures:
+            save(figure.figure, out / "figures" / f"{figure.name}.png", stamp)
+    path = out / "report.md"
+    path.write_text(render(recordings, outcomes, provenance))
+    return path
+
+
+def render(recordings, outcomes, provenance) -> str:
+    """Return report.md's text."""
+    lines = ["# mdlm-interp report", ""]
+    lines += [f"Made by `{provenance['command_line']}` with mdlm-interp {provenance['toolkit_version']} on "
+              f"{provenance['created']}. Intervals: {provenance['intervals']}. Tables are in `tables/`, figures in "
+              "`figures/`, the provenance of every store in `provenance.json`.", ""]
+    lines += ["## Stores", ""]
+    stores = [{"store": str(s.path), "model": s.model, "family": s.family, "relevant": s.n_relevant,
+               "distractor": s.n_distractor, "seed": s.seed, "rows": f"{s.n_rows}/{s.n_planned}",
+               "status": s.status, "recorded": ", ".join(g for g in s.groups if g != "examples"),
+               "weights": s.fingerprint[:19]} for s in recordings.stores]
+    lines += [markdown_table(stores), ""]
+    incomplete = [s for s in recordings.stores if s.status != "complete"]
+    if incomplete:
+        lines += [f"{len(incomplete)} store(s) are incomplete (their committed rows are analysed): "
+                  + ", ".join(s.path.name for s in incomplete) + ".", ""]
+    lines += [f"- {note}" for note in recordings.notes] + ([""] if recordings.notes else [])
+    for outcome in outcomes:
+        lines += [f"## {outcome.title}", ""]
+        lines += [f"- {note}" for note in outcome.notes] + ([""] if outcome.notes else [])
+        if outcome.skipped:
+            lines += [f"Skipped: {outcome.skipped}.", ""]
+            continue
+        lines += [outcome.paragraph, ""]
+        for figure in outcome.figures:
+            lines += [f"![{figure.name}](figures/{figure.name}.png)", "", figure.caption, ""]
+        for caption, frame in outcome.shown.items():
+            lines += [f"**{caption}**", "", markdown_table(frame.to_dict("records")), ""]
+        lines += ["Tables: " + ", ".join(f"[tables/{name}.csv](tables/{name}.csv)" for name in outcome.tables), ""]
+    skipped = [o for o in outcomes if o.skipped]
+    if skipped:
+        lines += ["## Skipped analyses", ""] + [f"- {o.title}: {o.skipped}." for o in skipped] + [""]
+    return "\n".join(lines)
+
+
+def markdown_table(records: list) -> str:
+    """Return a list of dicts as a GitHub markdown table (floats to 3 decimals, booleans as yes/no)."""
+    if not records:
+        return "(no rows)"
+    cut = len(records) > MAX_REPORT_ROWS
+    shown = records[:MAX_REPORT_ROWS]
+    columns = list(records[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for record in shown:
+        lines.append("| " + " | ".join(_cell(record.get(c)) for c in columns) + " |")
+    if cut:
+        lines.append(f"\n({len(records) - MAX_REPORT_ROWS} more rows in the CSV)")
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    try:
+        import pandas as pd
+
+        if pd.isna(value):
+            return "-"
+    except (TypeError, ValueError):
+        pass
+    return str(value).replace("|", "\\|")
+
+
+def console_table(out) -> str:
+    """Return the pooled rows (task "all") of OUT/tables/inverse_scaling.csv as an aligned text table."""
+    import pandas as pd
+
+    path = Path(out) / "tables" / "inverse_scaling.csv"
+    if not path.exists():
+        return "(no inverse-scaling table)"
+    frame = pd.read_csv(path)
+    frame = frame[frame["task"] == "all"]
+    text = pd.DataFrame({
+        "model": frame["model"], "setting": [f"{r}+{d}" for r, d in zip(frame["n_relevant"], frame["n_distractor"])],
+        "placement": frame["placement"], "filler": frame["filler"].map({True: "yes", False: "no"}),
+        "masks": frame["masks"], "n": frame["n"],
+        "accuracy [95% CI]": [f"{a:.3f} [{lo:.3f}, {hi:.3f}]" for a, lo, hi in
+                              zip(frame["accuracy"], frame["ci_low"], frame["ci_high"])],
+        "p(answer)": frame["p_answer"].map("{:.3f}".format), "entropy": frame["entropy"].map("{:.3f}".format),
+    })
+    return text.to_string(index=False)

@@ -1,0 +1,137 @@
+"""95% intervals: Wilson score intervals for proportions, a seeded percentile bootstrap for the rest.
+
+Every function is deterministic: the bootstrap draws its resamples from ``numpy.random.default_rng``
+seeded with ``BOOTSTRAP_SEED`` (or the caller's seed), so the same data give the same interval.
+"""
+
+from functools import lru_cache
+
+import numpy as np
+
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
+INTERVALS = ("accuracies and other proportions: Wilson score 95% intervals; means, differences and "
+             f"correlations: 95% percentile bootstrap over examples ({BOOTSTRAP_RESAMPLES} resamples, seed "
+             f"{BOOTSTRAP_SEED}; paired comparisons resample matched pairs, correlations resample tasks)")
+
+
+def wilson_interval(successes, n) -> tuple[np.ndarray, np.ndarray]:
+    """Return the Wilson score 95% interval (low, high) of ``successes`` out of ``n``, elementwise.
+
+    Works on scalars or arrays of the same shape; NaN where n is 0.
+    """
+    successes = np.asarray(successes, dtype=float)
+    n = np.asarray(n, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = successes / n
+        z2n = Z95 ** 2 / n
+        centre = (p + z2n / 2) / (1 + z2n)
+        half = Z95 * np.sqrt(p * (1 - p) / n + z2n / (4 * n)) / (1 + z2n)
+    low, high = np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
+    return np.where(n > 0, low, np.nan), np.where(n > 0, high, np.nan)
+
+
+def resample_weights(n: int, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+    """Return bootstrap weights [resamples, n]: how often each of n items is drawn, divided by n.
+
+    ``weights @ values`` gives the resampled means of ``values`` [n, ...] without materialising the
+    resamples (cheap for per-layer x head arrays).
+    """
+    return _weights(int(n), int(resamples), int(seed))
+
+
+@lru_cache(maxsize=64)
+def _weights(n: int, resamples: int, seed: int) -> np.ndarray:
+    draws = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    counts = np.zeros((resamples, n))
+    np.add.at(counts, (np.repeat(np.arange(resamples), n), draws.ravel()), 1.0)
+    counts /= n
+    counts.flags.writeable = False
+    return counts
+
+
+def bootstrap_mean(values, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED):
+    """Return (mean, low, high) of ``values`` [n, ...] along axis 0, with a 95% percentile bootstrap interval.
+
+    NaN rows (all entries NaN along the trailing axes) are dropped first; with no rows left every
+    output is NaN. Outputs have the shape of one row (scalars for 1-D input).
+    """
+    values = np.asarray(values, dtype=float)
+    shape = values.shape[1:]
+    flat = values.reshape(len(values), int(np.prod(shape)))
+    flat = flat[~np.isnan(flat).all(axis=1)]
+    if len(flat) == 0:
+        nan = np.full(shape, np.nan)
+        return _scalar(nan), _scalar(nan.copy()), _scalar(nan.copy())
+    means = resample_weights(len(flat), resamples, seed) @ flat  # [resamples, cells]
+    low, high = np.percentile(means, [2.5, 97.5], axis=0)
+    return _scalar(flat.mean(0).reshape(shape)), _scalar(low.reshape(shape)), _scalar(high.reshape(shape))
+
+
+def paired_difference(base, other, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> dict:
+    """Compare two conditions on the same examples: ``base`` and ``other`` are pandas Series indexed by
+    the pairing key (e.g. (seed, task, prompt)); only keys present in both count.
+
+    Returns {"n_pairs", "base", "other", "difference" (other - base), "low", "high"}: the means over the
+    matched pairs and a bootstrap interval that resamples pairs. Booleans are read as 0/1.
+    """
+    joined = base.astype(float).to_frame("base").join(other.astype(float).rename("other"), how="inner")
+    joined = joined.dropna()
+    if joined.empty:
+        return {"n_pairs": 0, "base": np.nan, "other": np.nan, "difference": np.nan, "low": np.nan, "high": np.nan}
+    mean, low, high = bootstrap_mean((joined["other"] - joined["base"]).to_numpy(), resamples, seed)
+    return {"n_pairs": len(joined), "base": joined["base"].mean(), "other": joined["other"].mean(),
+            "difference": mean, "low": low, "high": high}
+
+
+def independent_difference(base, other, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> dict:
+    """Compare two independent samples (different prompts): mean(other) - mean(base) with a bootstrap
+    interval that resamples each sample on its own. Returns the keys of ``paired_difference``, with
+    n_base and n_other instead of n_pairs."""
+    base = np.asarray(base, dtype=float)
+    other = np.asarray(other, dtype=float)
+    base, other = base[~np.isnan(base)], other[~np.isnan(other)]
+    if len(base) == 0 or len(other) == 0:
+        return {"n_base": len(base), "n_other": len(other), "base": np.nan, "other": np.nan,
+                "difference": np.nan, "low": np.nan, "high": np.nan}
+    differences = (resample_weights(len(other), resamples, seed) @ other
+                   - resample_weights(len(base), resamples, seed + 1) @ base)
+    low, high = np.percentile(differences, [2.5, 97.5])
+    return {"n_base": len(base), "n_other": len(other), "base": base.mean(), "other": other.mean(),
+            "difference": other.mean() - base.mean(), "low": float(low), "high": float(high)}
+
+
+def bootstrap_correlation(x, y, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> dict:
+    """Return {"n", "pearson", "low", "high", "spearman"} for paired samples x, y (e.g. one value per task).
+
+    The interval resamples the pairs; resamples where either side is constant are dropped. NaN when
+    fewer than 3 pairs or either side is constant.
+    """
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    keep = ~(np.isnan(x) | np.isnan(y))
+    x, y = x[keep], y[keep]
+    out = {"n": len(x), "pearson": np.nan, "low": np.nan, "high": np.nan, "spearman": np.nan}
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return out
+    out["pearson"] = float(np.corrcoef(x, y)[0, 1])
+    out["spearman"] = float(np.corrcoef(_ranks(x), _ranks(y))[0, 1])
+    index = np.random.default_rng(seed).integers(0, len(x), size=(resamples, len(x)))
+    xs, ys = x[index], y[index]
+    xs, ys = xs - xs.mean(1, keepdims=True), ys - ys.mean(1, keepdims=True)
+    norm = np.sqrt((xs ** 2).sum(1) * (ys ** 2).sum(1))
+    valid = norm > 0
+    r = (xs * ys).sum(1)[valid] / norm[valid]
+    out["low"], out["high"] = (float(v) for v in np.percentile(r, [2.5, 97.5]))
+    return out
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Average ranks (ties share their mean rank), as Spearman's rho needs."""
+    import pandas as pd
+
+    return pd.Series(values).rank().to_numpy()
+
+
+def _scalar(array: np.ndarray):
+    return float(array) if array.ndim == 0 else array
