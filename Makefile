@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_STORE := out/demo.h5
+DEMO_REPORT := out/demo-report
 # The demo records on the shipped LLaDA-style model organism (data/models/organism-llada).
 DEMO_MODEL := organism-llada
 
@@ -22,10 +23,12 @@ $(STAMP): pyproject.toml
 test: setup
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q --durations=10 --timeout=600 tests
 
+# 1 and 50 masks plus the " ." filler control, 10 prompts per task; analyze prints the inverse-scaling table.
 demo: setup
 	mkdir -p out
-	HF_HUB_OFFLINE=1 $(BIN)/mdlm-interp record --model $(DEMO_MODEL) --masks 50 --out $(DEMO_STORE) --overwrite
-	HF_HUB_OFFLINE=1 $(BIN)/mdlm-interp summary $(DEMO_STORE)
+	HF_HUB_OFFLINE=1 $(BIN)/mdlm-interp record --model $(DEMO_MODEL) --masks 1,50 --filler " ." --n 10 \
+		--out $(DEMO_STORE) --overwrite > /dev/null
+	HF_HUB_OFFLINE=1 $(BIN)/mdlm-interp analyze $(DEMO_STORE) --out $(DEMO_REPORT)
 
 bench: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/run_all.py
