@@ -5,12 +5,13 @@ mean and sd over prompts, per model and mask count."""
 
 from mdlm_interp.analyses.data import SETTING, Skip
 from mdlm_interp.analyses.grouped import clean_types, slug
-from mdlm_interp.analyses.plotting import masks_axis, model_colors, new_figure
+from mdlm_interp.analyses.plotting import masks_axis, new_figure
 from mdlm_interp.analyses.registry import Analysis, FigureOut
 from mdlm_interp.analyses.stats import bootstrap_mean
 
 SPANS = {"grad_mask": "mask tokens", "grad_last50": "non-mask (last 50)", "grad_nonmask": "non-mask (all)"}
 SPAN_STYLES = {"grad_mask": "-", "grad_last50": "--", "grad_nonmask": ":"}
+SPAN_COLORS = {"grad_mask": "#d62728", "grad_last50": "#9467bd", "grad_nonmask": "#7f7f7f"}
 
 
 def attribution(recordings):
@@ -62,7 +63,6 @@ def figures(tables: dict) -> list:
         if setting["masks"].nunique() < 2 and not (setting["masks"] == 0).all():
             continue
         models = list(setting["model"].unique())
-        colors = model_colors(models)
         figure, axes = new_figure(1, len(models), width=3.9, height=3.3, sharey=True)
         ladder = sorted(setting.loc[setting["masks"] >= 1, "masks"].unique()) or [1]
         for ax, model in zip(axes[0], models):
@@ -79,7 +79,7 @@ def figures(tables: dict) -> list:
                     label = f"{title}" + (" (filler control)" if filler else "")
                     ax.errorbar(x, part[span], yerr=part[f"{span}_sd"], linestyle=SPAN_STYLES[column],
                                 marker="s" if filler else "o", markersize=3.5, capsize=2, label=label,
-                                color=colors[model], alpha=0.55 if filler else 1.0)
+                                color=SPAN_COLORS[column], alpha=0.45 if filler else 1.0)
             ax.set_yscale("log")
             masks_axis(ax, ladder)
             if (group["masks"] == 0).all():

@@ -80,11 +80,12 @@ def tables(recordings) -> dict:
 
 
 def ladders(frame) -> list[tuple]:
-    """Return the (n_relevant, n_distractor, placement) combinations that have at least 3 mask counts
-    (a ladder worth a figure), main one first: random placement, most mask counts, most relevant."""
+    """Return the (n_relevant, n_distractor, placement) combinations worth a figure: the random placement
+    with at least 2 mask counts, other placements with at least 3; main one first (random placement, most
+    mask counts, most relevant examples)."""
     pooled = frame[(frame["task"] == "all") & (frame["masks"] >= 1)]
     counts = pooled.groupby(["n_relevant", "n_distractor", "placement"])["masks"].nunique()
-    found = [key for key, count in counts.items() if count >= 3]
+    found = [key for key, count in counts.items() if count >= (2 if key[2] == "random" else 3)]
     return sorted(found, key=lambda k: (k[2] != "random", -counts[k], -k[0], k[1], k[2]))
 
 
@@ -178,8 +179,8 @@ def paragraph(tables: dict) -> str:
     found = ladders(frame)
     if not found:
         pooled = frame[frame["task"] == "all"]
-        return ("No setting has 3 or more mask counts, so there is no ladder to show; the table lists every "
-                f"condition ({len(pooled)} pooled rows).")
+        return ("No setting has more than one mask count with the random placement (or 3 with another), so "
+                f"there is no curve to show; the table lists every condition ({len(pooled)} pooled rows).")
     sentences = []
     for n_relevant, n_distractor, placement in found:
         pooled = frame[(frame["task"] == "all") & (frame["n_relevant"] == n_relevant)

@@ -11,11 +11,12 @@ MASK_STYLE = "-"
 
 
 def new_figure(nrows: int = 1, ncols: int = 1, width: float = 4.2, height: float = 3.2, **kwargs):
-    """Return (Figure, axes as a 2-D array [nrows, ncols]) with panels of ``width`` x ``height`` inches."""
+    """Return (Figure, axes as a 2-D array [nrows, ncols]) with panels of ``width`` x ``height`` inches
+    (at least 6.5 inches wide in all, so that titles fit)."""
     import numpy as np
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    figure = Figure(figsize=(max(width * ncols, 6.5), height * nrows), layout="constrained")
     axes = figure.subplots(nrows, ncols, squeeze=False, **kwargs)
     return figure, np.asarray(axes)
 

@@ -148,11 +148,12 @@ def paragraph(tables: dict) -> str:
 
 def shown(tables: dict) -> dict:
     """The top wrong predictions and the kinds, as report tables."""
-    top = tables["wrong_predictions"].copy()
+    top = tables["wrong_predictions"]
+    top = top[top["rank"] <= 3].copy()
     top["share_of_rows"] = [f"{r['share_of_rows']:.3f} [{r['share_low']:.3f}, {r['share_high']:.3f}]"
                             for _, r in top.iterrows()]
     top = top.drop(columns=["share_low", "share_high"])
-    return {f"The {TOP} most frequent wrong predictions per condition": top,
+    return {f"The 3 most frequent wrong predictions per condition ({TOP}: tables/wrong_predictions.csv)": top,
             "Kinds of wrong predictions (shares of the wrong ones)": tables["wrong_prediction_kinds"]}
 
 
