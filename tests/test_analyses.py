@@ -317,3 +317,17 @@ def test_analyze_help_names_every_output_file():
         assert f"tables/{name}.csv" in OUTPUTS
     for analysis in analyses():
         assert analysis.name.split("_")[0] in OUTPUTS
+
+
+def test_stores_side_by_side_labels_duplicates_and_folders(tmp_path):
+    rows = rows_for(1, lambda t, i: True)
+    (tmp_path / "sweep" / "a").mkdir(parents=True)
+    first = write_store(tmp_path / "sweep" / "a" / "one.h5", rows, model_id="/ckpt/model")
+    again = write_store(tmp_path / "sweep" / "two.h5", rows, model_id="/ckpt/model")  # the same rows again
+    tuned = write_store(tmp_path / "tuned.h5", rows, model_id="/other/model", fingerprint="sha256:" + "cd" * 32)
+    recordings = load([tmp_path / "sweep", tuned])
+    assert [s.path for s in recordings.stores] == [first, again, tuned]
+    assert recordings.models() == ["model@abababab", "model@cdcdcdcd"]
+    assert len(recordings.rows) == 40 and "20 rows recorded twice" in recordings.notes[0]
+    frame = inverse_scaling(recordings)
+    assert set(frame["model"]) == {"model@abababab", "model@cdcdcdcd"}
