@@ -36,8 +36,8 @@ LOCALITY_BLOCK = 20  # the relevant block's slot while the query moves
 PAPER = (
     Part("ladder", "inverse scaling, filler control, attribution, attention, logit lens", 10, 40,
          (1, 2, 5, 10, 15, 20, 25, 30, 35, 40, 50), filler=" .", record=ALL_RECORDERS),
-    Part("locality", "locality: the relevant block at slots 0..40 (query last), then the query moved around a fixed block",
-         10, 40, (1, 30), placements=tuple(f"relevant-at:{k}" for k in (0, 10, 20, 30, 40))
+    Part("locality", "locality: the relevant block at slots 0..40 (query last), then the query moved around a "
+         "fixed block", 10, 40, (1, 30), placements=tuple(f"relevant-at:{k}" for k in (0, 10, 20, 30, 40))
          + tuple(f"relevant-at:{LOCALITY_BLOCK},query-at:{k}" for k in (0, 10, 20, 30, 40))),
     Part("no-relevant", "context benefit: the same distractors without relevant examples", 0, 40, (1,)),
     Part("two-relevant", "off the ceiling: 2 relevant examples among 40 distractors", 2, 40,

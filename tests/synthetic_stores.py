@@ -70,9 +70,10 @@ def batch(rows: list, tasks: list, n: int, groups) -> dict:
     }
     zeros = np.zeros((LAYERS, HEADS))
     if "attention" in groups:
-        for name in ("from_answer", "from_context", "relevant"):
-            path = {"from_answer": "attention/mask_mass_from_answer", "from_context": "attention/mask_mass_from_context",
-                    "relevant": "attention/relevant_mass_from_answer"}[name]
+        datasets = {"from_answer": "attention/mask_mass_from_answer",
+                    "from_context": "attention/mask_mass_from_context",
+                    "relevant": "attention/relevant_mass_from_answer"}
+        for name, path in datasets.items():
             out[path] = np.stack([np.asarray(r.get(name, zeros), dtype=float) for r in rows])
     if "gradients" in groups:
         out["gradients/norms"] = [np.ones(LENGTH) for _ in rows]

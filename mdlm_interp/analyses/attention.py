@@ -9,8 +9,8 @@ against 1 mask is therefore measured on what the masks take attention away from:
 import numpy as np
 
 from mdlm_interp.analyses.data import PAIR, SETTING, Skip
-from mdlm_interp.analyses.grouped import clean_types, slug
-from mdlm_interp.analyses.plotting import FILLER_STYLE, masks_axis, model_colors, new_figure
+from mdlm_interp.analyses.grouped import clean_types, matching, slug
+from mdlm_interp.analyses.plotting import FILLER_STYLE, masks_axis, new_figure
 from mdlm_interp.analyses.registry import Analysis, FigureOut
 from mdlm_interp.analyses.stats import bootstrap_mean
 
@@ -43,8 +43,8 @@ def attention(recordings) -> dict:
     for keys, group in rows.groupby(KEYS):
         key = dict(zip(KEYS, keys))
         arrays = {name: recordings.gather(group, path).astype(float) for name, path in DATASETS.items()}
-        base = rows[(rows[SETTING + ["placement"]] == pd.Series({k: key[k] for k in SETTING + ["placement"]})).all(axis=1)
-                    & (rows["masks"] == 1) & ~rows["filler"]]
+        base = rows[matching(rows, {k: key[k] for k in SETTING + ["placement"]}) & (rows["masks"] == 1).to_numpy()
+                    & ~rows["filler"].to_numpy()]
         here = pd.Series(np.arange(len(group)), index=group[PAIR].to_numpy())
         there = pd.Series(np.arange(len(base)), index=base[PAIR].to_numpy())
         matched = here.to_frame("here").join(there.rename("there"), how="inner")
@@ -183,7 +183,8 @@ def paragraph(tables: dict) -> str:
         cells = pick(heads)
         cells = cells[(cells["model"] == model) & ~cells["filler"]]
         best = cells.loc[cells["from_answer"].idxmax()]
-        text += f"; the most mask-attending head is layer {best['layer']} head {best['head']} ({best['from_answer']:.3f})"
+        text += (f"; the most mask-attending head is layer {best['layer']} head {best['head']} "
+                 f"({best['from_answer']:.3f})")
         if not np.isnan(plain["relevant_delta"]):
             text += (f"; attention to the relevant examples changes by {fmt(plain, 'relevant_delta')} against 1 mask "
                      f"({plain['n_pairs']} prompts)")

@@ -93,7 +93,8 @@ def figures(tables: dict) -> list:
             f"attribution_r{n_relevant}_d{n_distractor}_{slug(placement)}", figure,
             f"Mean normalised gradient per token (error bars: sd over prompts; log scale) on the mask tokens, the "
             f"last 50 non-mask tokens and all non-mask tokens against the number of masks ({n_relevant} relevant + "
-            f"{n_distractor} distractor, {placement}); faded: the filler control, whose fillers take the masks' place."))
+            f"{n_distractor} distractor, {placement}); faded: the filler control, whose fillers take the masks' "
+            f"place."))
     return out
 
 

@@ -100,9 +100,9 @@ def figures(tables: dict) -> list:
             if masks is None:
                 continue
             points = setting[(setting["model"] == model) & (setting["masks"] == masks)]
-            scatter.errorbar(points["benefit"], points["drop"],
-                             xerr=[points["benefit"] - points["benefit_low"], points["benefit_high"] - points["benefit"]],
-                             yerr=[points["drop"] - points["drop_low"], points["drop_high"] - points["drop"]],
+            benefit_error = [points["benefit"] - points["benefit_low"], points["benefit_high"] - points["benefit"]]
+            drop_error = [points["drop"] - points["drop_low"], points["drop_high"] - points["drop"]]
+            scatter.errorbar(points["benefit"], points["drop"], xerr=benefit_error, yerr=drop_error,
                              fmt="o", markersize=4, capsize=1.5, elinewidth=0.6, color=colors[model],
                              label=f"{model}, {masks} masks")
             line = correlation[(correlation["model"] == model) & (correlation["n_relevant"] == n_relevant)

@@ -26,6 +26,14 @@ def accuracy_by(rows, keys: list, means=("p_answer", "entropy")):
                                       *[f"{c}{s}" for c in means for s in ("", "_low", "_high")]])
 
 
+def matching(frame, values: dict):
+    """Return the boolean row mask of ``frame`` where every column in ``values`` equals its value."""
+    mask = np.ones(len(frame), dtype=bool)
+    for column, value in values.items():
+        mask &= (frame[column] == value).to_numpy()
+    return mask
+
+
 def with_pooled_task(rows):
     """Return ``rows`` twice: once per task and once with task "all" (for pooled summaries)."""
     import pandas as pd
@@ -65,3 +73,9 @@ def format_rows(frame, columns: list):
 def slug(text: str) -> str:
     """Return ``text`` usable in a file name ("relevant-at:20,query-at:10" -> "relevant-at20_query-at10")."""
     return text.replace(":", "").replace(",", "_").replace("/", "-").replace(" ", "")
+
+
+def masks_text(masks) -> str:
+    """Return "1 mask", "30 masks" or, for causal rows (0), "no masks"."""
+    masks = int(masks)
+    return "no masks" if masks == 0 else f"{masks} mask{'s' if masks != 1 else ''}"

@@ -121,7 +121,7 @@ def figure_ladder(frame, n_relevant: int, n_distractor: int, placement: str) -> 
     axes[0, 0].legend(fontsize=7, loc="best")
     figure.suptitle(f"{n_relevant} relevant + {n_distractor} distractor examples, placement {placement}")
     name = f"inverse_scaling_r{n_relevant}_d{n_distractor}_{slug(placement)}"
-    caption = (f"Accuracy, p(answer) and entropy at the answer slot against the number of masks (log scale) with "
+    caption = (f"Accuracy, p(answer) and entropy at the answer slot against the number of masks with "
                f"{n_relevant} relevant + {n_distractor} distractor examples, placement {placement}: solid lines with "
                f"masks, dashed lines with the filler control (the masks after the answer slot replaced by a "
                f"neutral token), dotted lines the causal twins, which take no masks; bands are 95% intervals.")
@@ -201,7 +201,8 @@ def paragraph(tables: dict) -> str:
                           & (drop["masks"] == top) & ~drop["filler"]]
             if len(paired):
                 p = paired.iloc[0]
-                text += f" (paired drop {p['drop']:.3f} [{p['drop_low']:.3f}, {p['drop_high']:.3f}], {p['n_pairs']} prompts)"
+                text += (f" (paired drop {p['drop']:.3f} [{p['drop_low']:.3f}, {p['drop_high']:.3f}], "
+                         f"{p['n_pairs']} prompts)")
             control = filler[(filler["model"] == model) & (filler["n_relevant"] == n_relevant)
                              & (filler["n_distractor"] == n_distractor) & (filler["placement"] == placement)
                              & (filler["masks"] == top)]

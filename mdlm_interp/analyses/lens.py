@@ -4,7 +4,7 @@ after each block, per mask count (and filler control)."""
 import numpy as np
 
 from mdlm_interp.analyses.data import SETTING, Skip
-from mdlm_interp.analyses.grouped import clean_types, slug
+from mdlm_interp.analyses.grouped import clean_types, masks_text, slug
 from mdlm_interp.analyses.plotting import FILLER_STYLE, new_figure
 from mdlm_interp.analyses.registry import Analysis, FigureOut
 from mdlm_interp.analyses.stats import bootstrap_mean, wilson_interval
@@ -92,6 +92,13 @@ def figures(tables: dict) -> list:
 
 def paragraph(tables: dict) -> str:
     """Where in depth the answer appears at 1 mask and at the most masks, per model."""
+    def describe(curve, masks) -> str:
+        layer = next((int(r["layer"]) for _, r in curve.iterrows() if r["top1"] >= 0.5), None)
+        text = (f"at {masks_text(masks)} the answer is top-1 for half the prompts from layer {layer} on"
+                if layer is not None else
+                f"at {masks_text(masks)} the answer is top-1 for under half the prompts at every depth")
+        return text + f", final p(answer) {curve['p_answer'].iloc[-1]:.3f}"
+
     frame = tables["logit_lens"]
     parts = []
     plain = frame[~frame["filler"]]
@@ -101,11 +108,6 @@ def paragraph(tables: dict) -> str:
             continue
         low, high = group["masks"].min(), group["masks"].max()
         first, last = group[group["masks"] == low], group[group["masks"] == high]
-        layer = lambda f: next((int(r["layer"]) for _, r in f.iterrows() if r["top1"] >= 0.5), None)  # noqa: E731
-        describe = lambda f, m: (f"at {m} mask{'s' if m != 1 else ''} the answer is top-1 for half the prompts "  # noqa: E731
-                                 f"from layer {layer(f)} on" if layer(f) is not None else
-                                 f"at {m} masks the answer is top-1 for under half the prompts at every depth") + (
-            f", final p(answer) {f['p_answer'].iloc[-1]:.3f}")
         parts.append(f"{model} ({n_relevant}+{n_distractor}, {placement}): {describe(first, low)}; "
                      f"{describe(last, high)}")
     if not parts:

@@ -6,7 +6,7 @@ import re
 import numpy as np
 
 from mdlm_interp.analyses.data import PAIR, SETTING, Skip
-from mdlm_interp.analyses.grouped import accuracy_by, ci, clean_types, format_rows
+from mdlm_interp.analyses.grouped import accuracy_by, ci, clean_types, format_rows, masks_text, matching
 from mdlm_interp.analyses.plotting import line_with_band, model_colors, new_figure
 from mdlm_interp.analyses.registry import Analysis, FigureOut
 from mdlm_interp.analyses.stats import paired_difference
@@ -76,8 +76,7 @@ def locality_contrast(recordings, frame):
             continue
         near = group.loc[group["gap"].abs().idxmin(), "placement"]
         far = group.loc[group["gap"].abs().idxmax(), "placement"]
-        select = (rows[SETTING + ["filler", "masks"]] == pd.Series(dict(zip(SETTING + ["filler", "masks"], keys)))).all(axis=1)
-        pick = rows[select]
+        pick = rows[matching(rows, dict(zip(SETTING + ["filler", "masks"], keys)))]
         d = paired_difference(pick[pick["placement"] == far].set_index(PAIR)["correct"],
                               pick[pick["placement"] == near].set_index(PAIR)["correct"])
         if d["n_pairs"] == 0:
@@ -120,7 +119,7 @@ def figures(tables: dict) -> list:
                 relevant_at = keys[3] if kind == "query" else -1
                 x = "relevant_at" if kind == "block" else "query_slot"
                 group = group.sort_values(x)
-                label = f"{model}, {masks_count} mask{'s' if masks_count != 1 else ''}" + (" (filler)" if filler else "")
+                label = f"{model}, {masks_text(masks_count)}" + (" (filler)" if filler else "")
                 if kind == "query" and relevant_at >= 0:
                     label += f", block at {int(relevant_at)}"
                 style = MASK_STYLES[masks.index(masks_count) % len(MASK_STYLES)]
@@ -158,7 +157,7 @@ def paragraph(tables: dict) -> str:
         return "No setting moves the relevant block over more than one slot, so there is no near-far contrast."
     parts = []
     for _, r in contrast.iterrows():
-        parts.append(f"{r['model']} ({r['n_relevant']}+{r['n_distractor']}, {r['masks']} masks"
+        parts.append(f"{r['model']} ({r['n_relevant']}+{r['n_distractor']}, {masks_text(r['masks'])}"
                      f"{', filler' if r['filler'] else ''}): {r['accuracy_near']:.3f} with the block nearest the "
                      f"query ({r['near']}) against {r['accuracy_far']:.3f} farthest ({r['far']}), paired difference "
                      f"{r['difference']:.3f} [{r['low']:.3f}, {r['high']:.3f}] over {r['n_pairs']} prompts")

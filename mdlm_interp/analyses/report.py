@@ -52,8 +52,7 @@ def run_analyses(recordings, only=None) -> list[Outcome]:
         subset, left_out = recordings.with_groups(analysis.needs)
         notes = []
         if left_out and analysis.needs:
-            names = ", ".join(f"{s.path.name} ({s.model})" for s in left_out)
-            notes.append(f"Stores without /{', /'.join(analysis.needs)} are left out here: {names}.")
+            notes.append(f"Stores without /{', /'.join(analysis.needs)} are left out here: {store_list(left_out)}.")
         try:
             if subset.rows.empty:
                 raise Skip(f"no store recorded /{', /'.join(analysis.needs)}")
@@ -65,6 +64,18 @@ def run_analyses(recordings, only=None) -> list[Outcome]:
         outcomes.append(Outcome(analysis.title, tables, figures, analysis.paragraph(tables),
                                 (analysis.shown or (lambda t: t))(tables), None, notes))
     return outcomes
+
+
+def store_list(stores) -> str:
+    """Return "a.h5 (model)" for a few stores, or a count per model with examples for many."""
+    if len(stores) <= 4:
+        return ", ".join(f"{s.path.name} ({s.model})" for s in stores)
+    by_model = {}
+    for s in stores:
+        by_model.setdefault(s.model, []).append(s)
+    return "; ".join(f"{len(group)} stores of {model} (e.g. "
+                     + ", ".join(f"{s.path.parent.name}/{s.path.name}" for s in group[:2]) + ")"
+                     for model, group in by_model.items())
 
 
 def write_report(stores, out, *, command_line: str = "", only=None) -> Path:

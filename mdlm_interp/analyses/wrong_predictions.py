@@ -6,7 +6,7 @@ import numpy as np
 
 from mdlm_interp.analyses.data import SETTING, Skip
 from mdlm_interp.analyses.decode import token_text, tokenizer_for
-from mdlm_interp.analyses.grouped import clean_types, slug
+from mdlm_interp.analyses.grouped import clean_types, masks_text, slug
 from mdlm_interp.analyses.plotting import new_figure
 from mdlm_interp.analyses.registry import Analysis, FigureOut
 from mdlm_interp.analyses.stats import wilson_interval
@@ -132,13 +132,13 @@ def paragraph(tables: dict) -> str:
             continue
         row = group.loc[group["masks"].idxmax()]
         if row["n_wrong"] == 0:
-            parts.append(f"{model} ({n_relevant}+{n_distractor}, {row['masks']} masks) makes no mistakes")
+            parts.append(f"{model} ({n_relevant}+{n_distractor}, {masks_text(row['masks'])}) makes no mistakes")
             continue
         first = top[(top["model"] == model) & (top["n_relevant"] == n_relevant) & (top["n_distractor"] == n_distractor)
                     & (top["placement"] == placement) & ~top["filler"] & (top["masks"] == row["masks"])
                     & (top["rank"] == 1)].iloc[0]
         kind = max(KINDS, key=lambda k: row[k])
-        parts.append(f"{model} ({n_relevant}+{n_distractor}, {row['masks']} masks): wrong on {row['n_wrong']} of "
+        parts.append(f"{model} ({n_relevant}+{n_distractor}, {masks_text(row['masks'])}): wrong on {row['n_wrong']} of "
                      f"{row['n']} prompts, most often {first['token']} ({first['share_of_rows']:.3f} of all prompts "
                      f"[{first['share_low']:.3f}, {first['share_high']:.3f}]); {row[kind]:.0%} of the wrong "
                      f"predictions are {KINDS[kind]}")

@@ -11,7 +11,8 @@ def grid_help() -> str:
         for part in grid:
             filler = f", filler {part.filler!r}" if part.filler else ""
             record = f", records {','.join(part.record)}" if part.record else ""
-            lines.append(f"  {part.name}: {part.n_relevant}+{part.n_distractor}, masks {','.join(map(str, part.masks))}, "
+            masks = ",".join(map(str, part.masks))
+            lines.append(f"  {part.name}: {part.n_relevant}+{part.n_distractor}, masks {masks}, "
                          f"{' / '.join(part.placements)}{filler}{record}")
             lines.append(f"      ({part.purpose})")
     return "\n".join(lines)
