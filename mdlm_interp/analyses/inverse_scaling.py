@@ -153,6 +153,8 @@ def figure_tasks(frame, n_relevant: int, n_distractor: int, placement: str) -> F
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(tasks):]:
         ax.set_visible(False)
+    for ax in axes.flat[:len(tasks) - columns]:
+        ax.set_xlabel("")
     for ax in axes[:, 0]:
         ax.set_ylabel("accuracy")
     axes.flat[0].legend(fontsize=6)
