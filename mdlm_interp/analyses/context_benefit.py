@@ -52,7 +52,7 @@ def context_benefit(recordings) -> dict:
                 if d["n_pairs"] == 0:
                     continue
                 out.append({**common, "masks": masks, "n_pairs": d["n_pairs"], "accuracy_masks": d["other"],
-                            "drop": -d["difference"], "drop_low": -d["high"], "drop_high": -d["low"]})
+                            "drop": 0.0 - d["difference"], "drop_low": 0.0 - d["high"], "drop_high": 0.0 - d["low"]})
     if not out:
         raise Skip("no store with relevant examples matches a store without them (same model and distractors)")
     columns = ["model", "n_relevant", "n_distractor", "masks", "task", "n_with", "n_without", "accuracy_with",

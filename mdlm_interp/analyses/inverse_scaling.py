@@ -44,7 +44,7 @@ def mask_drop(recordings):
                 continue
             out.append({**dict(zip(SETTING + ["task", "placement"], keys)), "filler": filler, "masks": masks,
                         "n_pairs": d["n_pairs"], "accuracy_at_1": d["base"], "accuracy": d["other"],
-                        "drop": -d["difference"], "drop_low": -d["high"], "drop_high": -d["low"]})
+                        "drop": 0.0 - d["difference"], "drop_low": 0.0 - d["high"], "drop_high": 0.0 - d["low"]})
     columns = KEYS + ["n_pairs", "accuracy_at_1", "accuracy", "drop", "drop_low", "drop_high"]
     return clean_types(pd.DataFrame(out, columns=columns))
 
