@@ -31,7 +31,7 @@ def add_parser(subparsers) -> None:
         "same command after a kill continues where it stopped (complete stores are kept, a partial one is "
         "resumed); DIR/sweep.json keeps the settings, and a rerun with others is refused. Causal models take "
         "no masks and no query-at placements (those stores are left out for them).",
-        epilog=grid_help() + "\nMeasured: --n 12 on the three organisms takes about 25 CPU-minutes on 1 thread.",
+        epilog=grid_help() + "\nMeasured: --n 12 on the three organisms (23,616 rows) took 23.4 CPU-minutes on 1 thread.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("grid", choices=["paper"], help="the grid to record (paper: see below)")
