@@ -74,5 +74,5 @@ def test_sweep_command_writes_one_report_comparing_the_models(tiny_checkpoint, t
     report = (tmp_path / "s" / "report.md").read_text()
     assert f"report: {tmp_path / 's' / 'report.md'}" in result.stdout
     assert llada.name in report and llama.name in report
-    assert (tmp_path / "s" / "figures" / "inverse_scaling_r2_d2_random.png").exists() is False  # 2 mask counts only
+    assert (tmp_path / "s" / "figures" / "inverse_scaling_r2_d2_random.png").exists()
     assert (tmp_path / "s" / "figures" / "locality_r2_d2.png").exists()
