@@ -263,6 +263,7 @@ def test_report_skips_what_a_store_lacks_with_a_note(tmp_path):
     full = write_store(tmp_path / "full.h5", rows, model_id="m/full")
     report = write_report([bare, full], tmp_path / "out").read_text()
     assert "Stores without /gradients are left out here: bare.h5 (bare)" in report
+    assert "the tokenizer of m/bare could not be loaded" in report
     assert "Skipped: no store has relevant-at:K or query-at:K placements" in report
     alone = write_report([bare], tmp_path / "alone").read_text()
     assert "Skipped: no store recorded /gradients" in alone

@@ -108,7 +108,7 @@ def figure_heads(heads, condition) -> FigureOut:
                               vmin=-spread if delta else 0, vmax=spread if delta else top)
             if grid.size <= 64:
                 for (y, x), value in np.ndenumerate(grid.to_numpy()):
-                    ax.text(x, y, f"{value:.2f}", ha="center", va="center", fontsize=6,
+                    ax.text(x, y, f"{value:.2f}".replace("-0.00", "0.00"), ha="center", va="center", fontsize=6,
                             color="black" if delta or value > top / 2 else "white")
             ax.set_title(f"{model}\n{title}" if j == 0 else title, fontsize=8)
             ax.set_xlabel("head")

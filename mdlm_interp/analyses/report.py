@@ -53,6 +53,7 @@ def run_analyses(recordings, only=None) -> list[Outcome]:
         notes = []
         if left_out and analysis.needs:
             notes.append(f"Stores without /{', /'.join(analysis.needs)} are left out here: {store_list(left_out)}.")
+        known = len(subset.notes)
         try:
             if subset.rows.empty:
                 raise Skip(f"no store recorded /{', /'.join(analysis.needs)}")
@@ -60,6 +61,7 @@ def run_analyses(recordings, only=None) -> list[Outcome]:
         except Skip as reason:
             outcomes.append(Outcome(analysis.title, {}, [], "", {}, str(reason), notes))
             continue
+        notes += subset.notes[known:]  # what the analysis noted on the way (e.g. a tokenizer it could not load)
         figures = analysis.figures(tables)
         outcomes.append(Outcome(analysis.title, tables, figures, analysis.paragraph(tables),
                                 (analysis.shown or (lambda t: t))(tables), None, notes))

@@ -70,7 +70,8 @@ def wrong_predictions(recordings) -> dict:
 
 
 def tables(recordings) -> dict:
-    """The two frames of ``wrong_predictions``; decoding notes join ``recordings.notes``."""
+    """The two frames of ``wrong_predictions``; a tokenizer that could not be loaded adds a note to
+    ``recordings.notes``."""
     out = wrong_predictions(recordings)
     for store in recordings.stores:
         note = tokenizer_for(store.model_id)[1]
