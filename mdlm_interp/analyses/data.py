@@ -69,16 +69,19 @@ class Recordings:
 
     def gather(self, rows, name: str) -> np.ndarray:
         """Return dataset ``name`` (e.g. "attention/mask_mass_from_answer") for the given rows (a slice of
-        ``self.rows``, possibly from several stores of one model) as one array [len(rows), ...]."""
-        parts = []
-        for store, group in rows.groupby("store", sort=False):
-            parts.append((group.index, self.store_array(int(store), name)[group["row_in_store"].to_numpy()]))
-        if not parts:
+        ``self.rows``, possibly from several stores of one model) as one array [len(rows), ...], in the
+        order of ``rows``."""
+        if len(rows) == 0:
             raise ValueError("no rows to gather")
-        out = np.empty((len(rows),) + parts[0][1].shape[1:], dtype=parts[0][1].dtype)
-        position = {index: i for i, index in enumerate(rows.index)}
-        for index, values in parts:
-            out[[position[i] for i in index]] = values
+        stores = rows["store"].to_numpy()
+        within = rows["row_in_store"].to_numpy()
+        out = None
+        for store in dict.fromkeys(stores):
+            where = np.flatnonzero(stores == store)
+            values = self.store_array(int(store), name)[within[where]]
+            if out is None:
+                out = np.empty((len(rows),) + values.shape[1:], dtype=values.dtype)
+            out[where] = values
         return out
 
     def store_array(self, store: int, name: str) -> np.ndarray:
