@@ -56,7 +56,8 @@ def run_analyses(recordings, only=None) -> list[Outcome]:
         known = len(subset.notes)
         try:
             if subset.rows.empty:
-                raise Skip(f"no store recorded /{', /'.join(analysis.needs)}")
+                raise Skip(f"no store recorded /{', /'.join(analysis.needs)}" if analysis.needs
+                           else "the stores hold no committed rows")
             tables = analysis.tables(subset)
         except Skip as reason:
             outcomes.append(Outcome(analysis.title, {}, [], "", {}, str(reason), notes))
