@@ -56,8 +56,8 @@ def run_analyses(recordings, only=None) -> list[Outcome]:
         known = len(subset.notes)
         try:
             if subset.rows.empty:
-                raise Skip(f"no store recorded /{', /'.join(analysis.needs)}" if analysis.needs
-                           else "the stores hold no committed rows")
+                raise Skip("the stores hold no committed rows" if len(left_out) < len(recordings.stores)
+                           else f"no store recorded /{', /'.join(analysis.needs)}")
             tables = analysis.tables(subset)
         except Skip as reason:
             outcomes.append(Outcome(analysis.title, {}, [], "", {}, str(reason), notes))
