@@ -19,6 +19,7 @@ RULES = [
     ("hooks", ("store", "record", "training", "cli")),
     ("tasks", ("models", "store", "hooks", "record", "training", "cli")),
     ("batching", ("models", "tasks", "store", "hooks", "record", "training", "cli")),
+    ("analyses", ("tasks", "hooks", "batching", "record", "training", "sweep", "cli")),  # stores in, findings out
 ]
 
 COMMAND_LINE = ("cli", "__main__")  # the command line and `python -m mdlm_interp`, its entry point
@@ -85,6 +86,7 @@ def write(root: Path, relative: str, text: str) -> None:
     ("hooks/recorders.py", "from mdlm_interp.store.writer import open_writer\n", "(hooks) imports mdlm_interp.store"),
     ("record.py", "from mdlm_interp.cli.record import run\n", "(record) imports mdlm_interp.cli"),
     ("training/organisms.py", "from mdlm_interp.cli import main\n", "(training) imports mdlm_interp.cli"),
+    ("analyses/locality.py", "from mdlm_interp.record import record\n", "(analyses) imports mdlm_interp.record"),
 ])
 def test_each_rule_catches_its_violation(tmp_path, relative, text, expected):
     root = tmp_path / "mdlm_interp"
