@@ -33,6 +33,7 @@ RECORDERS = {
 }
 RECORDABLE = tuple(RECORDERS)
 LAST_NONMASK = 50  # the attribution table's "last 50 non-mask tokens"
+MAX_PLANNED_ROWS = 2_000_000  # per store: every row's prompt is built before recording starts
 FIELDS = {f.path: f for f in schema.DATA}
 
 
@@ -74,13 +75,19 @@ class RecordConfig:
     def __post_init__(self):
         tasks = as_tuple(self.tasks)
         tasks = TASK_NAMES if tasks == ("all",) else tasks
+        if not tasks:
+            raise UsageError("no task given: name tasks (see `mdlm-interp tasks list`) or all")
         for task in tasks:
             if task not in TASK_NAMES:
                 raise UsageError(f"unknown task '{task}' (see `mdlm-interp tasks list`)")
         masks = tuple(int(m) for m in as_tuple(self.masks))
         if not masks or any(m < 1 for m in masks):
             raise UsageError(f"masks must be at least 1 (the first mask is the answer slot), got {list(masks)}")
+        if self.filler is not None and max(masks) < 2:
+            raise UsageError("a filler needs a mask count above 1 (it replaces the masks after the answer slot)")
         placements = as_tuple(self.placements)
+        if not placements:
+            raise UsageError("no placement given: use random, relevant-at:K or query-at:K")
         for placement in placements:
             PromptConfig(tasks[0], self.n_relevant, self.n_distractor, placement)
         record = tuple(sorted(as_tuple(self.record)))
@@ -141,6 +148,12 @@ class Subject:
         return len(self.module.blocks)
 
     @property
+    def d_vocab(self) -> int | None:
+        """Vocabulary size of the model's output (None if its config does not say)."""
+        vocab = getattr(getattr(self.module, "cfg", None), "d_vocab", None)
+        return int(vocab) if vocab is not None else None
+
+    @property
     def n_heads(self) -> int:
         """Number of attention (query) heads per block."""
         return int(self.module.cfg.n_heads)
@@ -156,7 +169,7 @@ def subject_from(model, tokenizer=None, mask_token_id=None, prediction_offset=No
     """Return a ``Subject`` from a ``LoadedModel`` or a HookedRootModule plus its facts."""
     if isinstance(model, LoadedModel):
         return Subject(model.model, model.tokenizer, model.mask_token_id, model.spec.prediction_offset,
-                       model.spec.causal, model.spec.family, model.source, str(next(model.model.parameters()).dtype),
+                       model.spec.causal, model.spec.family, model.source, dtype_name(next(model.model.parameters()).dtype),
                        model.spec.chat_template if chat else None, model.config.max_seq_len, model.fingerprint)
     if tokenizer is None or prediction_offset is None:
         raise UsageError("recording a bare module needs its tokenizer and prediction_offset")
@@ -166,8 +179,13 @@ def subject_from(model, tokenizer=None, mask_token_id=None, prediction_offset=No
         raise UsageError("chat mode needs a loaded model (its family gives the chat template)")
     cfg = getattr(model, "cfg", None)
     return Subject(model, tokenizer, mask_token_id, prediction_offset, causal, "custom", type(model).__name__,
-                   str(next(model.parameters()).dtype), None, getattr(cfg, "n_ctx", None),
+                   dtype_name(next(model.parameters()).dtype), None, getattr(cfg, "n_ctx", None),
                    partial(module_fingerprint, model))
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """Return a torch dtype's name as the store writes it: "float32", not "torch.float32"."""
+    return str(dtype).removeprefix("torch.")
 
 
 def module_fingerprint(module: torch.nn.Module) -> str:
@@ -188,8 +206,10 @@ def record(model, tokenizer=None, *, out, config: RecordConfig | None = None, ma
     ``model``: a ``LoadedModel``, or any HookedRootModule with the standard hook names (then pass
     ``tokenizer``, ``prediction_offset``, ``causal`` and, for a diffusion model, ``mask_token_id``).
     ``config``: a ``RecordConfig``, or its fields as keywords (``record(lm, out=..., masks=[1, 50], n=20)``).
-    Rows are (condition, task, example), in that order. Bad input raises ``UsageError`` before any
-    work; an existing ``out`` needs ``resume`` (same settings) or ``overwrite``. ``shard=(rank, world)``
+    Rows are (condition, task, example), in that order, recorded in batches of ``batch_size`` rows
+    (part of the settings: a resume must use the same). Bad input raises ``UsageError`` before any
+    work; an existing ``out`` needs ``resume`` (same settings) or ``overwrite`` (the old store is
+    replaced only once the new one is complete). ``shard=(rank, world)``
     records only the rank's contiguous block of rows into ``shard_path(out, rank, world)`` (merge the
     shards with ``store.merge_stores``).
     """
@@ -204,14 +224,23 @@ def record(model, tokenizer=None, *, out, config: RecordConfig | None = None, ma
         raise UsageError("batch size must be at least 1")
     if subject.causal and config.masks != (1,):
         raise UsageError("a causal model takes no masks (its answer is the next token); drop --masks")
+    if subject.causal and config.filler is not None:
+        raise UsageError("a causal model has no masks for a filler to replace; drop --filler")
+    if subject.d_vocab is not None and config.top_k > subject.d_vocab:
+        raise UsageError(f"top-k {config.top_k} is larger than the vocabulary ({subject.d_vocab} tokens)")
     plan = [(c, t, i) for c in config.conditions(subject.causal) for t in range(len(config.tasks)) for i in range(config.n)]
+    if len(plan) > MAX_PLANNED_ROWS:
+        raise UsageError(f"{len(plan):,} rows planned, more than {MAX_PLANNED_ROWS:,} (prompts are prepared up "
+                         "front): record fewer prompts or conditions per store")
+    check_fits(subject, config)
     prompts = plan_prompts(subject, config, plan)
     longest = max(len(tp.input_ids) for tp in prompts)
     if subject.max_length is not None and longest > subject.max_length:
         raise UsageError(f"prompts reach {longest} tokens, longer than the model's context of {subject.max_length}")
 
     facts = subject.facts()
-    settings = {**config.settings(), **facts, **({"shard": [rank, world]} if shard else {})}
+    # batch_size is a setting: rows are padded to their batch's longest prompt, which moves floats a little
+    settings = {**config.settings(), **facts, "batch_size": batch_size, **({"shard": [rank, world]} if shard else {})}
     provenance = Provenance(command_line=command_line or shlex.join(sys.argv), task_config=config.task_config(),
                             seed=config.seed, **facts)
     dims = {"k": config.top_k, "relevant": max(config.n_relevant, 1), "layers": subject.n_layers,
@@ -220,17 +249,44 @@ def record(model, tokenizer=None, *, out, config: RecordConfig | None = None, ma
     with open_writer(out, settings=settings, provenance=provenance, groups=("examples", "tokens", *config.record),
                      dims=dims, n_planned=stop - first, resume=resume, overwrite=overwrite) as writer:
         bar = tqdm_or_none(progress, total=stop - first, initial=writer.n_rows_done)
-        for begin in range(first + writer.n_rows_done, stop, batch_size):
+        done = first + writer.n_rows_done
+        # batches always start at first + a multiple of batch_size, wherever a run was interrupted, so
+        # every row has the same batch neighbours (and padding) as in an uninterrupted run
+        for begin in range(first + (writer.n_rows_done // batch_size) * batch_size, stop, batch_size):
             rows = range(begin, min(begin + batch_size, stop))
             batch = record_batch(subject, [prompts[r] for r in rows], config)
             batch.update(plan_columns(config, subject.causal, [plan[r] for r in rows], rows))
-            writer.append(batch)
+            skip = max(0, done - begin)  # rows of this batch that the interrupted run committed
+            writer.append({path: values[skip:] for path, values in batch.items()})
             if bar is not None:
-                bar.update(len(rows))
+                bar.update(len(rows) - skip)
         writer.finish()
         if bar is not None:
             bar.close()
     return out
+
+
+def check_fits(subject: Subject, config: RecordConfig) -> None:
+    """Raise UsageError, before the plan's prompts are built, if prompts cannot fit the model's context:
+    one prompt per task and placement (example 0, the most masks) is built and measured."""
+    if subject.max_length is None:
+        return
+    most = 0 if subject.causal else max(config.masks)
+    floor = most + config.n_relevant + config.n_distractor  # every example takes at least one token
+    if floor > subject.max_length:
+        raise UsageError(f"prompts reach at least {floor} tokens, longer than the model's context of "
+                         f"{subject.max_length}")
+    words = single_token_words(subject.tokenizer)
+    for task in config.tasks:
+        for placement in dict.fromkeys(config.placements):
+            prompt = sample_prompt(PromptConfig(task, config.n_relevant, config.n_distractor, placement),
+                                   record_seed(config.seed, 0), words)
+            length = len(tokenize_prompt(prompt, subject.tokenizer, mask_token_id=subject.mask_token_id,
+                                         causal=subject.causal, masks=most, filler=config.filler,
+                                         chat_template=subject.chat_template).input_ids)
+            if length > subject.max_length:
+                raise UsageError(f"prompts reach {length} tokens, longer than the model's context of "
+                                 f"{subject.max_length}")
 
 
 def plan_prompts(subject: Subject, config: RecordConfig, plan: list) -> list:

@@ -194,7 +194,7 @@ def test_killed_run_resumes_to_the_same_store(tmp_path, tiny_checkpoint):
     done = 0
     while time.time() < deadline and process.poll() is None:
         try:
-            with h5py.File(killed, "r", locking=False) as f:
+            with h5py.File(killed, "r", swmr=True, locking=False) as f:
                 done = int(f.attrs["n_rows_done"])
         except (OSError, KeyError):
             pass

@@ -213,7 +213,7 @@ def test_resume_cuts_rows_beyond_the_counter_and_continues_like_an_uninterrupted
         assert store.n_rows == 8 and len(store.examples) == 8
     with new_writer(path, 14, resume=True) as writer:
         assert writer.n_rows_done == 8
-        with h5py.File(path, "r") as file:
+        with h5py.File(path, "r", locking=False) as file:
             assert {len(file[f.path]) for f in schema.DATA} == {8}
         writer.append(make_rows(8, 10))
         writer.append(make_rows(10, 14))

@@ -6,6 +6,7 @@ Heavy libraries are imported inside handlers so that ``mdlm-interp --help`` stay
 """
 
 import argparse
+import os
 import sys
 
 from mdlm_interp.errors import UsageError
@@ -13,11 +14,19 @@ from mdlm_interp.errors import UsageError
 SUBCOMMAND_MODULES = ["model", "tasks", "pretrain", "record", "summary", "analyze", "sweep"]
 
 
+class CommandLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr (and exit code 2), like every other
+    error of the command line; subcommand parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the top-level parser with every available subcommand registered."""
     import importlib
 
-    parser = argparse.ArgumentParser(
+    parser = CommandLineParser(
         prog="mdlm-interp",
         description="Mechanistic interpretability of masked diffusion language models "
         "(LLaDA, Dream) and their autoregressive twins (Llama, Qwen2).",
@@ -38,9 +47,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = args.func(args)
     except UsageError as error:
-        print(f"mdlm-interp: error: {error}", file=sys.stderr)
-        return 2
+        return fail(str(error))
+    except BrokenPipeError:  # e.g. `mdlm-interp tasks list | head -1`: the reader left, nothing to say
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        except (OSError, ValueError):
+            pass
+        return 0
+    except KeyboardInterrupt:
+        return fail("interrupted", 130)
+    except MemoryError:
+        return fail("out of memory")
+    except OSError as error:  # the machine, not the toolkit: a full disk, a vanished file
+        where = f": {error.filename}" if error.filename else ""
+        return fail(f"{error.strerror or error}{where}")
     return int(result or 0)
+
+
+def fail(message: str, code: int = 2) -> int:
+    """Print ``message`` as the one-line error of the command line; return the exit code."""
+    print(f"mdlm-interp: error: {' '.join(message.split())}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

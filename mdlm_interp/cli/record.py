@@ -88,9 +88,11 @@ def run(args) -> int:
         raise UsageError("batch size must be at least 1")
 
     from mdlm_interp.models import load_model
+    from mdlm_interp.models.loader import parse_device
     from mdlm_interp.store import open_store
     from mdlm_interp.store.summary import format_table, summarize
 
+    parse_device(args.device)
     rank, world, device = distributed_setup(args.device)
     lm = load_model(args.model, device=device, dtype=args.dtype)
     out = record(

@@ -49,6 +49,25 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def parse_device(device: str | torch.device) -> torch.device:
+    """Return ``device`` as a torch device this machine has; ``UsageError`` for an unknown name, or for
+    a CUDA or MPS device that is not available."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise UsageError(f"unknown device {str(device)!r} (e.g. cpu, cuda, cuda:1, mps)") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"device {str(device)!r}: CUDA is not available on this machine")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise UsageError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"device {str(device)!r}: MPS is not available on this machine")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"device {str(device)!r}: use cpu, cuda or mps")
+    return parsed
+
+
 def load_model(
     name_or_path: str | os.PathLike, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None
 ) -> LoadedModel:
@@ -60,6 +79,7 @@ def load_model(
     ``requires_grad`` off for its parameters, and carries the tokenizer (``model.to_tokens``,
     ``model.to_string``), prepending BOS by default where the family's prompts start with it.
     """
+    device = parse_device(device)
     path = resolve_checkpoint(name_or_path)
     config = read_config(path)
     spec = family_for_config(config)

@@ -16,7 +16,8 @@ import h5py
 from mdlm_interp.errors import UsageError
 from mdlm_interp.store import schema
 from mdlm_interp.store.reader import open_store
-from mdlm_interp.store.writer import check_writable, first_difference
+from mdlm_interp.outputs import OutputLock
+from mdlm_interp.store.writer import building_path, check_writable, first_difference
 
 
 def merge_stores(shards, out, *, overwrite: bool = False) -> Path:
@@ -48,26 +49,27 @@ def merge_stores(shards, out, *, overwrite: bool = False) -> Path:
             elif first_difference(first, common):
                 raise UsageError(f"cannot merge {shard} with {shards[0]}: {first_difference(first, common)}")
             n_rows.append(store.n_rows)
-    if overwrite and out.exists():
-        out.unlink()
-    total = sum(n_rows)
-    sources = [os.path.relpath(shard.resolve(), out.resolve().parent) for shard in shards]
-    with h5py.File(out, "x") as file:
-        for path, (dtype, row_shape) in layouts.items():
-            layout = h5py.VirtualLayout(shape=(total,) + row_shape, dtype=dtype)
-            start = 0
-            for source, n in zip(sources, n_rows):
-                if n:
-                    layout[start : start + n] = h5py.VirtualSource(source, path, shape=(n,) + row_shape)
-                start += n
-            file.create_virtual_dataset(path, layout)
-        attrs.update(
-            settings=json.dumps(first["settings"], sort_keys=True),
-            n_planned=total,
-            n_rows_done=total,
-            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            merged_from=json.dumps(sources),
-        )
-        for name, value in attrs.items():
-            file.attrs[name] = value
+    with OutputLock(out):  # the merged file is built aside and replaces an old one only when whole
+        building = building_path(out)
+        total = sum(n_rows)
+        sources = [os.path.relpath(shard.resolve(), out.resolve().parent) for shard in shards]
+        with h5py.File(building, "w") as file:
+            for path, (dtype, row_shape) in layouts.items():
+                layout = h5py.VirtualLayout(shape=(total,) + row_shape, dtype=dtype)
+                start = 0
+                for source, n in zip(sources, n_rows):
+                    if n:
+                        layout[start : start + n] = h5py.VirtualSource(source, path, shape=(n,) + row_shape)
+                    start += n
+                file.create_virtual_dataset(path, layout)
+            attrs.update(
+                settings=json.dumps(first["settings"], sort_keys=True),
+                n_planned=total,
+                n_rows_done=total,
+                created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                merged_from=json.dumps(sources),
+            )
+            for name, value in attrs.items():
+                file.attrs[name] = value
+        os.replace(building, out)
     return out

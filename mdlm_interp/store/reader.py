@@ -1,10 +1,16 @@
 """Reading a store: root attributes as a dict, /examples as a DataFrame, other datasets as numpy arrays.
 
 Only the first ``n_rows_done`` rows are visible, so a store that is still being written (or was
-killed) reads as its committed rows.
+killed) reads as the rows committed when it was opened. Stores are opened as HDF5 SWMR readers
+without file locks, which is what lets a reader open a store while a ``record`` run writes it (the
+writer is an SWMR writer; see ``store.writer``). A read that races with the writer's flush can fail
+for a moment (HDF5 does not make variable-length data SWMR-safe); such reads are retried on a
+freshly opened file while the writer holds the store. Before anything is read, ``check_store``
+checks the layout; a damaged or foreign file is one ``UsageError``.
 """
 
 import json
+import time
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
@@ -13,50 +19,47 @@ import h5py
 import numpy as np
 
 from mdlm_interp.errors import UsageError
+from mdlm_interp.outputs import holder
 from mdlm_interp.store import schema
+from mdlm_interp.store.integrity import check_store, damaged, first_line
+
+READ_ATTEMPTS = 25  # reads retried while a writer holds the store (about 3 s in all)
+
+
+def open_file(path) -> h5py.File:
+    """Return the HDF5 file at ``path`` opened read-only as an SWMR reader without file locks."""
+    return h5py.File(path, "r", swmr=True, locking=False)
+
+
+def retrying(path, attempt: int) -> bool:
+    """Return True (after a short sleep) if a failed read of attempt ``attempt`` should be retried:
+    a writer holds the store and attempts remain."""
+    if attempt + 1 >= READ_ATTEMPTS or holder(path) is None:
+        return False
+    time.sleep(0.02 * (attempt + 1))
+    return True
 
 
 def open_store(path) -> "Store":
-    """Return the Store at ``path``, open for reading; raise UsageError if it is missing or not a valid store."""
+    """Return the Store at ``path``, open for reading; raise UsageError if it is missing or not a whole store."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"no store at {path}")
     if not h5py.is_hdf5(path):
         raise UsageError(f"{path} is not an HDF5 file")
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            file = open_file(path)
+            break
+        except OSError as error:
+            if not retrying(path, attempt):
+                raise damaged(path, f"cannot open it ({first_line(error)})") from None
     try:
-        file = h5py.File(path, "r")
-    except OSError as error:
-        raise UsageError(f"cannot open {path}: {error}") from None
-    try:
-        _check(file, path)
+        attrs = check_store(file, path)
     except BaseException:
         file.close()
         raise
-    return Store(file, path)
-
-
-def _check(file: h5py.File, path: Path) -> None:
-    """Raise UsageError unless ``file`` is a readable store of this schema version with its shards present."""
-    version = file.attrs.get("schema_version")
-    if version is None:
-        raise UsageError(f"{path} is not an mdlm-interp store (no schema_version attribute)")
-    if int(version) != schema.SCHEMA_VERSION:
-        raise UsageError(f"{path} has schema version {version}; this toolkit reads {schema.SCHEMA_VERSION}")
-    missing = [a.name for a in schema.ATTRS if a.name != "merged_from" and a.name not in file.attrs]
-    if missing:
-        raise UsageError(f"{path} is damaged: root attribute {missing[0]} is missing")
-    n_rows = int(file.attrs["n_rows_done"])
-    for field in schema.fields():
-        if field.group not in file:
-            continue
-        if field.path not in file or len(file[field.path]) < n_rows:
-            raise UsageError(f"{path} is damaged: {field.path} is missing or shorter than n_rows_done")
-        dataset = file[field.path]
-        for source in dataset.virtual_sources() if dataset.is_virtual else ():
-            if not (path.parent / source.file_name).is_file():
-                raise UsageError(f"{path} is a merged store whose shard {source.file_name} is missing")
-    if "examples" not in file:
-        raise UsageError(f"{path} is damaged: no /examples group")
+    return Store(file, path, attrs)
 
 
 class Store:
@@ -68,13 +71,14 @@ class Store:
     attention / gradients / lens: Mappings dataset name -> numpy array of n_rows rows.
     """
 
-    def __init__(self, file: h5py.File, path: Path):
+    def __init__(self, file: h5py.File, path: Path, attrs: dict | None = None):
         self.file = file
         self.path = path
         self.attrs = {
             name: json.loads(value) if name in schema.JSON_ATTRS else _plain(value)
             for name, value in file.attrs.items()
         }
+        self.attrs.update(attrs or {})
         self.n_rows = int(self.attrs["n_rows_done"])
         self.groups = tuple(g for g in schema.GROUPS if g in file)
         self.dims = self.attrs["dims"]
@@ -101,10 +105,9 @@ class Store:
             raise KeyError(f"{name!r} is not a store dataset; known: {sorted(_FIELDS)}")
         if field.group not in self.groups:
             raise UsageError(f"{self.path} has no /{field.group} group (not recorded)")
-        dataset = self.file[name]
         if field.dtype == "str":
-            return dataset.asstr()[: self.n_rows]
-        return dataset[: self.n_rows]
+            return self._read(name, lambda dataset: dataset.asstr()[: self.n_rows])
+        return self._read(name, lambda dataset: dataset[: self.n_rows])
 
     @property
     def attention(self) -> Mapping:
@@ -124,12 +127,12 @@ class Store:
     def tokens(self, i: int) -> np.ndarray:
         """Return the input token ids of row ``i``: int32 array [input_length]."""
         row = self._row(i, "tokens")
-        return self.file["tokens/input_ids"][row]
+        return self._read("tokens/input_ids", lambda dataset: dataset[row])
 
     def grad_norms(self, i: int) -> np.ndarray:
         """Return the per-token gradient norms of row ``i``: float32 array [input_length]."""
         row = self._row(i, "gradients")
-        return self.file["gradients/norms"][row]
+        return self._read("gradients/norms", lambda dataset: dataset[row])
 
     def close(self) -> None:
         """Close the file."""
@@ -140,6 +143,21 @@ class Store:
 
     def __exit__(self, *exc_info):
         self.close()
+
+    def _read(self, name: str, read):
+        """Return ``read(dataset name)``; a failed read is retried on a reopened file while a writer
+        holds the store, and otherwise is a UsageError saying the store is damaged."""
+        for attempt in range(READ_ATTEMPTS):
+            try:
+                if not self.file.id.valid:
+                    self.file = open_file(self.path)
+                return read(self.file[name])
+            except (OSError, RuntimeError, ValueError) as error:
+                if not retrying(self.path, attempt):
+                    raise damaged(self.path, f"cannot read {name} ({first_line(error)})") from None
+                if self.file.id.valid:
+                    self.file.close()
+        raise AssertionError("unreachable")
 
     def _row(self, i: int, group: str) -> int:
         if group not in self.groups:

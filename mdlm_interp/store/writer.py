@@ -5,17 +5,29 @@ only in whole chunks of ``rows_per_chunk`` rows. A commit writes the rows' data,
 the root attribute ``n_rows_done`` and flushes again. Because a chunk that holds committed rows is
 never written again, gzip can never move it to space that a later write reuses, so a kill at any
 moment leaves every committed row readable. Rows appended since the last commit wait in memory and
-are lost by a kill (fewer than ``rows_per_chunk``); ``finish()`` writes the last, partial chunk. On
-resume, rows beyond ``n_rows_done`` (a kill between the data and the counter) are cut off.
+are lost by a kill (fewer than ``rows_per_chunk``); ``finish()`` writes the last, partial chunk.
 
-An existing file is refused unless ``resume`` (settings must match; the caller skips the first
-``writer.n_rows_done`` rows of its plan) or ``overwrite`` (the old file is deleted when the writer
-opens; a killed overwrite run is resumed like any other) is given.
+Read while written: the file is created complete (every dataset and attribute) under a temporary
+name, moved into place, then reopened as an HDF5 SWMR writer, so readers (``open_store``, SWMR
+readers without file locks) see the rows committed when they open it.
+
+One writer per store: ``open_writer`` holds ``OUT.lock`` (``outputs.OutputLock``) until the writer is
+closed, and refuses a store whose lock another process holds.
+
+An existing file is refused unless ``resume`` or ``overwrite`` is given:
+
+- ``overwrite`` writes the new store to ``pending_path(OUT)`` (``NAME.overwrite.h5``) and moves it
+  over OUT only when it is complete, so a failed or killed overwrite leaves the old store whole;
+  ``resume`` continues a killed overwrite run from that pending file.
+- ``resume`` checks the store's layout and compares its settings, groups, dims and planned rows
+  with this run's, then copies the committed rows into a fresh file that replaces it (this reads
+  every committed row, so a damaged chunk is found before any work, and drops rows beyond
+  ``n_rows_done`` and the SWMR marks of a killed writer); the caller skips the first
+  ``writer.n_rows_done`` rows of its plan.
 """
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,8 +36,14 @@ import h5py
 import numpy as np
 
 from mdlm_interp.errors import UsageError
+from mdlm_interp.outputs import OutputLock, check_not_held, check_output_file
 from mdlm_interp.store import schema
+from mdlm_interp.store.integrity import check_store, damaged, first_line
+from mdlm_interp.store.reader import open_file
 from mdlm_interp.version import __version__
+
+LIBVER = "v110"  # the oldest file format that HDF5 SWMR writes (HDF5 1.10+ reads it)
+COPY_ROWS = 1024  # rows per block when a resume copies committed rows
 
 
 @dataclass(frozen=True)
@@ -41,29 +59,34 @@ class Provenance:
     seed: int
 
 
+def pending_path(path) -> Path:
+    """Return where an ``overwrite`` run writes until it is complete: NAME.overwrite.h5 next to ``path``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.overwrite{path.suffix}")
+
+
+def building_path(path) -> Path:
+    """Return the temporary file a new or resumed store is built in before it replaces ``path``."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.building")
+
+
 def check_writable(path, *, resume: bool = False, overwrite: bool = False) -> Path:
     """Return ``path`` as a Path if a store can be written there; raise UsageError otherwise.
 
-    Refuses a missing or unwritable parent folder, a path that is a folder, both flags at once, and
-    an existing file unless ``resume`` or ``overwrite``. Touches nothing but a probe file in the folder.
+    Refuses a missing or unwritable parent folder, a path that is a folder, both flags at once, an
+    existing file unless ``resume`` or ``overwrite``, and a store another process is writing.
+    Touches nothing but a probe file in the folder.
     """
     path = Path(path)
     if resume and overwrite:
         raise UsageError("--resume and --overwrite exclude each other")
-    if path.is_dir():
-        raise UsageError(f"output {path} is a folder, not a file")
-    if not path.parent.is_dir():
-        raise UsageError(f"cannot write {path}: folder {path.parent} does not exist")
-    try:
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".probe-", suffix=".h5.tmp"):
-            pass
-    except OSError as error:
-        raise UsageError(f"cannot write {path}: {error.strerror or error}") from None
-    if path.exists():
-        if not (resume or overwrite):
-            raise UsageError(f"{path} exists; pass --resume to continue it or --overwrite to replace it")
-        if not os.access(path, os.W_OK):
-            raise UsageError(f"cannot write {path}: permission denied")
+    if path.exists() and not (resume or overwrite) and not path.is_dir():
+        check_not_held(path)
+        raise UsageError(f"{path} exists; pass --resume to continue it or --overwrite to replace it")
+    check_output_file(path, overwrite=True)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UsageError(f"cannot write {path}: permission denied")
     return path
 
 
@@ -86,8 +109,9 @@ def open_writer(
     dims: ints for the names in schema.DIMS that those groups use (k, relevant, layers, heads).
     n_planned: rows the run will append in total. rows_per_chunk: rows per HDF5 chunk and commit
     (ignored on resume, where the file's chunking is kept).
-    Raises UsageError for an unusable path, an existing file without resume/overwrite, and a resumed
-    store whose settings, groups, dims or n_planned differ (naming the first difference).
+    Raises UsageError for an unusable path, an existing file without resume/overwrite, a store
+    another process is writing, a damaged store to resume, and a resumed store whose settings,
+    groups, dims or n_planned differ (naming the first difference).
     """
     path = check_writable(path, resume=resume, overwrite=overwrite)
     unknown = set(groups) - set(schema.GROUPS)
@@ -101,19 +125,61 @@ def open_writer(
     if rows_per_chunk < 1:
         raise ValueError("rows_per_chunk must be at least 1")
     settings = json.loads(json.dumps(settings))  # tuples -> lists, as they will read back
-    if resume and path.exists():
-        _check_resumable(path, settings=settings, groups=groups, dims=dims, n_planned=n_planned)
-        return StoreWriter(_open_existing(path), groups, dims)
-    if overwrite and path.exists():
-        path.unlink()
-    return StoreWriter(_create(path, settings, provenance, groups, dims, n_planned, rows_per_chunk), groups, dims)
+    lock = OutputLock(path).acquire()
+    try:
+        pending = pending_path(path)
+        if resume and (pending.exists() or path.exists()):
+            target = pending if pending.exists() else path
+            wanted = {"settings": settings, "groups": list(groups), "dims": dims, "n_planned": int(n_planned)}
+            file = _reopen(target, wanted)
+        else:
+            target = pending if path.exists() else path
+            if target != pending and pending.exists():
+                pending.unlink()  # left by a killed overwrite of a store that is gone since
+            file = _create(target, settings, provenance, groups, dims, n_planned, rows_per_chunk)
+        return StoreWriter(file, groups, dims, lock=lock, publish_to=path if target == pending else None)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _create_datasets(file: h5py.File, groups, dims: dict, rows_per_chunk: int, n_rows: int = 0) -> None:
+    for field in schema.fields(groups):
+        row_shape = field.row_shape(dims)
+        plain = not (field.vlen or field.dtype == "str")
+        file.create_dataset(
+            field.path,
+            shape=(n_rows,) + row_shape,
+            maxshape=(None,) + row_shape,
+            chunks=(rows_per_chunk,) + row_shape,
+            dtype=field.h5_dtype,
+            compression="gzip",
+            compression_opts=4,
+            shuffle=plain,
+        )
+
+
+def _build(path: Path, fill) -> h5py.File:
+    """Build a file with ``fill(file)`` under a temporary name, move it to ``path``, and return it
+    reopened as an SWMR writer."""
+    building = building_path(path)
+    building.unlink(missing_ok=True)
+    try:
+        with h5py.File(building, "x", libver=LIBVER, locking=False) as file:
+            fill(file)
+    except OSError as error:
+        building.unlink(missing_ok=True)
+        raise UsageError(f"cannot create {path}: {first_line(error)}") from None
+    except BaseException:
+        building.unlink(missing_ok=True)
+        raise
+    os.replace(building, path)
+    file = h5py.File(path, "r+", libver=LIBVER, locking=False)
+    file.swmr_mode = True
+    return file
 
 
 def _create(path, settings, provenance, groups, dims, n_planned, rows_per_chunk) -> h5py.File:
-    try:
-        file = h5py.File(path, "x")
-    except OSError as error:
-        raise UsageError(f"cannot create {path}: {error}") from None
     attrs = {
         "schema_version": schema.SCHEMA_VERSION,
         "toolkit_version": __version__,
@@ -131,55 +197,63 @@ def _create(path, settings, provenance, groups, dims, n_planned, rows_per_chunk)
         "n_rows_done": 0,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    for name, value in attrs.items():
-        file.attrs[name] = np.int64(value) if isinstance(value, int) else value
-    for field in schema.fields(groups):
-        row_shape = field.row_shape(dims)
-        plain = not (field.vlen or field.dtype == "str")
-        file.create_dataset(
-            field.path,
-            shape=(0,) + row_shape,
-            maxshape=(None,) + row_shape,
-            chunks=(rows_per_chunk,) + row_shape,
-            dtype=field.h5_dtype,
-            compression="gzip",
-            compression_opts=4,
-            shuffle=plain,
-        )
-    file.flush()
-    return file
+
+    def fill(file):
+        for name, value in attrs.items():
+            file.attrs[name] = np.int64(value) if isinstance(value, int) else value
+        _create_datasets(file, groups, dims, rows_per_chunk)
+
+    return _build(Path(path), fill)
 
 
-def _check_resumable(path, *, settings, groups, dims, n_planned) -> None:
-    """Raise UsageError unless the store at ``path`` can be continued by this run; opens it read-only."""
+def _reopen(path: Path, wanted: dict) -> h5py.File:
+    """Check the store at ``path`` against this run (``wanted``: settings, groups, dims, n_planned),
+    copy its committed rows into a fresh file that replaces it, and return that file as an SWMR writer."""
+    if not h5py.is_hdf5(path):
+        raise UsageError(f"cannot resume {path}: it is not an HDF5 file (use --overwrite or another output)")
     try:
-        with h5py.File(path, "r") as file:
-            attrs = file.attrs
-            if "schema_version" not in attrs:
-                raise UsageError(f"cannot resume {path}: not an mdlm-interp store")
-            if int(attrs["schema_version"]) != schema.SCHEMA_VERSION:
-                raise UsageError(
-                    f"cannot resume {path}: schema version {attrs['schema_version']}, "
-                    f"this toolkit writes {schema.SCHEMA_VERSION}"
-                )
-            if "merged_from" in attrs:
-                raise UsageError(f"cannot resume {path}: it is a merged store")
-            stored = {
-                "settings": json.loads(attrs["settings"]),
-                "groups": [g for g in schema.GROUPS if g in file],
-                "dims": json.loads(attrs["dims"]),
-                "n_planned": int(attrs["n_planned"]),
-            }
-            n_done = int(attrs["n_rows_done"])
-            short = [f.path for f in schema.fields(groups) if f.path in file and len(file[f.path]) < n_done]
+        old = open_file(path)
     except OSError as error:
-        raise UsageError(f"cannot resume {path}: {error}") from None
-    wanted = {"settings": settings, "groups": list(groups), "dims": dims, "n_planned": int(n_planned)}
-    difference = first_difference(stored, wanted)
-    if difference:
-        raise UsageError(f"cannot resume {path}: {difference} (use --overwrite or another output)")
-    if short:
-        raise UsageError(f"cannot resume {path}: {short[0]} has fewer than n_rows_done rows (damaged store)")
+        raise UsageError(f"cannot resume: {damaged(path, f'cannot open it ({first_line(error)})')}") from None
+    with old:
+        try:
+            attrs = check_store(old, path)
+        except UsageError as error:
+            raise UsageError(f"cannot resume: {error}") from None
+        if "merged_from" in attrs:
+            raise UsageError(f"cannot resume {path}: it is a merged store")
+        stored = {"settings": attrs["settings"], "groups": [g for g in schema.GROUPS if g in old],
+                  "dims": attrs["dims"], "n_planned": attrs["n_planned"]}
+        difference = first_difference(stored, wanted)
+        if difference:
+            raise UsageError(f"cannot resume {path}: {difference} (use --overwrite or another output)")
+        n_rows = attrs["n_rows_done"]
+        rows_per_chunk = old["examples/row"].chunks[0]
+
+        def fill(file):
+            for name, value in old.attrs.items():
+                file.attrs[name] = value
+            _create_datasets(file, wanted["groups"], wanted["dims"], rows_per_chunk, n_rows)
+            for field in schema.fields(wanted["groups"]):
+                _copy_rows(old, file, field, n_rows, path)
+
+        return _build(path, fill)
+
+
+def _copy_rows(old: h5py.File, new: h5py.File, field: schema.Field, n_rows: int, path) -> None:
+    source, target = old[field.path], new[field.path]
+    for start in range(0, n_rows, COPY_ROWS):
+        stop = min(start + COPY_ROWS, n_rows)
+        try:
+            rows = source.asstr()[start:stop] if field.dtype == "str" else source[start:stop]
+        except (OSError, RuntimeError, ValueError) as error:
+            raise damaged(path, f"cannot read {field.path} ({first_line(error)})") from None
+        if rows.dtype == object:  # str, vlen: slice assignment would read equal-length rows as 2-D
+            typed = np.empty(stop - start, dtype=target.dtype)
+            typed[:] = rows
+            target.write_direct(typed, dest_sel=np.s_[start:stop])
+        else:
+            target[start:stop] = rows
 
 
 def first_difference(stored, wanted, where: str = "") -> str | None:
@@ -200,25 +274,11 @@ def first_difference(stored, wanted, where: str = "") -> str | None:
     return None
 
 
-def _open_existing(path) -> h5py.File:
-    """Open a checked store for appending and cut off rows beyond n_rows_done."""
-    try:
-        file = h5py.File(path, "r+")
-    except OSError as error:
-        raise UsageError(f"cannot resume {path}: {error}") from None
-    n_done = int(file.attrs["n_rows_done"])
-    for group in schema.GROUPS:
-        for dataset in file.get(group, {}).values():
-            if len(dataset) > n_done:
-                dataset.resize(n_done, axis=0)
-    file.flush()
-    return file
-
-
 class StoreWriter:
     """Appends batches of rows to an open store; use ``open_writer`` to get one, as a context manager."""
 
-    def __init__(self, file: h5py.File, groups: tuple, dims: dict):
+    def __init__(self, file: h5py.File, groups: tuple, dims: dict, lock: OutputLock | None = None,
+                 publish_to: Path | None = None):
         self.file = file
         self.path = Path(file.filename)
         self.groups = groups
@@ -226,6 +286,8 @@ class StoreWriter:
         self.fields = schema.fields(groups)
         self.n_planned = int(file.attrs["n_planned"])
         self.rows_per_chunk = file["examples/row"].chunks[0]
+        self.lock = lock  # released when the writer closes
+        self.publish_to = publish_to  # an overwrite run's destination, replaced once the store is complete
         self._n_done = int(file.attrs["n_rows_done"])
         self._pending = []  # validated batches not yet committed
         self._n_pending = 0
@@ -256,17 +318,28 @@ class StoreWriter:
         return self._n_done
 
     def finish(self) -> None:
-        """Commit the remaining rows, mark the store "complete" and close it; all planned rows are required."""
+        """Commit the remaining rows, mark the store "complete" and close it (an overwrite run's store
+        then replaces the old one); all planned rows are required."""
         self._commit(self._n_pending)
         if self._n_done != self.n_planned:
             raise ValueError(f"finish() after {self._n_done} of {self.n_planned} planned rows")
         self.file.attrs.modify("status", "complete")
         self.file.close()
+        if self.publish_to is not None:
+            os.replace(self.path, self.publish_to)
+            self.path = self.publish_to
+        self._release()
 
     def close(self) -> None:
         """Close the file, dropping rows not yet committed (a resumed run writes them again)."""
         if self.file.id.valid:
             self.file.close()
+        self._release()
+
+    def _release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def __enter__(self):
         return self

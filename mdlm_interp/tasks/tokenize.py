@@ -67,7 +67,7 @@ def tokenize_prompt(prompt: Prompt, tokenizer, mask_token_id: int | None = None,
     containing "{content}") wraps the user text; the answer slot comes after the templated text.
     ``bos_token_id``, if given, is put first. Raises ``UsageError`` for a bad combination, an answer
     word that is not one token (sample with ``words=single_token_words(tokenizer)``) or a filler
-    that is not one token.
+    that is not one ordinary token (the mask, the unknown token or another special token).
     """
     slot = AnswerSlot(masks, causal, filler)
     query_last = prompt.query_slot == len(prompt.examples)
@@ -86,6 +86,15 @@ def tokenize_prompt(prompt: Prompt, tokenizer, mask_token_id: int | None = None,
             raise UsageError(f"the filler {filler!r} is {len(filler_ids)} tokens for this tokenizer; "
                              f"it must be exactly one")
         filler_id = filler_ids[0]
+        if filler_id == mask_token_id:
+            raise UsageError(f"the filler {filler!r} is the mask token; the filler control replaces masks by "
+                             f"a token that is not a mask")
+        if filler_id == getattr(tokenizer, "unk_token_id", None):
+            raise UsageError(f"the filler {filler!r} is not in the tokenizer's vocabulary (it becomes "
+                             f"{getattr(tokenizer, 'unk_token', 'the unknown token')})")
+        if filler_id in set(getattr(tokenizer, "all_special_ids", ())):
+            raise UsageError(f"the filler {filler!r} is a special token of the tokenizer; use ordinary text "
+                             f"such as ' .'")
 
     ids: list[int] = [] if bos_token_id is None else [bos_token_id]
     prefix, suffix = split_chat_template(chat_template) if chat_template is not None else ("", "")
