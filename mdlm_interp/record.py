@@ -228,11 +228,13 @@ def record(model, tokenizer=None, *, out, config: RecordConfig | None = None, ma
         raise UsageError("a causal model has no masks for a filler to replace; drop --filler")
     if subject.d_vocab is not None and config.top_k > subject.d_vocab:
         raise UsageError(f"top-k {config.top_k} is larger than the vocabulary ({subject.d_vocab} tokens)")
-    plan = [(c, t, i) for c in config.conditions(subject.causal) for t in range(len(config.tasks)) for i in range(config.n)]
-    if len(plan) > MAX_PLANNED_ROWS:
-        raise UsageError(f"{len(plan):,} rows planned, more than {MAX_PLANNED_ROWS:,} (prompts are prepared up "
+    conditions = config.conditions(subject.causal)
+    n_rows = len(conditions) * len(config.tasks) * config.n
+    if n_rows > MAX_PLANNED_ROWS:
+        raise UsageError(f"{n_rows:,} rows planned, more than {MAX_PLANNED_ROWS:,} (prompts are prepared up "
                          "front): record fewer prompts or conditions per store")
     check_fits(subject, config)
+    plan = [(c, t, i) for c in conditions for t in range(len(config.tasks)) for i in range(config.n)]
     prompts = plan_prompts(subject, config, plan)
     longest = max(len(tp.input_ids) for tp in prompts)
     if subject.max_length is not None and longest > subject.max_length:

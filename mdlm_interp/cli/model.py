@@ -22,7 +22,10 @@ def add_parser(subparsers) -> None:
                       help="dtype of the stored weights")
     init.add_argument("--shard-mb", type=float, default=None,
                       help="split the weights into shards of at most this many MB (with an index file)")
-    init.add_argument("--out", required=True, help="output directory (created if missing)")
+    init.add_argument("--out", required=True, help="output directory (created if missing; an existing non-empty "
+                      "one needs --overwrite)")
+    init.add_argument("--overwrite", action="store_true",
+                      help="replace an existing checkpoint directory (only once the new one is complete)")
     init.set_defaults(func=run_init)
 
     info = actions.add_parser("info", help="print family, shapes, parameter count and special token ids")
@@ -33,14 +36,20 @@ def add_parser(subparsers) -> None:
 
 def run_init(args) -> int:
     """Handle ``model init``."""
+    from mdlm_interp.errors import UsageError
     from mdlm_interp.models.loader import parse_dtype
     from mdlm_interp.models.random_checkpoint import write_random_checkpoint
+    from mdlm_interp.outputs import check_output_dir, staged_dir
     from mdlm_interp.tasks import tokenizer_corpus
 
-    shard = None if args.shard_mb is None else int(args.shard_mb * 1e6)
-    out = write_random_checkpoint(args.family, args.out, tokenizer_corpus(), args.preset, args.seed,
-                                  parse_dtype(args.dtype), shard)
-    print(f"wrote {args.family} {args.preset} checkpoint to {out}")
+    if args.shard_mb is not None and not 0 < args.shard_mb < float("inf"):
+        raise UsageError(f"--shard-mb must be a positive number of MB, got {args.shard_mb}")
+    check_output_dir(args.out, overwrite=args.overwrite)
+    shard = None if args.shard_mb is None else max(1, int(args.shard_mb * 1e6))
+    with staged_dir(args.out) as staging:  # the old folder is replaced only by a complete checkpoint
+        write_random_checkpoint(args.family, staging, tokenizer_corpus(), args.preset, args.seed,
+                                parse_dtype(args.dtype), shard)
+    print(f"wrote {args.family} {args.preset} checkpoint to {args.out}")
     return 0
 
 

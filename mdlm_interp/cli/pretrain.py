@@ -29,7 +29,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--sft-steps", type=int, default=None,
                         help="steps of the SFT stage (default: the family's recipe; 0 skips it)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial weights, data and masks")
-    parser.add_argument("--out", required=True, help="output checkpoint directory (created if missing)")
+    parser.add_argument("--out", required=True, help="output checkpoint directory (created if missing; an existing "
+                        "non-empty one needs --overwrite or --resume)")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate of pretraining (default: recipe)")
     parser.add_argument("--sft-lr", type=float, default=None, help="peak learning rate of SFT (default: recipe)")
     parser.add_argument("--batch-tokens", type=int, default=None,
@@ -44,8 +45,11 @@ def add_parser(subparsers) -> None:
                         help="comma-separated appended-mask counts measured for the model card")
     parser.add_argument("--dtype", default="float32", choices=list(DTYPE_NAMES),
                         help="dtype of the stored weights (the card's accuracies are measured after loading them)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue an interrupted run from OUT/train_state (same flags required)")
+    existing = parser.add_mutually_exclusive_group()
+    existing.add_argument("--resume", action="store_true",
+                          help="continue an interrupted run from OUT/train_state (same flags required)")
+    existing.add_argument("--overwrite", action="store_true",
+                          help="replace an existing checkpoint directory (only once the new one is complete)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -58,7 +62,7 @@ def run(args) -> int:
     from mdlm_interp.training.organisms import pretrain_organism
 
     try:
-        masks = tuple(int(m) for m in args.masks.split(","))
+        masks = tuple(int(m) for m in args.masks.split(",") if m.strip())
     except ValueError:
         raise UsageError(f"--masks must be comma-separated integers, got {args.masks!r}") from None
     if args.family == "dream" and not args.init:
@@ -68,7 +72,7 @@ def run(args) -> int:
         args.family, args.out, preset=args.preset, seed=args.seed, init=args.init, steps=args.steps,
         sft_steps=args.sft_steps, lr=args.lr, sft_lr=args.sft_lr, batch_tokens=args.batch_tokens, threads=args.threads,
         eval_every=args.eval_every, eval_prompts=args.eval_prompts, masks=masks, dtype=args.dtype, resume=args.resume,
-        progress=not args.no_progress)
+        overwrite=args.overwrite, progress=not args.no_progress)
     for row in results["accuracy"]:
         print(f"{row['placement']:>14}  masks {row['masks']:>2}  accuracy {row['accuracy']:.3f}")
     return 0

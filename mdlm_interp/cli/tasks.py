@@ -38,6 +38,8 @@ def add_parser(subparsers) -> None:
     export.add_argument("--n", type=int, required=True, metavar="N", help="number of prompts per task")
     export.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the export (default 0)")
     export.add_argument("--out", required=True, metavar="FILE.jsonl", help="output file, or - for stdout")
+    export.add_argument("--overwrite", action="store_true",
+                        help="replace an existing output file (it is replaced only once the new one is complete)")
     _add_sampling_flags(export)
     export.set_defaults(func=run_export)
 
@@ -90,16 +92,19 @@ def run_export(args) -> int:
     """Handle ``tasks export``."""
     import sys
 
+    from mdlm_interp.outputs import check_output_file, staged_file
     from mdlm_interp.tasks import TASK_NAMES, export_records, get_task, write_jsonl
 
     tasks = TASK_NAMES if args.task == "all" else [get_task(args.task).name]
+    if args.out != "-":
+        check_output_file(args.out, overwrite=args.overwrite)
     # sample everything first: a bad argument leaves no partial output
     records = list(export_records(tasks, args.n, args.seed, args.n_relevant, args.n_distractor, args.placement,
                                   _tokenizer_words(args.tokenizer)))
     if args.out == "-":
         write_jsonl(records, sys.stdout)
         return 0
-    with open(args.out, "w", encoding="utf-8") as out:
+    with staged_file(args.out) as out:
         count = write_jsonl(records, out)
     print(f"wrote {count} prompts to {args.out}", file=sys.stderr)
     return 0

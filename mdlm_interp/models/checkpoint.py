@@ -71,9 +71,12 @@ def download_from_hub(repo_id: str) -> str:
 def read_config(path: Path) -> dict:
     """Return the parsed config.json of a checkpoint directory."""
     try:
-        return json.loads((Path(path) / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as error:
+        config = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise UsageError(f"{path}/config.json: cannot read it: {error}") from error
+    if not isinstance(config, dict):
+        raise UsageError(f"{path}/config.json: expected a JSON object, got {type(config).__name__}")
+    return config
 
 
 def tensor_files(path: Path) -> dict[str, Path]:

@@ -10,6 +10,7 @@ This module imports no torch, so the command line can read its tables (families,
 dtype names) without slowing ``--help``.
 """
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -84,6 +85,24 @@ class FamilySpec:
                 raise UsageError(f"config.json lacks {' or '.join(self.config_keys[name])} ({self.family})")
             return default
 
+        try:
+            fields = self._decoder_fields(config, get)
+        except (TypeError, ValueError, OverflowError, AttributeError) as error:
+            raise UsageError(f"config.json: a size or rate is not a number ({error})") from None
+        sizes = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_head", "d_mlp", "d_vocab", "max_seq_len")
+        bad = [f"{name}={fields[name]}" for name in sizes if fields[name] < 1]
+        bad += [f"{name}={fields[name]}" for name in ("norm_eps", "rope_theta") if not 0 < fields[name] < math.inf]
+        if bad:
+            raise UsageError(f"config.json: sizes and rates must be positive, got {', '.join(bad)}")
+        if fields["n_heads"] % fields["n_kv_heads"]:
+            raise UsageError(f"config.json: n_heads {fields['n_heads']} is not a multiple of n_kv_heads "
+                             f"{fields['n_kv_heads']}")
+        from mdlm_interp.models.transformer import DecoderConfig
+
+        return DecoderConfig(**fields)
+
+    def _decoder_fields(self, config: dict, get) -> dict:
+        """Return the ``DecoderConfig`` fields that config.json gives (unchecked)."""
         d_model, n_heads = int(get("d_model")), int(get("n_heads"))
         d_mlp = next((config[k] for k in self.config_keys["d_mlp"] if config.get(k) is not None), None)
         if d_mlp is None and self.mlp_ratio_key is not None:
@@ -93,14 +112,12 @@ class FamilySpec:
         if rope_type != "default":
             raise UsageError(f"config.json asks for rope scaling '{rope_type}', which is not supported")
         qkv_bias = self.qkv_bias if self.qkv_bias is not None else bool(get("qkv_bias", False))
-        from mdlm_interp.models.transformer import DecoderConfig
-
-        return DecoderConfig(
+        return dict(
             d_model=d_model,
             n_layers=int(get("n_layers")),
             n_heads=n_heads,
             n_kv_heads=int(get("n_kv_heads", n_heads)),
-            d_head=int(get("d_head", d_model // n_heads)),
+            d_head=int(get("d_head", d_model // n_heads if n_heads > 0 else 0)),
             d_mlp=int(d_mlp if d_mlp is not None else get("d_mlp")),
             d_vocab=int(get("d_vocab")),
             max_seq_len=int(get("max_seq_len")),

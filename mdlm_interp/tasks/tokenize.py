@@ -89,9 +89,9 @@ def tokenize_prompt(prompt: Prompt, tokenizer, mask_token_id: int | None = None,
         if filler_id == mask_token_id:
             raise UsageError(f"the filler {filler!r} is the mask token; the filler control replaces masks by "
                              f"a token that is not a mask")
-        if filler_id == getattr(tokenizer, "unk_token_id", None):
-            raise UsageError(f"the filler {filler!r} is not in the tokenizer's vocabulary (it becomes "
-                             f"{getattr(tokenizer, 'unk_token', 'the unknown token')})")
+        unknown = _unknown_token(tokenizer)
+        if unknown is not None and filler_id == unknown[1]:
+            raise UsageError(f"the filler {filler!r} is not in the tokenizer's vocabulary (it becomes {unknown[0]})")
         if filler_id in set(getattr(tokenizer, "all_special_ids", ())):
             raise UsageError(f"the filler {filler!r} is a special token of the tokenizer; use ordinary text "
                              f"such as ' .'")
@@ -141,6 +141,23 @@ def single_token_words(tokenizer, words: WordLists | None = None, min_per_catego
         raise UsageError(f"too few words are single tokens for this tokenizer (need {min_per_category} per "
                          f"category): {', '.join(short)}")
     return kept
+
+
+def _unknown_token(tokenizer) -> tuple[str, int] | None:
+    """Return (text, id) of the token that stands for out-of-vocabulary text, or None if there is none.
+
+    Read from the tokenizer (transformers' ``unk_token``) or its ``tokenizers`` model (WordLevel,
+    WordPiece and BPE models name one even when the transformers wrapper does not).
+    """
+    token = getattr(tokenizer, "unk_token", None)
+    if token is None:
+        backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+        token = getattr(getattr(backend, "model", None), "unk_token", None)
+    if not token:
+        return None
+    to_id = getattr(tokenizer, "convert_tokens_to_ids", None) or getattr(tokenizer, "token_to_id", None)
+    token_id = to_id(token) if to_id is not None else None
+    return None if token_id is None else (token, token_id)
 
 
 def _encoder(tokenizer) -> Callable[[str], tuple[int, ...]]:

@@ -12,8 +12,10 @@
 (``make organisms``) rebuilds the three shipped ones from ``recipes.ORGANISMS``.
 """
 
+import math
 import os
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -55,6 +57,13 @@ def build_config(family: str, preset: str, seed: int, steps: int | None = None, 
         raise UsageError("nothing to train: both --steps and --sft-steps are 0")
     if threads < 1:
         raise UsageError(f"--threads must be at least 1, got {threads}")
+    for flag, rate in (("--lr", lr), ("--sft-lr", sft_lr)):
+        if rate is not None and not 0 < rate < math.inf:
+            raise UsageError(f"{flag} must be a positive learning rate, got {rate}")
+    if batch_tokens is not None and batch_tokens < 1:
+        raise UsageError(f"--batch-tokens must be at least 1, got {batch_tokens}")
+    if eval_every is not None and eval_every < 0:
+        raise UsageError(f"--eval-every must be 0 (no evaluation) or more, got {eval_every}")
     return TrainConfig(family=family, preset=preset, seed=seed, stages=tuple(stages), init=init, threads=threads,
                        eval_every=pick(eval_every, "eval_every"))
 
@@ -74,28 +83,51 @@ def pretrain_organism(family: str, out: str, *, preset: str = "organism", seed: 
                       steps: int | None = None, sft_steps: int | None = None, lr: float | None = None,
                       sft_lr: float | None = None, batch_tokens: int | None = None, threads: int = 1,
                       eval_every: int | None = None, eval_prompts: int = 1000, masks=(1, 5, 10, 20, 50),
-                      dtype: str = "float32", resume: bool = False, progress: bool = True) -> dict:
+                      dtype: str = "float32", resume: bool = False, overwrite: bool = False,
+                      progress: bool = True) -> dict:
     """Train ``family``'s recipe (given values replace the recipe's), write the checkpoint to ``out``,
     measure it on ``eval_prompts`` held-out prompts per condition and write its model card.
 
-    Returns ``training.card.measure``'s results. Raises ``UsageError`` for bad options before training.
+    An existing non-empty ``out`` is refused unless ``overwrite`` (or ``resume``, which continues from
+    ``out/train_state``). The checkpoint and card are built in a staging folder next to ``out`` that
+    replaces it only when complete, so ``out`` never holds a mix of two checkpoints, and a failed or
+    killed run leaves an old checkpoint whole. Returns ``training.card.measure``'s results. Raises
+    ``UsageError`` for bad options before training.
     """
+    from mdlm_interp.models.families import SHAPE_PRESETS
     from mdlm_interp.models.loader import parse_dtype
+    from mdlm_interp.outputs import check_output_dir, staged_dir
     from mdlm_interp.training.card import measure, write_card
-    from mdlm_interp.training.pretrain import train
+    from mdlm_interp.training.pretrain import STATE_DIR, train
 
     masks = tuple(int(m) for m in masks)
-    if any(m < 1 for m in masks):
+    if not masks or any(m < 1 for m in masks):
         raise UsageError("--masks values must be at least 1 (the first mask is the answer slot)")
+    if preset in SHAPE_PRESETS and max(masks) >= SHAPE_PRESETS[preset]["max_seq_len"]:
+        raise UsageError(f"--masks {max(masks)} does not fit the {preset} preset's context of "
+                         f"{SHAPE_PRESETS[preset]['max_seq_len']} tokens")
+    if eval_prompts < 1:
+        raise UsageError(f"--eval-prompts must be at least 1, got {eval_prompts}")
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite exclude each other")
+    state = Path(out) / STATE_DIR
+    if not (resume or overwrite) and state.is_dir():
+        raise UsageError(f"{out} holds an interrupted run ({STATE_DIR}); pass --resume to continue it or "
+                         "--overwrite to start again")
+    check_output_dir(out, overwrite=overwrite or resume)
     options = dict(family=family, preset=preset, init=init, steps=steps, sft_steps=sft_steps, seed=seed, lr=lr,
                    sft_lr=sft_lr, batch_tokens=batch_tokens, threads=threads, eval_every=eval_every,
                    eval_prompts=eval_prompts, masks=masks, dtype=dtype, out=out)
     config = build_config(family, preset, seed, steps=steps, sft_steps=sft_steps, init=init, lr=lr, sft_lr=sft_lr,
                           batch_tokens=batch_tokens, threads=threads, eval_every=eval_every)
-    summary = train(config, out, resume=resume, dtype=parse_dtype(dtype), progress=progress)
-    print(f"trained {family} in {summary['total_seconds'] / 60:.1f} min; measuring {out}", file=sys.stderr)
-    results = measure(out, masks, eval_prompts)
-    write_card(out, Path(out).name, summary, results, pretrain_command(options), dtype)
+    with staged_dir(out) as staging:  # replaces out (old checkpoint and train_state) once complete
+        if overwrite:
+            shutil.rmtree(state, ignore_errors=True)
+        summary = train(config, out, resume=resume, dtype=parse_dtype(dtype), progress=progress,
+                        checkpoint_dir=staging)
+        print(f"trained {family} in {summary['total_seconds'] / 60:.1f} min; measuring {out}", file=sys.stderr)
+        results = measure(staging, masks, eval_prompts)
+        write_card(staging, Path(out).name, summary, results, pretrain_command(options), dtype)
     return results
 
 
@@ -109,7 +141,7 @@ def main() -> int:
     for name, options in ORGANISMS.items():
         print(f"== {name}: {pretrain_command(options)}", file=sys.stderr)
         try:
-            pretrain_organism(**options)
+            pretrain_organism(**options, overwrite=True)
         except UsageError as error:
             print(f"mdlm-interp: error: {error}", file=sys.stderr)
             return 2

@@ -220,21 +220,25 @@ def deterministic(threads: int):
 
 
 def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, dtype: torch.dtype = torch.float32,
-          progress: bool = True) -> dict:
+          progress: bool = True, checkpoint_dir: str | Path | None = None) -> dict:
     """Run ``config`` and write the checkpoint to ``out_dir``; return a summary.
 
     The summary holds the config, per-stage seconds and final loss, the held-out accuracy history
     ``[{"stage", "step", "accuracy", "loss"}]`` (``eval_prompts`` prompts, 10 relevant + 40
     distractor examples, relevant block next to the query, one mask) and the total seconds.
-    ``resume`` continues from ``out_dir/train_state`` (an error if there is none).
+    ``resume`` continues from ``out_dir/train_state`` (an error if there is none). The training state
+    is removed once the checkpoint is written, unless ``checkpoint_dir`` is given: the checkpoint then
+    goes there (e.g. a staging folder that replaces ``out_dir`` later) and the state stays until then.
     """
     if config.family not in FAMILIES:
         raise UsageError(f"unknown family '{config.family}' (choose from {', '.join(FAMILIES)})")
     with deterministic(config.threads):
-        return run_stages(config, Path(out_dir), resume, dtype, progress)
+        return run_stages(config, Path(out_dir), resume, dtype, progress,
+                          None if checkpoint_dir is None else Path(checkpoint_dir))
 
 
-def run_stages(config: TrainConfig, out: Path, resume: bool, dtype: torch.dtype, progress: bool) -> dict:
+def run_stages(config: TrainConfig, out: Path, resume: bool, dtype: torch.dtype, progress: bool,
+               checkpoint_dir: Path | None = None) -> dict:
     """The body of ``train`` (same arguments and result), run under ``deterministic``."""
     from tqdm import tqdm
 
@@ -302,7 +306,8 @@ def run_stages(config: TrainConfig, out: Path, resume: bool, dtype: torch.dtype,
         bar.close()
         position.update(stage=index + 1, step=0)
     model.eval()
-    write_checkpoint(out, model, spec, dtype)
-    shutil.rmtree(out / STATE_DIR, ignore_errors=True)
+    write_checkpoint(checkpoint_dir or out, model, spec, dtype)
+    if checkpoint_dir is None:
+        shutil.rmtree(out / STATE_DIR, ignore_errors=True)
     return {"config": config.to_json(), "seconds": position["seconds"], "loss": position["loss"],
             "history": position["history"], "total_seconds": sum(position["seconds"]), "n_params": cfg.n_params}
