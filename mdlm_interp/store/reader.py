@@ -1,18 +1,19 @@
 """Reading a store: root attributes as a dict, /examples as a DataFrame, other datasets as numpy arrays.
 
 Only the first ``n_rows_done`` rows are visible, so a store that is still being written (or was
-killed) reads as the rows committed when it was opened. Stores are opened as HDF5 SWMR readers
-without file locks, which is what lets a reader open a store while a ``record`` run writes it (the
-writer is an SWMR writer; see ``store.writer``). A read that races with the writer's flush can fail
+killed) reads as the rows committed when it was opened. A store whose run is still writing it (or was
+killed) is opened as an HDF5 SWMR reader without file locks, which is what lets a reader open it
+while a ``record`` run writes it (the writer is an SWMR writer; see ``store.writer``). A read that races with the writer's flush can fail
 for a moment (HDF5 does not make variable-length data SWMR-safe); such reads are retried on a
 freshly opened file while the writer holds the store. Before anything is read, ``check_store``
 checks the layout; a damaged or foreign file is one ``UsageError``.
 """
 
 import json
+import os
 import time
 from collections.abc import Mapping
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 
 import h5py
@@ -26,9 +27,55 @@ from mdlm_interp.store.integrity import check_store, damaged, first_line
 READ_ATTEMPTS = 25  # reads retried while a writer holds the store (about 3 s in all)
 
 
+SWMR_METADATA_ATTEMPTS = 20  # HDF5's default for SWMR readers retries a bad checksum for many minutes
+
+
 def open_file(path) -> h5py.File:
-    """Return the HDF5 file at ``path`` opened read-only as an SWMR reader without file locks."""
-    return h5py.File(path, "r", swmr=True, locking=False)
+    """Return the HDF5 file at ``path`` opened read-only without file locks.
+
+    A store whose writer is running (or was killed) is marked open for writing; it is then opened
+    as an SWMR reader, with HDF5's metadata read retries cut down (``swmr_access``) so that a damaged
+    checksum fails at once instead of after minutes of retries.
+    """
+    try:
+        return h5py.File(path, "r", locking=False)
+    except OSError as error:
+        if "already open for write" not in str(error):
+            raise
+    fid = h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY | h5py.h5f.ACC_SWMR_READ, fapl=swmr_access())
+    return h5py.File(fid)
+
+
+@cache
+def _hdf5_library():
+    """Return the HDF5 C library that h5py uses (ctypes), or None where it cannot be found."""
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "/libhdf5" in line}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        if "_hl" not in Path(path).name:
+            try:
+                library = ctypes.CDLL(path)
+                library.H5Pset_metadata_read_attempts.argtypes = [ctypes.c_int64, ctypes.c_uint]
+                return library
+            except (OSError, AttributeError):
+                continue
+    return None
+
+
+def swmr_access() -> h5py.h5p.PropFAID:
+    """Return file access properties for an SWMR reader: no file locks, few metadata read attempts."""
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_file_locking(False, True)
+    fapl.set_libver_bounds(h5py.h5f.LIBVER_V110, h5py.h5f.LIBVER_LATEST)
+    library = _hdf5_library()
+    if library is not None:
+        library.H5Pset_metadata_read_attempts(fapl.id, SWMR_METADATA_ATTEMPTS)
+    return fapl
 
 
 def retrying(path, attempt: int) -> bool:
