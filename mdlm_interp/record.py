@@ -254,7 +254,8 @@ def record(model, tokenizer=None, *, out, config: RecordConfig | None = None, ma
         done = first + writer.n_rows_done
         # batches always start at first + a multiple of batch_size, wherever a run was interrupted, so
         # every row has the same batch neighbours (and padding) as in an uninterrupted run
-        for begin in range(first + (writer.n_rows_done // batch_size) * batch_size, stop, batch_size):
+        resume_at = first + (writer.n_rows_done // batch_size) * batch_size if done < stop else stop
+        for begin in range(resume_at, stop, batch_size):
             rows = range(begin, min(begin + batch_size, stop))
             batch = record_batch(subject, [prompts[r] for r in rows], config)
             batch.update(plan_columns(config, subject.causal, [plan[r] for r in rows], rows))
