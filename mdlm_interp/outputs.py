@@ -21,6 +21,14 @@ from mdlm_interp.errors import UsageError
 LOCK_SUFFIX = ".lock"
 
 
+def output_path(path) -> Path:
+    """Return ``path`` as a Path; UsageError if it names no file or folder ("", ".", "..", "/")."""
+    text = str(path)
+    if not text.strip() or Path(text).name in ("", ".", ".."):
+        raise UsageError(f"output path {text!r} names no file or folder")
+    return Path(text)
+
+
 def lock_path(output) -> Path:
     """Return the lock file of ``output``: ``OUTPUT.lock`` next to it."""
     output = Path(output)
@@ -131,7 +139,7 @@ def check_output_file(path, *, overwrite: bool = False, flag: str = "--overwrite
     Refuses a folder, a missing or unwritable parent folder, an existing file unless ``overwrite``
     (``flag`` names the option in the message), and a path another process is writing.
     """
-    path = Path(path)
+    path = output_path(path)
     if path.is_dir():
         raise UsageError(f"output {path} is a folder, not a file")
     if not path.parent.is_dir():
@@ -150,7 +158,7 @@ def check_output_dir(path, *, overwrite: bool = False, allow=()) -> Path:
     resumable training state, do not count), a place where no folder can be created, and a folder
     another process is writing. Missing parent folders are fine (they are created).
     """
-    path = Path(path)
+    path = output_path(path)
     if path.exists() and not path.is_dir():
         raise UsageError(f"output {path} is a file, not a folder")
     if path.is_dir() and not overwrite:

@@ -2,6 +2,8 @@
 
 import argparse
 
+MAX_EXPORT = 1_000_000  # prompts per export: they are all sampled before the file is written
+
 
 def add_parser(subparsers) -> None:
     """Register ``tasks list``, ``tasks show``, ``tasks export`` and ``tasks words``."""
@@ -92,10 +94,13 @@ def run_export(args) -> int:
     """Handle ``tasks export``."""
     import sys
 
+    from mdlm_interp.errors import UsageError
     from mdlm_interp.outputs import check_output_file, staged_file
     from mdlm_interp.tasks import TASK_NAMES, export_records, get_task, write_jsonl
 
     tasks = TASK_NAMES if args.task == "all" else [get_task(args.task).name]
+    if args.n * len(tasks) > MAX_EXPORT:
+        raise UsageError(f"{args.n * len(tasks):,} prompts asked, more than {MAX_EXPORT:,} per export")
     if args.out != "-":
         check_output_file(args.out, overwrite=args.overwrite)
     # sample everything first: a bad argument leaves no partial output

@@ -36,7 +36,7 @@ import h5py
 import numpy as np
 
 from mdlm_interp.errors import UsageError
-from mdlm_interp.outputs import OutputLock, check_not_held, check_output_file
+from mdlm_interp.outputs import OutputLock, check_not_held, check_output_file, output_path
 from mdlm_interp.store import schema
 from mdlm_interp.store.integrity import check_store, damaged, first_line
 from mdlm_interp.store.reader import open_file
@@ -78,7 +78,7 @@ def check_writable(path, *, resume: bool = False, overwrite: bool = False) -> Pa
     existing file unless ``resume`` or ``overwrite``, and a store another process is writing.
     Touches nothing but a probe file in the folder.
     """
-    path = Path(path)
+    path = output_path(path)
     if resume and overwrite:
         raise UsageError("--resume and --overwrite exclude each other")
     if path.exists() and not (resume or overwrite) and not path.is_dir():

@@ -54,6 +54,9 @@ def example_pieces(example: Example) -> list[str]:
     return query_pieces(example) + [word_piece(example.output), LINE_END]
 
 
+MAX_MASKS = 1_000_000  # masks at the answer slot
+
+
 @dataclass(frozen=True)
 class AnswerSlot:
     """How the answer is asked for: ``masks`` tokens at the answer slot, or the next token (causal).
@@ -74,6 +77,8 @@ class AnswerSlot:
         if self.causal and self.masks not in (0, 1):
             raise UsageError(f"a causal model takes no masks (its answer is the next token): "
                              f"masks must be 0 or 1, got {self.masks}")
+        if self.masks > MAX_MASKS:
+            raise UsageError(f"masks must be at most {MAX_MASKS:,} (no model reads a prompt that long), got {self.masks}")
         if not self.causal and self.masks < 1:
             raise UsageError(f"masks must be at least 1 for a diffusion model (the first mask is the answer "
                              f"slot), got {self.masks}")

@@ -10,6 +10,7 @@ from mdlm_interp.tasks.format import LINE_END, example_pieces, query_pieces
 from mdlm_interp.tasks.suite import Example, Task, digits, distractor_example, get_task, relevant_example, word_lists
 from mdlm_interp.tasks.words import WordLists
 
+MAX_EXAMPLES = 10_000  # in-context examples per prompt: some 50,000 tokens, beyond any model's context
 RELEVANT_AT = "relevant-at:"
 QUERY_AT = "query-at:"
 
@@ -71,6 +72,9 @@ class PromptConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise UsageError(f"{name} must be a non-negative integer, got {value!r}")
+        if self.n_relevant + self.n_distractor > MAX_EXAMPLES:
+            raise UsageError(f"{self.n_relevant + self.n_distractor} examples per prompt, more than {MAX_EXAMPLES} "
+                             "(no model reads a prompt that long)")
         parse_placement(self.placement, self.n_relevant, self.n_distractor)
 
     @property
