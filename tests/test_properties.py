@@ -23,7 +23,9 @@ from cli_run import run_cli
 from mdlm_interp.cli import build_parser
 from mdlm_interp.errors import UsageError
 
-BUDGET = settings(max_examples=25, deadline=None, derandomize=True, database=None,
+# examples per test: small enough for `make test`; PROPERTY_EXAMPLES=500 (and PROPERTY_SEED) explore deeper
+EXAMPLES = int(os.environ.get("PROPERTY_EXAMPLES", "25"))
+BUDGET = settings(max_examples=EXAMPLES, deadline=None, derandomize="PROPERTY_SEED" not in os.environ, database=None,
                   suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
@@ -175,7 +177,7 @@ def tokenizers(tiny_model):
     return {"tiny": tiny_model("llada"), "organism": load_model("organism-llada")}
 
 
-@settings(BUDGET, max_examples=150)
+@settings(BUDGET, max_examples=6 * EXAMPLES)
 @given(task=st.sampled_from(["adjective+largest", "food+smallest", "verb+largest", "colour+largest", ""]),
        n_relevant=st.integers(-1, 40), n_distractor=st.integers(-1, 80), placement=placements,
        seed=st.one_of(st.integers(-2**70, 2**70), st.booleans(), st.just(1.5)),
