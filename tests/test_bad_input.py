@@ -130,6 +130,7 @@ def test_model_init_bad_outputs(args, message, tmp_path):
     (["--sft-lr", "0"], "--sft-lr must be a positive"),
     (["--batch-tokens", "0"], "--batch-tokens must be at least 1"),
     (["--eval-every", "-2"], "--eval-every must be 0"),
+    (["--threads", "99999999999999"], "--threads must be between 1 and 1024"),
     (["--masks", "5000"], "does not fit the tiny preset's context"),
     (["--out", "{file}"], "is a file, not a folder"),
     (["--out", str(READ_ONLY / "ckpt")], "cannot write"),

@@ -55,8 +55,8 @@ def build_config(family: str, preset: str, seed: int, steps: int | None = None, 
             stages.append(StageConfig(name, count, rate, data, warmup=min(50, count)))
     if not stages:
         raise UsageError("nothing to train: both --steps and --sft-steps are 0")
-    if threads < 1:
-        raise UsageError(f"--threads must be at least 1, got {threads}")
+    if not 1 <= threads <= 1024:
+        raise UsageError(f"--threads must be between 1 and 1024, got {threads}")
     for flag, rate in (("--lr", lr), ("--sft-lr", sft_lr)):
         if rate is not None and not 0 < rate < math.inf:
             raise UsageError(f"{flag} must be a positive learning rate, got {rate}")
