@@ -264,7 +264,17 @@ def main() -> int:
     if not args.quick:
         settings += [("medium (LLaDA-shaped)", 2, masks, distractors, False)
                      for masks, distractors in ((1, 40), (200, 40), (50, 10), (50, 100))]
-    rows = []
+    cpu = platform.processor() or platform.machine()
+    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
+             else f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads")
+    print(f"Measured on {where}; torch {torch.__version__}; medians of {repeats} runs after a warm-up.\n")
+    header = ("model", "batch x tokens", "masks", "variant", "ms", "vs plain", "peak MB")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join(" --- " for _ in header) + "|", flush=True)
+
+    def row(*cells):  # rows are printed as they are measured: a long run shows its table so far
+        print("| " + " | ".join(str(cell) for cell in cells) + " |", flush=True)
+
     for name, batch_size, masks, distractors, compare in settings:
         lm = load_model(models[name], device=device)
         params = sum(p.numel() for p in lm.model.parameters()) / 1e6
@@ -273,25 +283,14 @@ def main() -> int:
         results = measure(variants(lm, batch, device, compare), repeats, device)
         plain = results["plain forward"][0]
         for variant, (seconds, peak) in results.items():
-            rows.append((f"{name}, {params:.0f}M", f"{batch_size} x {tokens}", masks, variant, f"{seconds * 1e3:.0f}",
-                         f"{seconds / plain:.2f}x", f"{peak:.0f}"))
-        print(f"measured {name}, {masks} masks, {distractors} distractors", file=sys.stderr, flush=True)
+            row(f"{name}, {params:.0f}M", f"{batch_size} x {tokens}", masks, variant, f"{seconds * 1e3:.0f}",
+                f"{seconds / plain:.2f}x", f"{peak:.0f}")
     lm = load_model(models["medium (LLaDA-shaped)"], device=device)
     per_task = 4 if args.quick else 32
     total, share = hdf5_share(lm, tmp / "bench.h5", per_task, 4)
-    rows.append((f"medium (LLaDA-shaped), {sum(p.numel() for p in lm.model.parameters()) / 1e6:.0f}M", "4 x prompts",
-                 50, f"full `record` run of {2 * per_task} rows into HDF5", f"{total * 1e3:.0f}",
-                 f"HDF5 writing {100 * share:.2f}% of it", "-"))
-
-    cpu = platform.processor() or platform.machine()
-    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
-             else f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads")
-    print(f"Measured on {where}; torch {torch.__version__}; medians of {repeats} runs after a warm-up.\n")
-    header = ("model", "batch x tokens", "masks", "variant", "ms", "vs plain", "peak MB")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join(" --- " for _ in header) + "|")
-    for row in rows:
-        print("| " + " | ".join(str(cell) for cell in row) + " |")
+    row(f"medium (LLaDA-shaped), {sum(p.numel() for p in lm.model.parameters()) / 1e6:.0f}M", "4 x prompts", 50,
+        f"full `record` run of {2 * per_task} rows into HDF5", f"{total * 1e3:.0f}",
+        f"HDF5 writing {100 * share:.2f}% of it", "-")
     return 0
 
 
