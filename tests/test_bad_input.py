@@ -43,7 +43,8 @@ def no_work(monkeypatch):
     (["--masks", "3", "--filler", "<|mdm_mask|>"], "is the mask token"),
     (["--masks", "1", "--filler", " ."], "a filler needs a mask count above 1"),
     (["--masks", "100000"], "longer than the model's context"),
-    (["--n-distractor", "100000"], "longer than the model's context"),
+    (["--n-distractor", "5000"], "longer than the model's context"),
+    (["--n-distractor", "100000"], "more than 10000 (no model reads a prompt that long)"),
     (["--n", "100000000"], "rows planned"),
     (["--batch-size", "0"], "batch size must be at least 1"),
 ])

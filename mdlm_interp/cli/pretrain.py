@@ -56,8 +56,6 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     """Handle ``pretrain``: train, write the checkpoint, measure it, write the model card."""
-    import sys
-
     from mdlm_interp.errors import UsageError
     from mdlm_interp.training.organisms import pretrain_organism
 
@@ -65,9 +63,6 @@ def run(args) -> int:
         masks = tuple(int(m) for m in args.masks.split(",") if m.strip())
     except ValueError:
         raise UsageError(f"--masks must be comma-separated integers, got {args.masks!r}") from None
-    if args.family == "dream" and not args.init:
-        print("mdlm-interp: note: dream without --init trains from random weights (the recipe starts from "
-              "the llama twin)", file=sys.stderr)
     results = pretrain_organism(
         args.family, args.out, preset=args.preset, seed=args.seed, init=args.init, steps=args.steps,
         sft_steps=args.sft_steps, lr=args.lr, sft_lr=args.sft_lr, batch_tokens=args.batch_tokens, threads=args.threads,
