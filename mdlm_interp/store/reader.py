@@ -99,6 +99,9 @@ def open_store(path) -> "Store":
             file = open_file(path)
             break
         except OSError as error:
+            if "locking flag" in str(error):  # HDF5 shares one handle per file within a process
+                raise UsageError(f"{path} is open in this process with file locking on; close that handle or "
+                                 "open it with h5py.File(..., locking=False)") from None
             if not retrying(path, attempt):
                 raise damaged(path, f"cannot open it ({first_line(error)})") from None
     try:
