@@ -1,5 +1,6 @@
 """``make bench``: the markdown table of recording against a plain forward pass, TransformerLens and
-nnsight (benchmarks/bench_interp.py), measured side by side in one run.
+nnsight (benchmarks/bench_interp.py), measured side by side in one run, then the interoperability
+routes' ratios (benchmarks/bench_interop.py).
 
 Freed tensors go back to the system (``MALLOC_MMAP_THRESHOLD_``) so that the table's peak memory
 column measures each variant. The loading benchmark (benchmarks/bench_model.py) runs on its own.
@@ -10,6 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-script = Path(__file__).parent / "bench_interp.py"
+folder = Path(__file__).parent
 environment = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-sys.exit(subprocess.run([sys.executable, str(script), *sys.argv[1:]], env=environment).returncode)
+quick = ["--quick"] if "--quick" in sys.argv else []
+for script, arguments in (("bench_interp.py", sys.argv[1:]), ("bench_interop.py", quick)):
+    print(f"== {script}", flush=True)
+    code = subprocess.run([sys.executable, str(folder / script), *arguments], env=environment).returncode
+    if code:
+        sys.exit(code)
