@@ -110,6 +110,21 @@ def test_model_init_refuses_a_non_empty_folder_and_overwrite_leaves_no_mix(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no staging folder, no lock left
 
 
+def test_a_failed_model_init_leaves_the_old_checkpoint_whole(tmp_path, monkeypatch):
+    out = tmp_path / "ckpt"
+    assert run_cli("model", "init", "--family", "llada", "--out", out).returncode == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("mdlm_interp.models.random_checkpoint.save_weights", disk_full)
+    assert_one_line_error(run_cli("model", "init", "--family", "dream", "--out", out, "--overwrite"),
+                          "No space left on device")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
 @pytest.mark.parametrize("args,message", [
     (["--out", "{file}"], "is a file, not a folder"),
     (["--out", str(READ_ONLY / "ckpt")], "cannot write"),

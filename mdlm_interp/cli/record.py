@@ -60,8 +60,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--out", default="record.h5", help="output HDF5 store (default record.h5)")
     existing = parser.add_mutually_exclusive_group()
     existing.add_argument("--resume", action="store_true",
-                          help="continue an interrupted store written with the same settings")
-    existing.add_argument("--overwrite", action="store_true", help="replace an existing store")
+                          help="continue an interrupted store (or an interrupted --overwrite run) written with the "
+                          "same settings and --batch-size")
+    existing.add_argument("--overwrite", action="store_true",
+                          help="replace an existing store: the new one is written to NAME.overwrite.h5 and replaces "
+                          "it only once complete (a failed or killed run leaves the old store whole)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.epilog = ("Sharded over processes: torchrun --nproc-per-node N -m mdlm_interp record --n-prompts P ...; "
                      "each rank "
