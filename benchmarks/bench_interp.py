@@ -1,6 +1,6 @@
 """Recording against TransformerLens and nnsight: one markdown table, measured side by side in one run.
 
-    python benchmarks/bench_interp.py [--quick] [--device cpu|cuda] [--repeats N]
+    python benchmarks/bench_interp.py [--quick] [--device cpu|cuda] [--repeats N] [--threads N]
 
 Models: a random LLaDA-shaped checkpoint of the ``medium`` preset (~30M parameters) and one of ~100M
 parameters (d_model 768, 12 layers, d_mlp 2560: GPT-2 small's size). Inputs: task prompts of 10
@@ -244,14 +244,17 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="one repeat, fewer settings (a smoke run)")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per variant (default 3, quick 1)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: a shared machine disturbs one thread least)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     from mdlm_interp import load_model
     from mdlm_interp.models.random_checkpoint import write_random_checkpoint
     from mdlm_interp.tasks import tokenizer_corpus
 
     device = torch.device(args.device)
-    repeats = args.repeats or (1 if args.quick else 3)
+    repeats = args.repeats or (1 if args.quick else 5)
     tmp = Path(tempfile.mkdtemp())
     corpus = tokenizer_corpus()
     models = {
