@@ -244,6 +244,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="one repeat, fewer settings (a smoke run)")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per variant (default 3, quick 1)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--sweep-only", action="store_true",
+                        help="only the cost against mask count and sequence length (and the HDF5 share)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: a shared machine disturbs one thread least)")
     args = parser.parse_args()
@@ -263,8 +265,9 @@ def main() -> int:
                                                         overrides=HUNDRED_M),
     }
     # (model, batch, masks, distractors, compare with TransformerLens and nnsight)
-    settings = [("medium (LLaDA-shaped)", 2, 50, 40, True), ("~100M (LLaDA-shaped)", 1, 50, 40, True)]
-    if not args.quick:
+    settings = [] if args.sweep_only else [("medium (LLaDA-shaped)", 2, 50, 40, True),
+                                           ("~100M (LLaDA-shaped)", 1, 50, 40, True)]
+    if args.sweep_only or not args.quick:
         settings += [("medium (LLaDA-shaped)", 2, masks, distractors, False)
                      for masks, distractors in ((1, 40), (200, 40), (50, 10), (50, 100))]
     cpu = platform.processor() or platform.machine()
