@@ -83,8 +83,6 @@ class RecordConfig:
         masks = tuple(int(m) for m in as_tuple(self.masks))
         if not masks or any(m < 1 for m in masks):
             raise UsageError(f"masks must be at least 1 (the first mask is the answer slot), got {list(masks)}")
-        if self.filler is not None and max(masks) < 2:
-            raise UsageError("a filler needs a mask count above 1 (it replaces the masks after the answer slot)")
         placements = as_tuple(self.placements)
         if not placements:
             raise UsageError("no placement given: use random, relevant-at:K or query-at:K")
@@ -224,8 +222,6 @@ def record(model, tokenizer=None, *, out, config: RecordConfig | None = None, ma
         raise UsageError("batch size must be at least 1")
     if subject.causal and config.masks != (1,):
         raise UsageError("a causal model takes no masks (its answer is the next token); drop --masks")
-    if subject.causal and config.filler is not None:
-        raise UsageError("a causal model has no masks for a filler to replace; drop --filler")
     if subject.d_vocab is not None and config.top_k > subject.d_vocab:
         raise UsageError(f"top-k {config.top_k} is larger than the vocabulary ({subject.d_vocab} tokens)")
     conditions = config.conditions(subject.causal)

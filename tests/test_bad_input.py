@@ -41,7 +41,7 @@ def no_work(monkeypatch):
     (["--device", "foo"], "unknown device 'foo'"),
     (["--device", "cuda:0"], "CUDA is not available"),
     (["--masks", "3", "--filler", "<|mdm_mask|>"], "is the mask token"),
-    (["--masks", "1", "--filler", " ."], "a filler needs a mask count above 1"),
+    (["--masks", "1", "--filler", "<|mdm_mask|>"], "is the mask token"),  # checked even with no filler row
     (["--masks", "100000"], "longer than the model's context"),
     (["--n-distractor", "5000"], "longer than the model's context"),
     (["--n-distractor", "100000"], "more than 10000 (no model reads a prompt that long)"),
@@ -64,17 +64,6 @@ def test_a_filler_outside_the_vocabulary_is_refused(tmp_path, monkeypatch):
     result = run_cli("record", "--model", "organism-llada", "--masks", "3", "--filler", " blorfle", "--n", "1",
                      "--out", tmp_path / "x.h5", "--no-progress")
     assert_one_line_error(result, "it becomes <unk>")
-
-
-def test_a_causal_model_refuses_a_filler(tmp_path, tiny_model):
-    from mdlm_interp.errors import UsageError
-    from mdlm_interp.record import RecordConfig, record
-
-    config = RecordConfig(tasks=["adjective+largest"], masks=[1, 3], filler=" .", n=1)
-    object.__setattr__(config, "masks", (1,))  # what RecordConfig accepts, narrowed as a causal model needs
-    with pytest.raises(UsageError, match="causal model has no masks for a filler"):
-        record(tiny_model("llama"), out=tmp_path / "y.h5", config=config, progress=False)
-    assert not (tmp_path / "y.h5").exists()
 
 
 # ---- tasks export --------------------------------------------------------------------------------
