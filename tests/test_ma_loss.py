@@ -96,10 +96,14 @@ def test_beta_zero_is_the_ce_only_ablation():
     masked = torch.zeros(3, 7, dtype=torch.bool)
     masked[:, 4:6] = True
     p = torch.tensor([0.1, 0.5, 1.0])
+    logits_1.requires_grad_(True)
     full = ma_loss(logits_1, logits_2, targets, masked, p, alpha=1.0, beta=1.0)
     ce_only = ma_loss(logits_1, logits_2, targets, masked, p, alpha=1.0, beta=0.0)
-    assert ce_only.loss.item() == pytest.approx(full.ce.item()) and ce_only.tv.item() == 0.0
-    assert full.loss.item() == pytest.approx(full.ce.item() + full.tv.item())
+    assert ce_only.loss.item() == full.ce.item() and full.loss.item() == pytest.approx(full.ce.item() + full.tv.item())
+    assert ce_only.tv.item() == full.tv.item() > 0 and not ce_only.tv.requires_grad  # measured, not trained
+    ce_grad, = torch.autograd.grad(ce_only.loss, logits_1)
+    only_ce, = torch.autograd.grad(full.ce, logits_1)
+    assert torch.equal(ce_grad, only_ce)
 
 
 def test_a_pair_without_masked_answer_tokens_adds_nothing_and_offsets_must_fit():
@@ -217,7 +221,7 @@ def test_train_ma_writes_a_peft_adapter_log_config_and_card(trained):
     with open(adapter / "train_log.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [int(r["step"]) for r in rows] == [1, 2, 3]
-    assert all(float(r["ce"]) > 0 and float(r["tv"]) >= 0 for r in rows)
+    assert all(float(r["ce"]) > 0 and float(r["tv"]) >= 0 and float(r["cpu_seconds"]) > 0 for r in rows)
     assert all(float(r["loss"]) == pytest.approx(float(r["ce"]) + float(r["tv"]), abs=2e-6) for r in rows)
     record = json.loads((adapter / "training_config.json").read_text())
     assert record["config"]["lora_r"] == 2 and record["config"]["extra_masks"] == [0, 6]

@@ -11,7 +11,7 @@ over the LoRA parameters only. ``out`` then holds:
   (``peft.PeftModel.from_pretrained`` and ``load_model(..., adapter=out)`` read it);
 - ``training_config.json``: the full configuration and provenance (command, versions, base weights
   and data fingerprints);
-- ``train_log.csv``: per step the learning rate, loss, CE and TV terms and elapsed seconds;
+- ``train_log.csv``: per step the learning rate, loss, CE and TV terms, elapsed wall-clock and CPU seconds;
 - ``checkpoints/step-NNNNNN/``: the adapter every ``save_every`` steps;
 - ``README.md``: the adapter card (``training.adapter_card``), with ``training_curve.png``.
 
@@ -49,7 +49,7 @@ from mdlm_interp.training.ma_loss import ma_loss
 from mdlm_interp.training.sft_data import file_sha256, ma_batch, read_pairs
 
 LOG_FILE = "train_log.csv"
-LOG_COLUMNS = ("step", "lr", "loss", "ce", "tv", "seconds")
+LOG_COLUMNS = ("step", "lr", "loss", "ce", "tv", "seconds", "cpu_seconds")
 CHECKPOINTS = "checkpoints"
 
 
@@ -205,23 +205,24 @@ def train_ma(config: MAConfig, out, *, resume: bool = False, progress: bool = Tr
         summary = run_ma(config, lm, pairs, eos_id, out, resume, progress)
     from mdlm_interp.training.adapter_card import write_adapter_card
 
-    write_adapter_card(out, record, summary)
+    write_adapter_card(out)
     return dict(summary, **record)
 
 
 def run_ma(config: MAConfig, lm, pairs: list, pad_id: int, out: Path, resume: bool, progress: bool) -> dict:
-    """The training part of ``train_ma`` (run under ``deterministic``); returns seconds, steps and the
-    final running terms."""
+    """The training part of ``train_ma`` (run under ``deterministic``); returns wall-clock and CPU seconds,
+    steps, the final running terms, the number of trained parameters and the LoRA targets."""
     targets = config.lora_targets or lm.spec.lora_targets
     peft_model = lora_model(lm.model, config, targets, lm.source)
     decoder = peft_model.base_model.model  # the hooked decoder, now with LoRA layers inside
     params = {name: p for name, p in peft_model.named_parameters() if p.requires_grad}
     optimizer = make_optimizer(list(params.values()), config.lr, config.weight_decay)
-    position = {"step": 0, "seconds": 0.0, "running": None}
+    position = {"step": 0, "seconds": 0.0, "cpu_seconds": 0.0, "running": None}
     if resume:
         position = {k: v for k, v in load_state(out, params, optimizer).items() if k != "config"}
     log_file, log = open_log(out / LOG_FILE, position["step"])
     started = time.perf_counter() - position["seconds"]
+    cpu_started = time.process_time() - position["cpu_seconds"]  # the machine is shared: wall time overstates
     device = next(decoder.parameters()).device
 
     def forward(ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -239,11 +240,11 @@ def run_ma(config: MAConfig, lm, pairs: list, pad_id: int, out: Path, resume: bo
         return warmup_cosine(config.lr, step, config.steps, min(config.warmup, config.steps), config.min_lr_ratio)
 
     def on_step(done: int, terms: dict, running: dict, bar):
-        seconds = time.perf_counter() - started
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
         log.writerow([done, f"{learning_rate(done - 1):.6g}"] + [f"{terms[k]:.6f}" for k in ("loss", "ce", "tv")]
-                     + [f"{seconds:.1f}"])
+                     + [f"{seconds:.1f}", f"{cpu_seconds:.1f}"])
         log_file.flush()
-        position.update(step=done, seconds=seconds, running=running)
+        position.update(step=done, seconds=seconds, cpu_seconds=cpu_seconds, running=running)
         if config.save_every and done % config.save_every == 0:
             save_adapter(peft_model, out / CHECKPOINTS / f"step-{done:06d}")
             if done < config.steps:
@@ -258,7 +259,7 @@ def run_ma(config: MAConfig, lm, pairs: list, pad_id: int, out: Path, resume: bo
     decoder.eval()
     save_adapter(peft_model, out)
     shutil.rmtree(out / STATE_DIR, ignore_errors=True)
-    return {"seconds": position["seconds"], "steps": config.steps, "final": running,
+    return {"seconds": position["seconds"], "cpu_seconds": position["cpu_seconds"], "steps": config.steps, "final": running,
             "n_trainable": sum(p.numel() for p in params.values()), "lora_targets": list(targets)}
 
 

@@ -42,7 +42,7 @@ def ma_loss(logits_1: torch.Tensor, logits_2: torch.Tensor, targets: torch.Tenso
     shifted). ``targets`` [B, T] the clean ids; ``masked`` [B, T] bool the masked answer positions of
     a~ (the same in x1 and x2; T may be shorter than T1 and T2: positions beyond T are the terminal
     masks, which are never scored). ``p`` [B] the masking probabilities. ``prediction_offset``: 0
-    (LLaDA) or -1 (Dream). With ``beta == 0`` the TV term is not computed (``tv`` is 0).
+    (LLaDA) or -1 (Dream). With ``beta == 0`` the TV term is measured but detached (no gradient).
     """
     batch = masked.shape[0]
     rows, cols = masked.nonzero(as_tuple=True)
@@ -56,8 +56,7 @@ def ma_loss(logits_1: torch.Tensor, logits_2: torch.Tensor, targets: torch.Tenso
     ce_sum = F.cross_entropy(first.float(), answers, reduction="none") + \
         F.cross_entropy(second.float(), answers, reduction="none")
     ce = (ce_sum / (2 * p_at * n_masked)).sum() / batch
-    if beta == 0:
-        tv = torch.zeros((), dtype=ce.dtype)
-    else:
-        tv = (total_variation(first, second) * p_at / n_masked).sum() / batch
+    tv = (total_variation(first, second) * p_at / n_masked).sum() / batch
+    if beta == 0:  # the CE-only ablation still measures the TV term, but trains nothing through it
+        tv = tv.detach()
     return MALoss(alpha * ce + beta * tv, ce, tv)
