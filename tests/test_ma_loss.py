@@ -416,3 +416,67 @@ def test_sft_export_refuses_what_cannot_be_a_pair(tmp_path, flags, message):
         argv += ["--task", "all"]
     result = run_cli(*argv, *flags)
     assert result.returncode == 2 and message in result.stderr and not (tmp_path / "x.jsonl").exists()
+
+
+# ---------------------------------------------------------------- compare
+
+
+@pytest.fixture(scope="module")
+def compared(trained, tmp_path_factory):
+    """Stores of the tiny LLaDA before and after its adapter (same prompts), and their comparison."""
+    base, adapter, _ = trained
+    root = tmp_path_factory.mktemp("compare")
+    common = ["--task", "adjective+largest,verb+smallest", "--n", "4", "--n-relevant", "2", "--n-distractor", "2",
+              "--masks", "1,3,6", "--filler", " .", "--seed", "5", "--no-progress"]
+    for name, extra in (("before", []), ("after", ["--adapter", adapter])):
+        result = run_cli("record", "--model", base, *extra, *common, "--out", root / f"{name}.h5")
+        assert result.returncode == 0, result.stderr
+    result = run_cli("compare", root / "before.h5", root / "after.h5", "--out", root / "report")
+    assert result.returncode == 0, result.stderr
+    return root, result
+
+
+def test_compare_tables_hold_the_stores_numbers(compared):
+    import pandas as pd
+
+    from mdlm_interp.compare import wilson
+    from mdlm_interp.store import open_store
+
+    root, result = compared
+    report = root / "report"
+    assert {"report.md", "provenance.json"} <= {p.name for p in report.iterdir()}
+    assert (report / "figures" / "accuracy.png").exists() and (report / "figures" / "attention_heads.png").exists()
+    accuracy = pd.read_csv(report / "tables" / "accuracy.csv")
+    labels = list(dict.fromkeys(accuracy["label"]))
+    assert labels[0] != labels[1] and labels[1].endswith("+adapter")
+    with open_store(root / "after.h5") as store:
+        rows = store.examples
+    for group, categories in (("all", ("adjective", "verb")), ("held-in", ("adjective",)), ("held-out", ("verb",))):
+        cell = rows[(rows["masks"] == 6) & ~rows["filler"] & rows["task"].str.split("+").str[0].isin(categories)]
+        table = accuracy[(accuracy["label"] == labels[1]) & (accuracy["group"] == group) & (accuracy["masks"] == 6)
+                         & ~accuracy["filler"]].iloc[0]
+        assert table["n"] == len(cell) and table["accuracy"] == pytest.approx(cell["correct"].mean())
+    low, high = wilson(8, 10)
+    assert (low, high) == pytest.approx((0.4902, 0.9433), abs=1e-4)
+    change = pd.read_csv(report / "tables" / "accuracy_change.csv")
+    assert set(change["n_pairs"][change["group"] == "all"]) == {8}
+    assert (change["low"] <= change["change"]).all() and (change["change"] <= change["high"]).all()
+    heads = pd.read_csv(report / "tables" / "attention_heads.csv")
+    assert set(heads["masks"]) == {6} and len(heads) == 2 * 2 * 4  # two models x layers x heads
+    after = heads[heads["label"] == labels[1]]
+    before = heads[heads["label"] == labels[0]]
+    assert after["delta"].to_numpy() == pytest.approx(after["from_answer"].to_numpy() - before["from_answer"].to_numpy(),
+                                                       abs=1e-5)
+    assert "held-out" in result.stdout and "report:" in result.stdout
+
+
+def test_compare_refuses_one_model_and_non_stores(compared, tmp_path):
+    root, _ = compared
+    one = run_cli("compare", root / "before.h5", "--out", tmp_path / "x")
+    assert one.returncode == 2 and "at least two models" in one.stderr and not (tmp_path / "x").exists()
+    bad = tmp_path / "bad.h5"
+    bad.write_text("not a store")
+    result = run_cli("compare", root / "before.h5", bad, "--out", tmp_path / "x")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and not (tmp_path / "x").exists()
+    relabelled = run_cli("compare", root / "before.h5", root / "before.h5", "--labels", "a,b", "--out", tmp_path / "y")
+    assert relabelled.returncode == 0, relabelled.stderr

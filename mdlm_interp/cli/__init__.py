@@ -10,7 +10,7 @@ import sys
 
 from mdlm_interp.errors import UsageError
 
-SUBCOMMAND_MODULES = ["model", "tasks", "pretrain", "record", "summary", "analyze", "sweep", "train_ma"]
+SUBCOMMAND_MODULES = ["model", "tasks", "pretrain", "record", "summary", "analyze", "sweep", "train_ma", "compare"]
 
 
 def build_parser() -> argparse.ArgumentParser:
