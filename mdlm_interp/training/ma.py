@@ -242,7 +242,7 @@ def run_ma(config: MAConfig, lm, pairs: list, pad_id: int, out: Path, resume: bo
     def on_step(done: int, terms: dict, running: dict, bar):
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
         log.writerow([done, f"{learning_rate(done - 1):.6g}"] + [f"{terms[k]:.6f}" for k in ("loss", "ce", "tv")]
-                     + [f"{seconds:.1f}", f"{cpu_seconds:.1f}"])
+                     + [f"{seconds:.2f}", f"{cpu_seconds:.2f}"])
         log_file.flush()
         position.update(step=done, seconds=seconds, cpu_seconds=cpu_seconds, running=running)
         if config.save_every and done % config.save_every == 0:
