@@ -83,11 +83,8 @@ def apply_adapter(model: nn.Module, path, merge: bool = False, base_fingerprint:
     recorded = trained_on(path)
     if recorded is not None and base_fingerprint is not None and recorded != base_fingerprint:
         raise UsageError(f"adapter {path} was trained on weights {recorded}, not on these ({base_fingerprint})")
-    try:
-        from peft import PeftModel
-        from peft.utils import get_peft_model_state_dict
-    except ImportError:
-        raise UsageError("adapters need peft: pip install 'mdlm-interp[train]'") from None
+    from peft import PeftModel
+    from peft.utils import get_peft_model_state_dict
     from safetensors import safe_open
 
     with safe_open(str(path / ADAPTER_WEIGHTS), "pt") as handle:
