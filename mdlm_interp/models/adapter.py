@@ -94,7 +94,7 @@ def apply_adapter(model: nn.Module, path, merge: bool = False, base_fingerprint:
     except (ValueError, RuntimeError, KeyError, TypeError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UsageError(f"adapter {path} does not fit this model: {reason}") from None
-    expected = set(get_peft_model_state_dict(peft_model))
+    expected = set(get_peft_model_state_dict(peft_model, save_embedding_layers=False))  # never asks the hub
     if stored != expected:
         missing, unexpected = sorted(expected - stored), sorted(stored - expected)
         raise UsageError(f"adapter {path} does not fit this model: "

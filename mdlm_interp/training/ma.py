@@ -164,7 +164,7 @@ def save_adapter(peft_model, directory: Path) -> None:
 
     peft's template model card is not kept (the run's card is ``training.adapter_card``).
     """
-    peft_model.save_pretrained(str(directory))
+    peft_model.save_pretrained(str(directory), save_embedding_layers=False)  # no hub lookup of the base config
     (directory / "README.md").unlink(missing_ok=True)
 
 
