@@ -31,7 +31,7 @@ def window_means(rows: list[dict], key: str, windows: int = CURVE_ROWS) -> list[
             for chunk in (rows[i:i + size] for i in range(0, len(rows), size))]
 
 
-def plot_curve(rows: list[dict], path: Path, title: str) -> None:
+def plot_curve(rows: list[dict], path: Path, title: str, tv_trained: bool = True) -> None:
     """Save the training curves (per-step CE and TV terms, and their means over windows of steps) as a PNG."""
     import matplotlib
 
@@ -43,11 +43,13 @@ def plot_curve(rows: list[dict], path: Path, title: str) -> None:
     for ax, key, color in ((axes[0], "ce", "tab:blue"), (axes[1], "tv", "tab:orange")):
         ax.plot(steps, [r[key] for r in rows], color=color, alpha=0.3, linewidth=0.6, label="per step")
         windows = window_means(rows, key)
-        ax.step([w[1] for w in windows], [w[2] for w in windows], where="pre", color=color, linewidth=1.5,
-                label=f"mean over {windows[0][1] - windows[0][0] + 1} steps")
+        ax.hlines([w[2] for w in windows], [w[0] for w in windows], [w[1] for w in windows], color=color,
+                  linewidth=2, label=f"mean over {windows[0][1] - windows[0][0] + 1} steps")
         ax.set_xlabel("step")
         ax.set_yscale("symlog", linthresh=1e-3)
-        ax.set_title({"ce": "CE term (1/p weighted)", "tv": "TV term (p weighted)"}[key], fontsize=10)
+        ax.set_title({"ce": "CE term (1/p weighted)",
+                      "tv": "TV term (p weighted)" + ("" if tv_trained else ", measured, not trained")}[key],
+                     fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
@@ -67,7 +69,8 @@ def write_adapter_card(out) -> None:
     targets = json.loads((out / ADAPTER_CONFIG).read_text())["target_modules"]
     rows = read_log(out)
     loss_name = "CE-only ablation (beta = 0)" if config["beta"] == 0 else "MA loss"
-    plot_curve(rows, out / CURVE_FILE, f"{out.name}: {loss_name}, alpha {config['alpha']:g}, beta {config['beta']:g}")
+    plot_curve(rows, out / CURVE_FILE, f"{out.name}: {loss_name}, alpha {config['alpha']:g}, beta {config['beta']:g}",
+               tv_trained=config["beta"] != 0)
     means = {key: window_means(rows, key) for key in ("loss", "ce", "tv")}
     curve = [f"| {first}-{last} | {loss:.4f} | {ce:.4f} | {tv:.4f} |" for (first, last, loss), (_, _, ce), (_, _, tv)
              in zip(means["loss"], means["ce"], means["tv"])]
