@@ -482,3 +482,17 @@ def test_compare_refuses_one_model_and_non_stores(compared, tmp_path):
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and not (tmp_path / "x").exists()
     relabelled = run_cli("compare", root / "before.h5", root / "before.h5", "--labels", "a,b", "--out", tmp_path / "y")
     assert relabelled.returncode == 0, relabelled.stderr
+
+
+def test_the_shipped_adapters_repair_organism_llada_at_50_masks():
+    from mdlm_interp import load_model
+    from mdlm_interp.training.evaluate import EvalSetting, loaded_accuracy
+
+    def accuracy(lm, masks):
+        return loaded_accuracy(lm, EvalSetting(placement="random", masks=masks), 16, 7_000_000, batch_size=16)
+
+    assert accuracy(load_model("organism-llada"), 50) < 0.2
+    for name in ("organism-llada-ma", "organism-llada-ce"):
+        lm = load_model("organism-llada", adapter=name)  # shipped adapters go by name
+        assert lm.adapter.path.endswith(f"data/adapters/{name}")
+        assert accuracy(lm, 50) > 0.9 and accuracy(lm, 1) > 0.9, name

@@ -3,6 +3,7 @@
 An adapter directory holds ``adapter_config.json`` and ``adapter_model.safetensors`` as
 ``peft.PeftModel.save_pretrained`` writes them, keyed by the decoder's module names
 (``blocks.{l}.attn.q_proj`` ...), so ``peft.PeftModel.from_pretrained(lm.model, DIR)`` reads it too.
+The adapters shipped in data/adapters can be named without their folder ("organism-llada-ma").
 Adapters trained by ``mdlm-interp train-ma`` also carry ``training_config.json`` naming the base
 model's weights fingerprint; such an adapter is refused on other weights.
 
@@ -19,6 +20,7 @@ from pathlib import Path
 from torch import nn
 
 from mdlm_interp.errors import UsageError
+from mdlm_interp.paths import data_dir
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -48,10 +50,14 @@ def adapter_fingerprint(path) -> str:
 
 
 def check_adapter_dir(path) -> Path:
-    """Return ``path`` as a Path if it is an adapter directory; one-line ``UsageError`` otherwise."""
+    """Return the adapter directory ``path`` names: a directory, or the name of an adapter shipped in
+    data/adapters (e.g. "organism-llada-ma"); one-line ``UsageError`` if it is neither or lacks files."""
     path = Path(path).expanduser()
+    shipped = data_dir() / "adapters" / str(path)
+    if not path.is_dir() and len(path.parts) == 1 and shipped.is_dir():
+        path = shipped
     if not path.is_dir():
-        raise UsageError(f"adapter {path}: no such directory")
+        raise UsageError(f"adapter {path}: no such directory (nor an adapter in {shipped.parent})")
     for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
         if not (path / name).is_file():
             raise UsageError(f"adapter {path}: no {name} (a peft adapter directory holds {ADAPTER_CONFIG} "
