@@ -1,435 +1,310 @@
-"""Before/after comparison: stores of several models (a base model and its fine-tuned adapters) side
-by side -> tables with 95% intervals -> figures -> report.md.
+"""Before/after comparison: the analyses of several models (a base model and its fine-tuned adapters)
+side by side, with each model's change against the first, split into held-in and held-out categories.
 
-A model is a label: the store's model id, plus the adapter's folder name when it was recorded with
-one (``record --adapter``), or the caller's own labels. Several stores of one model pool their rows
-(e.g. one store with the mask ladder, one with gradients); the first model is the reference
-("before"). Rows are paired across models by prompt: same seed, task and prompt index is the same
-prompt, so differences are paired. Categories are split into held-in (those the fine-tuning pairs
-covered, ``tasks.SFT_CATEGORIES`` by default) and held-out.
+Stores are read with ``analyses.load``: a model is the store's model id plus its adapter's folder name
+(``record --adapter``), several stores of one model pool their rows, and rows pair across models by
+prompt ("seed:task:prompt"), so every change is paired. The first model is the reference ("before").
+Categories are split into held-in (those the fine-tuning pairs covered, ``tasks.SFT_CATEGORIES`` by
+default) and held-out.
 
-Tables (``tables/NAME.csv``): ``accuracy`` (per model, category group, filler, masks: Wilson 95%),
-``accuracy_change`` (each model minus the reference on the same prompts, bootstrap 95%),
-``attribution`` (normalised gradient on masks / last 50 / all non-mask tokens, bootstrap 95%),
-``attention_heads`` (attention mass on the tokens after the answer slot per layer x head at the most
-masks, from the answer position and from the context, and its change against the reference).
-Analyses read stores only.
+Tables (``tables/NAME.csv``):
+
+- ``accuracy``: per model, category group ("all", "held-in", "held-out"), placement, filler and masks:
+  n, accuracy with Wilson 95% bounds, p(answer) and entropy with bootstrap bounds (``analyses.grouped``);
+- ``accuracy_change``: each model minus the reference on the same prompts, per group and condition
+  (``analyses.stats.paired_difference``);
+- ``attribution``: ``analyses.attribution`` (normalised gradient on masks, last 50, all non-mask tokens);
+- ``attention_heads``: ``analyses.attention`` per layer x head and condition (mass from the answer
+  position and from the context on the tokens after the answer slot), and ``attention_change``: each
+  model minus the reference per layer x head at the most masks, paired by prompt;
+- patching maps are not compared yet: the circuits module has not landed.
 """
 
 import json
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from mdlm_interp.analyses import Skip, attention, attribution, load
+from mdlm_interp.analyses.grouped import accuracy_by, clean_types
+from mdlm_interp.analyses.plotting import FILLER_STYLE, line_with_band, masks_axis, model_colors, new_figure, save
+from mdlm_interp.analyses.report import markdown_table
+from mdlm_interp.analyses.stats import INTERVALS, bootstrap_mean, paired_difference
 from mdlm_interp.errors import UsageError
-from mdlm_interp.store import open_store
-from mdlm_interp.tasks import SFT_CATEGORIES, get_task
+from mdlm_interp.tasks import SFT_CATEGORIES
 from mdlm_interp.version import __version__
 
-Z95 = 1.959963984540054
-RESAMPLES = 2000
-INTERVALS = (f"accuracies: Wilson score 95% intervals; means and paired differences: 95% percentile bootstrap "
-             f"over prompts ({RESAMPLES} resamples, seed 0)")
 GROUPS = ("all", "held-in", "held-out")
+CONDITION = ["placement", "filler", "masks"]
 
 
-@dataclass(frozen=True)
-class StoreInfo:
-    """One store of the comparison: its path, model label and provenance."""
-
-    path: Path
-    label: str
-    model_id: str
-    adapter: dict | None
-    fingerprint: str
-    seed: int
-    n: int
-    groups: tuple
-    command_line: str
-    n_rows: int
+def load_models(paths, held_in=SFT_CATEGORIES):
+    """Return the ``analyses.Recordings`` of the stores ``paths`` with a ``group`` column ("held-in" or
+    "held-out" by the task's relevant category). ``UsageError`` for a path that is not a store, or when
+    the stores hold fewer than two models."""
+    recordings = load(paths)
+    models = recordings.models()
+    if len(models) < 2:
+        raise UsageError(f"compare needs stores of at least two models, got {', '.join(models) or 'none'}")
+    categories = recordings.rows["task"].str.split("+").str[0]
+    recordings.rows["group"] = np.where(categories.isin(list(held_in)), "held-in", "held-out")
+    return recordings
 
 
-def model_label(settings: dict, model_id: str) -> str:
-    """Return a store's model label: the model id's last path component, plus "+ADAPTER" (the adapter
-    folder's name) when the store was recorded with one."""
-    label = Path(str(model_id).rstrip("/")).name or str(model_id)
-    adapter = settings.get("adapter")
-    return f"{label}+{Path(adapter['path']).name}" if adapter else label
-
-
-def store_info(path, label: str | None = None) -> StoreInfo:
-    """Return the ``StoreInfo`` of the store at ``path`` (``label`` replaces the derived one)."""
-    with open_store(path) as store:
-        attrs = store.attrs
-        settings = attrs["settings"]
-        return StoreInfo(Path(path), label or model_label(settings, attrs["model_id"]), attrs["model_id"],
-                         settings.get("adapter"), attrs["weights_fingerprint"], int(attrs["seed"]), int(settings["n"]),
-                         tuple(store.groups), attrs["command_line"], store.n_rows)
-
-
-def load_rows(paths, labels=None, held_in=SFT_CATEGORIES):
-    """Return (rows, infos): one pandas row per (example, condition) of every store, with the columns
-    store, row_in_store, label, pair ("seed:task:prompt"), category and group ("held-in"/"held-out")
-    next to the store's /examples columns; and the ``StoreInfo`` of each store.
-
-    Raises ``UsageError`` for a path that is not a store, labels that do not match the paths, or fewer
-    than two models.
-    """
-    import pandas as pd
-
-    paths = [Path(p) for p in paths]
-    if labels is not None and len(labels) != len(paths):
-        raise UsageError(f"--labels gives {len(labels)} labels for {len(paths)} stores")
-    infos = [store_info(path, None if labels is None else labels[i]) for i, path in enumerate(paths)]
-    if len({info.label for info in infos}) < 2:
-        raise UsageError("compare needs stores of at least two models (labels: "
-                         + ", ".join(sorted({i.label for i in infos})) + ")")
-    frames = []
-    for index, info in enumerate(infos):
-        with open_store(info.path) as store:
-            frame = store.examples.copy()
-        frame["store"] = index
-        frame["row_in_store"] = np.arange(len(frame))
-        frame["label"] = info.label
-        frame["pair"] = [f"{info.seed}:{task}:{example % info.n}" for task, example in
-                         zip(frame["task"], frame["example"])]
-        frame["category"] = [get_task(task).category for task in frame["task"]]
-        frames.append(frame)
-    rows = pd.concat(frames, ignore_index=True)
-    rows["group"] = np.where(rows["category"].isin(list(held_in)), "held-in", "held-out")
-    rows = rows.drop_duplicates(subset=["label", "pair", "placement", "filler", "masks"]).reset_index(drop=True)
-    return rows, infos
-
-
-def wilson(successes, n) -> tuple[float, float]:
-    """Return the Wilson score 95% interval (low, high) of ``successes`` out of ``n``."""
-    p = successes / n
-    z2n = Z95 ** 2 / n
-    centre = (p + z2n / 2) / (1 + z2n)
-    half = Z95 * np.sqrt(p * (1 - p) / n + z2n / (4 * n)) / (1 + z2n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def bootstrap(values) -> tuple:
-    """Return (mean, low, high) of ``values`` [n, ...] over axis 0 with a 95% percentile bootstrap
-    (prompts resampled, seed 0); shapes of one row."""
-    values = np.asarray(values, dtype=float)
-    draws = np.random.default_rng(0).integers(0, len(values), size=(RESAMPLES, len(values)))
-    means = values[draws].mean(1)
-    low, high = np.percentile(means, [2.5, 97.5], axis=0)
-    return values.mean(0), low, high
-
-
-def with_groups(rows):
+def grouped(rows):
     """Return ``rows`` twice: once with ``group`` "all", then as they are (held-in and held-out)."""
     import pandas as pd
 
     return pd.concat([rows.assign(group="all"), rows], ignore_index=True)
 
 
-def accuracy_table(rows):
-    """Return accuracy per (label, group, placement, filler, masks): n, accuracy, ci_low, ci_high."""
+def accuracy_table(recordings):
+    """Return accuracy per (model, group, placement, filler, masks), models in the order given."""
+    rows = grouped(recordings.rows[recordings.rows["masks"] >= 1])
+    frame = accuracy_by(rows, ["model", "group", *CONDITION])
+    order = {model: i for i, model in enumerate(recordings.models())}
+    return clean_types(frame.sort_values(["model", "group", *CONDITION], key=lambda c: c.map(order)
+                                         if c.name == "model" else c, kind="stable").reset_index(drop=True))
+
+
+def change_table(recordings):
+    """Return, for every model but the reference and every (group, placement, filler, masks), the accuracy
+    change against the reference on the same prompts: n_pairs, reference, accuracy, change, low, high."""
     import pandas as pd
 
+    models = recordings.models()
     out = []
-    for (label, group, placement, filler, masks), part in with_groups(rows).groupby(
-            ["label", "group", "placement", "filler", "masks"], sort=False):
-        hits = int(part["correct"].sum())
-        low, high = wilson(hits, len(part))
-        out.append({"label": label, "group": group, "placement": placement, "filler": bool(filler),
-                    "masks": int(masks), "n": len(part), "accuracy": hits / len(part), "ci_low": low, "ci_high": high})
-    return pd.DataFrame(out).sort_values(["label", "group", "placement", "filler", "masks"], kind="stable",
-                                         key=lambda c: c.map(label_order(rows)) if c.name == "label" else c)
+    rows = grouped(recordings.rows[recordings.rows["masks"] >= 1])
+    for key, part in rows.groupby(["group", *CONDITION], sort=False):
+        base = part[part["model"] == models[0]].set_index("pair")["correct"]
+        for model in models[1:]:
+            d = paired_difference(base, part[part["model"] == model].set_index("pair")["correct"])
+            if d["n_pairs"]:
+                out.append({"model": model, **dict(zip(["group", *CONDITION], key)), "n_pairs": d["n_pairs"],
+                            "reference": d["base"], "accuracy": d["other"], "change": d["difference"],
+                            "low": d["low"], "high": d["high"]})
+    columns = ["model", "group", *CONDITION, "n_pairs", "reference", "accuracy", "change", "low", "high"]
+    return clean_types(pd.DataFrame(out, columns=columns))
 
 
-def label_order(rows) -> dict:
-    """Return label -> position in the order the stores were given (the reference first)."""
-    return {label: i for i, label in enumerate(dict.fromkeys(rows["label"]))}
-
-
-def change_table(rows):
-    """Return, for every label but the reference and every (group, placement, filler, masks), the
-    accuracy change against the reference on the same prompts: n_pairs, reference, accuracy, change,
-    low, high (bootstrap over the matched prompts)."""
+def attention_change(recordings):
+    """Return per model but the reference, layer and head the paired change of the attention mass from the
+    answer position on the masks after the answer slot, at the most masks recorded with attention (random
+    placement when there is one, no filler): n_pairs, delta, delta_low, delta_high."""
     import pandas as pd
 
-    labels = list(label_order(rows))
-    reference = labels[0]
-    keys = ["group", "placement", "filler", "masks"]
-    out = []
-    grouped = with_groups(rows)
-    for key, part in grouped.groupby(keys, sort=False):
-        base = part[part["label"] == reference].set_index("pair")["correct"].astype(float)
-        for label in labels[1:]:
-            other = part[part["label"] == label].set_index("pair")["correct"].astype(float)
-            joined = base.to_frame("reference").join(other.rename("accuracy"), how="inner")
-            if joined.empty:
-                continue
-            change, low, high = bootstrap((joined["accuracy"] - joined["reference"]).to_numpy())
-            out.append({"label": label, **dict(zip(keys, key)), "n_pairs": len(joined),
-                        "reference": joined["reference"].mean(), "accuracy": joined["accuracy"].mean(),
-                        "change": float(change), "low": float(low), "high": float(high)})
-    return pd.DataFrame(out)
-
-
-def gather(rows, infos, name: str) -> np.ndarray:
-    """Return dataset ``name`` for ``rows`` (from any stores), one row each, in the order of ``rows``."""
-    cache = {}
-    out = []
-    for store, position in zip(rows["store"], rows["row_in_store"]):
-        if store not in cache:
-            with open_store(infos[store].path) as opened:
-                cache[store] = opened.array(name)
-        out.append(cache[store][position])
-    return np.stack(out)
-
-
-def attribution_table(rows, infos):
-    """Return the attribution table per (label, masks, filler) of the rows with gradients and masks > 1:
-    normalised gradient means on the masks, the last 50 and all non-mask tokens, with bootstrap bounds."""
-    import pandas as pd
-
-    with_gradients = {i for i, info in enumerate(infos) if "gradients" in info.groups}
-    part = rows[rows["store"].isin(with_gradients) & (rows["masks"] > 1)]
-    out = []
-    for (label, filler, masks), cell in part.groupby(["label", "filler", "masks"], sort=False):
-        entry = {"label": label, "filler": bool(filler), "masks": int(masks), "n": len(cell)}
-        for short, name in (("mask", "mask_mean"), ("last50", "last50_mean"), ("nonmask", "nonmask_mean")):
-            mean, low, high = bootstrap(gather(cell, infos, f"gradients/{name}"))
-            entry.update({short: float(mean), f"{short}_low": float(low), f"{short}_high": float(high)})
-        out.append(entry)
-    return pd.DataFrame(out)
-
-
-def head_table(rows, infos):
-    """Return per label, layer and head the attention mass on the tokens after the answer slot at the
-    most masks recorded with attention (no filler): from_answer and from_context with bootstrap bounds,
-    and the paired change of from_answer against the reference (delta, delta_low, delta_high)."""
-    import pandas as pd
-
-    with_attention = {i for i, info in enumerate(infos) if "attention" in info.groups}
-    part = rows[rows["store"].isin(with_attention) & ~rows["filler"]]
-    if part.empty:
+    subset, _ = recordings.with_groups(("attention",))
+    rows = subset.rows[~subset.rows["filler"] & (subset.rows["masks"] > 1)]
+    if rows.empty:
         return pd.DataFrame()
-    masks = int(part["masks"].max())
-    part = part[part["masks"] == masks]
-    labels = list(label_order(rows))
-    masses = {}
-    for label in labels:
-        cell = part[part["label"] == label]
-        if not cell.empty:
-            masses[label] = (cell["pair"].to_numpy(), gather(cell, infos, "attention/mask_mass_from_answer"),
-                             gather(cell, infos, "attention/mask_mass_from_context"))
+    if (rows["placement"] == "random").any():
+        rows = rows[rows["placement"] == "random"]
+    rows = rows[rows["masks"] == rows["masks"].max()]
+    models = recordings.models()
+    base = rows[rows["model"] == models[0]]
     out = []
-    reference = masses.get(labels[0])
-    for label, (pairs, answer, context) in masses.items():
-        stats = [bootstrap(answer), bootstrap(context)]
-        delta = None
-        if reference is not None and label != labels[0]:
-            common, mine, theirs = np.intersect1d(pairs, reference[0], return_indices=True)
-            if len(common):
-                delta = bootstrap(answer[mine] - reference[1][theirs])
-        layers, heads = answer.shape[1:]
-        for layer in range(layers):
-            for head in range(heads):
-                entry = {"label": label, "masks": masks, "layer": layer, "head": head, "n": len(pairs)}
-                for name, (mean, low, high) in zip(("from_answer", "from_context"), stats):
-                    entry.update({name: mean[layer, head], f"{name}_low": low[layer, head],
-                                  f"{name}_high": high[layer, head]})
-                if delta is not None:
-                    entry.update({"delta": delta[0][layer, head], "delta_low": delta[1][layer, head],
-                                  "delta_high": delta[2][layer, head]})
-                out.append(entry)
-    return pd.DataFrame(out)
+    for model in models[1:]:
+        mine = rows[rows["model"] == model]
+        pairs = pd.Series(np.arange(len(mine)), index=mine["pair"].to_numpy()).to_frame("mine").join(
+            pd.Series(np.arange(len(base)), index=base["pair"].to_numpy()).rename("base"), how="inner")
+        if pairs.empty:
+            continue
+        name = "attention/mask_mass_from_answer"
+        delta = (subset.gather(mine, name)[pairs["mine"].to_numpy()].astype(float)
+                 - subset.gather(base, name)[pairs["base"].to_numpy()].astype(float))
+        mean, low, high = bootstrap_mean(delta)
+        for layer, head in np.ndindex(*mean.shape):
+            out.append({"model": model, "placement": rows["placement"].iloc[0], "masks": int(rows["masks"].iloc[0]),
+                        "layer": layer, "head": head, "n_pairs": len(pairs), "delta": mean[layer, head],
+                        "delta_low": low[layer, head], "delta_high": high[layer, head]})
+    return clean_types(pd.DataFrame(out))
 
 
-def accuracy_figure(accuracy, path: Path) -> None:
-    """Save accuracy against masks, one panel per category group, a colour per model; masks solid,
-    filler control dashed, 95% bands."""
-    import matplotlib
+def analysis_tables(recordings, needs: str, function) -> dict:
+    """Return an analysis's tables on the stores that recorded ``needs`` ({} when none did)."""
+    subset, _ = recordings.with_groups((needs,))
+    if subset.rows.empty:
+        return {}
+    try:
+        result = function(subset)
+    except Skip:
+        return {}
+    return result if isinstance(result, dict) else {function.__name__: result}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    placement = accuracy["placement"].iloc[0]
+def accuracy_figure(accuracy):
+    """Accuracy against masks, one panel per category group, a colour per model; masks solid, filler
+    control dashed, Wilson 95% bands. Returns a matplotlib Figure."""
+    placement = "random" if (accuracy["placement"] == "random").any() else accuracy["placement"].iloc[0]
     frame = accuracy[accuracy["placement"] == placement]
-    labels = list(dict.fromkeys(frame["label"]))
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), dpi=90, sharey=True)
-    for ax, group in zip(axes, GROUPS):
-        for color, label in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], labels):
-            cell = frame[(frame["label"] == label) & (frame["group"] == group)]
-            for filler, style in ((False, "-"), (True, "--")):
+    colors = model_colors(list(dict.fromkeys(frame["model"])))
+    figure, axes = new_figure(1, 3, width=4.3, height=3.5, sharey=True)
+    for ax, group in zip(axes[0], GROUPS):
+        for model, color in colors.items():
+            cell = frame[(frame["model"] == model) & (frame["group"] == group)]
+            for filler in (False, True):
                 line = cell[(cell["filler"] == filler) | (cell["masks"] == 1)].sort_values("masks")
                 if filler and not cell["filler"].any():
                     continue
-                ax.plot(line["masks"], line["accuracy"], style, color=color, marker="o", markersize=3,
-                        label=f"{label}, {'filler' if filler else 'masks'}")
-                ax.fill_between(line["masks"], line["ci_low"], line["ci_high"], color=color, alpha=0.12, linewidth=0)
+                line_with_band(ax, line["masks"], line["accuracy"], line["ci_low"], line["ci_high"], color,
+                               style=FILLER_STYLE if filler else "-", marker="s" if filler else "o",
+                               label=f"{model}, {'filler' if filler else 'masks'}")
+        masks_axis(ax, frame["masks"].unique())
         ax.set_title(f"{group} categories", fontsize=10)
-        ax.set_xlabel("n masks (answer slot + n - 1 after it)")
+        ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("accuracy")
-    axes[0].set_ylim(-0.02, 1.02)
-    axes[-1].legend(fontsize=7, loc="lower left")
-    fig.suptitle(f"accuracy against masks, placement {placement} (dashed: filler control; bands: Wilson 95%)",
-                 fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    axes[0, 0].set_ylabel("accuracy")
+    axes[0, -1].legend(fontsize=7, loc="lower left")
+    figure.suptitle(f"Accuracy against masks, placement {placement} (dashed: filler control; bands: Wilson 95%)")
+    return figure
 
 
-def heads_figure(heads, path: Path) -> None:
-    """Save layer x head heatmaps of the attention mass from the answer position on the tokens after the
-    answer slot, one per model, and the change against the reference."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = list(dict.fromkeys(heads["label"]))
-    panels = [(label, "from_answer") for label in labels] + [(label, "delta") for label in labels[1:]]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3), dpi=90, squeeze=False)
-    layers, n_heads = heads["layer"].max() + 1, heads["head"].max() + 1
-    for ax, (label, column) in zip(axes[0], panels):
-        grid = heads[heads["label"] == label].pivot(index="layer", columns="head", values=column).to_numpy()
-        delta = column == "delta"
-        image = ax.imshow(grid, cmap="RdBu_r" if delta else "viridis", vmin=-1 if delta else 0, vmax=1,
-                          aspect="auto")
-        ax.set_title(f"{label}\n{'change' if delta else 'mass'}", fontsize=8)
-        ax.set_xticks(range(n_heads))
-        ax.set_yticks(range(layers))
+def change_figure(change):
+    """Heatmaps layer x head of the paired change in attention from the answer position to the masks, one
+    per model against the reference. Returns a matplotlib Figure."""
+    models = list(dict.fromkeys(change["model"]))
+    figure, axes = new_figure(1, len(models), width=3.2, height=2.8)
+    spread = max(float(change["delta"].abs().max()), 1e-6)
+    for ax, model in zip(axes[0], models):
+        grid = change[change["model"] == model].pivot(index="layer", columns="head", values="delta").to_numpy()
+        image = ax.imshow(grid, aspect="auto", origin="lower", cmap="RdBu_r", vmin=-spread, vmax=spread)
+        for (y, x), value in np.ndenumerate(grid):
+            ax.text(x, y, f"{value:+.2f}".replace("-0.00", "0.00").replace("+0.00", "0.00"), ha="center",
+                    va="center", fontsize=6)
+        ax.set_title(model, fontsize=8)
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
-        fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.suptitle(f"attention from the answer position to the tokens after it, {int(heads['masks'].iloc[0])} masks",
-                 fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+        figure.colorbar(image, ax=ax, shrink=0.8, label="change in mass")
+    figure.suptitle(f"Change of the attention from the answer position to the masks after it, "
+                    f"{int(change['masks'].iloc[0])} masks, against the reference")
+    return figure
 
 
-def summary_lines(accuracy, change, heads, attribution) -> list[str]:
-    """Return the report's findings: numbers with intervals, whatever they are."""
+def findings(models: list, accuracy, change, heads, heads_change, attributions) -> list[str]:
+    """Return the report's findings as sentences with numbers and intervals, whatever they are."""
     lines = []
-    plain = accuracy[~accuracy["filler"]]
+    plain = accuracy[~accuracy["filler"] & (accuracy["placement"] == accuracy["placement"].iloc[0])]
     most = int(plain["masks"].max())
-    for label in dict.fromkeys(accuracy["label"]):
+    for model in models:
         cells = []
         for group in GROUPS:
             for masks in (1, most):
-                row = plain[(plain["label"] == label) & (plain["group"] == group) & (plain["masks"] == masks)]
+                row = plain[(plain["model"] == model) & (plain["group"] == group) & (plain["masks"] == masks)]
                 if len(row):
                     r = row.iloc[0]
-                    cells.append(f"{group} {masks} mask{'s' if masks > 1 else ''} {r.accuracy:.1%} "
+                    cells.append(f"{group}, {masks} mask{'s' if masks > 1 else ''}: {r.accuracy:.1%} "
                                  f"[{r.ci_low:.1%}, {r.ci_high:.1%}]")
-        filler = accuracy[(accuracy["label"] == label) & accuracy["filler"] & (accuracy["group"] == "all")
+        filler = accuracy[(accuracy["model"] == model) & accuracy["filler"] & (accuracy["group"] == "all")
                           & (accuracy["masks"] == most)]
         if len(filler):
             r = filler.iloc[0]
-            cells.append(f"filler at {most}: {r.accuracy:.1%} [{r.ci_low:.1%}, {r.ci_high:.1%}]")
-        lines.append(f"- {label}: " + "; ".join(cells) + ".")
-    if not change.empty:
-        for (label, group), part in change[~change["filler"]].groupby(["label", "group"], sort=False):
-            row = part[part["masks"] == part["masks"].max()].iloc[0]
-            lines.append(f"- {label} against the reference, {group}, {int(row.masks)} masks: {row.change:+.1%} "
-                         f"[{row.low:+.1%}, {row.high:+.1%}] over {int(row.n_pairs)} matched prompts.")
+            cells.append(f"filler control at {most}: {r.accuracy:.1%} [{r.ci_low:.1%}, {r.ci_high:.1%}]")
+        lines.append(f"- {model}: " + "; ".join(cells) + ".")
+    for (model, group), part in change[~change["filler"]].groupby(["model", "group"], sort=False):
+        row = part[part["masks"] == part["masks"].max()].iloc[0]
+        lines.append(f"- {model} against {models[0]}, {group}, {int(row.masks)} masks: {row.change:+.1%} "
+                     f"[{row.low:+.1%}, {row.high:+.1%}] over {int(row.n_pairs)} matched prompts.")
     if not heads.empty:
-        for label, part in heads.groupby("label", sort=False):
-            top = part.sort_values("from_answer", ascending=False).iloc[0]
-            text = (f"- {label}: attention from the answer position to the {int(top.masks) - 1} masks after it, mean "
-                    f"over heads {part['from_answer'].mean():.3f}; strongest head L{int(top['layer'])}.H{int(top['head'])} "
-                    f"{top.from_answer:.3f} [{top.from_answer_low:.3f}, {top.from_answer_high:.3f}]")
-            if "delta" in part and part["delta"].notna().any():
-                largest = part.loc[part["delta"].abs().idxmax()]
-                text += (f"; largest change L{int(largest['layer'])}.H{int(largest['head'])} {largest.delta:+.3f} "
-                         f"[{largest.delta_low:+.3f}, {largest.delta_high:+.3f}]")
+        at = heads[~heads["filler"] & (heads["masks"] == heads["masks"].max())]
+        for model in models:
+            part = at[at["model"] == model]
+            if part.empty:
+                continue
+            top = part.loc[part["from_answer"].idxmax()]
+            text = (f"- {model}: attention from the answer position to the {int(top['masks']) - 1} masks after it, "
+                    f"mean over heads {part['from_answer'].mean():.3f}; strongest head L{top['layer']}.H{top['head']} "
+                    f"{top['from_answer']:.3f} [{top['from_answer_low']:.3f}, {top['from_answer_high']:.3f}]")
+            mine = heads_change[heads_change["model"] == model] if not heads_change.empty else heads_change
+            if len(mine):
+                big = mine.loc[mine["delta"].abs().idxmax()]
+                text += (f"; largest change against {models[0]} L{big['layer']}.H{big['head']} {big['delta']:+.3f} "
+                         f"[{big['delta_low']:+.3f}, {big['delta_high']:+.3f}]")
             lines.append(text + ".")
-    if not attribution.empty:
-        for row in attribution[~attribution["filler"]].itertuples():
-            lines.append(f"- {row.label}, {row.masks} masks: normalised gradient on masks {row.mask:.3f} "
-                         f"[{row.mask_low:.3f}, {row.mask_high:.3f}], last 50 non-mask {row.last50:.3f}, all non-mask "
-                         f"{row.nonmask:.3f}.")
+    for row in attributions.itertuples() if not attributions.empty else ():
+        if not row.filler and row.masks > 1:
+            lines.append(f"- {row.model}, {row.masks} masks: normalised gradient per mask token {row.mask:.4f} "
+                         f"[{row.mask_low:.4f}, {row.mask_high:.4f}], per last-50 context token {row.last50:.4f}, "
+                         f"per non-mask token {row.nonmask:.4f}.")
     return lines
 
 
-def markdown(frame, columns=None, rows: int = 60) -> str:
-    """Return a markdown table of ``frame`` (the given columns, at most ``rows`` rows, floats to 4 places)."""
-    frame = frame if columns is None else frame[columns]
-    head = "| " + " | ".join(frame.columns) + " |"
-    lines = [head, "|" + "---|" * len(frame.columns)]
-    for values in frame.head(rows).itertuples(index=False):
-        lines.append("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in values) + " |")
-    if len(frame) > rows:
-        lines.append(f"\n({len(frame) - rows} more rows in the CSV)")
-    return "\n".join(lines)
+def write_comparison(paths, out, *, held_in=SFT_CATEGORIES, command_line: str = "") -> Path:
+    """Compare the stores ``paths`` (files, or folders searched for .h5 stores) into folder ``out``;
+    return the path of report.md.
 
-
-def write_comparison(paths, out, *, labels=None, held_in=SFT_CATEGORIES, command_line: str = "") -> Path:
-    """Compare the stores ``paths`` into folder ``out``; return the path of report.md.
-
-    Writes tables/*.csv (see the module docstring), figures/accuracy.png, figures/attention_heads.png
-    (when attention was recorded), provenance.json and report.md. Raises ``UsageError`` before writing
-    anything for a path that is not a store or fewer than two models.
+    Writes tables/*.csv (module docstring), figures/accuracy.png and figures/attention_change.png (when
+    attention was recorded), provenance.json and report.md. Raises ``UsageError`` before writing anything
+    for a path that is not a store or fewer than two models.
     """
-    rows, infos = load_rows(paths, labels, held_in)
+    recordings = load_models(paths, held_in)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder")
+    models = recordings.models()
+    accuracy, change = accuracy_table(recordings), change_table(recordings)
+    tables = {"accuracy": accuracy, "accuracy_change": change,
+              **analysis_tables(recordings, "gradients", attribution)}
+    heads = analysis_tables(recordings, "attention", attention).get("attention_heads")
+    heads_change = attention_change(recordings)
+    if heads is not None:
+        tables.update(attention_heads=heads, attention_change=heads_change)
     (out / "tables").mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(exist_ok=True)
-    accuracy, change = accuracy_table(rows), change_table(rows)
-    attribution, heads = attribution_table(rows, infos), head_table(rows, infos)
-    tables = {"accuracy": accuracy, "accuracy_change": change, "attribution": attribution, "attention_heads": heads}
     for name, frame in tables.items():
         frame.to_csv(out / "tables" / f"{name}.csv", index=False, float_format="%.6g")
-    accuracy_figure(accuracy, out / "figures" / "accuracy.png")
-    if not heads.empty:
-        heads_figure(heads, out / "figures" / "attention_heads.png")
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    stamp = f"{command_line} | mdlm-interp {__version__} | {created}"
+    save(accuracy_figure(accuracy), out / "figures" / "accuracy.png", stamp)
+    if heads is not None and not heads_change.empty:
+        save(change_figure(heads_change), out / "figures" / "attention_change.png", stamp)
     provenance = {
-        "command_line": command_line, "toolkit_version": __version__, "intervals": INTERVALS,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "held_in": list(held_in),
-        "stores": [{"path": str(i.path), "label": i.label, "model_id": i.model_id, "adapter": i.adapter,
-                    "weights_fingerprint": i.fingerprint, "seed": i.seed, "rows": i.n_rows,
-                    "command_line": i.command_line} for i in infos],
+        "command_line": command_line, "toolkit_version": __version__, "created": created, "intervals": INTERVALS,
+        "held_in": list(held_in), "reference": models[0],
+        "stores": [{"path": str(s.path), "model": s.model, "model_id": s.model_id, "weights": s.fingerprint,
+                    "seed": s.seed, "rows": s.n_rows, "command_line": s.command_line} for s in recordings.stores],
     }
     (out / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    import pandas as pd
+
     report = out / "report.md"
-    report.write_text(render(provenance, tables, summary_lines(accuracy, change, heads, attribution)))
+    lines = findings(models, accuracy, change, pd.DataFrame() if heads is None else heads, heads_change,
+                     tables.get("attribution", pd.DataFrame()))
+    report.write_text(render(provenance, tables, lines))
     return report
 
 
-def render(provenance: dict, tables: dict, findings: list[str]) -> str:
+def render(provenance: dict, tables: dict, lines: list[str]) -> str:
     """Return report.md's text."""
-    stores = [f"| {s['label']} | `{s['path']}` | {s['seed']} | {s['rows']} | "
-              f"{(s['adapter'] or {}).get('fingerprint', '-')[:19]} |" for s in provenance["stores"]]
-    lines = [
+    stores = [{"model": s["model"], "store": s["path"], "seed": s["seed"], "rows": s["rows"],
+               "weights": s["weights"][:19] + ("+adapter" if "+" in s["weights"] else "")} for s in provenance["stores"]]
+    accuracy = tables["accuracy"][["model", "group", *CONDITION, "n", "accuracy", "ci_low", "ci_high"]]
+    text = [
         "# mdlm-interp comparison", "",
         f"Made by `{provenance['command_line']}` with mdlm-interp {provenance['toolkit_version']} on "
-        f"{provenance['created']}. Intervals: {provenance['intervals']}. Held-in categories: "
-        f"{', '.join(provenance['held_in'])}; the others are held out. The first model is the reference.", "",
-        "## Stores", "", "| model | store | seed | rows | adapter |", "|---|---|---|---|---|", *stores, "",
-        "## Findings", "", *findings, "",
+        f"{provenance['created']}. Intervals: {provenance['intervals']}. The reference is {provenance['reference']}; "
+        f"held-in categories: {', '.join(provenance['held_in'])} (the others are held out).", "",
+        "## Stores", "", markdown_table(stores), "",
+        "## Findings", "", *lines, "",
         "## Accuracy against masks", "", "![accuracy](figures/accuracy.png)", "",
-        markdown(tables["accuracy"], ["label", "group", "filler", "masks", "n", "accuracy", "ci_low", "ci_high"],
-                 rows=200), "",
-        "## Change against the reference (same prompts)", "",
-        markdown(tables["accuracy_change"], rows=200) if not tables["accuracy_change"].empty else "(no matched prompts)",
-        "",
+        markdown_table(accuracy.to_dict("records")), "",
+        "## Change against the reference on the same prompts", "",
+        markdown_table(tables["accuracy_change"].to_dict("records")), "",
         "## Attribution (normalised gradient)", "",
-        markdown(tables["attribution"]) if not tables["attribution"].empty else "(no store recorded /gradients)", "",
-        "## Attention-to-mask heads", "",
+        markdown_table(tables["attribution"].to_dict("records")) if "attribution" in tables
+        else "(no store recorded /gradients)", "",
+        "## Attention to the masks per layer x head", "",
     ]
-    heads = tables["attention_heads"]
-    if heads.empty:
-        lines += ["(no store recorded /attention)", ""]
+    if "attention_heads" in tables:
+        heads = tables["attention_heads"]
+        heads = heads[~heads["filler"] & (heads["masks"] == heads["masks"].max())]
+        columns = ["model", "placement", "masks", "layer", "head", "n", "from_answer", "from_answer_low",
+                   "from_answer_high", "from_context"]
+        text += ["![attention change](figures/attention_change.png)", "",
+                 markdown_table(heads[columns].to_dict("records")), "",
+                 markdown_table(tables["attention_change"].to_dict("records")), ""]
     else:
-        lines += ["![heads](figures/attention_heads.png)", "",
-                  markdown(heads, [c for c in ("label", "layer", "head", "from_answer", "from_answer_low",
-                                               "from_answer_high", "from_context", "delta", "delta_low", "delta_high")
-                                   if c in heads], rows=100), ""]
-    lines += ["## Patching maps", "",
-              "Not compared: this toolkit version has no patching stores (activation patching lands with the "
-              "circuits module).", ""]
-    return "\n".join(lines)
+        text += ["(no store recorded /attention)", ""]
+    text += ["## Patching maps", "", "Not compared: activation patching (the circuits module) has not landed in "
+             "this version; compare will put patching stores side by side once it has.", ""]
+    return "\n".join(text)

@@ -151,17 +151,22 @@ def _info(path: Path) -> StoreInfo:
     with open_store(path) as store:
         attrs = store.attrs
         config = attrs["task_config"]
+        adapter = attrs["settings"].get("adapter")  # record --adapter: a LoRA adapter on the weights
         return StoreInfo(
-            path=path, model=model_label(attrs["model_id"]), model_id=attrs["model_id"], family=attrs["family"],
-            fingerprint=attrs["weights_fingerprint"], n_relevant=int(config["n_relevant"]),
+            path=path, model=model_label(attrs["model_id"], adapter), model_id=attrs["model_id"],
+            family=attrs["family"],
+            fingerprint=attrs["weights_fingerprint"] + (f"+{adapter['fingerprint']}" if adapter else ""),
+            n_relevant=int(config["n_relevant"]),
             n_distractor=int(config["n_distractor"]), seed=int(attrs["seed"]), groups=store.groups,
             dims=dict(store.dims), n_rows=store.n_rows, n_planned=int(attrs["n_planned"]), status=attrs["status"],
             command_line=attrs["command_line"], created=attrs["created"], toolkit_version=attrs["toolkit_version"])
 
 
-def model_label(model_id: str) -> str:
-    """Return a short label for a model id: the last path component ("organism-llada", "LLaDA-8B-Instruct")."""
-    return Path(str(model_id).rstrip("/")).name or str(model_id)
+def model_label(model_id: str, adapter: dict | None = None) -> str:
+    """Return a short label for a model id: the last path component ("organism-llada", "LLaDA-8B-Instruct"),
+    and "+NAME" with the folder name of the store's adapter ("organism-llada+organism-llada-ma")."""
+    label = Path(str(model_id).rstrip("/")).name or str(model_id)
+    return f"{label}+{Path(adapter['path']).name}" if adapter else label
 
 
 def _disambiguate(stores: list) -> list:

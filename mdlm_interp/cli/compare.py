@@ -9,13 +9,12 @@ def add_parser(subparsers) -> None:
         "filler control) with Wilson 95%% intervals, split into held-in and held-out categories; each model's "
         "change against the first (the reference) on the same prompts with bootstrap intervals; the attribution "
         "table; attention from the answer position to the masks per layer x head and its change. A model is the "
-        "store's model id plus its adapter (record --adapter), or --labels; stores of one model pool their rows. "
+        "store's model id plus its adapter (record --adapter); stores of one model pool their rows. "
         "Writes DIR/report.md, DIR/tables/*.csv, DIR/figures/*.png and DIR/provenance.json.")
     parser.add_argument("stores", nargs="+", metavar="STORE",
-                        help="HDF5 stores written by `mdlm-interp record`; the first model is the reference (before)")
+                        help="HDF5 stores written by `mdlm-interp record` (or folders searched for .h5 stores); "
+                        "the first model is the reference (before)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created; files in it are replaced)")
-    parser.add_argument("--labels", default=None, metavar="A,B,...",
-                        help="one model label per store, comma-separated (default: model id + adapter folder name)")
     parser.add_argument("--held-in", default=None, metavar="C1,C2,...",
                         help="the relevant categories the fine-tuning data covered (default "
                         "adjective,animal,profession,place, as `tasks export --format sft`)")
@@ -34,8 +33,7 @@ def run(args) -> int:
         unknown = [c for c in held_in if c not in CATEGORIES]
         if unknown:
             raise UsageError(f"unknown categories {unknown}; choose from {', '.join(CATEGORIES)}")
-    labels = None if args.labels is None else [label.strip() for label in args.labels.split(",")]
-    report = write_comparison(args.stores, args.out, labels=labels, held_in=held_in, command_line=args.command_line)
+    report = write_comparison(args.stores, args.out, held_in=held_in, command_line=args.command_line)
     findings = report.read_text().split("## Findings\n\n", 1)[1].split("\n\n", 1)[0]
     print(findings)
     print(f"report: {report}")
