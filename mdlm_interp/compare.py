@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from mdlm_interp.analyses import Skip, attention, attribution, load
+from mdlm_interp.analyses.attention import figure_heads, main_condition
 from mdlm_interp.analyses.grouped import accuracy_by, clean_types
 from mdlm_interp.analyses.plotting import FILLER_STYLE, line_with_band, masks_axis, model_colors, new_figure, save
 from mdlm_interp.analyses.report import markdown_table
@@ -176,8 +177,8 @@ def change_figure(change):
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
         figure.colorbar(image, ax=ax, shrink=0.8, label="change in mass")
-    figure.suptitle(f"Change of the attention from the answer position to the masks after it, "
-                    f"{int(change['masks'].iloc[0])} masks, against the reference")
+    figure.suptitle(f"Attention from the answer position to the masks after it:\nchange against the reference "
+                    f"at {int(change['masks'].iloc[0])} masks (paired by prompt)")
     return figure
 
 
@@ -233,8 +234,8 @@ def write_comparison(paths, out, *, held_in=SFT_CATEGORIES, command_line: str = 
     """Compare the stores ``paths`` (files, or folders searched for .h5 stores) into folder ``out``;
     return the path of report.md.
 
-    Writes tables/*.csv (module docstring), figures/accuracy.png and figures/attention_change.png (when
-    attention was recorded), provenance.json and report.md. Raises ``UsageError`` before writing anything
+    Writes tables/*.csv (module docstring), figures/accuracy.png, and figures/attention_heads.png (the
+    analyses' heatmaps, a row per model) and figures/attention_change.png when attention was recorded, provenance.json and report.md. Raises ``UsageError`` before writing anything
     for a path that is not a store or fewer than two models.
     """
     recordings = load_models(paths, held_in)
@@ -245,7 +246,8 @@ def write_comparison(paths, out, *, held_in=SFT_CATEGORIES, command_line: str = 
     accuracy, change = accuracy_table(recordings), change_table(recordings)
     tables = {"accuracy": accuracy, "accuracy_change": change,
               **analysis_tables(recordings, "gradients", attribution)}
-    heads = analysis_tables(recordings, "attention", attention).get("attention_heads")
+    attention_tables = analysis_tables(recordings, "attention", attention)
+    heads = attention_tables.get("attention_heads")
     heads_change = attention_change(recordings)
     if heads is not None:
         tables.update(attention_heads=heads, attention_change=heads_change)
@@ -258,6 +260,9 @@ def write_comparison(paths, out, *, held_in=SFT_CATEGORIES, command_line: str = 
     save(accuracy_figure(accuracy), out / "figures" / "accuracy.png", stamp)
     if heads is not None and not heads_change.empty:
         save(change_figure(heads_change), out / "figures" / "attention_change.png", stamp)
+    condition = main_condition(attention_tables["attention_summary"]) if heads is not None else None
+    if condition is not None:
+        save(figure_heads(heads, condition).figure, out / "figures" / "attention_heads.png", stamp)
     provenance = {
         "command_line": command_line, "toolkit_version": __version__, "created": created, "intervals": INTERVALS,
         "held_in": list(held_in), "reference": models[0],
@@ -300,7 +305,8 @@ def render(provenance: dict, tables: dict, lines: list[str]) -> str:
         heads = heads[~heads["filler"] & (heads["masks"] == heads["masks"].max())]
         columns = ["model", "placement", "masks", "layer", "head", "n", "from_answer", "from_answer_low",
                    "from_answer_high", "from_context"]
-        text += ["![attention change](figures/attention_change.png)", "",
+        text += ["![attention heads](figures/attention_heads.png)", "",
+                 "![attention change](figures/attention_change.png)", "",
                  markdown_table(heads[columns].to_dict("records")), "",
                  markdown_table(tables["attention_change"].to_dict("records")), ""]
     else:
