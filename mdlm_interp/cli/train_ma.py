@@ -35,7 +35,7 @@ def add_parser(subparsers) -> None:
         "loss is alpha * L_CE (cross-entropy on the masked response tokens of both copies, 1/p weighted) + beta * "
         "L_TV (total variation between the two copies' predictions, p weighted), both divided by the number of "
         "masked response tokens. --beta 0 is the CE-only ablation. Every line of the data is checked before "
-        "training. OUT receives the adapter in peft's format, training_config.json, train_log.csv, checkpoints/ "
+        "training. DIR receives the adapter in peft's format, training_config.json, train_log.csv, checkpoints/ "
         "and a card (README.md).")
     parser.add_argument("--model", required=True, metavar="M",
                         help="base model: checkpoint directory, organism-NAME or hub id in the local cache")
@@ -51,8 +51,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--grad-accum", type=int, default=1,
                         help="micro-batches whose gradients are summed into one step (default 1)")
     parser.add_argument("--alpha", type=float, default=1.0, help="weight of the CE term (default 1)")
-    parser.add_argument("--beta", type=float, default=1.0, help="weight of the TV term; 0 is the CE-only ablation "
-                        "(default 1)")
+    parser.add_argument("--beta", type=float, default=1.0, help="weight of the TV term; 0 is the CE-only ablation, "
+                        "which still measures and logs the TV term (default 1)")
     parser.add_argument("--mask-ratio", type=float_range, default=(0.001, 1.0), metavar="LOW:HIGH",
                         help="range of the response's masking ratio p, drawn stratified per batch (default "
                         "0.001:1)")
