@@ -10,7 +10,8 @@ import sys
 
 from mdlm_interp.errors import UsageError
 
-SUBCOMMAND_MODULES = ["model", "tasks", "pretrain", "record", "summary", "analyze", "sweep", "train_ma", "compare"]
+SUBCOMMAND_MODULES = ["model", "tasks", "pretrain", "record", "summary", "analyze", "sweep", "train_ma", "compare",
+                      "patch", "heads", "ablate"]
 
 
 def build_parser() -> argparse.ArgumentParser:
