@@ -37,6 +37,9 @@ def open_store(path) -> "Store":
 
 def _check(file: h5py.File, path: Path) -> None:
     """Raise UsageError unless ``file`` is a readable store of this schema version with its shards present."""
+    if "store_kind" in file.attrs:
+        raise UsageError(f"{path} is a {file.attrs['store_kind']} store, not a record store "
+                         "(read it with mdlm_interp.store.results.open_results)")
     version = file.attrs.get("schema_version")
     if version is None:
         raise UsageError(f"{path} is not an mdlm-interp store (no schema_version attribute)")
