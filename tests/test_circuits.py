@@ -361,6 +361,7 @@ def test_ablate_command_and_its_bad_input(tiny_checkpoint, tmp_path):
                      "--figure", tmp_path / "ablate.png")
     assert result.returncode == 0, result.stderr
     assert "0.1, 1.3" in result.stdout and "control" in result.stdout
+    assert (tmp_path / "ablate.png").stat().st_size > 0
     with open_results(out, "ablation") as store:
         assert store.attrs["modes"] == ["attention", "zero"] and store.attrs["ranking"] is None
         assert store.dims == {"draws": 2, "modes": 2}
@@ -374,3 +375,25 @@ def test_ablate_command_and_its_bad_input(tiny_checkpoint, tmp_path):
         failed = run_cli("ablate", "--model", model, *SMALL, "--n", "1", "--out", tmp_path / "x.h5", *args)
         assert failed.returncode == 2 and message in failed.stderr, failed.stderr
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_ablation_frame_against_hand_counts(tmp_path):
+    n = 10
+    columns = ablation_columns(n, 1, 2)
+    columns["examples/masks"] = np.full(n, 50)
+    columns["examples/correct"] = np.arange(n) < 2  # 2 of 10 without ablation
+    columns["ablated/correct"] = (np.arange(n) < 8)[:, None]  # 8 of 10 with the chosen heads ablated
+    columns["control/correct"] = np.stack([np.arange(n) < 1, np.arange(n) < 3], 1)[:, :, None]  # draws: 1 and 3
+    attrs = {"heads": ["0.1"], "head_selection": "top:1", "ranking": None, "modes": ["attention"],
+             "control_heads": [["1.0"], ["2.2"]]}
+    path = write_results(tmp_path / "a.h5", ABLATION, columns, dims={"modes": 1, "draws": 2}, provenance=provenance(),
+                         settings={}, attrs=attrs)
+    with open_results(path) as store:
+        frame = ablation_frame(store, n_boot=300).set_index("setting")
+    assert frame.loc["none", "accuracy"] == 0.2 and frame.loc["chosen", "accuracy"] == 0.8
+    assert (frame.loc["chosen", "ci_low"], frame.loc["chosen", "ci_high"]) == pytest.approx(wilson_interval(8, 10))
+    assert frame.loc["chosen", "delta_accuracy"] == pytest.approx(0.6)
+    assert frame.loc["chosen", "delta_low"] > 0.2  # the six examples that flip always move together here
+    assert frame.loc["control", "accuracy"] == pytest.approx(0.2)
+    assert (frame.loc["control", "draw_min"], frame.loc["control", "draw_max"]) == (0.1, 0.3)
+    assert frame.loc["control", "delta_accuracy"] == pytest.approx(0.0)

@@ -108,9 +108,9 @@ def test_metrics_logit_difference_recovery_and_wrong_token():
     assert np.isnan(recovery(3.0, 2.0, 2.0))
 
 
-@pytest.mark.parametrize("layer", [0, 1, 2])
-def test_patching_all_positions_of_resid_pre_reproduces_the_other_run_when_lengths_match(tiny_model, layer):
-    lm = tiny_model("llada")
+@pytest.mark.parametrize("family,layer", [("llada", 0), ("llada", 1), ("llada", 2), ("dream", 1)])
+def test_patching_all_positions_of_resid_pre_reproduces_the_other_run_when_lengths_match(tiny_model, family, layer):
+    lm = tiny_model(family)
     pair = pairs_for(lm, Condition(4, True, "random"), Condition(4, False, "random"))  # filler control vs masks
     groups = {receiver: pair.position_groups(receiver, 2, appended=True) for receiver in ("clean", "corrupt")}
     for direction, (receiver, own, donor_logits) in receivers(lm, pair).items():
@@ -137,13 +137,14 @@ def test_patching_nothing_reproduces_the_receiving_run_at_every_site(tiny_model)
                 torch.testing.assert_close(variant_logits, own, rtol=1e-5, atol=1e-5)
 
 
-def test_patching_the_final_residual_at_the_answer_slot_recovers_fully(tiny_model):
-    lm = tiny_model("llada")
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_patching_the_final_residual_at_the_answer_slot_recovers_fully(tiny_model, family):
+    lm = tiny_model(family)
     pair = pairs_for(lm, Condition(1, False, "random"), Condition(6, False, "random"))  # different lengths
-    columns = patch_batch(lm.model, pair, last_k=2, attribution=False)
-    groups, _ = columns["_groups"]
+    columns, groups, _ = patch_batch(lm.model, pair, last_k=2, attribution=False)
     n_layers = len(lm.model.blocks)
-    answer = groups.index("answer")
+    # the answer slot's prediction is read at the slot (offset 0) or at the token before it (offset -1)
+    answer = groups.index("answer" if lm.spec.prediction_offset == 0 else "last:1")
     clean, corrupt = columns["pairs/clean_logit_diff"], columns["pairs/corrupt_logit_diff"]
     final = columns["patching/resid_pre_logit_diff"][:, 0, n_layers, answer]
     np.testing.assert_allclose(recovery(final, clean, corrupt), 1.0, atol=1e-4)
@@ -152,7 +153,7 @@ def test_patching_the_final_residual_at_the_answer_slot_recovers_fully(tiny_mode
     back = columns["patching/resid_pre_logit_diff"][:, 1, n_layers, answer]  # corrupt into clean
     np.testing.assert_allclose(recovery(back, clean, corrupt), 0.0, atol=1e-4)
     # a position that is not the readout changes nothing at the final residual
-    np.testing.assert_allclose(columns["patching/resid_pre_logit_diff"][:, 0, n_layers, groups.index("query")], corrupt,
+    np.testing.assert_allclose(columns["patching/resid_pre_logit_diff"][:, 0, n_layers, groups.index("relevant")], corrupt,
                                rtol=1e-5, atol=1e-5)
     assert "appended" not in groups  # 1 mask: nothing after the slot to pair
 
@@ -160,8 +161,7 @@ def test_patching_the_final_residual_at_the_answer_slot_recovers_fully(tiny_mode
 def test_the_grid_covers_every_site_layer_group_and_head(tiny_model):
     lm = tiny_model("llada")
     pair = pairs_for(lm, Condition(3, True, "random"), Condition(3, False, "random"))
-    columns = patch_batch(lm.model, pair, last_k=3)
-    groups, head_groups = columns["_groups"]
+    columns, groups, head_groups = patch_batch(lm.model, pair, last_k=3)
     assert groups == ["all", "relevant", "distractor", "query", "answer", "appended", "last:1", "last:2", "last:3"]
     assert head_groups == ["answer", "all"]
     cfg = lm.config
@@ -178,7 +178,7 @@ def test_attribution_patching_equals_exact_patching_where_the_model_is_linear(ti
     lm.model.ln_final = torch.nn.Identity()  # logits are now linear in the final residual and in the last mlp_out
     lm.model.double()  # float64, so that rounding does not hide how exact the linear case is
     pair = pairs_for(lm, Condition(1, False, "random"), Condition(5, False, "random"))
-    columns = patch_batch(lm.model, pair, last_k=2, attribution=True)
+    columns, _, _ = patch_batch(lm.model, pair, last_k=2, attribution=True)
     receiver = columns["pairs/corrupt_logit_diff"][:, None]
 
     def relative_error(site, layer):

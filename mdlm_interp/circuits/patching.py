@@ -210,9 +210,10 @@ def attribution_patching(receiver: Receiver, gradients: dict, receiver_logit_dif
 
 
 def patch_batch(model, pair: PromptPair, *, last_k: int = 5, wrong_id: int | None = None, attribution: bool = True,
-                max_rows: int = 512) -> dict:
+                max_rows: int = 512) -> tuple[dict, list, list]:
     """Run clean and corrupt, then exact (and attribution) patching in both directions, for one batch of
-    pairs; return the store columns of these rows (``store.results.PATCHING`` paths -> numpy arrays).
+    pairs; return (columns, position group names, head group names), the columns being the store
+    columns of these rows (``store.results.PATCHING`` paths but /pairs example and task -> numpy arrays).
 
     ``wrong_id``: the wrong token of the logit difference for every pair (default: each pair's corrupt
     run's most probable token other than the answer). ``last_k``: how many single positions before the
@@ -234,8 +235,7 @@ def patch_batch(model, pair: PromptPair, *, last_k: int = 5, wrong_id: int | Non
             grads = torch.autograd.grad(metrics[run]["logit_diff"].sum(), [activations[n] for n in names])
             gradients[run] = dict(zip(names, grads))
         runs[run] = (None, {n: a.detach() for n, a in activations.items()})
-    appended = all(min(int(c), int(k)) > 0 for c, k in
-                   zip(*(pair.batches[r].layout.masks.sum(-1) for r in ("clean", "corrupt"))))
+    appended = bool((pair.batches["clean"].layout.masks.any(-1) & pair.batches["corrupt"].layout.masks.any(-1)).all())
 
     columns = {}
     for run in ("clean", "corrupt"):
@@ -263,8 +263,7 @@ def patch_batch(model, pair: PromptPair, *, last_k: int = 5, wrong_id: int | Non
         columns[f"attribution/{site}_logit_diff"] = (
             torch.stack([estimated[d][site] for d in DIRECTIONS], 1).numpy() if attribution
             else np.full_like(columns[f"patching/{site}_logit_diff"], np.nan))
-    columns["_groups"] = (group_names, head_group_names)
-    return columns
+    return columns, group_names, head_group_names
 
 
 def cell_recovery(columns: dict, prefix: str, site: str) -> np.ndarray:
@@ -305,15 +304,13 @@ def patch_pairs(model, pairs: dict, prediction_offset: int, *, batch_size: int =
     for begin in range(0, n, batch_size):
         rows = slice(begin, min(begin + batch_size, n))
         pair = make_pair(pairs["clean"][rows], pairs["corrupt"][rows], prediction_offset, device=device)
-        parts.append(patch_batch(model, pair, last_k=last_k, wrong_id=wrong_id, attribution=attribution,
-                                 max_rows=max_rows))
+        part, group_names, head_group_names = patch_batch(model, pair, last_k=last_k, wrong_id=wrong_id,
+                                                         attribution=attribution, max_rows=max_rows)
+        parts.append(part)
         if bar is not None:
             bar.update(rows.stop - rows.start)
     if bar is not None:
         bar.close()
-    group_names, head_group_names = parts[0].pop("_groups")
-    for part in parts[1:]:
-        part.pop("_groups")
     columns = {path: np.concatenate([part[path] for part in parts]) for path in parts[0]}
     columns["pairs/example"] = np.asarray(pairs["example"])
     columns["pairs/task"] = list(pairs["task"])
