@@ -114,7 +114,8 @@ def main() -> None:
         times = median_times({"attribution": attribution}, repeats)
     times.update(median_times({
         "plain clean": plain("clean"), "plain corrupt": plain("corrupt"), "caching": caching,
-        "sweep clean_into_corrupt": sweep("clean_into_corrupt"), "sweep corrupt_into_clean": sweep("corrupt_into_clean"),
+        "sweep clean_into_corrupt": sweep("clean_into_corrupt"),
+        "sweep corrupt_into_clean": sweep("corrupt_into_clean"),
         "naive sample": naive_sample,
     }, repeats))
     unit = times["plain clean"] + times["plain corrupt"]
@@ -126,8 +127,9 @@ def main() -> None:
                  for l in range(n_layers + 1)]
     counted = sum(v * (n_layers - l) / n_layers for l, v in enumerate(per_layer))
 
-    print(f"model {args.model}: {n_layers} layers x {n_heads} heads; {pairs_n} pair(s) of {len(pair.prompts['clean'][0].input_ids)}"
-          f" and {len(pair.prompts['corrupt'][0].input_ids)} tokens (1 and 50 masks); grid per direction: "
+    lengths = [len(pair.prompts[run][0].input_ids) for run in ("clean", "corrupt")]
+    print(f"model {args.model}: {n_layers} layers x {n_heads} heads; {pairs_n} pair(s) of {lengths[0]}"
+          f" and {lengths[1]} tokens (1 and 50 masks); grid per direction: "
           f"{n_variants} variants ({len(groups)} position groups, {len(head_groups)} head groups); "
           f"{torch.get_num_threads()} thread(s); medians of {repeats}")
     print()

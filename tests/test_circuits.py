@@ -81,7 +81,8 @@ def test_removing_attention_to_the_masks_in_every_head_gives_the_one_mask_predic
     lm = tiny_model("llada")
     heads = [(l, h) for l in range(lm.config.n_layers) for h in range(lm.config.n_heads)]
     many, one = batch_for(lm, masks=6), batch_for(lm, masks=1)
-    plain, ablated = predict(lm.model, many), predict(lm.model, many, ablation_hooks("attention", heads, many.layout.masks))
+    plain = predict(lm.model, many)
+    ablated = predict(lm.model, many, ablation_hooks("attention", heads, many.layout.masks))
     reference = predict(lm.model, one)
     assert not torch.allclose(plain["p_answer"], reference["p_answer"], atol=1e-6)
     torch.testing.assert_close(ablated["p_answer"], reference["p_answer"], rtol=1e-4, atol=1e-6)
@@ -200,7 +201,8 @@ def test_head_ranking_orders_by_mass_and_pairs_losses_by_example():
     mass[:, 0, 1] = 0.3 - 0.1 * loss  # second, perfectly reversed
     mass[:, 0, 0] = rng.uniform(0, 0.1, n)
     mass[:, 1, 1] = 0.2
-    ranking = head_ranking(fake_record_store(mass, p_clean, p_corrupt, filler_mass=np.full((n, 2, 2), 0.01)), n_boot=200)
+    store = fake_record_store(mass, p_clean, p_corrupt, filler_mass=np.full((n, 2, 2), 0.01))
+    ranking = head_ranking(store, n_boot=200)
     assert list(ranking["head"]) == ["1.0", "0.1", "1.1", "0.0"]
     assert list(ranking["rank"]) == [1, 2, 3, 4]
     top = ranking.set_index("head")
@@ -296,7 +298,8 @@ def test_patch_command_writes_a_store_that_frames_and_figures_read(tiny_checkpoi
     assert "clean_into_corrupt" in result.stdout and "attribution patching" in result.stdout
     with open_results(out, "patching") as store:
         assert store.attrs["settings"]["clean"] == {"masks": 1, "filler": False, "placement": "random"}
-        assert store.attrs["position_groups"] == ["all", "relevant", "distractor", "query", "answer", "last:1", "last:2"]
+        groups = ["all", "relevant", "distractor", "query", "answer", "last:1", "last:2"]
+        assert store.attrs["position_groups"] == groups
         frame = patching_frame(store, n_boot=50)
         final = frame[(frame["site"] == "resid_pre") & (frame["layer"] == store.dims["layers"])
                       & (frame["position"] == "answer")].set_index("direction")["recovery"]
@@ -306,7 +309,8 @@ def test_patch_command_writes_a_store_that_frames_and_figures_read(tiny_checkpoi
     assert final["corrupt_into_clean"] == pytest.approx(0, abs=1e-3)
     assert len(frame) == 2 * (3 * 7 * 2 + 7 + 2 * 4 * 2)  # directions x (sites x groups x layers + final + heads)
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == [
-        f"patching_{kind}_{d}.png" for kind in ("heads", "positions") for d in ("clean_into_corrupt", "corrupt_into_clean")]
+        f"patching_{kind}_{d}.png" for kind in ("heads", "positions")
+        for d in ("clean_into_corrupt", "corrupt_into_clean")]
 
     for args, message in [
         (("--clean-masks", "4", "--corrupt-masks", "4"), "same condition"),

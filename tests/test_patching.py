@@ -89,7 +89,8 @@ def test_pairs_refuse_a_causal_model_and_different_prompts(tiny_model):
         pair_prompts(subject_from(tiny_model("llama")), small_config(), Condition(1, False, "random"),
                      Condition(5, False, "random"))
     lm = tiny_model("llada")
-    prompts = pair_prompts(subject_from(lm), small_config(), Condition(1, False, "random"), Condition(5, False, "random"))
+    prompts = pair_prompts(subject_from(lm), small_config(), Condition(1, False, "random"),
+                           Condition(5, False, "random"))
     with pytest.raises(ValueError, match="not the same prompt"):
         position_map(prompts["clean"][0], prompts["corrupt"][1])
 
@@ -153,8 +154,8 @@ def test_patching_the_final_residual_at_the_answer_slot_recovers_fully(tiny_mode
     back = columns["patching/resid_pre_logit_diff"][:, 1, n_layers, answer]  # corrupt into clean
     np.testing.assert_allclose(recovery(back, clean, corrupt), 0.0, atol=1e-4)
     # a position that is not the readout changes nothing at the final residual
-    np.testing.assert_allclose(columns["patching/resid_pre_logit_diff"][:, 0, n_layers, groups.index("relevant")], corrupt,
-                               rtol=1e-5, atol=1e-5)
+    elsewhere = columns["patching/resid_pre_logit_diff"][:, 0, n_layers, groups.index("relevant")]
+    np.testing.assert_allclose(elsewhere, corrupt, rtol=1e-5, atol=1e-5)
     assert "appended" not in groups  # 1 mask: nothing after the slot to pair
 
 

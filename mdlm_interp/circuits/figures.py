@@ -122,7 +122,8 @@ def ablation_figure(frame):
                 if rows.empty:
                     continue
                 r = rows.iloc[0]
-                axis.errorbar(i + offset, r["accuracy"], yerr=[[r["accuracy"] - r["ci_low"]], [r["ci_high"] - r["accuracy"]]],
+                interval = [[r["accuracy"] - r["ci_low"]], [r["ci_high"] - r["accuracy"]]]
+                axis.errorbar(i + offset, r["accuracy"], yerr=interval,
                               fmt="o", color=colours[setting], capsize=3,
                               label=f"{setting} heads" if i == 0 else None)
                 if np.isfinite(r["draw_min"]):

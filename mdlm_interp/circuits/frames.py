@@ -16,7 +16,8 @@ from mdlm_interp.store.results import SITES
 def _ratio_of_means(values: np.ndarray, clean: np.ndarray, corrupt: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Return the recovery of every column of ``values`` [pairs, cells] over the pair indices ``rows``
     ([pairs] or [boot, pairs] -> [cells] or [boot, cells])."""
-    return recovery(np.nanmean(values[rows], axis=-2), clean[rows].mean(-1)[..., None], corrupt[rows].mean(-1)[..., None])
+    patched = np.nanmean(values[rows], axis=-2)
+    return recovery(patched, clean[rows].mean(-1)[..., None], corrupt[rows].mean(-1)[..., None])
 
 
 def patching_frame(store, seed: int = 0, n_boot: int = N_BOOT):

@@ -18,7 +18,8 @@ def add_parser(subparsers) -> None:
         "intervals and p(answer) per setting.",
     )
     parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"diffusion checkpoint directory, organism-NAME or cached hub id (default {DEFAULT_MODEL})")
+                        help="diffusion checkpoint directory, organism-NAME or cached hub id "
+                        f"(default {DEFAULT_MODEL})")
     parser.add_argument("--heads", required=True,
                         help="top:K (the K heads with the most attention from the answer slot to the masks at the "
                         "largest --masks, measured on the same prompts) or LAYER.HEAD pairs, e.g. 1.2,3.0")

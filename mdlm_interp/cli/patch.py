@@ -20,7 +20,8 @@ def add_parser(subparsers) -> None:
         "HDF5 patching store (docs/store.md) and prints the cells that recover most.",
     )
     parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"diffusion checkpoint directory, organism-NAME or cached hub id (default {DEFAULT_MODEL})")
+                        help="diffusion checkpoint directory, organism-NAME or cached hub id "
+                        f"(default {DEFAULT_MODEL})")
     parser.add_argument("--clean-masks", type=int, default=None,
                         help="n masks of the clean run: the answer slot and n - 1 masks after it (default 1; with "
                         "--clean-filler, the corrupt count)")
@@ -128,7 +129,8 @@ def report(path, tokenizer=None, figures=None, top: int = 5) -> str:
         for site, cells in part.groupby("site", sort=False):
             best = cells.sort_values("recovery", ascending=not restoring).head(top)
             described = [f"L{r.layer}" + (f".H{r.head}" if r.head >= 0 else "") + f" {r.position} "
-                         f"{r.recovery:+.2f} [{r.recovery_low:+.2f}, {r.recovery_high:+.2f}]" for r in best.itertuples()]
+                         f"{r.recovery:+.2f} [{r.recovery_low:+.2f}, {r.recovery_high:+.2f}]"
+                         for r in best.itertuples()]
             lines.append(f"  {site:9s} " + "; ".join(described))
     if agreement:
         lines.append("\nattribution patching against exact patching (Pearson r of recovery over each grid's cells):")

@@ -183,7 +183,8 @@ ABLATION = StoreKind(
         "draws": "random head sets of the control (0 without a control)",
     },
     data=(
-        _f("examples", "example", "int64", (), "example index (task index * n + i): the same prompt at every mask count"),
+        _f("examples", "example", "int64", (),
+           "example index (task index * n + i): the same prompt at every mask count"),
         _f("examples", "task", "str", (), "task name"),
         _f("examples", "masks", "int32", (), "n masks at the answer slot (the slot and n - 1 after it)"),
         _f("examples", "answer_id", "int32", (), "token id of the correct answer"),
@@ -218,7 +219,8 @@ def write_results(path, kind: StoreKind, columns: dict, *, dims: dict, provenanc
     path = check_writable(path, overwrite=overwrite)
     expected = {f.path for f in kind.data}
     if set(columns) != expected:
-        raise ValueError(f"columns: missing {sorted(expected - set(columns))}, unexpected {sorted(set(columns) - expected)}")
+        raise ValueError(f"columns: missing {sorted(expected - set(columns))}, "
+                         f"unexpected {sorted(set(columns) - expected)}")
     if set(dims) != set(kind.dims):
         raise ValueError(f"dims must be exactly {sorted(kind.dims)}, got {sorted(dims)}")
     own = {a.name for a in kind.attrs}
@@ -321,7 +323,8 @@ class ResultStore:
         """Return a pandas DataFrame with one column per 1-D dataset of ``group``."""
         import pandas as pd
 
-        return pd.DataFrame({f.name: self.array(f.path) for f in self.kind.data if f.group == group and len(f.shape) == 1})
+        scalars = [f for f in self.kind.data if f.group == group and len(f.shape) == 1]
+        return pd.DataFrame({f.name: self.array(f.path) for f in scalars})
 
     @cached_property
     def examples(self):
