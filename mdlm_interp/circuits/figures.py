@@ -14,7 +14,8 @@ DIRECTION_TITLES = {"clean_into_corrupt": "clean activations patched into the co
 def _heatmap(axis, values: np.ndarray, rows: list, columns: list, title: str, ylabel: str, xlabel: str):
     """Draw ``values`` [rows, columns] as a recovery heatmap (0 = corrupt, 1 = clean) with the numbers in the cells."""
     image = axis.imshow(values, cmap="RdBu", vmin=-1, vmax=1, aspect="auto")
-    axis.set_xticks(range(len(columns)), columns, rotation=45, ha="right")
+    long = any(len(str(c)) > 3 for c in columns)
+    axis.set_xticks(range(len(columns)), columns, rotation=45 if long else 0, ha="right" if long else "center")
     axis.set_yticks(range(len(rows)), rows)
     axis.set_title(title)
     axis.set_xlabel(xlabel)
@@ -130,7 +131,7 @@ def ablation_figure(frame):
                     axis.vlines(i + offset + 0.06, r["draw_min"], r["draw_max"], color=colours[setting], linewidth=1)
         axis.set_xticks(range(len(modes)), modes)
         axis.set_xlabel("ablation mode")
-        axis.set_title(f"{m} masks")
+        axis.set_title(f"{m} mask" if m == 1 else f"{m} masks")
         axis.set_ylim(-0.02, 1.02)
     np.atleast_1d(axes)[0].set_ylabel("accuracy")
     np.atleast_1d(axes)[0].legend(fontsize=8)
