@@ -109,7 +109,7 @@ def ablation_figure(frame):
 
     masks = sorted(set(frame["masks"]))
     modes = [m for m in dict.fromkeys(frame["mode"]) if m != "-"]
-    figure, axes = plt.subplots(1, len(masks), figsize=(3.2 + 2.2 * len(modes) * len(masks), 4), sharey=True,
+    figure, axes = plt.subplots(1, len(masks), figsize=(len(masks) * (1.8 + 1.3 * len(modes)), 4), sharey=True,
                                 constrained_layout=True)
     colours = {"none": "black", "chosen": "tab:red", "control": "tab:grey"}
     for axis, m in zip(np.atleast_1d(axes), masks):
@@ -126,10 +126,13 @@ def ablation_figure(frame):
                 interval = [[r["accuracy"] - r["ci_low"]], [r["ci_high"] - r["accuracy"]]]
                 axis.errorbar(i + offset, r["accuracy"], yerr=interval,
                               fmt="o", color=colours[setting], capsize=3,
-                              label=f"{setting} heads" if i == 0 else None)
+                              label={"chosen": "chosen heads", "control": "random heads, pooled over draws"}[setting]
+                              if i == 0 else None)
                 if np.isfinite(r["draw_min"]):
-                    axis.vlines(i + offset + 0.06, r["draw_min"], r["draw_max"], color=colours[setting], linewidth=1)
+                    axis.vlines(i + offset + 0.06, r["draw_min"], r["draw_max"], color=colours[setting], linewidth=1,
+                                label="range of single draws" if i == 0 else None)
         axis.set_xticks(range(len(modes)), modes)
+        axis.set_xlim(-0.5, len(modes) - 0.5)
         axis.set_xlabel("ablation mode")
         axis.set_title(f"{m} mask" if m == 1 else f"{m} masks")
         axis.set_ylim(-0.02, 1.02)
