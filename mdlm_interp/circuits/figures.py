@@ -83,9 +83,9 @@ def head_ranking_figure(ranking, top: int | None = None):
                                                    constrained_layout=True)
     mass = part["mask_mass"].to_numpy()
     errors = [mass - part["mask_mass_low"].to_numpy(), part["mask_mass_high"].to_numpy() - mass]
-    top_axis.bar(x - 0.2, mass, 0.4, yerr=errors, capsize=2, label=f"masks (n masks = {int(part['masks'].iloc[0])})")
+    top_axis.bar(x - 0.2, mass, 0.4, yerr=errors, capsize=2, label=f"on the masks after the answer slot ({int(part['masks'].iloc[0])} masks)")
     if np.isfinite(part["filler_mass"]).any():
-        top_axis.bar(x + 0.2, part["filler_mass"], 0.4, color="grey", label="filler control")
+        top_axis.bar(x + 0.2, part["filler_mass"], 0.4, color="grey", label="on the fillers (filler control)")
     top_axis.set_ylabel("attention mass from the answer slot")
     top_axis.legend()
     rho = part["rho"].to_numpy()
