@@ -201,3 +201,20 @@ def test_site_hooks_name_the_final_residual():
     assert site_hook("z", 2, 4) == "blocks.2.attn.hook_z"
     assert site_hook("mlp_out", 0, 4) == "blocks.0.hook_mlp_out"
     assert len(all_site_hooks(4)) == len(set(all_site_hooks(4))) == 5 + 4 * 3
+
+
+def test_variants_start_at_their_layer_and_share_forward_passes(tiny_model):
+    lm = tiny_model("llada")
+    pair = pairs_for(lm, Condition(1, False, "random"), Condition(4, False, "random"))
+    receiver, _, _ = receivers(lm, pair)["clean_into_corrupt"]
+    calls = []
+    handles = [block.register_forward_pre_hook(lambda module, args, i=i: calls.append((i, args[0].shape[0])))
+               for i, block in enumerate(lm.model.blocks)]
+    try:
+        _, groups = pair.position_groups("corrupt", 2, appended=False)
+        variants = [Variant("mlp_out", (1, g), where) for g, where in enumerate(groups)]
+        receiver.run(1, variants)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert calls == [(1, len(variants) * pair.size)]  # block 0 never runs; all variants in one pass
