@@ -43,8 +43,9 @@ def main() -> None:
     parser.add_argument("--model", default="organism-llada", help="diffusion checkpoint (default organism-llada)")
     parser.add_argument("--pairs", type=int, default=2, help="prompt pairs per batch (default 2)")
     parser.add_argument("--last-k", type=int, default=5, help="single-position groups (default 5)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs of each variant (default 5)")
     args = parser.parse_args()
-    pairs_n, repeats, last_k = (1, 1, 2) if args.quick else (args.pairs, 3, args.last_k)
+    pairs_n, repeats, last_k = (1, 1, 2) if args.quick else (args.pairs, args.repeats, args.last_k)
 
     from mdlm_interp import load_model
     from mdlm_interp.circuits.pairs import make_pair, pair_prompts, readout_logits, top_wrong_ids
@@ -55,6 +56,7 @@ def main() -> None:
         capture,
         exact_patching,
         site_hook,
+        unembed_readout,
     )
     from mdlm_interp.hooks.interventions import patch_positions
     from mdlm_interp.record import Condition, RecordConfig, subject_from
@@ -66,6 +68,7 @@ def main() -> None:
     prompts = pair_prompts(subject_from(lm), config, Condition(1, False, "random"), Condition(50, False, "random"))
     pair = make_pair(prompts["clean"][:pairs_n], prompts["corrupt"][:pairs_n], lm.spec.prediction_offset)
     names = all_site_hooks(len(model.blocks))
+    final = site_hook("resid_pre", len(model.blocks), len(model.blocks))
     answers = pair.answer_ids()
     corrupt_logits, _ = capture(model, pair.batches["corrupt"], [], with_grad=False)
     wrong = top_wrong_ids(readout_logits(corrupt_logits, pair.batches["corrupt"]), answers)
@@ -81,10 +84,11 @@ def main() -> None:
 
     def attribution():
         for run in ("clean", "corrupt"):
-            logits, acts = capture(model, pair.batches[run], names, with_grad=True)
-            answer = readout_logits(logits, pair.batches[run]).float()
-            metric = (answer.gather(-1, answers[:, None]) - answer.gather(-1, wrong[:, None])).sum()
-            torch.autograd.grad(metric, [acts[n] for n in names])
+            with torch.enable_grad():
+                _, acts = capture(model, pair.batches[run], names, with_grad=True)
+                answer = unembed_readout(model, acts[final], pair.batches[run].layout).float()
+                metric = (answer.gather(-1, answers[:, None]) - answer.gather(-1, wrong[:, None])).sum()
+                torch.autograd.grad(metric, [acts[n] for n in names])
 
     receivers, grids = {}, {}
     for direction, (receiver, donor) in ROLES.items():
@@ -110,14 +114,13 @@ def main() -> None:
             model.run_with_hooks(batch.input_ids, attention_mask=batch.attention_mask_if_padded,
                                  fwd_hooks=[(name, patch_positions(donor[name], where[None]))])
 
-    with torch.enable_grad():
-        times = median_times({"attribution": attribution}, repeats)
-    times.update(median_times({
+    times = median_times({
         "plain clean": plain("clean"), "plain corrupt": plain("corrupt"), "caching": caching,
+        "attribution": attribution,
         "sweep clean_into_corrupt": sweep("clean_into_corrupt"),
         "sweep corrupt_into_clean": sweep("corrupt_into_clean"),
         "naive sample": naive_sample,
-    }, repeats))
+    }, repeats)
     unit = times["plain clean"] + times["plain corrupt"]
     per_direction_unit = {"clean_into_corrupt": times["plain corrupt"], "corrupt_into_clean": times["plain clean"]}
     naive_direction = times["naive sample"] / len(sample) * n_variants

@@ -31,7 +31,6 @@ from mdlm_interp.circuits.pairs import (
     answer_metrics,
     make_pair,
     pair_prompts,
-    readout_logits,
     recovery,
     top_wrong_ids,
 )
@@ -84,6 +83,12 @@ def capture(model, batch, names: list[str], with_grad: bool) -> tuple[torch.Tens
     with torch.set_grad_enabled(with_grad):
         logits = model.run_with_hooks(batch.input_ids, attention_mask=batch.attention_mask_if_padded, fwd_hooks=hooks)
     return logits, kept
+
+
+def unembed_readout(model, final_residual: torch.Tensor, layout) -> torch.Tensor:
+    """Return the logits that predict the answer slot, [..., batch, vocab], from the final residual stream
+    [..., batch, pos, d_model] (before ``ln_final``): only the readout positions are unembedded."""
+    return model.unembed(model.ln_final(final_residual[..., layout.rows, layout.readout, :]))
 
 
 @dataclass
@@ -149,9 +154,7 @@ class Receiver:
         with self.model.hooks(fwd_hooks=hooks):
             for block in self.model.blocks[layer:]:
                 x = block(x, cos, sin, allowed)
-        lay = self.batch.layout
-        final = x.unflatten(0, (n, size))[:, lay.rows, lay.readout]  # [variant, batch, d_model]
-        return self.model.unembed(self.model.ln_final(final))
+        return unembed_readout(self.model, x.unflatten(0, (n, size)), self.batch.layout)
 
 
 def exact_patching(receiver: Receiver, groups: torch.Tensor, head_groups: torch.Tensor, answer_ids, wrong_ids,
@@ -221,10 +224,11 @@ def patch_batch(model, pair: PromptPair, *, last_k: int = 5, wrong_id: int | Non
     """
     n_layers = len(model.blocks)
     names = all_site_hooks(n_layers)
+    final = site_hook("resid_pre", n_layers, n_layers)
     runs = {}
-    for run in ("clean", "corrupt"):
-        logits, activations = capture(model, pair.batches[run], names, with_grad=attribution)
-        runs[run] = (readout_logits(logits, pair.batches[run]), activations)
+    for run in ("clean", "corrupt"):  # the metric is read from the final residual, as in the patched runs
+        _, activations = capture(model, pair.batches[run], names, with_grad=attribution)
+        runs[run] = (unembed_readout(model, activations[final], pair.batches[run].layout), activations)
     answer_ids = pair.answer_ids()
     wrong_ids = (top_wrong_ids(runs["corrupt"][0].detach(), answer_ids) if wrong_id is None
                  else torch.full_like(answer_ids, int(wrong_id)))
