@@ -125,10 +125,13 @@ def main() -> None:
     per_direction_unit = {"clean_into_corrupt": times["plain corrupt"], "corrupt_into_clean": times["plain clean"]}
     naive_direction = times["naive sample"] / len(sample) * n_variants
     sweep_total = times["sweep clean_into_corrupt"] + times["sweep corrupt_into_clean"]
-    # forward-pass equivalents the sweep must compute: each variant runs the blocks from its layer on
-    per_layer = [len(groups) + (2 * len(groups) + n_heads * len(head_groups) if l < n_layers else 0)
-                 for l in range(n_layers + 1)]
-    counted = sum(v * (n_layers - l) / n_layers for l, v in enumerate(per_layer))
+    # forward passes' worth of blocks the sweep computes: each variant runs the blocks from its layer on
+    counted = {}
+    for direction in ROLES:
+        receiver = receivers[direction]
+        receiver.block_rows = 0
+        sweep(direction)()
+        counted[direction] = receiver.block_rows / (pairs_n * n_layers)
 
     lengths = [len(pair.prompts[run][0].input_ids) for run in ("clean", "corrupt")]
     print(f"model {args.model}: {n_layers} layers x {n_heads} heads; {pairs_n} pair(s) of {lengths[0]}"
@@ -145,7 +148,7 @@ def main() -> None:
     for direction in ROLES:
         t = times[f"sweep {direction}"]
         print(f"| exact sweep {direction} (unit: plain forward of the receiving run) | {t:.3f} | "
-              f"{t / per_direction_unit[direction]:.1f} (blocks computed: {counted:.1f}) |")
+              f"{t / per_direction_unit[direction]:.1f} (blocks computed: {counted[direction]:.1f}) |")
     print(f"| exact sweep, both directions | {sweep_total:.3f} | {sweep_total / unit:.1f} |")
     print(f"| naive sweep clean_into_corrupt, one full pass per variant (from {len(sample)} sampled) | "
           f"{naive_direction:.3f} | {naive_direction / per_direction_unit['clean_into_corrupt']:.1f} |")

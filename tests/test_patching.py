@@ -21,6 +21,7 @@ from mdlm_interp.circuits.patching import (
     Variant,
     all_site_hooks,
     capture,
+    exact_patching,
     patch_batch,
     site_hook,
 )
@@ -218,3 +219,21 @@ def test_variants_start_at_their_layer_and_share_forward_passes(tiny_model):
         for handle in handles:
             handle.remove()
     assert calls == [(1, len(variants) * pair.size)]  # block 0 never runs; all variants in one pass
+
+
+def test_variants_that_patch_nothing_different_are_not_run(tiny_model):
+    lm = tiny_model("llada")
+    pair = pairs_for(lm, Condition(1, False, "random"), Condition(4, False, "random"))
+    receiver, own, _ = receivers(lm, pair)["clean_into_corrupt"]
+    _, groups = pair.position_groups("corrupt", 2, appended=False)
+    _, head_groups = pair.head_groups("corrupt")
+    answers = pair.answer_ids()
+    wrong = top_wrong_ids(own, answers)
+    out = exact_patching(receiver, groups, head_groups, answers, wrong, max_rows=4)
+    # at layer 0 the residual stream is the embeddings of the same tokens in both runs: nothing to patch
+    corrupt = answer_metrics(own, answers, wrong)["logit_diff"].double()
+    assert torch.allclose(out["resid_pre"]["logit_diff"][:, 0], corrupt[:, None].expand(-1, len(groups)), atol=1e-5)
+    n_layers, n_heads = lm.config.n_layers, lm.config.n_heads
+    run_variants = sum((2 * len(groups) + n_heads * len(head_groups)) * (n_layers - layer) for layer in range(n_layers))
+    run_variants += sum(len(groups) * (n_layers - layer) for layer in range(1, n_layers))  # resid_pre from layer 1
+    assert receiver.block_rows == run_variants * pair.size

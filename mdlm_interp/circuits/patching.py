@@ -103,7 +103,8 @@ class Variant:
 
 class Receiver:
     """The receiving run of one direction: its batch, its cached activations, and the donor's activations
-    moved to its positions; runs patched variants from any layer."""
+    moved to its positions; runs patched variants from any layer. ``block_rows`` counts the (sequence,
+    block) pairs computed so far: divided by batch x layers, the forward passes' worth of work done."""
 
     def __init__(self, model, batch, activations: dict, donor_aligned: dict):
         self.model = model
@@ -111,10 +112,23 @@ class Receiver:
         self.activations = activations
         self.donor = donor_aligned
         self.n_layers = len(model.blocks)
+        self.block_rows = 0
         size, width = batch.input_ids.shape
         self.allowed, positions = model.attention_mask_and_positions(batch.attention_mask_if_padded, size, width,
                                                                      batch.input_ids.device)
         self.cos, self.sin = rotary_tables(positions, model.cfg.d_head, model.cfg.rope_theta)
+
+    def changes(self, variant: Variant, layer: int) -> bool:
+        """Whether ``variant`` at ``layer`` changes anything: the donor differs from the receiver somewhere
+        it patches (a variant that changes nothing gives the receiver's own result and need not run)."""
+        name = site_hook(variant.site, layer, self.n_layers)
+        differs = (self.donor[name] != self.activations[name]).any(-1)  # [batch, pos] or [batch, pos, head]
+        return bool((differs & variant.where).any())
+
+    def own_readout(self) -> torch.Tensor:
+        """Return the receiving run's own readout logits [batch, vocab], computed as ``run`` computes them."""
+        final = self.activations[site_hook("resid_pre", self.n_layers, self.n_layers)]
+        return unembed_readout(self.model, final, self.batch.layout)
 
     @torch.no_grad()
     def run(self, layer: int, variants: list[Variant]) -> torch.Tensor:
@@ -151,6 +165,7 @@ class Receiver:
             return None if t is None else t.repeat(n, *([1] * (t.dim() - 1)))
 
         cos, sin, allowed = repeated(self.cos), repeated(self.sin), repeated(self.allowed)
+        self.block_rows += n * size * (self.n_layers - layer)
         with self.model.hooks(fwd_hooks=hooks):
             for block in self.model.blocks[layer:]:
                 x = block(x, cos, sin, allowed)
@@ -162,7 +177,8 @@ def exact_patching(receiver: Receiver, groups: torch.Tensor, head_groups: torch.
     """Return exact patching results of one direction: {site: {"logit_diff", "p_answer"}} with arrays
     [batch, layers(+1 for resid_pre), group] for the residual sites and [batch, layers, head, head group]
     for z. ``groups`` bool [group, batch, pos]; ``head_groups`` bool [head group, batch, pos]. At most
-    ``max_rows`` rows (variants x batch) go through one forward pass."""
+    ``max_rows`` rows (variants x batch) go through one forward pass; variants that patch nothing
+    different (e.g. the same tokens' embeddings) take the receiver's own result without a pass."""
     n_layers, n_heads = receiver.n_layers, receiver.model.cfg.n_heads
     size = receiver.batch.input_ids.shape[0]
     shapes = {site: (size, n_layers + 1, len(groups)) if site == "resid_pre" else (size, n_layers, len(groups))
@@ -171,6 +187,13 @@ def exact_patching(receiver: Receiver, groups: torch.Tensor, head_groups: torch.
     out = {site: {m: torch.full(shape, float("nan"), dtype=torch.float64) for m in ("logit_diff", "p_answer")}
            for site, shape in shapes.items()}
     per_pass = max(1, max_rows // size)
+    unchanged = answer_metrics(receiver.own_readout(), answer_ids, wrong_ids)
+
+    def store(variant, metrics, i=None):
+        for name in ("logit_diff", "p_answer"):
+            value = metrics[name] if i is None else metrics[name][i]
+            out[variant.site][name][(slice(None), *variant.index)] = value.cpu()
+
     for layer in range(n_layers + 1):
         variants = [Variant("resid_pre", (layer, g), where) for g, where in enumerate(groups)]
         if layer < n_layers:
@@ -181,12 +204,17 @@ def exact_patching(receiver: Receiver, groups: torch.Tensor, head_groups: torch.
                     per_head = torch.zeros((*where.shape, n_heads), dtype=torch.bool, device=where.device)
                     per_head[..., head] = where
                     variants.append(Variant("z", (layer, head, k), per_head))
-        for start in range(0, len(variants), per_pass):
-            chunk = variants[start:start + per_pass]
+        moving = []
+        for variant in variants:
+            if receiver.changes(variant, layer):
+                moving.append(variant)
+            else:
+                store(variant, unchanged)
+        for start in range(0, len(moving), per_pass):
+            chunk = moving[start:start + per_pass]
             metrics = answer_metrics(receiver.run(layer, chunk), answer_ids, wrong_ids)
             for i, variant in enumerate(chunk):
-                for name in ("logit_diff", "p_answer"):
-                    out[variant.site][name][(slice(None), *variant.index)] = metrics[name][i].cpu()
+                store(variant, metrics, i)
     return out
 
 
