@@ -3,7 +3,6 @@
 import copy
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import h5py
 import numpy as np
@@ -11,6 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
+from mdlm_interp.analyses import load
+from mdlm_interp.analyses.ablation import ablation_effects
+from mdlm_interp.analyses.data import Skip
+from mdlm_interp.analyses.heads import head_ranking
+from mdlm_interp.analyses.patching import patching_cells
+from mdlm_interp.analyses.stats import spearman, wilson_interval
 from mdlm_interp.batching import collate
 from mdlm_interp.circuits.ablation import (
     ablation_hooks,
@@ -20,9 +25,7 @@ from mdlm_interp.circuits.ablation import (
     rank_heads,
     run_ablation,
 )
-from mdlm_interp.circuits.frames import ablation_frame, patching_frame
-from mdlm_interp.circuits.heads import head_ranking
-from mdlm_interp.circuits.stats import average_ranks, bootstrap_interval, spearman, wilson_interval
+from mdlm_interp.circuits.patching import run_patching
 from mdlm_interp.errors import UsageError
 from mdlm_interp.hooks.interventions import patch_positions, remove_attention_to_keys, replace_head_output
 from mdlm_interp.record import Condition, RecordConfig, plan_prompts, record, subject_from
@@ -31,6 +34,7 @@ from mdlm_interp.store.results import ABLATION, PATCHING, open_results, write_re
 from mdlm_interp.tasks import PromptConfig, sample_prompt, single_token_words, tokenize_prompt
 
 from cli_run import run_cli
+from synthetic_stores import HEADS, LAYERS, write_store
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "store.md"
 SMALL = ("--task", "adjective+largest", "--n-relevant", "2", "--n-distractor", "3")
@@ -150,7 +154,7 @@ def test_ablation_store_chosen_heads_control_and_what_a_no_op_must_give(tiny_mod
         ablated_p = store.array("ablated/p_answer")
         control_p = store.array("control/p_answer")
         attrs = store.attrs
-        frame = ablation_frame(store)
+        frame = ablation_effects(store, resamples=200)
     assert list(examples["masks"]) == [1, 1, 1, 4, 4, 4]
     assert ablated_p.shape == (6, 3) and control_p.shape == (6, 2, 3)
     # at masks 1 there is nothing after the answer slot: removing attention to it changes nothing
@@ -172,69 +176,45 @@ def test_ablation_store_chosen_heads_control_and_what_a_no_op_must_give(tiny_mod
 # --- head ranking ----------------------------------------------------------------------------------------------
 
 
-def fake_record_store(mass: np.ndarray, p_clean: np.ndarray, p_corrupt: np.ndarray, filler_mass=None):
-    """A stand-in for a record store: clean rows (masks 1) listed in reverse example order after the corrupt
-    rows (masks 9), so that pairing by example id is tested."""
-    n = len(p_clean)
-    order = np.arange(n)[::-1]
-    rows = {"example": list(range(n)) + list(order), "masks": [9] * n + [1] * n,
-            "filler": [False] * (2 * n), "placement": ["random"] * (2 * n),
-            "p_answer": list(p_corrupt) + list(p_clean[order])}
-    masses = [mass, np.zeros_like(mass)]
-    if filler_mass is not None:
-        rows = {k: v + extra for k, v, extra in zip(rows, rows.values(), (
-            list(range(n)), [9] * n, [True] * n, ["random"] * n, list(p_corrupt)))}
-        masses.append(filler_mass)
-    frame = pd.DataFrame(rows)
-    arrays = {"attention/mask_mass_from_answer": np.concatenate(masses)}
-    return SimpleNamespace(groups=("examples", "attention"), examples=frame, array=arrays.__getitem__, path="fake.h5")
-
-
-def test_head_ranking_orders_by_mass_and_pairs_losses_by_example():
+def test_head_ranking_orders_by_mass_and_pairs_losses_by_prompt(tmp_path):
     rng = np.random.default_rng(0)
     n = 12
     p_clean = rng.uniform(0.6, 1.0, n)
     p_corrupt = rng.uniform(0.0, 0.5, n)
     loss = p_clean - p_corrupt
-    mass = np.zeros((n, 2, 2))
+    mass = np.zeros((n, LAYERS, HEADS))
     mass[:, 1, 0] = 0.5 + 0.1 * loss  # most mass, perfectly ordered with the loss
     mass[:, 0, 1] = 0.3 - 0.1 * loss  # second, perfectly reversed
     mass[:, 0, 0] = rng.uniform(0, 0.1, n)
     mass[:, 1, 1] = 0.2
-    store = fake_record_store(mass, p_clean, p_corrupt, filler_mass=np.full((n, 2, 2), 0.01))
-    ranking = head_ranking(store, n_boot=200)
-    assert list(ranking["head"]) == ["1.0", "0.1", "1.1", "0.0"]
-    assert list(ranking["rank"]) == [1, 2, 3, 4]
-    top = ranking.set_index("head")
+    corrupt = [{"task": "adjective+largest", "prompt": i, "masks": 9, "p_answer": p_corrupt[i], "from_answer": mass[i]}
+               for i in range(n)]
+    filler = [{**row, "filler": True, "from_answer": np.full((LAYERS, HEADS), 0.01)} for row in corrupt]
+    clean = [{"task": "adjective+largest", "prompt": i, "masks": 1, "p_answer": p_clean[i]} for i in reversed(range(n))]
+    write_store(tmp_path / "a.h5", corrupt + filler)  # masks 1 in another store, in another order: paired by prompt
+    write_store(tmp_path / "b.h5", clean)
+    ranking = head_ranking(load([tmp_path / "a.h5", tmp_path / "b.h5"]), resamples=200)["head_ranking"]
+    assert list(ranking["head_label"][:3]) == ["1.0", "0.1", "1.1"] and list(ranking["rank"]) == list(range(1, 7))
+    top = ranking.set_index("head_label")
     assert top.loc["1.0", "rho"] == pytest.approx(1.0) and top.loc["0.1", "rho"] == pytest.approx(-1.0)
     assert np.isnan(top.loc["1.1", "rho"])  # constant mass: no correlation
-    hand = hand_spearman(mass[:, 0, 0], loss)
-    assert top.loc["0.0", "rho"] == pytest.approx(hand)
+    assert top.loc["0.0", "rho"] == pytest.approx(hand_spearman(mass[:, 0, 0], loss))
     assert top.loc["1.0", "p_permutation"] < 0.02 and top.loc["0.0", "p_permutation"] > 0.02
     assert top.loc["1.0", "mask_mass"] == pytest.approx(mass[:, 1, 0].mean())
     assert top.loc["1.0", "mask_mass_low"] <= top.loc["1.0", "mask_mass"] <= top.loc["1.0", "mask_mass_high"]
-    assert np.allclose(ranking["filler_mass"], 0.01) and (ranking["n"] == n).all()
-    # shuffled pairing would destroy the perfect correlation: pairing goes by example id, not by row order
-    with pytest.raises(UsageError, match="masks 1"):
-        head_ranking(fake_record_store(mass, p_clean, p_corrupt), masks=4)
+    assert np.allclose(ranking["filler_mass"], 0.01) and (ranking["n"] == n).all() and (ranking["masks"] == 9).all()
+    with pytest.raises(Skip, match="masks 4"):
+        head_ranking(load([tmp_path / "a.h5", tmp_path / "b.h5"]), masks=4)
 
 
 # --- statistics ------------------------------------------------------------------------------------------------
 
 
-def test_statistics_against_known_values():
-    low, high = wilson_interval(5, 10)
-    assert (low, high) == (pytest.approx(0.2366, abs=1e-4), pytest.approx(0.7634, abs=1e-4))
-    assert wilson_interval(0, 20)[0] == 0.0 and wilson_interval(20, 20)[1] == 1.0
-    x = np.array([[3, 1], [1, 1], [2, 5], [2, 0]], dtype=float)
-    assert average_ranks(x).tolist() == [[4, 2.5], [1, 2.5], [2.5, 4], [2.5, 1]]
+def test_spearman_against_a_hand_computation():
+    x = np.array([[3, 1], [1, 1], [2, 5], [2, 0]], dtype=float)  # ties in both columns
     y = np.array([0.1, 0.4, 0.3, 0.2])
-    expected = [hand_spearman(x[:, c], y) for c in range(2)]
-    np.testing.assert_allclose(spearman(x, y), expected)
-    values = np.arange(100, dtype=float)
-    interval = bootstrap_interval(lambda rows: values[rows].mean(), 100, seed=1)
-    assert interval == bootstrap_interval(lambda rows: values[rows].mean(), 100, seed=1)
-    assert interval[0] < 49.5 < interval[1] and interval[1] - interval[0] < 20
+    np.testing.assert_allclose(spearman(x, y), [hand_spearman(x[:, c], y) for c in range(2)])
+    assert np.isnan(spearman(np.ones((4, 1)), y)).all()
 
 
 # --- result stores ---------------------------------------------------------------------------------------------
@@ -300,7 +280,7 @@ def test_patch_command_writes_a_store_that_frames_and_figures_read(tiny_checkpoi
         assert store.attrs["settings"]["clean"] == {"masks": 1, "filler": False, "placement": "random"}
         groups = ["all", "relevant", "distractor", "query", "answer", "last:1", "last:2"]
         assert store.attrs["position_groups"] == groups
-        frame = patching_frame(store, n_boot=50)
+        frame = patching_cells(store, resamples=50)
         final = frame[(frame["site"] == "resid_pre") & (frame["layer"] == store.dims["layers"])
                       & (frame["position"] == "answer")].set_index("direction")["recovery"]
         assert store.attrs["attribution_correlation"]["clean_into_corrupt"].keys() == {"resid_pre", "attn_out",
@@ -340,7 +320,8 @@ def test_heads_command_reads_a_record_store(tiny_model, tmp_path):
     corrupt = examples[(examples["masks"] == 4) & ~examples["filler"]]
     clean = examples[examples["masks"] == 1].set_index("example").loc[corrupt["example"]]
     loss = clean["p_answer"].to_numpy() - corrupt["p_answer"].to_numpy()
-    layer, head = rows[0]["layer"], rows[0]["head_index"]
+    layer, head = rows[0]["layer"], rows[0]["head"]
+    assert rows[0]["head_label"] == f"{layer}.{head}"
     by_head = mass[corrupt.index][:, :, :].mean(0)
     assert by_head[layer, head] == pytest.approx(by_head.max())
     hand = hand_spearman(mass[corrupt.index, layer, head], loss)
@@ -351,6 +332,8 @@ def test_heads_command_reads_a_record_store(tiny_model, tmp_path):
     table = run_cli("heads", store_path)
     n_heads = lm.config.n_layers * lm.config.n_heads
     assert table.returncode == 0 and "rho" in table.stdout and len(table.stdout.splitlines()) == 2 + n_heads
+    patching_store = run_cli("heads", tmp_path / "nothing.h5")
+    assert patching_store.returncode == 2 and "no store" in patching_store.stderr
     one = record(lm, out=tmp_path / "one.h5", tasks=("adjective+largest",), masks=(1,), n=2, n_relevant=2,
                  n_distractor=3, record=("attention",), progress=False)
     failed = run_cli("heads", one)
@@ -393,11 +376,46 @@ def test_ablation_frame_against_hand_counts(tmp_path):
     path = write_results(tmp_path / "a.h5", ABLATION, columns, dims={"modes": 1, "draws": 2}, provenance=provenance(),
                          settings={}, attrs=attrs)
     with open_results(path) as store:
-        frame = ablation_frame(store, n_boot=300).set_index("setting")
+        frame = ablation_effects(store, resamples=300).set_index("setting")
     assert frame.loc["none", "accuracy"] == 0.2 and frame.loc["chosen", "accuracy"] == 0.8
-    assert (frame.loc["chosen", "ci_low"], frame.loc["chosen", "ci_high"]) == pytest.approx(wilson_interval(8, 10))
+    assert (frame.loc["chosen", "ci_low"], frame.loc["chosen", "ci_high"]) == pytest.approx(
+        tuple(float(v) for v in wilson_interval(8, 10)))
     assert frame.loc["chosen", "delta_accuracy"] == pytest.approx(0.6)
     assert frame.loc["chosen", "delta_low"] > 0.2  # the six examples that flip always move together here
     assert frame.loc["control", "accuracy"] == pytest.approx(0.2)
     assert (frame.loc["control", "draw_min"], frame.loc["control", "draw_max"]) == (0.1, 0.3)
     assert frame.loc["control", "delta_accuracy"] == pytest.approx(0.0)
+
+
+def test_analyze_reads_patching_ablation_and_record_stores_side_by_side(tiny_model, tmp_path):
+    lm = tiny_model("llada")
+    config = RecordConfig(tasks=("adjective+largest",), masks=(1, 4), n=2, n_relevant=2, n_distractor=3, record=())
+    patch = run_patching(lm, config, Condition(1, False, "random"), Condition(4, False, "random"),
+                         out=tmp_path / "patch.h5", last_k=1, progress=False)
+    ablate = run_ablation(lm, config, "0.1", out=tmp_path / "ablate.h5", modes=("zero",), control_draws=1,
+                          progress=False)
+    rec = record(lm, out=tmp_path / "rec.h5", config=RecordConfig(
+        tasks=("adjective+largest",), masks=(1, 4), n=3, n_relevant=2, n_distractor=3, record=("attention",)),
+        progress=False)
+    result = run_cli("analyze", rec, patch, ablate, "--out", tmp_path / "report",
+                     "--only", "head_ranking,patching,ablation")
+    assert result.returncode == 0, result.stderr
+    report = (tmp_path / "report" / "report.md").read_text()
+    for title in ("Heads ranked by attention to the masks", "Activation patching between mask configurations",
+                  "Ablating heads against random heads"):
+        assert f"## {title}" in report
+    assert "Skipped" not in report
+    tables = tmp_path / "report" / "tables"
+    cells = pd.read_csv(tables / "patching_cells.csv")
+    with open_results(patch) as store:
+        expected = patching_cells(store)
+    np.testing.assert_allclose(cells["recovery"], expected["recovery"], rtol=1e-5)
+    assert set(cells["model"]) == {Path(lm.source).name} and set(cells["comparison"]) == {"1 vs 4 masks"}
+    ablation = pd.read_csv(tables / "ablation.csv")
+    assert list(ablation["setting"].unique()) == ["none", "chosen", "control"]
+    assert pd.read_csv(tables / "head_ranking.csv")["rank"].tolist() == list(range(1, 9))
+    figures = sorted(p.name for p in (tmp_path / "report" / "figures").iterdir())
+    assert any(name.startswith("patching_positions_") for name in figures) and any("ablation" in n for n in figures)
+    alone = run_cli("analyze", patch, "--out", tmp_path / "alone")
+    assert alone.returncode == 0, alone.stderr
+    assert "no record store was given" in (tmp_path / "alone" / "report.md").read_text()

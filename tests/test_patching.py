@@ -12,7 +12,6 @@ from mdlm_interp.circuits.pairs import (
     pair_prompts,
     position_map,
     readout_logits,
-    recovery,
     top_wrong_ids,
 )
 from mdlm_interp.circuits.patching import (
@@ -25,6 +24,7 @@ from mdlm_interp.circuits.patching import (
     patch_batch,
     site_hook,
 )
+from mdlm_interp.analyses.stats import recovery
 from mdlm_interp.errors import UsageError
 from mdlm_interp.record import Condition, RecordConfig, subject_from
 

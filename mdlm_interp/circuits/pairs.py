@@ -10,12 +10,12 @@ forward by ``query-at:K``) are matched past the length difference.
 Metrics read at the answer readout (the family's prediction offset applied): the logit difference
 logit(answer) - logit(wrong), where the wrong token is by default the corrupt run's most probable
 token other than the answer (at many masks, the end-of-text token that takes over); the normalised
-recovery (patched - corrupt) / (clean - corrupt) of that difference; and p(answer).
+recovery (patched - corrupt) / (clean - corrupt) of that difference (``analyses.stats.recovery``); and
+p(answer).
 """
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from mdlm_interp.batching import PromptBatch, collate, position_sets
@@ -192,16 +192,3 @@ def answer_metrics(answer_logits: torch.Tensor, answer_ids: torch.Tensor, wrong_
     predicted = logits.argmax(-1)
     return {"logit_diff": answer - wrong, "p_answer": (answer - logits.logsumexp(-1)).exp(),
             "predicted_id": predicted, "correct": predicted == answer_ids}
-
-
-def recovery(patched, clean, corrupt) -> np.ndarray:
-    """Return (patched - corrupt) / (clean - corrupt) as float64, elementwise with numpy broadcasting
-    (NaN where clean == corrupt).
-
-    1 means the patched run is as good as the clean run, 0 as bad as the corrupt run, in either
-    direction of patching.
-    """
-    patched, clean, corrupt = (np.asarray(x, dtype=np.float64) for x in (patched, clean, corrupt))
-    gap = clean - corrupt
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(gap == 0, np.nan, (patched - corrupt) / gap)

@@ -26,14 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mdlm_interp.circuits.pairs import (
-    PromptPair,
-    answer_metrics,
-    make_pair,
-    pair_prompts,
-    recovery,
-    top_wrong_ids,
-)
+from mdlm_interp.analyses.stats import recovery
+from mdlm_interp.circuits.pairs import PromptPair, answer_metrics, make_pair, pair_prompts, top_wrong_ids
 from mdlm_interp.errors import UsageError
 from mdlm_interp.hooks.interventions import patch_positions
 from mdlm_interp.models.transformer import rotary_tables

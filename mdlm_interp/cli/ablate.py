@@ -86,17 +86,17 @@ def run(args) -> int:
 
 def report(path, figure=None) -> str:
     """Return the text table of an ablation store; with ``figure``, also draw it into that PNG file."""
-    from mdlm_interp.circuits.frames import ablation_frame
+    from mdlm_interp.analyses.ablation import ablation_effects, ablation_figure
+    from mdlm_interp.analyses.plotting import save
     from mdlm_interp.store.results import open_results
 
     with open_results(path, "ablation") as store:
-        frame = ablation_frame(store)
+        frame = ablation_effects(store)
         heads = ", ".join(store.attrs["heads"])
         selection = store.attrs["head_selection"]
+        stamp = store.attrs["command_line"]
     if figure is not None:
-        from mdlm_interp.circuits.figures import ablation_figure, save_figure
-
-        save_figure(ablation_figure(frame), figure)
+        save(ablation_figure(frame).figure, figure, stamp)
     columns = {"masks": "masks", "setting": "heads", "mode": "mode", "n": "n", "accuracy": "accuracy",
                "ci_low": "low", "ci_high": "high", "delta_accuracy": "change", "delta_low": "change low",
                "delta_high": "change high", "p_answer": "p(answer)", "draw_min": "worst draw", "draw_max": "best draw"}

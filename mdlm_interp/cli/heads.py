@@ -19,35 +19,45 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and permutations (default 0)")
     parser.add_argument("--json", action="store_true", help="print the table as JSON records")
     parser.add_argument("--csv", default=None, metavar="FILE", help="also write the full table as CSV")
-    parser.add_argument("--figure", default=None, metavar="FILE.png", help="also draw the ranking into a PNG file")
+    parser.add_argument("--figure", default=None, metavar="FILE.png",
+                        help="also draw the ranking (of the first model, setting and placement) into a PNG file")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
-    """Print the head ranking of ``args.store``."""
-    from mdlm_interp.circuits.heads import head_ranking
+    """Print the head ranking of ``args.store``, one table per model, setting and placement."""
+    from mdlm_interp.analyses.data import Skip, load
+    from mdlm_interp.analyses.heads import KEYS, head_ranking, ranking_figure
+    from mdlm_interp.analyses.plotting import save
     from mdlm_interp.errors import UsageError
     from mdlm_interp.store import open_store
 
     if args.top is not None and args.top < 1:
         raise UsageError("--top must be at least 1")
-    with open_store(args.store) as store:
-        ranking = head_ranking(store, masks=args.masks, seed=args.seed)
-    shown = ranking.head(args.top) if args.top else ranking
+    with open_store(args.store) as store:  # a one-line error for anything but a record store
+        if "attention" not in store.groups:
+            raise UsageError(f"{args.store} has no attention recorded; record with --record attention")
+        stamp = store.attrs["command_line"]
+    try:
+        ranking = head_ranking(load([args.store]), masks=args.masks, seed=args.seed)["head_ranking"]
+    except Skip as reason:
+        raise UsageError(f"{args.store}: {reason}") from None
+    groups = [group for _, group in ranking.groupby(KEYS + ["masks"], sort=False)]
     if args.csv:
         ranking.to_csv(args.csv, index=False)
     if args.figure:
-        from mdlm_interp.circuits.figures import head_ranking_figure, save_figure
-
-        save_figure(head_ranking_figure(ranking, args.top), args.figure)
+        save(ranking_figure(groups[0], args.top).figure, args.figure, stamp)
+    shown = ranking[ranking["rank"] <= args.top] if args.top else ranking
     if args.json:
         print(shown.to_json(orient="records"))
         return 0
-    first = ranking.iloc[0]
-    print(f"{args.store}: {int(first['n'])} examples paired between masks 1 and masks {int(first['masks'])}")
-    columns = {"rank": "rank", "head": "head", "mask_mass": "mask mass", "mask_mass_low": "low",
+    columns = {"rank": "rank", "head_label": "head", "mask_mass": "mask mass", "mask_mass_low": "low",
                "mask_mass_high": "high", "filler_mass": "filler mass", "rho": "rho", "rho_low": "rho low",
                "rho_high": "rho high", "p_permutation": "p (perm.)"}
-    table = shown[list(columns)].rename(columns=columns)
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-"))
+    for _, group in shown.groupby(KEYS + ["masks"], sort=False):
+        first = group.iloc[0]
+        print(f"{first['model']} ({first['n_relevant']} relevant + {first['n_distractor']} distractor, "
+              f"{first['placement']}): {first['n']} prompts paired between masks 1 and masks {first['masks']}")
+        print(group[list(columns)].rename(columns=columns).to_string(
+            index=False, float_format=lambda v: f"{v:.3f}", na_rep="-"))
     return 0

@@ -96,21 +96,31 @@ def run(args) -> int:
 
 
 def report(path, tokenizer=None, figures=None, top: int = 5) -> str:
-    """Return the text summary of a patching store (baselines, strongest cells, attribution agreement);
+    """Return the text summary of a patching store (both runs, strongest cells, attribution agreement);
     with ``figures``, write its heatmaps there as PNG files."""
     from pathlib import Path
 
     import numpy as np
 
-    from mdlm_interp.circuits.frames import pair_summary, patching_frame
-    from mdlm_interp.store.results import open_results
+    from mdlm_interp.analyses.patching import (
+        comparison,
+        describe,
+        head_heatmaps,
+        pair_summary,
+        patching_cells,
+        position_heatmaps,
+        strongest,
+    )
+    from mdlm_interp.analyses.plotting import save
+    from mdlm_interp.store.results import SITES, open_results
 
     with open_results(path, "patching") as store:
-        frame = patching_frame(store)
+        cells = patching_cells(store)
         summary = pair_summary(store)
         settings, agreement = store.attrs["settings"], store.attrs["attribution_correlation"]
         wrong = store.array("pairs/wrong_id")
-    lines = [f"wrote {summary['n']} pairs to {path}"]
+        stamp = store.attrs["command_line"]
+    lines = [f"wrote {summary['n']} pairs to {path} ({comparison(settings)})"]
     for run in ("clean", "corrupt"):
         s, condition = summary[run], settings[run]
         label = f"{condition['masks']} masks" + (" (filler control)" if condition["filler"] else "")
@@ -121,30 +131,23 @@ def report(path, tokenizer=None, figures=None, top: int = 5) -> str:
         common = tokenizer.decode([int(values[counts.argmax()])])
         lines.append(f"  wrong token: most often {common!r}; the corrupt run predicts it in "
                      f"{summary['corrupt_says_wrong_token']:.0%} of pairs")
-    for direction, part in frame.groupby("direction", sort=False):
-        # clean into corrupt: which cells restore the answer; corrupt into clean: which cells break it
+    for direction in dict.fromkeys(cells["direction"]):
         restoring = direction == "clean_into_corrupt"
-        lines.append(f"\n{direction}: the {top} cells with the {'highest' if restoring else 'lowest'} recovery per "
-                     f"site (95% bootstrap interval)")
-        for site, cells in part.groupby("site", sort=False):
-            best = cells.sort_values("recovery", ascending=not restoring).head(top)
-            described = [f"L{r.layer}" + (f".H{r.head}" if r.head >= 0 else "") + f" {r.position} "
-                         f"{r.recovery:+.2f} [{r.recovery_low:+.2f}, {r.recovery_high:+.2f}]"
-                         for r in best.itertuples()]
-            lines.append(f"  {site:9s} " + "; ".join(described))
+        lines.append(f"\n{direction}: the {top} cells per site that {'restore the answer' if restoring else 'break it'} "
+                     f"most (recovery, 95% bootstrap interval)")
+        for site in SITES:
+            best = strongest(cells, direction, site, top)
+            lines.append(f"  {site:9s} " + "; ".join(describe(cell) for cell in best.to_dict("records")))
     if agreement:
         lines.append("\nattribution patching against exact patching (Pearson r of recovery over each grid's cells):")
         for direction, sites in agreement.items():
             lines.append(f"  {direction}: " + ", ".join(f"{site} {'-' if r is None else f'{r:.2f}'}"
                                                         for site, r in sites.items()))
     if figures is not None:
-        from mdlm_interp.circuits.figures import head_patching_heatmaps, patching_heatmaps, save_figure
-
         folder = Path(figures)
         folder.mkdir(exist_ok=True)
-        for direction in dict.fromkeys(frame["direction"]):
-            for name, draw in (("positions", patching_heatmaps), ("heads", head_patching_heatmaps)):
-                save_figure(draw(frame, direction), folder / f"patching_{name}_{direction}.png")
+        for direction in dict.fromkeys(cells["direction"]):
+            for figure in (position_heatmaps(cells, direction), head_heatmaps(cells, direction)):
+                save(figure.figure, folder / f"{figure.name}.png", stamp)
         lines.append(f"\nfigures in {folder}")
     return "\n".join(lines)
-

@@ -262,6 +262,20 @@ def write_results(path, kind: StoreKind, columns: dict, *, dims: dict, provenanc
     return path
 
 
+def result_kind(path) -> str | None:
+    """Return the ``store_kind`` of the result store at ``path``, or None for anything else (a record store,
+    a file that is not HDF5, a missing path), which ``open_store`` then judges."""
+    path = Path(path)
+    if not path.is_file() or not h5py.is_hdf5(path):
+        return None
+    try:
+        with h5py.File(path, "r") as file:
+            kind = file.attrs.get("store_kind")
+    except OSError:
+        return None
+    return None if kind is None else str(kind)
+
+
 def open_results(path, kind: str | None = None) -> "ResultStore":
     """Return the result store at ``path`` (of kind ``kind`` when given), open for reading.
 
