@@ -1,8 +1,9 @@
 """Analyses: stores -> pandas DataFrames with 95% intervals -> matplotlib figures -> a report.
 
 Pure functions from ``Recordings`` (``load(paths)``: the rows of one or more stores) to frames, and from
-frames to figures; the result stores of ``patch`` and ``ablate`` are read by ``patching`` and ``ablation``. Accuracies carry Wilson score intervals; means, paired differences and correlations
-a seeded percentile bootstrap (``stats.INTERVALS``). Every analysis is registered in
+frames to figures; the result stores of ``patch`` and ``ablate`` are read by ``patching`` and ``ablation``.
+Accuracies carry Wilson score intervals; means, paired differences and correlations a seeded percentile
+bootstrap (``stats.INTERVALS``). Every analysis is registered in
 ``registry.analyses()``; ``write_report(stores, out)`` runs them all. Analyses read stores only
 (``mdlm_interp.store.open_store``); decoding token ids loads the store model's tokenizer lazily.
 """

@@ -77,7 +77,7 @@ def ablation(paths) -> dict:
     for path in paths:
         with open_results(path, "ablation") as store:
             frame = ablation_effects(store)
-            frame.insert(0, "model", model_label(store.attrs["model_id"]))
+            frame.insert(0, "model", model_label(store.attrs["model_id"], store.attrs["settings"].get("adapter")))
             frame.insert(1, "selection", store.attrs["head_selection"])
             frames.append(frame)
     return {"ablation": pd.concat(frames, ignore_index=True)}
@@ -102,7 +102,8 @@ def ablation_figure(frame, model: str = "", selection: str = "") -> FigureOut:
                 if rows.empty:
                     continue
                 r = rows.iloc[0]
-                ax.errorbar(i + offset, r["accuracy"], yerr=[[r["accuracy"] - r["ci_low"]], [r["ci_high"] - r["accuracy"]]],
+                interval = [[r["accuracy"] - r["ci_low"]], [r["ci_high"] - r["accuracy"]]]
+                ax.errorbar(i + offset, r["accuracy"], yerr=interval,
                             fmt="o", color=COLOURS[setting], capsize=3, label=LABELS[setting] if i == 0 else None)
                 if np.isfinite(r["draw_min"]):
                     ax.vlines(i + offset + 0.06, r["draw_min"], r["draw_max"], color=COLOURS[setting], linewidth=1,

@@ -81,8 +81,10 @@ def rank_heads(mass: np.ndarray, loss: np.ndarray, filler_mass: np.ndarray | Non
         "head_label": [f"{l}.{h}" for l, h in zip(layer.ravel(), head.ravel())], "layer": layer.ravel(),
         "head": head.ravel(), "n": n, "mask_mass": mass.mean(0).ravel(),
         "mask_mass_low": boot_mass[0].ravel(), "mask_mass_high": boot_mass[1].ravel(),
-        "filler_mass": (filler_mass.mean(0) if filler_mass is not None else np.full((n_layers, n_heads), np.nan)).ravel(),
-        "rho": rho.ravel(), "rho_low": _percentile(boot_rho, 2.5).ravel(), "rho_high": _percentile(boot_rho, 97.5).ravel(),
+        "filler_mass": (filler_mass.mean(0) if filler_mass is not None
+                        else np.full((n_layers, n_heads), np.nan)).ravel(),
+        "rho": rho.ravel(), "rho_low": _percentile(boot_rho, 2.5).ravel(),
+        "rho_high": _percentile(boot_rho, 97.5).ravel(),
         "p_permutation": p_perm.ravel(),
     })
     frame = frame.sort_values(["mask_mass", "layer", "head"], ascending=[False, True, True], kind="mergesort")
@@ -144,7 +146,8 @@ def paragraph(tables: dict) -> str:
         top = group.iloc[0]
         text = (f"{top['model']} ({top['n_relevant']} relevant + {top['n_distractor']} distractor, {top['placement']}, "
                 f"{top['masks']} masks, {top['n']} prompts): head {top['head_label']} puts {top['mask_mass']:.3f} "
-                f"[{top['mask_mass_low']:.3f}, {top['mask_mass_high']:.3f}] of the answer slot's attention on the masks")
+                f"[{top['mask_mass_low']:.3f}, {top['mask_mass_high']:.3f}] of the answer slot's attention on the "
+                f"masks")
         if np.isfinite(top["filler_mass"]):
             text += f" ({top['filler_mass']:.3f} on the fillers)"
         text += (f"; its rank correlation with the loss of p(answer) is {top['rho']:.2f} "
@@ -152,7 +155,8 @@ def paragraph(tables: dict) -> str:
         strongest = group.loc[group["rho"].abs().idxmax()] if group["rho"].notna().any() else None
         if strongest is not None and strongest["head_label"] != top["head_label"]:
             text += (f"; the strongest correlation is head {strongest['head_label']}'s, {strongest['rho']:.2f} "
-                     f"[{strongest['rho_low']:.2f}, {strongest['rho_high']:.2f}], with mass {strongest['mask_mass']:.3f}")
+                     f"[{strongest['rho_low']:.2f}, {strongest['rho_high']:.2f}], with mass "
+                     f"{strongest['mask_mass']:.3f}")
         parts.append(text)
     return ("Heads ranked by attention from the answer slot on the masks, with the rank correlation of that mass "
             "with the per-prompt loss of p(answer) against 1 mask. " + "; ".join(parts) + ".")

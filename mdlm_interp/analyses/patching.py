@@ -98,13 +98,16 @@ def patching(paths) -> dict:
     runs, cells, agreement = [], [], []
     for path in paths:
         with open_results(path, "patching") as store:
-            label = {"model": model_label(store.attrs["model_id"]), "comparison": comparison(store.attrs["settings"])}
+            settings = store.attrs["settings"]
+            label = {"model": model_label(store.attrs["model_id"], settings.get("adapter")),
+                     "comparison": comparison(settings)}
             summary = pair_summary(store)
             runs.append({**label, "n": summary["n"], "wrong_token_share": summary["corrupt_says_wrong_token"],
                          **{f"{run}_{k}": v for run in ("clean", "corrupt") for k, v in summary[run].items()}})
             cells.append(patching_cells(store).assign(**label))
             for direction, sites in (store.attrs["attribution_correlation"] or {}).items():
-                agreement += [{**label, "direction": direction, "site": site, "pearson": r} for site, r in sites.items()]
+                agreement += [{**label, "direction": direction, "site": site, "pearson": r}
+                              for site, r in sites.items()]
     cells = pd.concat(cells, ignore_index=True)
     cells = cells[["model", "comparison"] + [c for c in cells.columns if c not in ("model", "comparison")]]
     return {"patching_runs": pd.DataFrame(runs), "patching_cells": cells,
@@ -170,8 +173,8 @@ def head_heatmaps(cells, direction: str, model: str = "", compared: str = "") ->
                          f"head output patched at: {position}", "layer", "head")
     figure.colorbar(image, ax=list(axes[0]), label="recovery", shrink=0.85)
     figure.suptitle(f"Head patching{title}: {DIRECTION_TITLES.get(direction, direction)}")
-    caption = (f"Recovery when one head's output (hook_z; layer rows, head columns) is patched at the answer slot or at "
-               f"every position, {DIRECTION_TITLES.get(direction, direction)}.")
+    caption = (f"Recovery when one head's output (hook_z; layer rows, head columns) is patched at the answer slot or "
+               f"at every position, {DIRECTION_TITLES.get(direction, direction)}.")
     return FigureOut(f"patching_heads{suffix}_{direction}", figure, caption)
 
 
@@ -180,7 +183,8 @@ def figures(tables: dict) -> list:
     out = []
     for (model, compared), cells in tables["patching_cells"].groupby(["model", "comparison"], sort=False):
         for direction in dict.fromkeys(cells["direction"]):
-            out += [position_heatmaps(cells, direction, model, compared), head_heatmaps(cells, direction, model, compared)]
+            out += [position_heatmaps(cells, direction, model, compared),
+                    head_heatmaps(cells, direction, model, compared)]
     return out
 
 
@@ -193,7 +197,8 @@ def strongest(cells, direction: str, site: str, top: int = 3):
 def describe(cell) -> str:
     """Return "L0.H1 answer 1.00 [0.99, 1.00]" for a cell."""
     where = f"L{cell['layer']}" + (f".H{cell['head']}" if cell["head"] >= 0 else "")
-    return f"{where} {cell['position']} {cell['recovery']:.2f} [{cell['recovery_low']:.2f}, {cell['recovery_high']:.2f}]"
+    interval = f"[{cell['recovery_low']:.2f}, {cell['recovery_high']:.2f}]"
+    return f"{where} {cell['position']} {cell['recovery']:.2f} {interval}"
 
 
 def paragraph(tables: dict) -> str:
@@ -203,14 +208,16 @@ def paragraph(tables: dict) -> str:
         cells = tables["patching_cells"]
         cells = cells[(cells["model"] == run["model"]) & (cells["comparison"] == run["comparison"])]
         text = (f"{run['model']}, {run['comparison']} ({run['n']} pairs): accuracy {run['clean_accuracy']:.3f} clean "
-                f"against {run['corrupt_accuracy']:.3f} corrupt. Patched into the corrupt run, the strongest cells are ")
+                f"against {run['corrupt_accuracy']:.3f} corrupt. Patched into the corrupt run, the strongest cells "
+                f"are ")
         text += "; ".join(f"{site}: " + ", ".join(describe(c) for c in strongest(cells, "clean_into_corrupt", site)
                                                   .to_dict("records")) for site in SITES)
         agreement = tables["patching_attribution"]
         agreement = agreement[(agreement["model"] == run["model"]) & (agreement["comparison"] == run["comparison"])]
         if len(agreement):
             text += (". Attribution against exact patching (Pearson r over each grid): "
-                     + ", ".join(f"{r['direction']} {r['site']} {r['pearson']:.2f}" for r in agreement.to_dict("records")
+                     + ", ".join(f"{r['direction']} {r['site']} {r['pearson']:.2f}"
+                                 for r in agreement.to_dict("records")
                                  if r["pearson"] is not None and np.isfinite(r["pearson"])))
         parts.append(text + ".")
     return " ".join(parts)

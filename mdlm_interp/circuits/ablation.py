@@ -224,7 +224,8 @@ def run_ablation(lm, config: RecordConfig, heads: str, *, out, modes=MODES, cont
     columns["examples/input_length"] = np.array([len(tp.input_ids) for m in config.masks for tp in prompts[m]])
 
     facts = subject.facts()
-    settings = {**config.settings(), **facts, "heads": heads, "modes": list(modes), "control_draws": control_draws}
+    settings = {**config.settings(), **facts, **({"adapter": subject.adapter} if subject.adapter else {}),
+                "heads": heads, "modes": list(modes), "control_draws": control_draws}
     provenance = Provenance(command_line=command_line or shlex.join(sys.argv), task_config=config.task_config(),
                             seed=config.seed, **facts)
     attrs = {"heads": head_names(chosen), "head_selection": heads, "modes": list(modes),

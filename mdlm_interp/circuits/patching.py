@@ -374,8 +374,9 @@ def run_patching(lm, config: RecordConfig, clean: Condition, corrupt: Condition,
         lm.model, pairs, subject.prediction_offset, batch_size=batch_size, last_k=last_k, wrong_id=wrong_id,
         attribution=attribution, max_rows=max_rows, progress=progress, device=device)
     facts = subject.facts()
-    settings = {**config.settings(), **facts, "clean": vars(clean), "corrupt": vars(corrupt), "last_k": last_k,
-                "wrong_token": wrong_token, "attribution": attribution}
+    settings = {**config.settings(), **facts, **({"adapter": subject.adapter} if subject.adapter else {}),
+                "clean": vars(clean), "corrupt": vars(corrupt), "last_k": last_k, "wrong_token": wrong_token,
+                "attribution": attribution}
     provenance = Provenance(command_line=command_line or shlex.join(sys.argv), task_config=config.task_config(),
                             seed=config.seed, **facts)
     dims = {"directions": len(DIRECTIONS), "layers": subject.n_layers, "heads": subject.n_heads,

@@ -5,6 +5,7 @@ from mdlm_interp.cli.record import DEFAULT_MODEL, int_list, name_list
 
 def add_parser(subparsers) -> None:
     """Register the ``ablate`` subcommand."""
+    from mdlm_interp.cli.adapters import add_adapter_flags
     from mdlm_interp.models.families import DTYPE_NAMES
 
     parser = subparsers.add_parser(
@@ -39,6 +40,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--n-distractor", type=int, default=40, help="distractor examples per prompt (default 40)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prompts and of the random heads (default 0)")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (default 8)")
+    add_adapter_flags(parser)
     parser.add_argument("--dtype", default="float32", choices=list(DTYPE_NAMES), help="model dtype (default float32)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     parser.add_argument("--out", default="ablate.h5", help="output HDF5 ablation store (default ablate.h5)")
@@ -50,8 +52,6 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     """Check the request, load the model, ablate, write the store, print the table."""
-    import shlex
-    import sys
     from pathlib import Path
 
     from mdlm_interp.circuits.ablation import MODES
@@ -73,13 +73,14 @@ def run(args) -> int:
         raise UsageError(f"--heads: expected top:K or LAYER.HEAD pairs like 0.1,2.3, got {args.heads!r}")
 
     from mdlm_interp.circuits.ablation import run_ablation
+    from mdlm_interp.cli.adapters import adapter_options
     from mdlm_interp.models import load_model
 
-    lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    lm = load_model(args.model, device=args.device, dtype=args.dtype, **adapter_options(args))
     out = run_ablation(lm, config, args.heads, out=args.out, modes=args.modes,
                        control_draws=args.control_draws if args.control == "random" else 0,
                        batch_size=args.batch_size, overwrite=args.overwrite, progress=not args.no_progress,
-                       command_line=shlex.join(["mdlm-interp", *sys.argv[1:]]))
+                       command_line=args.command_line)
     print(report(out, figure=args.figure))
     return 0
 

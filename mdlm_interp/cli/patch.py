@@ -5,6 +5,7 @@ from mdlm_interp.cli.record import DEFAULT_MODEL, name_list
 
 def add_parser(subparsers) -> None:
     """Register the ``patch`` subcommand."""
+    from mdlm_interp.cli.adapters import add_adapter_flags
     from mdlm_interp.models.families import DTYPE_NAMES
 
     parser = subparsers.add_parser(
@@ -49,6 +50,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--max-rows", type=int, default=512,
                         help="most sequences (patched variants x pairs) in one forward pass; lower it to save "
                         "memory (default 512)")
+    add_adapter_flags(parser)
     parser.add_argument("--dtype", default="float32", choices=list(DTYPE_NAMES), help="model dtype (default float32)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     parser.add_argument("--out", default="patch.h5", help="output HDF5 patching store (default patch.h5)")
@@ -61,8 +63,6 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     """Check the request, load the model, patch, write the store, print the strongest cells."""
-    import shlex
-    import sys
     from pathlib import Path
 
     from mdlm_interp.errors import UsageError
@@ -84,13 +84,14 @@ def run(args) -> int:
         raise UsageError("the clean and corrupt runs are the same condition; change --clean-masks or --clean-filler")
 
     from mdlm_interp.circuits.patching import run_patching
+    from mdlm_interp.cli.adapters import adapter_options
     from mdlm_interp.models import load_model
 
-    lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    lm = load_model(args.model, device=args.device, dtype=args.dtype, **adapter_options(args))
     out = run_patching(lm, config, clean, corrupt, out=args.out, batch_size=args.batch_size, last_k=args.last_k,
                        wrong_token=args.wrong_token, attribution=not args.no_attribution, max_rows=args.max_rows,
                        overwrite=args.overwrite, progress=not args.no_progress,
-                       command_line=shlex.join(["mdlm-interp", *sys.argv[1:]]))
+                       command_line=args.command_line)
     print(report(out, lm.tokenizer, figures=args.figures))
     return 0
 
@@ -133,7 +134,8 @@ def report(path, tokenizer=None, figures=None, top: int = 5) -> str:
                      f"{summary['corrupt_says_wrong_token']:.0%} of pairs")
     for direction in dict.fromkeys(cells["direction"]):
         restoring = direction == "clean_into_corrupt"
-        lines.append(f"\n{direction}: the {top} cells per site that {'restore the answer' if restoring else 'break it'} "
+        effect = "restore the answer" if restoring else "break it"
+        lines.append(f"\n{direction}: the {top} cells per site that {effect} "
                      f"most (recovery, 95% bootstrap interval)")
         for site in SITES:
             best = strongest(cells, direction, site, top)
