@@ -103,6 +103,7 @@ def report(path, tokenizer=None, figures=None, top: int = 5) -> str:
 
     import numpy as np
 
+    from mdlm_interp.analyses.grouped import masks_text
     from mdlm_interp.analyses.patching import (
         comparison,
         describe,
@@ -124,7 +125,7 @@ def report(path, tokenizer=None, figures=None, top: int = 5) -> str:
     lines = [f"wrote {summary['n']} pairs to {path} ({comparison(settings)})"]
     for run in ("clean", "corrupt"):
         s, condition = summary[run], settings[run]
-        label = f"{condition['masks']} masks" + (" (filler control)" if condition["filler"] else "")
+        label = masks_text(condition["masks"]) + (" (filler control)" if condition["filler"] else "")
         lines.append(f"  {run:8s} {label:26s} accuracy {s['accuracy']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}]  "
                      f"p(answer) {s['p_answer']:.3f}  logit diff {s['logit_diff']:.2f}")
     if tokenizer is not None:
