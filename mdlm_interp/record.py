@@ -139,6 +139,7 @@ class Subject:
     chat_template: str | None
     max_length: int | None
     fingerprint: object  # () -> the weights fingerprint (computed once per recording)
+    adapter: dict | None = None  # the LoRA adapter on the weights: {"path", "fingerprint", "merged"}
 
     @property
     def n_layers(self) -> int:
@@ -168,7 +169,8 @@ def subject_from(model, tokenizer=None, mask_token_id=None, prediction_offset=No
     if isinstance(model, LoadedModel):
         return Subject(model.model, model.tokenizer, model.mask_token_id, model.spec.prediction_offset,
                        model.spec.causal, model.spec.family, model.source, dtype_name(next(model.model.parameters()).dtype),
-                       model.spec.chat_template if chat else None, model.config.max_seq_len, model.fingerprint)
+                       model.spec.chat_template if chat else None, model.config.max_seq_len, model.fingerprint,
+                       model.adapter.facts() if model.adapter else None)
     if tokenizer is None or prediction_offset is None:
         raise UsageError("recording a bare module needs its tokenizer and prediction_offset")
     if not causal and mask_token_id is None:
@@ -238,7 +240,8 @@ def record(model, tokenizer=None, *, out, config: RecordConfig | None = None, ma
 
     facts = subject.facts()
     # batch_size is a setting: rows are padded to their batch's longest prompt, which moves floats a little
-    settings = {**config.settings(), **facts, "batch_size": batch_size, **({"shard": [rank, world]} if shard else {})}
+    settings = {**config.settings(), **facts, "batch_size": batch_size,
+                **({"adapter": subject.adapter} if subject.adapter else {}), **({"shard": [rank, world]} if shard else {})}
     provenance = Provenance(command_line=command_line or shlex.join(sys.argv), task_config=config.task_config(),
                             seed=config.seed, **facts)
     dims = {"k": config.top_k, "relevant": max(config.n_relevant, 1), "layers": subject.n_layers,

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from mdlm_interp.store import open_store
+from mdlm_interp.store.results import open_results, result_kind
 
 SETTING = ["model", "n_relevant", "n_distractor"]
 CONDITION = ["placement", "filler", "masks"]
@@ -50,20 +51,22 @@ class StoreInfo:
 class Recordings:
     """Rows of several stores. ``rows``: pandas DataFrame, one row per (example, condition) of each
     store, duplicates across stores dropped. ``stores``: list of ``StoreInfo`` (``rows.store`` indexes
-    it). ``notes``: sentences for the report (e.g. dropped duplicates).
+    it). ``notes``: sentences for the report (e.g. dropped duplicates). ``results``: the result stores
+    given beside them (``patch``, ``ablate``), kind -> list of paths.
     """
 
-    def __init__(self, stores: list, rows, notes: list | None = None):
+    def __init__(self, stores: list, rows, notes: list | None = None, results: dict | None = None):
         self.stores = stores
         self.rows = rows
         self.notes = list(notes or [])
+        self.results = dict(results or {})
         self._arrays = {}
 
     def with_groups(self, groups) -> tuple["Recordings", list[StoreInfo]]:
         """Return (recordings restricted to stores that recorded every group in ``groups``, stores left out)."""
         keep = [i for i, s in enumerate(self.stores) if set(groups) <= set(s.groups)]
         left_out = [s for i, s in enumerate(self.stores) if i not in keep]
-        subset = Recordings(self.stores, self.rows[self.rows["store"].isin(keep)], self.notes)
+        subset = Recordings(self.stores, self.rows[self.rows["store"].isin(keep)], self.notes, self.results)
         subset._arrays = self._arrays
         return subset, left_out
 
@@ -109,14 +112,23 @@ def find_stores(paths) -> list[Path]:
 
 
 def load(paths) -> Recordings:
-    """Open every store (folders are searched for .h5 files) and return their ``Recordings``.
+    """Open every store (folders are searched for .h5 files) and return their ``Recordings``; result stores
+    (patching, ablation) go to ``Recordings.results``.
 
     Raises ``UsageError`` (one line) for a path that is not a readable store, before reading any rows.
     """
     import pandas as pd
 
-    paths = find_stores(paths)
-    stores = [_info(path) for path in paths]
+    results = {}
+    record_paths = []
+    for path in find_stores(paths):
+        kind = result_kind(path)
+        if kind is None:
+            record_paths.append(path)
+            continue
+        open_results(path, kind).close()  # checks it
+        results.setdefault(kind, []).append(path)
+    stores = [_info(path) for path in record_paths]
     stores = _disambiguate(stores)
     frames = []
     for index, info in enumerate(stores):
@@ -144,24 +156,29 @@ def load(paths) -> Recordings:
             notes.append(f"{int(duplicated.sum())} rows recorded twice (same model, setting, condition and prompt "
                          "in two stores) were counted once.")
             rows = rows[~duplicated].reset_index(drop=True)
-    return Recordings(stores, rows, notes)
+    return Recordings(stores, rows, notes, results)
 
 
 def _info(path: Path) -> StoreInfo:
     with open_store(path) as store:
         attrs = store.attrs
         config = attrs["task_config"]
+        adapter = attrs["settings"].get("adapter")  # record --adapter: a LoRA adapter on the weights
         return StoreInfo(
-            path=path, model=model_label(attrs["model_id"]), model_id=attrs["model_id"], family=attrs["family"],
-            fingerprint=attrs["weights_fingerprint"], n_relevant=int(config["n_relevant"]),
+            path=path, model=model_label(attrs["model_id"], adapter), model_id=attrs["model_id"],
+            family=attrs["family"],
+            fingerprint=attrs["weights_fingerprint"] + (f"+{adapter['fingerprint']}" if adapter else ""),
+            n_relevant=int(config["n_relevant"]),
             n_distractor=int(config["n_distractor"]), seed=int(attrs["seed"]), groups=store.groups,
             dims=dict(store.dims), n_rows=store.n_rows, n_planned=int(attrs["n_planned"]), status=attrs["status"],
             command_line=attrs["command_line"], created=attrs["created"], toolkit_version=attrs["toolkit_version"])
 
 
-def model_label(model_id: str) -> str:
-    """Return a short label for a model id: the last path component ("organism-llada", "LLaDA-8B-Instruct")."""
-    return Path(str(model_id).rstrip("/")).name or str(model_id)
+def model_label(model_id: str, adapter: dict | None = None) -> str:
+    """Return a short label for a model id: the last path component ("organism-llada", "LLaDA-8B-Instruct"),
+    and "+NAME" with the folder name of the store's adapter ("organism-llada+organism-llada-ma")."""
+    label = Path(str(model_id).rstrip("/")).name or str(model_id)
+    return f"{label}+{Path(adapter['path']).name}" if adapter else label
 
 
 def _disambiguate(stores: list) -> list:

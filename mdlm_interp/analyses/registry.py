@@ -25,7 +25,9 @@ class Analysis:
 
     tables(recordings) -> {name: DataFrame}; figures(tables) -> [FigureOut]; paragraph(tables) -> str
     (the findings in words and numbers); shown(tables) -> {caption: DataFrame}, compact views printed in
-    report.md (default: every table as written).
+    report.md (default: every table as written). ``store_kind`` "record" (the default) reads record
+    stores (``tables`` gets ``Recordings``); "patching" or "ablation" reads result stores of that kind
+    (``tables`` gets the list of their paths, and ``needs`` is unused).
     """
 
     name: str
@@ -35,6 +37,7 @@ class Analysis:
     figures: Callable
     paragraph: Callable
     shown: Callable | None = field(default=None)
+    store_kind: str = "record"
 
 
 # modules defining ANALYSIS, in report order (modules by path: the package re-exports functions of the same names)
@@ -46,6 +49,9 @@ ANALYSIS_MODULES = [
     "lens",
     "wrong_predictions",
     "context_benefit",
+    "heads",
+    "patching",
+    "ablation",
 ]
 
 

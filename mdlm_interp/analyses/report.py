@@ -49,6 +49,12 @@ def run_analyses(recordings, only=None) -> list[Outcome]:
     for analysis in registered():
         if only and analysis.name not in only:
             continue
+        if analysis.store_kind != "record":
+            outcomes.append(run_on_results(analysis, recordings.results.get(analysis.store_kind, [])))
+            continue
+        if not recordings.stores:
+            outcomes.append(Outcome(analysis.title, {}, [], "", {}, "no record store was given", []))
+            continue
         subset, left_out = recordings.with_groups(analysis.needs)
         notes = []
         if left_out and analysis.needs:
@@ -67,6 +73,15 @@ def run_analyses(recordings, only=None) -> list[Outcome]:
         outcomes.append(Outcome(analysis.title, tables, figures, analysis.paragraph(tables),
                                 (analysis.shown or (lambda t: t))(tables), None, notes))
     return outcomes
+
+
+def run_on_results(analysis, paths: list) -> Outcome:
+    """Run an analysis of result stores (``store_kind`` "patching" or "ablation") on ``paths``."""
+    if not paths:
+        return Outcome(analysis.title, {}, [], "", {}, f"no {analysis.store_kind} store was given", [])
+    tables = analysis.tables(paths)
+    return Outcome(analysis.title, tables, analysis.figures(tables), analysis.paragraph(tables),
+                   (analysis.shown or (lambda t: t))(tables), None, [])
 
 
 def store_list(stores) -> str:
@@ -90,7 +105,7 @@ def write_report(stores, out, *, command_line: str = "", only=None) -> Path:
     anything if a path is not a readable store.
     """
     recordings = load(stores)
-    if not recordings.stores:
+    if not recordings.stores and not recordings.results:
         raise UsageError("no stores found in " + ", ".join(map(str, stores)))
     out = prepare_out(out)
     outcomes = run_analyses(recordings, only)
@@ -101,6 +116,8 @@ def write_report(stores, out, *, command_line: str = "", only=None) -> Path:
                     "weights_fingerprint": s.fingerprint, "seed": s.seed, "n_relevant": s.n_relevant,
                     "n_distractor": s.n_distractor, "rows": s.n_rows, "status": s.status,
                     "command_line": s.command_line} for s in recordings.stores],
+        "result_stores": [{"path": str(path), "kind": kind} for kind, paths in recordings.results.items()
+                          for path in paths],
     }
     (out / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
     stamp = f"{command_line} | mdlm-interp {__version__} | {provenance['created']}"
@@ -126,6 +143,9 @@ def render(recordings, outcomes, provenance) -> str:
                "status": s.status, "recorded": ", ".join(g for g in s.groups if g != "examples"),
                "weights": s.fingerprint[:19]} for s in recordings.stores]
     lines += [markdown_table(stores), ""]
+    if recordings.results:
+        lines += ["Result stores: " + ", ".join(f"{path} ({kind})" for kind, paths in recordings.results.items()
+                                                for path in paths) + ".", ""]
     incomplete = [s for s in recordings.stores if s.status != "complete"]
     if incomplete:
         lines += [f"{len(incomplete)} store(s) are incomplete (their committed rows are analysed): "

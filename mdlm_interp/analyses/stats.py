@@ -126,6 +126,33 @@ def bootstrap_correlation(x, y, resamples: int = BOOTSTRAP_RESAMPLES, seed: int 
     return out
 
 
+def spearman(x, y) -> np.ndarray:
+    """Return Spearman's rho between every column of ``x`` [n, ...] and ``y`` [n] (average ranks for ties),
+    shaped like one row of ``x``; NaN where a side is constant or n < 2."""
+    import pandas as pd
+
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    shape = x.shape[1:]
+    if len(y) < 2:
+        return np.full(shape, np.nan)
+    rx = pd.DataFrame(x.reshape(len(x), -1)).rank().to_numpy()
+    ry = _ranks(y)
+    rx, ry = rx - rx.mean(0), ry - ry.mean()
+    norm = np.sqrt((rx ** 2).sum(0) * (ry ** 2).sum())
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rho = np.where(norm > 0, (rx * ry[:, None]).sum(0) / norm, np.nan)
+    return rho.reshape(shape)
+
+
+def recovery(patched, clean, corrupt) -> np.ndarray:
+    """Return (patched - corrupt) / (clean - corrupt) as float64, elementwise with numpy broadcasting (NaN
+    where clean == corrupt): 1 when a patched run is as good as the clean run, 0 as bad as the corrupt run."""
+    patched, clean, corrupt = (np.asarray(v, dtype=float) for v in (patched, clean, corrupt))
+    gap = clean - corrupt
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(gap == 0, np.nan, (patched - corrupt) / gap)
+
+
 def _ranks(values: np.ndarray) -> np.ndarray:
     """Average ranks (ties share their mean rank), as Spearman's rho needs."""
     import pandas as pd

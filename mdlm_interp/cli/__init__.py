@@ -11,7 +11,8 @@ import sys
 
 from mdlm_interp.errors import UsageError
 
-SUBCOMMAND_MODULES = ["model", "tasks", "pretrain", "record", "summary", "analyze", "sweep"]
+SUBCOMMAND_MODULES = ["model", "tasks", "pretrain", "record", "summary", "analyze", "sweep", "train_ma", "compare",
+                      "patch", "heads", "ablate"]
 
 
 class CommandLineParser(argparse.ArgumentParser):
@@ -39,8 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the process exit code (0 ok, 2 bad input)."""
+    import shlex
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command_line = shlex.join(["mdlm-interp", *(sys.argv[1:] if argv is None else argv)])  # for provenance
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -43,6 +43,25 @@ outputs (in --out DIR):
   figures/logit_lens_*.png        p(answer) and entropy against depth, a line per mask count
   figures/wrong_predictions_*.png correct / most frequent wrong tokens / other, per mask count
   figures/context_benefit_*.png   per-task benefit against drop, and r against masks
+  tables/head_ranking.csv         per layer x head, ranked by attention mass from the answer slot on the
+                                  masks (mask_mass, bootstrap bounds), filler_mass (the filler control),
+                                  rho (Spearman with the loss of p(answer) against 1 mask, same prompts),
+                                  rho_low, rho_high, p_permutation
+  figures/head_ranking_*.png      mass per head (fillers beside it) and rho with intervals
+patching stores (`mdlm-interp patch`):
+  tables/patching_runs.csv        per store: the clean and corrupt runs' accuracy (Wilson), p(answer),
+                                  logit difference, share of corrupt runs predicting the wrong token
+  tables/patching_cells.csv       per store, direction, site, layer, position group (or head and head
+                                  group): recovery of logit(answer) - logit(wrong) with bootstrap bounds,
+                                  p_answer, attribution_recovery (attribution patching's estimate)
+  tables/patching_attribution.csv Pearson r of exact against attribution recovery per direction and site
+  figures/patching_positions_*.png  recovery heatmaps layer x position group (resid_pre, attn_out, mlp_out)
+  figures/patching_heads_*.png    recovery heatmaps layer x head (answer slot, all positions)
+ablation stores (`mdlm-interp ablate`):
+  tables/ablation.csv             per store, masks, setting (none, chosen, control), mode: accuracy (Wilson;
+                                  pooled control: bootstrap), p_answer, change against no ablation (paired
+                                  bootstrap), range of the single random draws
+  figures/ablation_*.png          accuracy per mode: chosen heads against random heads
 File names carry the setting: _r10_d40_random = 10 relevant + 40 distractor examples, random placement.
 Accuracies and shares have Wilson 95% intervals; means, differences and correlations a 95% percentile
 bootstrap (2000 resamples, seed 0), paired differences resampling prompts matched by (seed, task, prompt).
@@ -59,18 +78,20 @@ def add_parser(subparsers) -> None:
         help="turn stores into the paper's tables, figures and a report (with 95%% intervals)",
         description="Analyse one or more stores side by side (one line or panel per model): inverse scaling "
         "with masks and the filler control, locality, gradient attribution, attention to masks per layer x head, "
-        "logit lens, what the model predicts instead, and context benefit against mask drop. Writes DIR/report.md, "
+        "logit lens, what the model predicts instead, context benefit against mask drop, heads ranked by "
+        "attention to the masks, and, from `patch` and `ablate` stores, patching heatmaps and ablation effects. "
+        "Writes DIR/report.md, "
         "DIR/tables/*.csv, DIR/figures/*.png and DIR/provenance.json, then prints the pooled inverse-scaling table.",
         epilog=OUTPUTS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("stores", nargs="+", metavar="STORE",
-                        help="HDF5 stores written by `mdlm-interp record` (or folders searched for .h5 stores, "
-                        "e.g. a sweep's output)")
+                        help="HDF5 stores written by `mdlm-interp record`, `patch` or `ablate` (or folders searched "
+                        "for .h5 stores, e.g. a sweep's output)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created; files in it are replaced)")
     parser.add_argument("--only", default=None, metavar="NAMES",
                         help="comma-separated analyses to run (default all): inverse_scaling, locality, attribution, "
-                        "attention, logit_lens, wrong_predictions, context_benefit")
+                        "attention, logit_lens, wrong_predictions, context_benefit, head_ranking, patching, ablation")
     parser.set_defaults(func=run)
 
 

@@ -3,6 +3,7 @@
 
 def add_parser(subparsers) -> None:
     """Register ``model init`` and ``model info``."""
+    from mdlm_interp.cli.adapters import add_adapter_flags
     from mdlm_interp.models.families import DTYPE_NAMES, FAMILIES, SHAPE_PRESETS
 
     parser = subparsers.add_parser("model", help="write tiny random checkpoints; describe a checkpoint")
@@ -31,6 +32,7 @@ def add_parser(subparsers) -> None:
     info = actions.add_parser("info", help="print family, shapes, parameter count and special token ids")
     info.add_argument("model", help="checkpoint directory, organism-NAME, or hub id in the local cache")
     info.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    add_adapter_flags(info)
     info.set_defaults(func=run_info)
 
 
@@ -69,6 +71,7 @@ def describe(lm) -> dict:
         "n_params": sum(p.numel() for p in lm.model.parameters()),
         "config": asdict(lm.config),
         "special_tokens": specials,
+        "adapter": lm.adapter.facts() if lm.adapter else None,
     }
 
 
@@ -78,7 +81,9 @@ def run_info(args) -> int:
 
     from mdlm_interp.models.loader import load_model
 
-    info = describe(load_model(args.model))
+    from mdlm_interp.cli.adapters import adapter_options
+
+    info = describe(load_model(args.model, **adapter_options(args)))
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -93,4 +98,7 @@ def run_info(args) -> int:
           f"max length {cfg['max_seq_len']}")
     for role, special in info["special_tokens"].items():
         print(f"{role + ' token':<20}{special['token']} = {special['id']}")
+    if info["adapter"]:
+        adapter = info["adapter"]
+        print(f"adapter           {adapter['path']} ({adapter['fingerprint']}{', merged' if adapter['merged'] else ''})")
     return 0

@@ -20,6 +20,7 @@ def name_list(text: str) -> list[str]:
 
 def add_parser(subparsers) -> None:
     """Register the ``record`` subcommand."""
+    from mdlm_interp.cli.adapters import add_adapter_flags
     from mdlm_interp.models.families import DTYPE_NAMES
 
     parser = subparsers.add_parser(
@@ -57,6 +58,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--dtype", default="float32", choices=list(DTYPE_NAMES),
                         help="model dtype (default float32)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    add_adapter_flags(parser)
     parser.add_argument("--out", default="record.h5", help="output HDF5 store (default record.h5)")
     existing = parser.add_mutually_exclusive_group()
     existing.add_argument("--resume", action="store_true",
@@ -75,9 +77,6 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     """Check the request and the output path, load the model, record, then print the summary table."""
-    import shlex
-    import sys
-
     from mdlm_interp.errors import UsageError
     from mdlm_interp.record import RecordConfig, record
     from mdlm_interp.store.writer import check_writable
@@ -89,7 +88,10 @@ def run(args) -> int:
                           seed=args.seed, top_k=args.top_k, chat=args.chat)
     if args.batch_size < 1:
         raise UsageError("batch size must be at least 1")
+    if args.merge_adapter and args.adapter is None:
+        raise UsageError("--merge-adapter needs --adapter DIR")
 
+    from mdlm_interp.cli.adapters import adapter_options
     from mdlm_interp.models import load_model
     from mdlm_interp.models.loader import parse_device
     from mdlm_interp.store import open_store
@@ -97,10 +99,10 @@ def run(args) -> int:
 
     parse_device(args.device)
     rank, world, device = distributed_setup(args.device)
-    lm = load_model(args.model, device=device, dtype=args.dtype)
+    lm = load_model(args.model, device=device, dtype=args.dtype, **adapter_options(args))
     out = record(
         lm, out=args.out, config=config, batch_size=args.batch_size, resume=args.resume, overwrite=args.overwrite,
-        progress=not args.no_progress and rank == 0, command_line=shlex.join(["mdlm-interp", *sys.argv[1:]]),
+        progress=not args.no_progress and rank == 0, command_line=args.command_line,
         shard=(rank, world) if world > 1 else None,
     )
     if world > 1:

@@ -33,15 +33,25 @@ def add_parser(subparsers) -> None:
                       help="wrap the user text in this template containing {content}; the answer slot follows it")
     show.set_defaults(func=run_show)
 
-    export = actions.add_parser("export", help="write sampled prompts as JSON lines",
+    export = actions.add_parser("export", help="write sampled prompts, or fine-tuning pairs, as JSON lines",
                                 description="Write N prompts per task as JSON lines (keys in docs/tasks.md); "
-                                "the same arguments give a byte-identical file.")
-    export.add_argument("--task", required=True, metavar="TASK|all", help="a task name, or all for the 16 tasks")
+                                "the same arguments give a byte-identical file. --format sft writes fine-tuning "
+                                "pairs for `mdlm-interp train-ma` instead: prompt (up to the answer slot) and "
+                                "response (the answer), sampled with negative seeds that no evaluation uses, "
+                                "for the tasks of half of the relevant categories only (--categories), so "
+                                "evaluations can report held-in and held-out categories.")
+    export.add_argument("--task", required=True, metavar="TASK|all", help="a task name, or all for the 16 tasks "
+                        "(with --format sft: those of --categories)")
     export.add_argument("--n", type=int, required=True, metavar="N", help="number of prompts per task")
     export.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the export (default 0)")
     export.add_argument("--out", required=True, metavar="FILE.jsonl", help="output file, or - for stdout")
     export.add_argument("--overwrite", action="store_true",
                         help="replace an existing output file (it is replaced only once the new one is complete)")
+    export.add_argument("--format", choices=("prompts", "sft"), default="prompts",
+                        help="prompts: one record describing each prompt (default); sft: fine-tuning pairs")
+    export.add_argument("--categories", default=None, metavar="C1,C2,...",
+                        help="with --format sft: the relevant categories the pairs cover (default "
+                        "adjective,animal,profession,place, every other one; the rest are held out)")
     _add_sampling_flags(export)
     export.set_defaults(func=run_export)
 
@@ -96,22 +106,30 @@ def run_export(args) -> int:
 
     from mdlm_interp.errors import UsageError
     from mdlm_interp.outputs import check_output_file, staged_file
-    from mdlm_interp.tasks import TASK_NAMES, export_records, get_task, write_jsonl
+    from mdlm_interp.tasks import SFT_CATEGORIES, TASK_NAMES, export_records, get_task, sft_records, sft_tasks, write_jsonl
 
     tasks = TASK_NAMES if args.task == "all" else [get_task(args.task).name]
     if args.n * len(tasks) > MAX_EXPORT:
         raise UsageError(f"{args.n * len(tasks):,} prompts asked, more than {MAX_EXPORT:,} per export")
     if args.out != "-":
         check_output_file(args.out, overwrite=args.overwrite)
+    if args.format == "sft":
+        categories = SFT_CATEGORIES if args.categories is None else tuple(c for c in args.categories.split(",") if c)
+        tasks = sft_tasks(tasks, categories)
+        make = sft_records
+    elif args.categories is not None:
+        raise UsageError("--categories goes with --format sft")
+    else:
+        make = export_records
     # sample everything first: a bad argument leaves no partial output
-    records = list(export_records(tasks, args.n, args.seed, args.n_relevant, args.n_distractor, args.placement,
-                                  _tokenizer_words(args.tokenizer)))
+    records = list(make(tasks, args.n, args.seed, args.n_relevant, args.n_distractor, args.placement,
+                        _tokenizer_words(args.tokenizer)))
     if args.out == "-":
         write_jsonl(records, sys.stdout)
         return 0
     with staged_file(args.out) as out:
         count = write_jsonl(records, out)
-    print(f"wrote {count} prompts to {args.out}", file=sys.stderr)
+    print(f"wrote {count} {'fine-tuning pairs' if args.format == 'sft' else 'prompts'} to {args.out}", file=sys.stderr)
     return 0
 
 

@@ -33,6 +33,10 @@ SHAPE_PRESETS: dict[str, dict] = {
     "organism": dict(d_model=128, n_layers=4, n_heads=4, n_kv_heads=4, d_mlp=384, max_seq_len=1024, tie_embeddings=True),
 }
 
+# The decoder's linear projections (module names, the same in every family's model; the checkpoint's
+# own names are in FamilySpec.param_names): what LoRA may adapt.
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
 # Tokenizer file formats: what a checkpoint of the format ships, and the transformers class named in
 # its tokenizer_config.json.
 TOKENIZER_FORMATS = {
@@ -63,6 +67,7 @@ class FamilySpec:
     extra_config: dict[str, object] = field(default_factory=dict)  # further fields a written config.json carries
     qkv_bias: bool | None = None  # None: read it from config_keys["qkv_bias"] (absent: no bias)
     mlp_ratio_key: str | None = None  # when config_keys["d_mlp"] are absent: d_mlp = config[key] (default 4) * d_model
+    lora_targets: tuple[str, ...] = PROJECTIONS  # modules LoRA adapts by default (a subset of PROJECTIONS)
 
     @property
     def mask_token(self) -> str | None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from mdlm_interp.errors import UsageError
+from mdlm_interp.models.adapter import AdapterInfo, apply_adapter, check_adapter_dir
 from mdlm_interp.models.checkpoint import load_weights, read_config, resolve_checkpoint, weights_fingerprint
 from mdlm_interp.models.families import DTYPE_NAMES, FamilySpec, family_for_config
 from mdlm_interp.models.readout import logits_at
@@ -25,6 +26,7 @@ class LoadedModel:
     mask_token_id: int | None
     source: str  # what the user asked for (path, organism name or hub id)
     path: Path  # the resolved local directory
+    adapter: AdapterInfo | None = None  # the LoRA adapter loaded onto the weights, if any
 
     def logits_at(self, logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Return the logits predicting the tokens at ``positions`` ([batch] or [batch, k]), offset applied."""
@@ -69,7 +71,8 @@ def parse_device(device: str | torch.device) -> torch.device:
 
 
 def load_model(
-    name_or_path: str | os.PathLike, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None
+    name_or_path: str | os.PathLike, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
+    adapter: str | os.PathLike | None = None, merge_adapter: bool = False,
 ) -> LoadedModel:
     """Load a LLaDA, Dream, Llama or Qwen2 checkpoint with the toolkit's own model code.
 
@@ -78,8 +81,14 @@ def load_model(
     built without allocating; ``dtype`` defaults to float32. The model is in eval mode with
     ``requires_grad`` off for its parameters, and carries the tokenizer (``model.to_tokens``,
     ``model.to_string``), prepending BOS by default where the family's prompts start with it.
+    ``adapter``: a LoRA adapter directory in peft's format (``models.adapter``), loaded onto the
+    weights, or with ``merge_adapter`` folded into them.
     """
     device = parse_device(device)
+    if merge_adapter and adapter is None:
+        raise UsageError("merging an adapter (--merge-adapter) needs one (--adapter DIR)")
+    if adapter is not None:
+        check_adapter_dir(adapter)
     path = resolve_checkpoint(name_or_path)
     config = read_config(path)
     spec = family_for_config(config)
@@ -96,4 +105,7 @@ def load_model(
     model.tokenizer = tokenizer
     bos = spec.special_tokens.get("bos")
     model.default_prepend_bos = bos is not None and spec.chat_template.startswith(bos)
-    return LoadedModel(model, tokenizer, spec, model.cfg, mask_token_id, str(name_or_path), path)
+    info = None
+    if adapter is not None:
+        model, info = apply_adapter(model, adapter, merge_adapter, weights_fingerprint(path))
+    return LoadedModel(model, tokenizer, spec, model.cfg, mask_token_id, str(name_or_path), path, info)

@@ -47,6 +47,9 @@ def check_store(file: h5py.File, path) -> dict:
 
 
 def _check(file: h5py.File, path) -> dict:
+    if "store_kind" in file.attrs:
+        raise UsageError(f"{path} is a {file.attrs['store_kind']} store, not a record store "
+                         "(read it with mdlm_interp.store.results.open_results)")
     version = file.attrs.get("schema_version")
     if version is None:
         raise UsageError(f"{path} is not an mdlm-interp store (no schema_version attribute)")

@@ -6,7 +6,18 @@
     tp = tokenize_prompt(prompt, tokenizer, mask_token_id=mask_id, masks=20, filler=" .")
 """
 
-from mdlm_interp.tasks.export import export_records, prompt_record, record_seed, write_jsonl
+from mdlm_interp.tasks.export import (
+    SFT_CATEGORIES,
+    export_records,
+    held_out_categories,
+    prompt_record,
+    record_seed,
+    sft_record,
+    sft_records,
+    sft_seed,
+    sft_tasks,
+    write_jsonl,
+)
 from mdlm_interp.tasks.format import DEFAULT_FILLER, AnswerSlot, tokenizer_corpus
 from mdlm_interp.tasks.prompt import Placement, Prompt, PromptConfig, parse_placement, sample_prompt
 from mdlm_interp.tasks.render import render_prompt
@@ -18,6 +29,7 @@ __all__ = [
     "CATEGORIES",
     "DEFAULT_FILLER",
     "DISTRACTOR_RULES",
+    "SFT_CATEGORIES",
     "TASK_NAMES",
     "AnswerSlot",
     "Example",
@@ -30,12 +42,17 @@ __all__ = [
     "all_words",
     "export_records",
     "get_task",
+    "held_out_categories",
     "load_word_lists",
     "parse_placement",
     "prompt_record",
     "record_seed",
     "render_prompt",
     "sample_prompt",
+    "sft_record",
+    "sft_records",
+    "sft_seed",
+    "sft_tasks",
     "single_token_words",
     "tokenize_prompt",
     "tokenizer_corpus",

@@ -13,15 +13,16 @@ import torch.nn.functional as F
 EPS = 1e-3
 
 
-def mask_ratios(batch: int, generator: torch.Generator, eps: float = EPS, stratified: bool = True) -> torch.Tensor:
-    """Return p [batch] = (1 - eps) t + eps, the masking probability of each sequence.
+def mask_ratios(batch: int, generator: torch.Generator, eps: float = EPS, stratified: bool = True,
+                high: float = 1.0) -> torch.Tensor:
+    """Return p [batch] = (high - eps) t + eps, the masking probability of each sequence (in [eps, high]).
 
     ``stratified``: t_b = (b + u_b) / batch with u_b ~ U(0, 1), one t per stratum of [0, 1), which
     covers the noise levels evenly in every batch; otherwise t_b ~ U(0, 1) independently.
     """
     u = torch.rand(batch, generator=generator)
     t = (torch.arange(batch) + u) / batch if stratified else u
-    return (1 - eps) * t + eps
+    return (high - eps) * t + eps
 
 
 def apply_masks(

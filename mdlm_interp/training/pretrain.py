@@ -8,7 +8,8 @@ then SFT). Each step samples a fresh batch (``training.data``), applies the fami
 - dream: masked diffusion with the -1 offset, prediction for token i at ``logits[:, i - 1]``;
 - llama: next-token cross-entropy;
 
-and takes one AdamW step (warmup then cosine decay, gradient clipping). The run is deterministic for
+and takes one AdamW step (warmup then cosine decay, gradient clipping) in the shared trainer loop
+(``training.loop``, which the MA-loss trainer uses too). The run is deterministic for
 a seed on CPU: fixed thread count, deterministic algorithms, every random draw from generators
 seeded by (seed, stage, step). Every ``save_every`` steps the training state (weights and AdamW
 moments as safetensors, position and history as JSON; never pickle) goes to ``OUT/train_state``;
@@ -21,21 +22,28 @@ import json
 import math
 import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from mdlm_interp.errors import UsageError
 from mdlm_interp.models.families import FAMILIES, FamilySpec
 from mdlm_interp.models.transformer import HookedDecoder
 from mdlm_interp.training.data import DataConfig, sample_batch
 from mdlm_interp.training.evaluate import EvalSetting, accuracy
+from mdlm_interp.training.loop import (
+    STATE_DIR,
+    TrainLoop,
+    deterministic,
+    load_state,
+    make_optimizer,
+    save_state,
+    saved_position,
+    warmup_cosine,
+)
 from mdlm_interp.training.objectives import apply_masks, causal_lm_loss, mask_ratios, masked_diffusion_loss
 
-STATE_DIR = "train_state"
 MONITOR_SEED_BASE = 500_000  # periodic held-out evaluation prompts: seeds 500000..
 
 
@@ -129,10 +137,7 @@ def load_source(init: str, tokenizer):
 
 def learning_rate(stage: StageConfig, step: int) -> float:
     """Return the learning rate at ``step`` of ``stage``: linear warmup, then cosine to ``min_lr_ratio``."""
-    if step < stage.warmup:
-        return stage.lr * (step + 1) / stage.warmup
-    progress = (step - stage.warmup) / max(1, stage.steps - stage.warmup)
-    return stage.lr * (stage.min_lr_ratio + (1 - stage.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return warmup_cosine(stage.lr, step, stage.steps, stage.warmup, stage.min_lr_ratio)
 
 
 def training_loss(model: HookedDecoder, spec: FamilySpec, mask_token_id: int | None, batch, generator,
@@ -151,49 +156,6 @@ def training_loss(model: HookedDecoder, spec: FamilySpec, mask_token_id: int | N
     return masked_diffusion_loss(logits, batch.ids, masked, p, normalizer, spec.prediction_offset)
 
 
-def make_optimizer(model: nn.Module, stage: StageConfig, weight_decay: float) -> torch.optim.AdamW:
-    """Return a fresh AdamW for ``stage`` (each stage starts with new moments, as SFT does)."""
-    return torch.optim.AdamW(model.parameters(), lr=stage.lr, betas=(0.9, 0.95), eps=1e-8,
-                             weight_decay=weight_decay, foreach=False)
-
-
-def save_state(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, position: dict) -> None:
-    """Write the resumable state to ``out/train_state``: weights and AdamW moments as safetensors,
-    ``position`` (stage, step, history, timings) as JSON. Written to a temporary folder, then swapped in."""
-    from safetensors.torch import save_file
-
-    names = {id(p): n for n, p in model.named_parameters()}
-    moments = {}
-    for param, state in optimizer.state.items():
-        for key, value in state.items():
-            moments[f"{names[id(param)]}::{key}"] = value.detach().contiguous()
-    tmp = out / (STATE_DIR + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({n: p.detach().contiguous() for n, p in model.named_parameters()}, str(tmp / "model.safetensors"))
-    save_file(moments, str(tmp / "optimizer.safetensors"))
-    (tmp / "state.json").write_text(json.dumps(position, indent=2) + "\n")
-    final = out / STATE_DIR
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-
-
-def load_state(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """Restore weights and AdamW moments from ``out/train_state``; return its position JSON."""
-    from safetensors.torch import load_file
-
-    weights = load_file(str(out / STATE_DIR / "model.safetensors"))
-    moments = load_file(str(out / STATE_DIR / "optimizer.safetensors"))
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            param.copy_(weights[name])
-    for name, param in model.named_parameters():
-        state = {key.split("::")[1]: value for key, value in moments.items() if key.split("::")[0] == name}
-        if state:
-            optimizer.state[param] = state
-    return json.loads((out / STATE_DIR / "state.json").read_text())
-
-
 def write_checkpoint(out: Path, model: HookedDecoder, spec: FamilySpec, dtype: torch.dtype) -> None:
     """Write config.json, model.safetensors (``dtype``) and the tokenizer files of a checkpoint dir."""
     from mdlm_interp.models.checkpoint import config_json, save_weights
@@ -203,20 +165,6 @@ def write_checkpoint(out: Path, model: HookedDecoder, spec: FamilySpec, dtype: t
     special_ids = write_tokenizer(out, spec)
     save_weights(model, spec, out, dtype)
     (out / "config.json").write_text(json.dumps(config_json(spec, model.cfg, special_ids, dtype), indent=2) + "\n")
-
-
-@contextmanager
-def deterministic(threads: int):
-    """Within the block: ``threads`` CPU threads and torch's deterministic algorithms (bitwise
-    reproducible on CPU); the previous settings are restored afterwards."""
-    previous = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous[0])
-        torch.use_deterministic_algorithms(previous[1])
 
 
 def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, dtype: torch.dtype = torch.float32,
@@ -240,8 +188,6 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, dtype:
 def run_stages(config: TrainConfig, out: Path, resume: bool, dtype: torch.dtype, progress: bool,
                checkpoint_dir: Path | None = None) -> dict:
     """The body of ``train`` (same arguments and result), run under ``deterministic``."""
-    from tqdm import tqdm
-
     from mdlm_interp.training.vocab import load_fast_tokenizer, padded_vocab_size
 
     spec = FAMILIES[config.family]
@@ -257,53 +203,52 @@ def run_stages(config: TrainConfig, out: Path, resume: bool, dtype: torch.dtype,
         load_init(model, source)
     mask_id = tokenizer.mask_token_id if spec.mask_token else None
     monitor = EvalSetting()
+    params = dict(model.named_parameters())
     position = {"stage": 0, "step": 0, "history": [], "seconds": [0.0] * len(config.stages), "loss": [None] * len(config.stages)}
     if resume:
-        if not (out / STATE_DIR / "state.json").exists():
+        saved = saved_position(out)
+        if saved is None:
             raise UsageError(f"{out}: nothing to resume (no {STATE_DIR}/state.json)")
-        saved = json.loads((out / STATE_DIR / "state.json").read_text())
         if saved["config"] != json.loads(json.dumps(config.to_json())):
             raise UsageError(f"{out}: the saved training state was made with a different configuration")
     out.mkdir(parents=True, exist_ok=True)
     for index, stage in enumerate(config.stages):
-        optimizer = make_optimizer(model, stage, config.weight_decay)
+        optimizer = make_optimizer(model.parameters(), stage.lr, config.weight_decay)  # fresh moments per stage
         if resume:
             if saved["stage"] > index:
                 continue
-            position = {k: v for k, v in load_state(out, model, optimizer).items() if k != "config"}
+            position = {k: v for k, v in load_state(out, params, optimizer).items() if k != "config"}
             resume = False
-        bar = tqdm(total=stage.steps, initial=position["step"], desc=f"{config.family} {stage.name}",
-                   disable=not progress, mininterval=2.0, dynamic_ncols=True)
-        running = position["loss"][index]
         started = time.perf_counter() - position["seconds"][index]
-        model.train()
-        for step in range(position["step"], stage.steps):
+
+        def micro_loss(step: int, micro: int, stage=stage):
             batch, generator = sample_batch(stage.data, spec, tokenizer, config.seed, stage.name, step,
                                             step / stage.steps)
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(stage, step)
             loss = training_loss(model, spec, mask_id, batch, generator, stage.data)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-            done = step + 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{running:.3f}", refresh=False)
+            return loss, {"loss": loss.item()}
+
+        def on_step(done: int, terms: dict, running: dict, bar, index=index, stage=stage):
             if config.eval_every and (done % config.eval_every == 0 or done == stage.steps):
                 model.eval()
                 acc = accuracy(model, spec, tokenizer, mask_id, monitor, config.eval_prompts, MONITOR_SEED_BASE)
                 model.train()
-                position["history"].append({"stage": stage.name, "step": done, "accuracy": acc, "loss": running,
-                                            "seconds": round(time.perf_counter() - started, 1)})
-                bar.write(f"{config.family} {stage.name} step {done}: loss {running:.3f}, held-out accuracy {acc:.3f}")
+                position["history"].append({"stage": stage.name, "step": done, "accuracy": acc,
+                                            "loss": running["loss"], "seconds": round(time.perf_counter() - started, 1)})
+                bar.write(f"{config.family} {stage.name} step {done}: loss {running['loss']:.3f}, "
+                          f"held-out accuracy {acc:.3f}")
             position["seconds"][index] = time.perf_counter() - started
-            position["loss"][index] = running
+            position["loss"][index] = running["loss"]
             if done < stage.steps and config.save_every and done % config.save_every == 0:
                 position.update(stage=index, step=done)
-                save_state(out, model, optimizer, dict(position, config=config.to_json()))
-        bar.close()
+                save_state(out, params, optimizer, dict(position, config=config.to_json()))
+
+        model.train()
+        running = position["loss"][index]
+        TrainLoop(params, optimizer, config.grad_clip).run(
+            start=position["step"], steps=stage.steps, micro_loss=micro_loss,
+            learning_rate=lambda step, stage=stage: learning_rate(stage, step), on_step=on_step,
+            running=None if running is None else {"loss": running}, desc=f"{config.family} {stage.name}",
+            progress=progress)
         position.update(stage=index + 1, step=0)
     model.eval()
     write_checkpoint(checkpoint_dir or out, model, spec, dtype)

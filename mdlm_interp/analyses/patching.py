@@ -1,0 +1,249 @@
+"""Activation patching between two mask configurations: patching stores -> recovery per cell, heatmaps.
+
+Reads patching stores (``mdlm-interp patch``; docs/store.md). The recovery of a cell is a ratio of
+means over the pairs, (mean patched - mean corrupt) / (mean clean - mean corrupt) of logit(answer) -
+logit(wrong), so a pair whose two runs barely differ cannot blow it up; its 95% interval is a
+percentile bootstrap over pairs. ``clean_into_corrupt`` cells near 1 restore the answer;
+``corrupt_into_clean`` cells near 0 break it. Attribution patching's estimate of every cell sits
+beside it (``attribution_recovery``), and per site the Pearson correlation of the two over the grid.
+"""
+
+import numpy as np
+
+from mdlm_interp.analyses.data import model_label
+from mdlm_interp.analyses.grouped import slug
+from mdlm_interp.analyses.plotting import new_figure
+from mdlm_interp.analyses.registry import Analysis, FigureOut
+from mdlm_interp.analyses.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, recovery, resample_weights, wilson_interval
+from mdlm_interp.store.results import SITES, open_results
+
+RESIDUAL_SITES = ("resid_pre", "attn_out", "mlp_out")
+DIRECTION_TITLES = {"clean_into_corrupt": "clean activations patched into the corrupt run",
+                    "corrupt_into_clean": "corrupt activations patched into the clean run"}
+
+
+def comparison(settings: dict) -> str:
+    """Return "1 vs 50 masks" or "50 filler vs 50 masks" from a patching store's settings."""
+    clean, corrupt = settings["clean"], settings["corrupt"]
+    return f"{clean['masks']}{' filler' if clean['filler'] else ''} vs {corrupt['masks']} masks"
+
+
+def patching_cells(store, seed: int = BOOTSTRAP_SEED, resamples: int = BOOTSTRAP_RESAMPLES):
+    """Return one row per cell of an open patching store's grids (both directions, every site).
+
+    Columns: direction, site, layer (for resid_pre, ``n_layers`` is the final residual), position (the
+    position group, or the head group for z), head (-1 for the residual sites), n (pairs), logit_diff
+    and p_answer (means over the patched runs), recovery with recovery_low / recovery_high (95%
+    bootstrap over pairs), attribution_recovery (the same ratio for attribution patching's estimate;
+    NaN when it was not computed).
+    """
+    import pandas as pd
+
+    groups, head_groups = store.attrs["position_groups"], store.attrs["head_groups"]
+    clean = store.array("pairs/clean_logit_diff").astype(float)
+    corrupt = store.array("pairs/corrupt_logit_diff").astype(float)
+    n = len(clean)
+    weights = resample_weights(n, resamples, seed)  # [resamples, pairs]
+    frames = []
+    for d, direction in enumerate(store.attrs["directions"]):
+        for site in SITES:
+            exact = store.array(f"patching/{site}_logit_diff")[:, d].astype(float)
+            grid = exact.shape[1:]
+            flat = exact.reshape(n, -1)
+            estimate = store.array(f"attribution/{site}_logit_diff")[:, d].astype(float).reshape(n, -1)
+            p_answer = store.array(f"patching/{site}_p_answer")[:, d].astype(float).reshape(n, -1)
+            boot = recovery(weights @ flat, (weights @ clean)[:, None], (weights @ corrupt)[:, None])
+            index = np.indices(grid).reshape(len(grid), -1)
+            if site == "z":
+                layer, head, position = index[0], index[1], [head_groups[k] for k in index[2]]
+            else:
+                layer, head, position = index[0], np.full(index.shape[1], -1), [groups[g] for g in index[1]]
+            frames.append(pd.DataFrame({
+                "direction": direction, "site": site, "layer": layer, "position": position, "head": head, "n": n,
+                "logit_diff": flat.mean(0), "p_answer": p_answer.mean(0),
+                "recovery": recovery(flat.mean(0), clean.mean(), corrupt.mean()),
+                "recovery_low": np.nanpercentile(boot, 2.5, axis=0),
+                "recovery_high": np.nanpercentile(boot, 97.5, axis=0),
+                "attribution_recovery": recovery(estimate.mean(0), clean.mean(), corrupt.mean()),
+            }))
+    return pd.concat(frames, ignore_index=True)
+
+
+def pair_summary(store) -> dict:
+    """Return n, and per run ("clean", "corrupt") accuracy with its Wilson interval (ci_low, ci_high), mean
+    p(answer) and mean logit difference; and the share of corrupt runs that predict the wrong token."""
+    summary = {"n": store.n_rows}
+    for run in ("clean", "corrupt"):
+        correct = store.array(f"pairs/{run}_correct")
+        low, high = wilson_interval(int(correct.sum()), len(correct))
+        summary[run] = {"accuracy": float(correct.mean()), "ci_low": float(low), "ci_high": float(high),
+                        "p_answer": float(store.array(f"pairs/{run}_p_answer").mean()),
+                        "logit_diff": float(store.array(f"pairs/{run}_logit_diff").mean())}
+    summary["corrupt_says_wrong_token"] = float(
+        (store.array("pairs/corrupt_predicted_id") == store.array("pairs/wrong_id")).mean())
+    return summary
+
+
+def patching(paths) -> dict:
+    """Return {"patching_runs", "patching_cells", "patching_attribution"} for the patching stores at ``paths``.
+
+    patching_runs: one row per store (model, comparison, n, the clean and corrupt runs' accuracy with
+    Wilson bounds, p(answer) and logit difference, the share of corrupt runs predicting the wrong
+    token). patching_cells: ``patching_cells`` of every store, with model and comparison.
+    patching_attribution: per store, direction and site, the Pearson correlation between exact and
+    attribution recovery over the grid's cells (the store's ``attribution_correlation``).
+    """
+    import pandas as pd
+
+    runs, cells, agreement = [], [], []
+    for path in paths:
+        with open_results(path, "patching") as store:
+            settings = store.attrs["settings"]
+            label = {"model": model_label(store.attrs["model_id"], settings.get("adapter")),
+                     "comparison": comparison(settings)}
+            summary = pair_summary(store)
+            runs.append({**label, "n": summary["n"], "wrong_token_share": summary["corrupt_says_wrong_token"],
+                         **{f"{run}_{k}": v for run in ("clean", "corrupt") for k, v in summary[run].items()}})
+            cells.append(patching_cells(store).assign(**label))
+            for direction, sites in (store.attrs["attribution_correlation"] or {}).items():
+                agreement += [{**label, "direction": direction, "site": site, "pearson": r}
+                              for site, r in sites.items()]
+    cells = pd.concat(cells, ignore_index=True)
+    cells = cells[["model", "comparison"] + [c for c in cells.columns if c not in ("model", "comparison")]]
+    return {"patching_runs": pd.DataFrame(runs), "patching_cells": cells,
+            "patching_attribution": pd.DataFrame(agreement, columns=["model", "comparison", "direction", "site",
+                                                                     "pearson"])}
+
+
+def _heatmap(ax, values: np.ndarray, rows: list, columns: list, title: str, ylabel: str, xlabel: str):
+    """Draw ``values`` [rows, columns] as a recovery heatmap (-1 .. 1) with the numbers in the cells."""
+    image = ax.imshow(values, cmap="RdBu", vmin=-1, vmax=1, aspect="auto")
+    long = any(len(str(c)) > 3 for c in columns)
+    ax.set_xticks(range(len(columns)), columns, rotation=45 if long else 0, ha="right" if long else "center")
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    for (r, c), value in np.ndenumerate(values):
+        if np.isfinite(value):
+            ax.text(c, r, f"{value:.2f}".replace("-0.00", "0.00"), ha="center", va="center", fontsize=6.5,
+                    color="white" if abs(value) > 0.6 else "black")
+    return image
+
+
+def _label(model: str, compared: str) -> tuple[str, str]:
+    """Return (title part, file name part) for a store's model and comparison ("" when not given)."""
+    if not model:
+        return "", ""
+    return f" ({model}, {compared})", f"_{slug(model)}_{slug(compared)}"
+
+
+def position_heatmaps(cells, direction: str, model: str = "", compared: str = "") -> FigureOut:
+    """Return the layer x position-group heatmaps of recovery for resid_pre, attn_out and mlp_out of one store's
+    ``cells`` (``patching_cells``) in one ``direction``; ``model`` and ``compared`` label the figure."""
+    title, suffix = _label(model, compared)
+    part = cells[(cells["direction"] == direction) & cells["site"].isin(RESIDUAL_SITES)]
+    groups = list(dict.fromkeys(part["position"]))
+    figure, axes = new_figure(1, 3, width=1.0 + 0.55 * len(groups), height=3.6)
+    image = None
+    for ax, site in zip(axes[0], RESIDUAL_SITES):
+        grid = part[part["site"] == site].pivot(index="layer", columns="position", values="recovery")[groups]
+        last = grid.index.max()
+        labels = [f"{l} (final)" if site == "resid_pre" and l == last else str(l) for l in grid.index]
+        image = _heatmap(ax, grid.to_numpy(), labels, groups, site, "layer", "position group")
+    figure.colorbar(image, ax=list(axes[0]), label="recovery of logit(answer) - logit(wrong)", shrink=0.85)
+    figure.suptitle(f"Activation patching{title}: {DIRECTION_TITLES.get(direction, direction)}")
+    caption = (f"Recovery of logit(answer) - logit(wrong) when one site (resid_pre, attn_out, mlp_out) of one layer "
+               f"(rows; the last resid_pre row is the final residual) is patched over one position group (columns), "
+               f"{DIRECTION_TITLES.get(direction, direction)}: 1 = the clean result, 0 = the corrupt one.")
+    return FigureOut(f"patching_positions{suffix}_{direction}", figure, caption)
+
+
+def head_heatmaps(cells, direction: str, model: str = "", compared: str = "") -> FigureOut:
+    """Return layer x head heatmaps of recovery when one head's output (hook_z) is patched at the answer slot
+    and at every position, for one store's ``cells`` in one ``direction``."""
+    title, suffix = _label(model, compared)
+    part = cells[(cells["direction"] == direction) & (cells["site"] == "z")]
+    positions = list(dict.fromkeys(part["position"]))
+    figure, axes = new_figure(1, len(positions), width=3.6, height=3.3)
+    image = None
+    for ax, position in zip(axes[0], positions):
+        grid = part[part["position"] == position].pivot(index="layer", columns="head", values="recovery")
+        image = _heatmap(ax, grid.to_numpy(), [str(l) for l in grid.index], [str(h) for h in grid.columns],
+                         f"head output patched at: {position}", "layer", "head")
+    figure.colorbar(image, ax=list(axes[0]), label="recovery", shrink=0.85)
+    figure.suptitle(f"Head patching{title}: {DIRECTION_TITLES.get(direction, direction)}")
+    caption = (f"Recovery when one head's output (hook_z; layer rows, head columns) is patched at the answer slot or "
+               f"at every position, {DIRECTION_TITLES.get(direction, direction)}.")
+    return FigureOut(f"patching_heads{suffix}_{direction}", figure, caption)
+
+
+def figures(tables: dict) -> list:
+    """Position and head heatmaps per store and direction."""
+    out = []
+    for (model, compared), cells in tables["patching_cells"].groupby(["model", "comparison"], sort=False):
+        for direction in dict.fromkeys(cells["direction"]):
+            out += [position_heatmaps(cells, direction, model, compared),
+                    head_heatmaps(cells, direction, model, compared)]
+    return out
+
+
+def strongest(cells, direction: str, site: str, top: int = 3):
+    """Return the ``top`` cells of a site that restore most (clean into corrupt) or break most (corrupt into clean)."""
+    part = cells[(cells["direction"] == direction) & (cells["site"] == site)]
+    return part.sort_values("recovery", ascending=direction != "clean_into_corrupt").head(top)
+
+
+def describe(cell) -> str:
+    """Return "L0.H1 answer 1.00 [0.99, 1.00]" for a cell."""
+    where = f"L{cell['layer']}" + (f".H{cell['head']}" if cell["head"] >= 0 else "")
+    interval = f"[{cell['recovery_low']:.2f}, {cell['recovery_high']:.2f}]"
+    return f"{where} {cell['position']} {cell['recovery']:.2f} {interval}"
+
+
+def paragraph(tables: dict) -> str:
+    """Per store: the two runs, the cells that restore the answer most per site, and the attribution agreement."""
+    parts = []
+    for run in tables["patching_runs"].to_dict("records"):
+        cells = tables["patching_cells"]
+        cells = cells[(cells["model"] == run["model"]) & (cells["comparison"] == run["comparison"])]
+        text = (f"{run['model']}, {run['comparison']} ({run['n']} pairs): accuracy {run['clean_accuracy']:.3f} clean "
+                f"against {run['corrupt_accuracy']:.3f} corrupt. Patched into the corrupt run, the strongest cells "
+                f"are ")
+        text += "; ".join(f"{site}: " + ", ".join(describe(c) for c in strongest(cells, "clean_into_corrupt", site)
+                                                  .to_dict("records")) for site in SITES)
+        agreement = tables["patching_attribution"]
+        agreement = agreement[(agreement["model"] == run["model"]) & (agreement["comparison"] == run["comparison"])]
+        if len(agreement):
+            text += (". Attribution against exact patching (Pearson r over each grid): "
+                     + ", ".join(f"{r['direction']} {r['site']} {r['pearson']:.2f}"
+                                 for r in agreement.to_dict("records")
+                                 if r["pearson"] is not None and np.isfinite(r["pearson"])))
+        parts.append(text + ".")
+    return " ".join(parts)
+
+
+def shown(tables: dict) -> dict:
+    """The runs, and the five strongest cells per store, direction and site (all cells: tables/patching_cells.csv)."""
+    cells = tables["patching_cells"]
+    top = [strongest(group, direction, site, 5) for (_, _, direction, site), group in
+           cells.groupby(["model", "comparison", "direction", "site"], sort=False)]
+    columns = ["model", "comparison", "direction", "site", "layer", "position", "head", "recovery", "recovery_low",
+               "recovery_high", "p_answer", "attribution_recovery"]
+    import pandas as pd
+
+    return {"The two runs of each patching store": tables["patching_runs"],
+            "The five cells per site that restore the answer most (clean into corrupt) or break it most (corrupt "
+            "into clean)": pd.concat(top, ignore_index=True)[columns]}
+
+
+ANALYSIS = Analysis(
+    name="patching",
+    title="Activation patching between mask configurations",
+    needs=(),
+    tables=patching,
+    figures=figures,
+    paragraph=paragraph,
+    shown=shown,
+    store_kind="patching",
+)

@@ -1,0 +1,235 @@
+"""Ablating heads: does removing what the chosen heads take from the masks restore the answer?
+
+Three modes, each applied to the chosen heads (and, as the control, to as many random heads, over
+several seeded draws):
+
+- ``attention``: every query of the head stops attending to the masks after the answer slot; its
+  attention is renormalised over the remaining keys (``hooks.interventions.remove_attention_to_keys``);
+- ``zero``: the head's output (``attn.hook_z``) is zero at every position;
+- ``mean``: the head's output is its mean over every valid position of the evaluated prompts at the
+  same mask count, without ablation.
+
+Heads are given as "L.H" pairs or as ``top:K``: the K heads with the largest mean attention mass from
+the answer readout on the masks after the answer slot, measured on the evaluated prompts at the
+largest mask count (``rank_heads``). Random control heads are drawn among the heads not chosen.
+"""
+
+import shlex
+import sys
+
+import numpy as np
+import torch
+
+from mdlm_interp.batching import collate
+from mdlm_interp.errors import UsageError
+from mdlm_interp.hooks.interventions import remove_attention_to_keys, replace_head_output
+from mdlm_interp.hooks.recorders import AttentionRecorder, PredictionRecorder
+from mdlm_interp.record import Condition, RecordConfig, plan_prompts, subject_from, tqdm_or_none
+from mdlm_interp.store.results import ABLATION, write_results
+from mdlm_interp.store.writer import Provenance, check_writable
+
+MODES = ("attention", "zero", "mean")
+RESULTS = ("predicted_id", "p_answer", "correct")
+
+
+def parse_heads(spec: str, n_layers: int, n_heads: int) -> tuple[int | None, list]:
+    """Parse ``top:K`` -> (K, []) or "L.H,L.H" -> (None, [(L, H), ...]) (sorted, unique).
+
+    Raises ``UsageError`` for a malformed spec, K outside 1 .. n_layers * n_heads, or a head that the
+    model does not have.
+    """
+    spec = spec.strip()
+    if spec.startswith("top:"):
+        try:
+            k = int(spec[4:])
+        except ValueError:
+            raise UsageError(f"--heads top:K needs an integer K, got {spec!r}") from None
+        if not 1 <= k <= n_layers * n_heads:
+            raise UsageError(f"--heads top:{k}: K must be between 1 and {n_layers * n_heads} (the model's heads)")
+        return k, []
+    heads = set()
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        try:
+            layer, head = (int(x) for x in part.split("."))
+        except ValueError:
+            raise UsageError(f"--heads: expected top:K or LAYER.HEAD pairs like 0.1,2.3, got {part!r}") from None
+        if not (0 <= layer < n_layers and 0 <= head < n_heads):
+            raise UsageError(f"--heads: {part} is not a head of this model ({n_layers} layers x {n_heads} heads)")
+        heads.add((layer, head))
+    if not heads:
+        raise UsageError("--heads: no head given")
+    return None, sorted(heads)
+
+
+def head_names(heads) -> list[str]:
+    """Return [(L, H), ...] as ["L.H", ...]."""
+    return [f"{layer}.{head}" for layer, head in heads]
+
+
+def ablation_hooks(mode: str, heads, masks: torch.Tensor, means: torch.Tensor | None = None) -> list:
+    """Return the (hook name, function) pairs that ablate ``heads`` [(L, H), ...] in ``mode``.
+
+    ``masks`` bool [batch, pos]: the masks after the answer slot (mode "attention"); ``means``
+    [layer, head, d_head]: the heads' mean outputs (mode "mean").
+    """
+    by_layer = {}
+    for layer, head in heads:
+        by_layer.setdefault(layer, []).append(head)
+    hooks = []
+    for layer, chosen in sorted(by_layer.items()):
+        if mode == "attention":
+            hooks.append((f"blocks.{layer}.attn.hook_attn_scores", remove_attention_to_keys(chosen, masks)))
+        elif mode == "zero":
+            hooks.append((f"blocks.{layer}.attn.hook_z", replace_head_output(chosen, torch.zeros(len(chosen), 1))))
+        elif mode == "mean":
+            hooks.append((f"blocks.{layer}.attn.hook_z", replace_head_output(chosen, means[layer, chosen])))
+        else:
+            raise UsageError(f"unknown ablation mode {mode!r}; choose from {', '.join(MODES)}")
+    return hooks
+
+
+@torch.no_grad()
+def rank_heads(module, batches) -> torch.Tensor:
+    """Return the mean attention mass [layer, head] from the answer readout on the masks after the answer
+    slot over the prompts of ``batches`` (``PromptBatch`` list)."""
+    total, count = 0.0, 0
+    for batch in batches:
+        recorder = AttentionRecorder(module, batch.layout)
+        logits = module.run_with_hooks(batch.input_ids, attention_mask=batch.attention_mask_if_padded,
+                                       fwd_hooks=recorder.fwd_hooks(), **recorder.forward_kwargs())
+        total = total + recorder.results(logits)["mask_mass_from_answer"].sum(0)
+        count += len(batch.input_ids)
+    return (total / count).cpu()
+
+
+@torch.no_grad()
+def predict(module, batch, hooks=()) -> dict:
+    """Return predicted_id, p_answer, correct [batch] (on the CPU) of one forward pass with ``hooks``."""
+    logits = module.run_with_hooks(batch.input_ids, attention_mask=batch.attention_mask_if_padded,
+                                   fwd_hooks=list(hooks))
+    results = PredictionRecorder(module, batch.layout, top_k=1).results(logits)
+    return {name: results[name].cpu() for name in RESULTS}
+
+
+def head_output_sums(n_layers: int, sums: dict, counts: dict, valid: torch.Tensor) -> list:
+    """Return hooks on every ``attn.hook_z`` that add the batch's outputs over valid positions into
+    ``sums[layer]`` [head, d_head] and the number of positions into ``counts[layer]``."""
+
+    def hook_for(layer):
+        def accumulate(z, hook):
+            weights = valid.to(z.dtype)
+            sums[layer] = sums.get(layer, 0) + torch.einsum("bthd,bt->hd", z.detach().float(), weights.float())
+            counts[layer] = counts.get(layer, 0) + float(weights.sum())
+
+        return accumulate
+
+    return [(f"blocks.{layer}.attn.hook_z", hook_for(layer)) for layer in range(n_layers)]
+
+
+def draw_control_heads(chosen, n_layers: int, n_heads: int, draws: int, seed: int) -> list:
+    """Return ``draws`` sets of len(chosen) random heads, each drawn without replacement among the heads
+    not in ``chosen`` (among all heads when too few remain), seeded."""
+    everyone = [(l, h) for l in range(n_layers) for h in range(n_heads)]
+    pool = [head for head in everyone if head not in set(chosen)]
+    if len(pool) < len(chosen):
+        pool = everyone
+    rng = np.random.default_rng(seed)
+    return [sorted(pool[i] for i in rng.choice(len(pool), size=len(chosen), replace=False)) for _ in range(draws)]
+
+
+def run_ablation(lm, config: RecordConfig, heads: str, *, out, modes=MODES, control_draws: int = 0,
+                 batch_size: int = 8, overwrite: bool = False, progress: bool = True,
+                 command_line: str | None = None):
+    """Evaluate ``config``'s prompts at each of ``config.masks`` without ablation, with the chosen
+    ``heads`` ("top:K" or "L.H,...") ablated in each mode, and with ``control_draws`` random head sets;
+    write an ablation store to ``out`` and return its path. Bad input raises ``UsageError`` before any work.
+    """
+    out = check_writable(out, overwrite=overwrite)
+    subject = subject_from(lm)
+    if subject.causal:
+        raise UsageError("ablating attention to the masks needs a diffusion model; a causal model takes no masks")
+    modes = tuple(dict.fromkeys(modes))
+    unknown = set(modes) - set(MODES)
+    if unknown or not modes:
+        raise UsageError(f"unknown ablation mode(s) {sorted(unknown)}; choose from {', '.join(MODES)}")
+    if control_draws < 0 or batch_size < 1:
+        raise UsageError("control draws must be at least 0 and batch size at least 1")
+    top_k, chosen = parse_heads(heads, subject.n_layers, subject.n_heads)
+    if len(config.placements) != 1:
+        raise UsageError("ablate takes one placement")
+    placement = config.placements[0]
+    plan = {m: [(Condition(m, False, placement), t, i) for t in range(len(config.tasks)) for i in range(config.n)]
+            for m in config.masks}
+    prompts = {m: plan_prompts(subject, config, rows) for m, rows in plan.items()}
+    longest = max(len(tp.input_ids) for rows in prompts.values() for tp in rows)
+    if subject.max_length is not None and longest > subject.max_length:
+        raise UsageError(f"prompts reach {longest} tokens, longer than the model's context of {subject.max_length}")
+    device = next(lm.model.parameters()).device
+    module = subject.module
+
+    def batches(m):
+        rows = prompts[m]
+        return [collate(rows[b:b + batch_size], subject.prediction_offset, device=device)
+                for b in range(0, len(rows), batch_size)]
+
+    ranking = None
+    if top_k is not None:
+        largest = max(config.masks)
+        if largest < 2:
+            raise UsageError("--heads top:K ranks heads by attention to the masks; give --masks with a count above 1")
+        ranking = rank_heads(module, batches(largest))
+        order = sorted(((float(ranking[l, h]), -l, -h) for l in range(subject.n_layers)
+                        for h in range(subject.n_heads)), reverse=True)
+        chosen = sorted((-l, -h) for _, l, h in order[:top_k])
+    control = draw_control_heads(chosen, subject.n_layers, subject.n_heads, control_draws, config.seed)
+
+    settings_per_batch = 1 + len(modes) * (1 + control_draws)
+    bar = tqdm_or_none(progress, total=sum(len(p) for p in prompts.values()) * settings_per_batch,
+                       desc="ablating", unit="run")
+    parts = []
+    for m in config.masks:
+        sums, counts = {}, {}
+        runs = []
+        for batch in batches(m):
+            baseline = predict(module, batch, head_output_sums(subject.n_layers, sums, counts, batch.layout.valid))
+            runs.append((batch, baseline))
+            if bar is not None:
+                bar.update(len(batch.input_ids))
+        means = torch.stack([sums[l] / max(counts[l], 1.0) for l in range(subject.n_layers)])
+        for batch, baseline in runs:
+            def ablated(heads_, mode):
+                result = predict(module, batch, ablation_hooks(mode, heads_, batch.layout.masks, means))
+                if bar is not None:
+                    bar.update(len(batch.input_ids))
+                return result
+
+            chosen_runs = [ablated(chosen, mode) for mode in modes]
+            control_runs = [[ablated(draw, mode) for mode in modes] for draw in control]
+            part = {f"examples/{name}": baseline[name].numpy() for name in RESULTS}
+            for name in RESULTS:
+                part[f"ablated/{name}"] = torch.stack([r[name] for r in chosen_runs], 1).numpy()
+                size = len(batch.input_ids)
+                part[f"control/{name}"] = (
+                    torch.stack([torch.stack([r[name] for r in draw], 1) for draw in control_runs], 1).numpy()
+                    if control_runs else np.zeros((size, 0, len(modes)), dtype=baseline[name].numpy().dtype))
+            parts.append(part)
+    if bar is not None:
+        bar.close()
+    columns = {path: np.concatenate([p[path] for p in parts]) for path in parts[0]}
+    rows = [(m, t, i) for m in config.masks for _, t, i in plan[m]]
+    columns["examples/example"] = np.array([t * config.n + i for _, t, i in rows])
+    columns["examples/task"] = [config.tasks[t] for _, t, _ in rows]
+    columns["examples/masks"] = np.array([m for m, _, _ in rows])
+    columns["examples/answer_id"] = np.array([tp.answer_id for m in config.masks for tp in prompts[m]])
+    columns["examples/input_length"] = np.array([len(tp.input_ids) for m in config.masks for tp in prompts[m]])
+
+    facts = subject.facts()
+    settings = {**config.settings(), **facts, **({"adapter": subject.adapter} if subject.adapter else {}),
+                "heads": heads, "modes": list(modes), "control_draws": control_draws}
+    provenance = Provenance(command_line=command_line or shlex.join(sys.argv), task_config=config.task_config(),
+                            seed=config.seed, **facts)
+    attrs = {"heads": head_names(chosen), "head_selection": heads, "modes": list(modes),
+             "control_heads": [head_names(draw) for draw in control],
+             "ranking": None if ranking is None else ranking.tolist()}
+    return write_results(out, ABLATION, columns, dims={"modes": len(modes), "draws": control_draws},
+                         provenance=provenance, settings=settings, attrs=attrs, overwrite=overwrite)

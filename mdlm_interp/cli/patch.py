@@ -1,0 +1,156 @@
+"""``mdlm-interp patch``: activation and attribution patching between two mask configurations."""
+
+from mdlm_interp.cli.record import DEFAULT_MODEL, name_list
+
+
+def add_parser(subparsers) -> None:
+    """Register the ``patch`` subcommand."""
+    from mdlm_interp.cli.adapters import add_adapter_flags
+    from mdlm_interp.models.families import DTYPE_NAMES
+
+    parser = subparsers.add_parser(
+        "patch",
+        help="activation and attribution patching between two mask configurations (e.g. 1 against 50 masks)",
+        description="Build each prompt twice, as a clean run (e.g. 1 mask, or the filler control) and a corrupt "
+        "run (e.g. 50 masks), and patch activations between them in both directions: resid_pre, attn_out and "
+        "mlp_out of every layer over position groups (all, relevant and distractor examples, query, answer slot, "
+        "the tokens after the slot when both runs have them, each of the last k positions), and every head's "
+        "output (hook_z) at the answer slot and over all positions. The metric is logit(answer) - logit(wrong) "
+        "at the answer readout, reported as recovery (patched - corrupt) / (clean - corrupt), with p(answer) "
+        "beside it. Attribution patching (gradient x activation difference) estimates the same grid. Writes an "
+        "HDF5 patching store (docs/store.md) and prints the cells that recover most.",
+    )
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="diffusion checkpoint directory, organism-NAME or cached hub id "
+                        f"(default {DEFAULT_MODEL})")
+    parser.add_argument("--clean-masks", type=int, default=None,
+                        help="n masks of the clean run: the answer slot and n - 1 masks after it (default 1; with "
+                        "--clean-filler, the corrupt count)")
+    parser.add_argument("--clean-filler", action="store_true",
+                        help="make the clean run the filler control: the tokens after the answer slot are --filler "
+                        "instead of masks (same length as the corrupt run by default)")
+    parser.add_argument("--filler", default=" .", metavar="TEXT", help="one-token filler text (default ' .')")
+    parser.add_argument("--corrupt-masks", type=int, default=50, help="n masks of the corrupt run (default 50)")
+    parser.add_argument("--task", default="all", type=name_list,
+                        help="'all' or comma-separated task names (see `mdlm-interp tasks list`)")
+    parser.add_argument("--n", type=int, default=4, help="prompts (pairs) per task (default 4)")
+    parser.add_argument("--placement", default="random",
+                        help="one layout: random, relevant-at:K or query-at:K (default random)")
+    parser.add_argument("--n-relevant", type=int, default=10, help="relevant examples per prompt (default 10)")
+    parser.add_argument("--n-distractor", type=int, default=40, help="distractor examples per prompt (default 40)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the prompts (default 0; the same seed gives the prompts of `record`)")
+    parser.add_argument("--last-k", type=int, default=5,
+                        help="single-position groups for the last k tokens before the answer slot (default 5)")
+    parser.add_argument("--wrong-token", default=None, metavar="TEXT",
+                        help="the wrong token of the logit difference for every prompt, e.g. '<|endoftext|>' "
+                        "(default: each corrupt run's most probable token other than the answer)")
+    parser.add_argument("--no-attribution", action="store_true", help="skip attribution patching")
+    parser.add_argument("--batch-size", type=int, default=8, help="pairs per batch (default 8)")
+    parser.add_argument("--max-rows", type=int, default=512,
+                        help="most sequences (patched variants x pairs) in one forward pass; lower it to save "
+                        "memory (default 512)")
+    add_adapter_flags(parser)
+    parser.add_argument("--dtype", default="float32", choices=list(DTYPE_NAMES), help="model dtype (default float32)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    parser.add_argument("--out", default="patch.h5", help="output HDF5 patching store (default patch.h5)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument("--figures", default=None, metavar="DIR",
+                        help="also write heatmaps (layer x position group, layer x head) as PNG files into DIR")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    """Check the request, load the model, patch, write the store, print the strongest cells."""
+    from pathlib import Path
+
+    from mdlm_interp.errors import UsageError
+    from mdlm_interp.record import Condition, RecordConfig
+    from mdlm_interp.store.writer import check_writable
+
+    check_writable(args.out, overwrite=args.overwrite)
+    if args.figures is not None and not Path(args.figures).parent.is_dir():
+        raise UsageError(f"cannot write figures into {args.figures}: its parent folder does not exist")
+    clean_masks = args.clean_masks if args.clean_masks is not None else (args.corrupt_masks if args.clean_filler else 1)
+    config = RecordConfig(tasks=args.task, masks=(clean_masks, args.corrupt_masks), filler=args.filler,
+                          placements=args.placement, n=args.n, n_relevant=args.n_relevant,
+                          n_distractor=args.n_distractor, record=(), seed=args.seed)
+    if len(config.placements) != 1:
+        raise UsageError("patch takes one placement")
+    clean = Condition(clean_masks, args.clean_filler, config.placements[0])
+    corrupt = Condition(args.corrupt_masks, False, config.placements[0])
+    if clean == corrupt:
+        raise UsageError("the clean and corrupt runs are the same condition; change --clean-masks or --clean-filler")
+
+    from mdlm_interp.circuits.patching import run_patching
+    from mdlm_interp.cli.adapters import adapter_options
+    from mdlm_interp.models import load_model
+
+    lm = load_model(args.model, device=args.device, dtype=args.dtype, **adapter_options(args))
+    out = run_patching(lm, config, clean, corrupt, out=args.out, batch_size=args.batch_size, last_k=args.last_k,
+                       wrong_token=args.wrong_token, attribution=not args.no_attribution, max_rows=args.max_rows,
+                       overwrite=args.overwrite, progress=not args.no_progress,
+                       command_line=args.command_line)
+    print(report(out, lm.tokenizer, figures=args.figures))
+    return 0
+
+
+def report(path, tokenizer=None, figures=None, top: int = 5) -> str:
+    """Return the text summary of a patching store (both runs, strongest cells, attribution agreement);
+    with ``figures``, write its heatmaps there as PNG files."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from mdlm_interp.analyses.grouped import masks_text
+    from mdlm_interp.analyses.patching import (
+        comparison,
+        describe,
+        head_heatmaps,
+        pair_summary,
+        patching_cells,
+        position_heatmaps,
+        strongest,
+    )
+    from mdlm_interp.analyses.plotting import save
+    from mdlm_interp.store.results import SITES, open_results
+
+    with open_results(path, "patching") as store:
+        cells = patching_cells(store)
+        summary = pair_summary(store)
+        settings, agreement = store.attrs["settings"], store.attrs["attribution_correlation"]
+        wrong = store.array("pairs/wrong_id")
+        stamp = store.attrs["command_line"]
+    lines = [f"wrote {summary['n']} pairs to {path} ({comparison(settings)})"]
+    for run in ("clean", "corrupt"):
+        s, condition = summary[run], settings[run]
+        label = masks_text(condition["masks"]) + (" (filler control)" if condition["filler"] else "")
+        lines.append(f"  {run:8s} {label:26s} accuracy {s['accuracy']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}]  "
+                     f"p(answer) {s['p_answer']:.3f}  logit diff {s['logit_diff']:.2f}")
+    if tokenizer is not None:
+        values, counts = np.unique(wrong, return_counts=True)
+        common = tokenizer.decode([int(values[counts.argmax()])])
+        lines.append(f"  wrong token: most often {common!r}; the corrupt run predicts it in "
+                     f"{summary['corrupt_says_wrong_token']:.0%} of pairs")
+    for direction in dict.fromkeys(cells["direction"]):
+        restoring = direction == "clean_into_corrupt"
+        effect = "restore the answer" if restoring else "break it"
+        lines.append(f"\n{direction}: the {top} cells per site that {effect} "
+                     f"most (recovery, 95% bootstrap interval)")
+        for site in SITES:
+            best = strongest(cells, direction, site, top)
+            lines.append(f"  {site:9s} " + "; ".join(describe(cell) for cell in best.to_dict("records")))
+    if agreement:
+        lines.append("\nattribution patching against exact patching (Pearson r of recovery over each grid's cells):")
+        for direction, sites in agreement.items():
+            lines.append(f"  {direction}: " + ", ".join(f"{site} {'-' if r is None else f'{r:.2f}'}"
+                                                        for site, r in sites.items()))
+    if figures is not None:
+        folder = Path(figures)
+        folder.mkdir(exist_ok=True)
+        for direction in dict.fromkeys(cells["direction"]):
+            for figure in (position_heatmaps(cells, direction), head_heatmaps(cells, direction)):
+                save(figure.figure, folder / f"{figure.name}.png", stamp)
+        lines.append(f"\nfigures in {folder}")
+    return "\n".join(lines)
