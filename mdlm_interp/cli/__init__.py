@@ -20,7 +20,7 @@ class CommandLineParser(argparse.ArgumentParser):
     error of the command line; subcommand parsers are of this class too."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
