@@ -68,6 +68,7 @@ class FamilySpec:
     qkv_bias: bool | None = None  # None: read it from config_keys["qkv_bias"] (absent: no bias)
     mlp_ratio_key: str | None = None  # when config_keys["d_mlp"] are absent: d_mlp = config[key] (default 4) * d_model
     lora_targets: tuple[str, ...] = PROJECTIONS  # modules LoRA adapts by default (a subset of PROJECTIONS)
+    sampler: str | None = None  # the family's own iterative sampler (mdlm_interp.decoding); None for causal families
 
     @property
     def mask_token(self) -> str | None:
@@ -249,6 +250,7 @@ LLADA = FamilySpec(
     default_norm_eps=1e-5,
     tokenizer_format="tokenizer.json",
     mlp_ratio_key="mlp_ratio",
+    sampler="llada",
     extra_config={"mlp_ratio": 4, "attention_dropout": 0.0, "residual_dropout": 0.0, "embedding_dropout": 0.0},
     fixed_config={
         "rope": True,
@@ -292,6 +294,7 @@ DREAM = FamilySpec(
     tokenizer_format="vocab.json+merges.txt",
     extra_config=HF_EXTRA_CONFIG,
     qkv_bias=True,
+    sampler="dream",
 )
 
 LLAMA = FamilySpec(
