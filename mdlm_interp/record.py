@@ -6,6 +6,11 @@ It plans one row per (example, condition), where a condition is (masks, filler, 
 them batch by batch to an HDF5 store, and can resume a killed run. This module alone decides where
 a recorder's results go in the store: recorder ``R`` of ``RECORDERS`` fills the group named by its
 key, the always-on prediction fills ``examples``.
+
+With ``RecordConfig.decode`` each batch is also decoded iteratively (``decode_batch``, group
+``decode``). That is a step of its own, not a recorder: a recorder reduces the batch's one forward
+pass from its layout, while decoding needs the token ids and runs a forward pass per denoising step,
+with its own per-step hooks (``hooks.decode_trace``).
 """
 
 import hashlib
@@ -17,8 +22,10 @@ from pathlib import Path
 
 import torch
 
-from mdlm_interp.batching import collate
+from mdlm_interp.batching import BatchLayout, collate
+from mdlm_interp.decoding import DecodeConfig
 from mdlm_interp.errors import UsageError
+from mdlm_interp.hooks.decode_trace import AnswerSlotTrace
 from mdlm_interp.hooks.recorders import AttentionRecorder, GradientRecorder, LensRecorder, PredictionRecorder
 from mdlm_interp.models.loader import LoadedModel
 from mdlm_interp.store import schema
@@ -55,9 +62,12 @@ class RecordConfig:
     filler control for every mask count above 1; ``placements``: "random", "relevant-at:K",
     "query-at:K"; ``n`` prompts per task; ``record``: any of attention, gradients, lens (the one-step
     prediction is always recorded); ``top_k`` token ids kept per row; ``chat``: wrap prompts in the
-    family's chat template. Values are normalised on construction (tasks expanded, lists as sorted
-    or ordered tuples) and checked: a bad value raises ``UsageError`` naming it. The config as a dict
-    is the store's ``settings`` (with the model's facts), compared field by field on resume.
+    family's chat template; ``decode``: also decode the answer slot and the masks after it
+    iteratively (a ``decoding.DecodeConfig`` or its command-line form, e.g. "llada:steps=10"; None:
+    no decoding). Values are normalised on construction (tasks expanded, lists as sorted or ordered
+    tuples) and checked: a bad value raises ``UsageError`` naming it. The config as a dict is the
+    store's ``settings`` (with the model's facts; ``decode`` only when set), compared field by field
+    on resume.
     """
 
     tasks: tuple = ("all",)
@@ -71,6 +81,7 @@ class RecordConfig:
     seed: int = 0
     top_k: int = 10
     chat: bool = False
+    decode: DecodeConfig | None = None
 
     def __post_init__(self):
         tasks = as_tuple(self.tasks)
@@ -94,12 +105,25 @@ class RecordConfig:
             raise UsageError(f"unknown --record item(s) {sorted(unknown)}; choose from {', '.join(RECORDABLE)}")
         if self.n < 1 or self.top_k < 1:
             raise UsageError("n and top-k must be at least 1")
-        for name, value in (("tasks", tuple(tasks)), ("masks", masks), ("placements", placements), ("record", record)):
+        decode = DecodeConfig.parse(self.decode) if isinstance(self.decode, str) else self.decode
+        if decode is not None:
+            decode.check(masks)
+        for name, value in (("tasks", tuple(tasks)), ("masks", masks), ("placements", placements), ("record", record),
+                            ("decode", decode)):
             object.__setattr__(self, name, value)
 
     def settings(self) -> dict:
-        """Return the config as the JSON-ready dict written to a store's settings."""
-        return {name: list(value) if isinstance(value, tuple) else value for name, value in asdict(self).items()}
+        """Return the config as the JSON-ready dict written to a store's settings (``decode`` only when set,
+        so stores recorded without it keep the settings they always had)."""
+        settings = {name: list(value) if isinstance(value, tuple) else value
+                    for name, value in asdict(self).items() if name != "decode"}
+        if self.decode is not None:
+            settings["decode"] = self.decode.settings()
+        return settings
+
+    def decode_steps(self) -> int:
+        """Return the most denoising steps any condition takes (the store's ``steps`` dimension); 0 without decode."""
+        return max(self.decode.steps_for(m) for m in self.masks) if self.decode is not None else 0
 
     def task_config(self) -> dict:
         """Return the prompt-building part of the settings (the store's ``task_config`` attribute)."""
@@ -224,6 +248,8 @@ def record(model, tokenizer=None, *, out, config: RecordConfig | None = None, ma
         raise UsageError("batch size must be at least 1")
     if subject.causal and config.masks != (1,):
         raise UsageError("a causal model takes no masks (its answer is the next token); drop --masks")
+    if subject.causal and config.decode is not None:
+        raise UsageError("a causal model cannot be decoded by unmasking (it reads no masks); drop --decode")
     if subject.d_vocab is not None and config.top_k > subject.d_vocab:
         raise UsageError(f"top-k {config.top_k} is larger than the vocabulary ({subject.d_vocab} tokens)")
     conditions = config.conditions(subject.causal)
@@ -245,9 +271,10 @@ def record(model, tokenizer=None, *, out, config: RecordConfig | None = None, ma
     provenance = Provenance(command_line=command_line or shlex.join(sys.argv), task_config=config.task_config(),
                             seed=config.seed, **facts)
     dims = {"k": config.top_k, "relevant": max(config.n_relevant, 1), "layers": subject.n_layers,
-            "heads": subject.n_heads}
+            "heads": subject.n_heads, **({"steps": config.decode_steps()} if config.decode is not None else {})}
+    groups = ("examples", "tokens", *config.record, *(("decode",) if config.decode is not None else ()))
     first, stop = len(plan) * rank // world, len(plan) * (rank + 1) // world
-    with open_writer(out, settings=settings, provenance=provenance, groups=("examples", "tokens", *config.record),
+    with open_writer(out, settings=settings, provenance=provenance, groups=groups,
                      dims=dims, n_planned=stop - first, resume=resume, overwrite=overwrite) as writer:
         bar = tqdm_or_none(progress, total=stop - first, initial=writer.n_rows_done)
         done = first + writer.n_rows_done
@@ -359,6 +386,8 @@ def record_batch(subject: Subject, prompts: list, config: RecordConfig, factorie
                                                **kwargs)
         results = {f"{group}/{name}": value.detach().cpu() for group, recorder in recorders.items()
                    for name, value in recorder.results(logits).items()}
+    if config.decode is not None:
+        results.update({f"decode/{name}": value.cpu() for name, value in decode_batch(subject, batch, config).items()})
     valid = batch.layout.valid.cpu()
     columns = {path: [row[keep].numpy() for row, keep in zip(value, valid)] if FIELDS[path].vlen else value.numpy()
                for path, value in results.items()}
@@ -385,3 +414,41 @@ def prompt_columns(prompts: list, max_relevant: int) -> dict:
         "examples/answer_id": [tp.answer_id for tp in prompts],
         "tokens/input_ids": [torch.tensor(tp.input_ids).numpy() for tp in prompts],
     }
+
+
+def decode_batch(subject: Subject, batch, config: RecordConfig) -> dict[str, torch.Tensor]:
+    """Decode every row's answer slot and the tokens after it with ``config.decode``; return the
+    ``AnswerSlotTrace`` results (plain names -> one value per row; per-step arrays padded to
+    ``config.decode_steps()`` steps).
+
+    Rows with the same number of appended tokens and of masks among them (one condition) decode
+    together, so that the samplers' batch-wide schedules are each row's own.
+    """
+    layout = batch.layout
+    mask_id = subject.mask_token_id
+    appended = layout.appended
+    length = appended.sum(-1)
+    masks = ((batch.input_ids == mask_id) & appended).sum(-1)
+    start = appended.float().argmax(-1)
+    parts = []
+    for key in torch.unique(torch.stack([length, masks], -1), dim=0):
+        rows = ((length == key[0]) & (masks == key[1])).nonzero()[:, 0]
+        width = int(layout.valid[rows].any(0).nonzero().max()) + 1  # drop padding columns no row of the group needs
+        group = BatchLayout(**{name: value[rows][:, :width] if value.dim() == 2 else value[rows]
+                               for name, value in vars(layout).items()})
+        steps = config.decode.steps_for(int(key[0]))
+        trace = AnswerSlotTrace(subject.module, group, mask_token_id=mask_id, steps=steps,
+                                max_steps=config.decode_steps())
+        attention_mask = batch.attention_mask[rows, :width]
+        with subject.module.hooks(fwd_hooks=trace.fwd_hooks()):
+            decoded = config.decode.run(subject.module, batch.input_ids[rows, :width], mask_token_id=mask_id,
+                                        prediction_offset=subject.prediction_offset, gen_start=start[rows],
+                                        gen_length=int(key[0]), on_step=trace.on_step, forward_kwargs=trace.forward_kwargs,
+                                        attention_mask=None if bool(attention_mask.all()) else attention_mask)
+        parts.append((rows, trace.results(decoded)))
+    out = {}
+    for name, value in parts[0][1].items():
+        out[name] = torch.empty((len(length), *value.shape[1:]), dtype=value.dtype, device=value.device)
+        for rows, results in parts:
+            out[name][rows] = results[name]
+    return out

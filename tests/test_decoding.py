@@ -1,6 +1,7 @@
 """Iterative unmasking: LLaDA's and Dream's samplers against step-by-step references written here from the
 official samplers' description, the per-step callback and hooks, seeds, and the --decode setting."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -252,3 +253,110 @@ def test_decode_setting_parses_and_checks():
         DecodeConfig.parse("llada:block=4").check([1, 8])
     with pytest.raises(UsageError, match="multiple"):
         DecodeConfig.parse("llada:steps=3,block=2").check([4])
+
+
+# ---- record --decode ----
+
+def task_prompts(lm, conditions):
+    """Tokenized task prompts, one per (masks, filler, placement, n_distractor)."""
+    from mdlm_interp.tasks import PromptConfig, sample_prompt, single_token_words, tokenize_prompt
+
+    words = single_token_words(lm.tokenizer)
+    return [tokenize_prompt(sample_prompt(PromptConfig("adjective+largest", 4, n_distractor, placement), seed=i,
+                                          words=words), lm.tokenizer, mask_token_id=lm.mask_token_id, masks=masks,
+                            filler=" ." if filler else None)
+            for i, (masks, filler, placement, n_distractor) in enumerate(conditions)]
+
+
+def decode_alone(lm, tp, decode: DecodeConfig) -> dict:
+    """Decode one unpadded prompt with the sampler and compute, the slow way, what record keeps per step."""
+    ids = torch.tensor(tp.input_ids)[None]
+    slot, readout = tp.answer_position, tp.answer_position + lm.spec.prediction_offset
+    n = max(tp.spans["masks"][1], slot + 1) - slot
+    after = torch.zeros(ids.shape[1], dtype=torch.bool)
+    after[tp.spans["masks"][0]:tp.spans["masks"][1]] = True
+    trace = {"masks_left": [], "predicted": [], "p_answer": [], "mass": [], "unmask_step": -1, "confidence": None}
+
+    def on_step(step, state):
+        still = state.input_ids[0] == lm.mask_token_id
+        trace["masks_left"].append(int(still[slot:slot + n].sum()))
+        probs = state.logits[0, readout].softmax(-1)
+        trace["predicted"].append(int(probs.argmax()) if still[slot] else -1)
+        trace["p_answer"].append(float(probs[tp.answer_id]) if still[slot] else float("nan"))
+        _, cache = lm.model.run_with_cache(state.input_ids)
+        trace["mass"].append(torch.stack([cache[f"blocks.{l}.attn.hook_pattern"][0, :, readout][:, still & after].sum(-1)
+                                          for l in range(lm.config.n_layers)]))
+        if state.unmasked[0, slot] and trace["unmask_step"] < 0:
+            trace["unmask_step"], trace["confidence"] = step, float(state.confidence[0, slot])
+
+    final = decode.run(lm.model, ids, mask_token_id=lm.mask_token_id, prediction_offset=lm.spec.prediction_offset,
+                       gen_start=slot, gen_length=n, on_step=on_step)
+    trace["decoded"] = int(final[0, slot])
+    return trace
+
+
+@pytest.mark.parametrize("family,decode", [("llada", "llada:block=2"), ("dream", "dream:steps=3,alg=topk_margin")])
+def test_record_decode_equals_decoding_each_row_alone(tiny_model, family, decode):
+    from mdlm_interp.record import RecordConfig, record_batch, subject_from
+
+    lm = tiny_model(family)
+    conditions = [(4, False, "random", 6), (4, False, "random", 12), (6, False, "query-at:2", 6),
+                  (4, True, "random", 6), (2, False, "random", 6)]
+    prompts = task_prompts(lm, conditions)
+    config = RecordConfig(record=["attention"], masks=[2, 4, 6], top_k=5, n_relevant=4, decode=decode)
+    columns = record_batch(subject_from(lm), prompts, config)
+    steps = columns["decode/masks_left"].shape[1]
+    assert steps == config.decode_steps() == (6 if family == "llada" else 3)
+    for row, tp in enumerate(prompts):
+        alone = decode_alone(lm, tp, config.decode)
+        n = len(alone["masks_left"])
+        assert columns["decode/steps"][row] == n
+        assert columns["decode/predicted_id"][row] == alone["decoded"]
+        assert columns["decode/correct"][row] == (alone["decoded"] == tp.answer_id)
+        assert columns["decode/unmask_step"][row] == alone["unmask_step"]
+        assert columns["decode/confidence"][row] == pytest.approx(alone["confidence"], rel=1e-5)
+        assert columns["decode/masks_left"][row].tolist() == alone["masks_left"] + [-1] * (steps - n)
+        assert columns["decode/step_predicted_id"][row].tolist() == alone["predicted"] + [-1] * (steps - n)
+        np.testing.assert_allclose(columns["decode/step_p_answer"][row][:n], alone["p_answer"], rtol=1e-5)
+        np.testing.assert_allclose(columns["decode/mask_mass_from_answer"][row][:n], torch.stack(alone["mass"]),
+                                   atol=1e-6)
+        assert np.isnan(columns["decode/mask_mass_from_answer"][row][n:]).all()
+        unmasked = alone["unmask_step"]
+        predicted = alone["predicted"][:unmasked + 1]
+        settle = max([s + 1 for s, p in enumerate(predicted) if p != alone["decoded"]], default=0)
+        assert columns["decode/settle_step"][row] == settle <= unmasked
+        if not conditions[row][1]:  # step 0 reads the same canvas as the one-step prediction
+            assert columns["decode/step_p_answer"][row][0] == pytest.approx(columns["examples/p_answer"][row], rel=1e-5)
+            np.testing.assert_allclose(columns["decode/mask_mass_from_answer"][row][0],
+                                       columns["attention/mask_mass_from_answer"][row], atol=1e-6)
+    assert (columns["decode/masks_left"][:, 0] == [4, 4, 6, 1, 2]).all()
+
+
+def test_record_command_decodes_and_refuses_what_it_cannot(tmp_path, tiny_checkpoint):
+    from mdlm_interp.store import open_store
+
+    from cli_run import run_cli
+
+    common = ["--task", "adjective+largest", "--n", "2", "--n-relevant", "4", "--n-distractor", "6", "--no-progress"]
+    out = tmp_path / "decoded.h5"
+    result = run_cli("record", "--model", tiny_checkpoint("dream"), "--masks", "1,3", "--record", "lens",
+                     "--decode", "dream:alg=entropy", "--out", out, *common)
+    assert result.returncode == 0, result.stderr
+    assert "decoded acc" in result.stdout
+    with open_store(out) as store:
+        assert store.groups == ("examples", "tokens", "lens", "decode")
+        assert store.dims["steps"] == 3
+        assert store.attrs["settings"]["decode"] == {"sampler": "dream", "steps": None, "alg": "entropy", "eps": 1e-3}
+        assert store.decode["steps"].tolist() == [1, 1, 3, 3]
+        assert store.decode["mask_mass_from_answer"].shape == (4, 3, 2, 4)
+    plain = tmp_path / "plain.h5"
+    assert run_cli("record", "--model", tiny_checkpoint("dream"), "--record", "lens", "--out", plain,
+                   *common).returncode == 0
+    with open_store(plain) as store:
+        assert "decode" not in store.groups and "decode" not in store.attrs["settings"]
+    for args, named in [(["--model", tiny_checkpoint("llama"), "--decode", "llada"], "causal"),
+                        (["--model", "/nonexistent", "--decode", "llada:alg=x"], "--decode llada takes"),
+                        (["--model", "/nonexistent", "--masks", "6", "--decode", "llada:block=4"], "does not divide")]:
+        result = run_cli("record", *args, "--out", tmp_path / "refused.h5", *common)
+        assert result.returncode == 2 and named in result.stderr and len(result.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "refused.h5").exists()

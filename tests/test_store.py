@@ -19,7 +19,7 @@ from mdlm_interp.store.summary import summarize
 from mdlm_interp.version import __version__
 
 TESTS_DIR = Path(__file__).resolve().parent
-DIMS = {"k": 3, "relevant": 2, "layers": 2, "heads": 3}
+DIMS = {"k": 3, "relevant": 2, "layers": 2, "heads": 3, "steps": 2}
 PROVENANCE = Provenance(
     command_line="mdlm-interp record --test",
     model_id="organism-llada",
@@ -276,7 +276,7 @@ def test_existing_file_is_refused_without_resume_or_overwrite(tmp_path):
         ({"settings": {**SETTINGS, "masks": [1, 10]}}, "settings.masks"),
         ({"settings": {"masks": [1, 5], "seed": 7}}, "settings.filler"),
         ({"dims": {**DIMS, "heads": 4}}, "dims.heads"),
-        ({"groups": ("attention",)}, "groups"),
+        ({"groups": tuple(g for g in schema.GROUPS if g != "tokens")}, "groups"),
         ({"n_planned": 9}, "n_planned"),
     ],
 )
@@ -332,11 +332,14 @@ CONDITION_ROWS = [  # (masks, filler, placement, correct, p, entropy, attention,
 ]
 EXPECTED_CONDITIONS = [  # by hand from CONDITION_ROWS
     {"masks": 1, "filler": False, "placement": "random", "n": 3, "accuracy": 2 / 3, "p_answer": 0.5,
-     "entropy": 2.0, "mask_attention": 0.0, "grad_mask": 0.4, "grad_last50": 0.02, "grad_nonmask": 0.15},
+     "entropy": 2.0, "mask_attention": 0.0, "grad_mask": 0.4, "grad_last50": 0.02, "grad_nonmask": 0.15,
+     "decoded_accuracy": 1.0},
     {"masks": 5, "filler": True, "placement": "random", "n": 2, "accuracy": 0.0, "p_answer": 0.2,
-     "entropy": 3.0, "mask_attention": 0.3, "grad_mask": 0.3, "grad_last50": 0.2, "grad_nonmask": None},
+     "entropy": 3.0, "mask_attention": 0.3, "grad_mask": 0.3, "grad_last50": 0.2, "grad_nonmask": None,
+     "decoded_accuracy": 0.5},
     {"masks": 5, "filler": False, "placement": "relevant-at:0", "n": 1, "accuracy": 1.0, "p_answer": 0.9,
-     "entropy": 0.5, "mask_attention": 0.6, "grad_mask": 0.5, "grad_last50": 0.05, "grad_nonmask": 0.01},
+     "entropy": 0.5, "mask_attention": 0.6, "grad_mask": 0.5, "grad_last50": 0.05, "grad_nonmask": 0.01,
+     "decoded_accuracy": 0.0},
 ]  # fmt: skip
 
 
@@ -350,6 +353,7 @@ def write_condition_store(path):
     batch["attention/mask_mass_from_answer"] = np.array([a + zero_mean for a in attention])
     for name, column in zip(("mask_mean", "last50_mean", "nonmask_mean"), zip(*grads)):
         batch[f"gradients/{name}"] = np.array(column)
+    batch["decode/correct"] = np.array([True, True, False, True, False, True])
     with new_writer(path, len(CONDITION_ROWS)) as writer:
         writer.append(batch)
         writer.finish()

@@ -25,7 +25,8 @@ def add_parser(subparsers) -> None:
 
     parser = subparsers.add_parser(
         "record",
-        help="record predictions, attention to masks, embedding gradients and the logit lens into HDF5",
+        help="record predictions, attention to masks, embedding gradients, the logit lens and iterative decoding "
+        "into HDF5",
         description="Build task-suite prompts, run them through the model with recorder hooks, and write one "
         "row per (example, condition) to an HDF5 store, batch by batch (resumable). A condition is "
         "(masks, filler, placement). Prints a per-condition summary at the end.",
@@ -52,6 +53,14 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--record", default=["attention", "gradients", "lens"], type=name_list,
                         help="what to record besides the prediction: comma-separated attention, gradients, lens "
                         "(default all three)")
+    parser.add_argument("--decode", default=None, metavar="SAMPLER[:KEY=VALUE,...]",
+                        help="also decode the answer slot and the masks after it iteratively, greedily, and record "
+                        "per row the decoded answer, the step it was unmasked and its confidence then, and per step "
+                        "the masks left and the answer's attention to them (store group decode). 'llada' or "
+                        "'llada:steps=K,block=B,cfg=C' (LLaDA's sampler: blocks of B masks, K steps in all, "
+                        "guidance C), 'dream' or 'dream:steps=K,alg=A,eps=E' (Dream's sampler, A one of "
+                        "maskgit_plus, topk_margin, entropy). steps and block default to the number of masks "
+                        "(steps=masks: one step per mask); diffusion models only")
     parser.add_argument("--top-k", type=int, default=10, help="top-k token ids and probabilities kept per row (default 10)")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (default 8)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prompts (default 0)")
@@ -85,7 +94,7 @@ def run(args) -> int:
     check_writable(args.out, resume=args.resume, overwrite=args.overwrite)
     config = RecordConfig(tasks=args.task, masks=args.masks, filler=args.filler, placements=args.placement, n=args.n,
                           n_relevant=args.n_relevant, n_distractor=args.n_distractor, record=args.record,
-                          seed=args.seed, top_k=args.top_k, chat=args.chat)
+                          seed=args.seed, top_k=args.top_k, chat=args.chat, decode=args.decode)
     if args.batch_size < 1:
         raise UsageError("batch size must be at least 1")
     if args.merge_adapter and args.adapter is None:

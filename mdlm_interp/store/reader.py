@@ -118,7 +118,7 @@ class Store:
     attrs: dict of root attributes (JSON ones parsed: task_config, settings, dims, merged_from).
     n_rows: rows visible (the attribute n_rows_done). groups: recorded groups, in schema order.
     dims: the named dimensions (k, relevant, layers, heads) of this store.
-    attention / gradients / lens: Mappings dataset name -> numpy array of n_rows rows.
+    attention / gradients / lens / decode: Mappings dataset name -> numpy array of n_rows rows.
     """
 
     def __init__(self, file: h5py.File, path: Path, attrs: dict | None = None):
@@ -173,6 +173,11 @@ class Store:
     def lens(self) -> Mapping:
         """Return the /lens datasets as a Mapping name -> array [n_rows, layers + 1]."""
         return _GroupView(self, "lens")
+
+    @property
+    def decode(self) -> Mapping:
+        """Return the /decode datasets as a Mapping name -> array [n_rows] or [n_rows, steps, ...]."""
+        return _GroupView(self, "decode")
 
     def tokens(self, i: int) -> np.ndarray:
         """Return the input token ids of row ``i``: int32 array [input_length]."""

@@ -14,13 +14,14 @@ import numpy as np
 SCHEMA_VERSION = 1
 
 # examples is always present; the others only when recorded.
-GROUPS = ("examples", "tokens", "attention", "gradients", "lens")
+GROUPS = ("examples", "tokens", "attention", "gradients", "lens", "decode")
 
 DIMS = {
     "k": "top-k size of examples/topk_ids and topk_probs",
     "relevant": "most relevant examples per prompt (rows with fewer are padded with -1)",
     "layers": "transformer blocks of the model",
     "heads": "attention (query) heads per block",
+    "steps": "denoising steps of the longest decode (decode group; rows with fewer steps are padded with -1 or NaN)",
 }
 
 READOUT = "the answer readout position (answer_position + the family's prediction offset)"
@@ -164,6 +165,23 @@ DATA = (
     ),
     _f("lens", "rank", "int32", ("layers+1",), "tokens with a strictly higher logit than the answer (0 = top 1)"),
     _f("lens", "entropy", "float32", ("layers+1",), "entropy (nats) of the lens distribution"),
+    _f("decode", "predicted_id", "int32", (), "token at the answer slot after iterative decoding of the answer slot "
+       "and the tokens after it (settings.decode names the sampler)"),
+    _f("decode", "correct", "bool", (), "decode/predicted_id == answer_id"),
+    _f("decode", "steps", "int32", (), "denoising steps of this row's decode (one forward pass each)"),
+    _f("decode", "unmask_step", "int32", (), "step (0-based) at which the answer slot was unmasked"),
+    _f("decode", "confidence", "float32", (), "the sampler's score for the answer slot at that step (LLaDA and "
+       "maskgit_plus: probability of the token; topk_margin: top-1 minus top-2 probability; entropy: negative entropy)"),
+    _f("decode", "settle_step", "int32", (), "first step from which the prediction for the answer slot (argmax at "
+       f"{READOUT}) equals the decoded token at every step until it is unmasked"),
+    _f("decode", "masks_left", "int32", ("steps",), "mask tokens at the answer slot and after it in the input of each "
+       "step (before its unmasking)"),
+    _f("decode", "step_predicted_id", "int32", ("steps",), "argmax of the prediction for the answer slot at each step "
+       "while it is still masked (-1 after)"),
+    _f("decode", "step_p_answer", "float32", ("steps",), "p(answer_id) in that prediction (NaN after)"),
+    _f("decode", "mask_mass_from_answer", "float32", ("steps", "layers", "heads"), f"at each step, attention weight "
+       f"from {READOUT} summed over the positions in [masks_start, masks_end) that are still masks; the first step "
+       "equals attention/mask_mass_from_answer when no filler is used"),
 )
 
 

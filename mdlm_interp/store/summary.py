@@ -1,4 +1,5 @@
-"""Per-condition summary of a store: accuracy, p(answer), entropy, attention to masks, gradient shares."""
+"""Per-condition summary of a store: accuracy, p(answer), entropy, attention to masks, gradient shares,
+accuracy after iterative decoding."""
 
 import math
 import re
@@ -11,6 +12,7 @@ OPTIONAL_METRICS = {
     "grad_mask": "gradients/mask_mean",
     "grad_last50": "gradients/last50_mean",
     "grad_nonmask": "gradients/nonmask_mean",
+    "decoded_accuracy": "decode/correct",
 }
 
 COLUMNS = {  # key -> table heading, in table order
@@ -25,6 +27,7 @@ COLUMNS = {  # key -> table heading, in table order
     "grad_mask": "grad mask",
     "grad_last50": "grad last50",
     "grad_nonmask": "grad non-mask",
+    "decoded_accuracy": "decoded acc",
 }
 
 
@@ -34,7 +37,8 @@ def summarize(store) -> list:
     Keys: masks (int), filler (bool), placement (str), n (rows), accuracy (mean of correct),
     p_answer and entropy (means), and for recorded groups mask_attention (mean over rows, layers and
     heads of attention/mask_mass_from_answer) and grad_mask, grad_last50, grad_nonmask (means of the
-    gradients/*_mean datasets). Means skip NaN rows; a mean with no rows left is None.
+    gradients/*_mean datasets) and decoded_accuracy (mean of decode/correct: accuracy after iterative
+    decoding). Means skip NaN rows; a mean with no rows left is None.
     """
     frame = store.examples[list(CONDITION) + ["correct", "p_answer", "entropy"]].copy()
     for key, name in OPTIONAL_METRICS.items():
