@@ -413,3 +413,125 @@ class DecodeConfig:
             return llada_unmask(module, canvas, gen_start=gen_start, gen_length=gen_length, steps=steps,
                                 block_length=self.block or gen_length, cfg_scale=self.cfg_scale, **common)
         return dream_unmask(module, canvas, steps=steps, alg=self.alg, eps=self.eps, **common)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# generation from text, and a trace of every step (``mdlm-interp generate``)
+
+LLADA_OPTIONS = ("block_length", "temperature", "cfg_scale", "remasking")
+DREAM_OPTIONS = ("alg", "temperature", "top_p", "top_k", "alg_temp", "eps")
+
+
+@dataclass
+class Generation:
+    """The result of ``generate_text``: ids [batch, prompt + gen_length] (prompts left-padded to
+    ``prompt_length`` columns), the attention mask [batch, prompt + gen_length] and the generated texts."""
+
+    ids: torch.Tensor
+    attention_mask: torch.Tensor
+    prompt_length: int
+    texts: list[str]
+
+
+def generate_text(lm, prompts: list[str], *, sampler: str | None = None, chat: bool = False, steps: int | None = None,
+                  gen_length: int = 32, generator: torch.Generator | None = None, on_step: OnStep | None = None,
+                  skip_special_tokens: bool = True, **options) -> Generation:
+    """Decode ``gen_length`` tokens after each text of ``prompts`` with ``sampler`` ("llada" or "dream";
+    default the family's own) in ``steps`` steps (default ``gen_length``); return a ``Generation``.
+
+    ``chat`` wraps each prompt in the family's chat template. ``options`` are the sampler's: LLaDA's
+    block_length (default gen_length), temperature, cfg_scale, remasking; Dream's alg (default
+    "maskgit_plus" here: greedy at temperature 0), temperature, top_p, top_k, alg_temp, eps. An option
+    of the other sampler raises ``UsageError``.
+    """
+    sampler = sampler or lm.spec.sampler
+    check_sampler_options(sampler, options)
+    if lm.mask_token_id is None:
+        raise UsageError(f"a {lm.spec.family} model has no mask token: only diffusion models decode by unmasking")
+    if not prompts:
+        raise UsageError("no prompt given")
+    from mdlm_interp.batching import pad_sequences
+
+    texts = [lm.spec.chat_template.replace("{content}", text) for text in prompts] if chat else prompts
+    encoded = [lm.tokenizer.encode(text, add_special_tokens=False) for text in texts]
+    if not all(encoded):
+        raise UsageError("a prompt is empty")
+    pad_id = lm.tokenizer.convert_tokens_to_ids(lm.spec.special_tokens["pad"])
+    ids, valid, _ = pad_sequences(encoded, pad_id, side="left")
+    device = next(lm.model.parameters()).device
+    ids, valid = ids.to(device), valid.long().to(device)
+    mask = None if bool(valid.all()) else valid
+    steps = gen_length if steps is None else steps
+    if sampler == "llada":
+        options.setdefault("block_length", gen_length)
+        out = llada_generate(lm, ids, steps=steps, gen_length=gen_length, attention_mask=mask, generator=generator,
+                             on_step=on_step, **options)
+    else:
+        options.setdefault("alg", "maskgit_plus")
+        out = dream_generate(lm, ids, steps=steps, max_new_tokens=gen_length, attention_mask=mask, generator=generator,
+                             on_step=on_step, **options)
+    generated = [lm.tokenizer.decode(row[ids.shape[1]:].tolist(), skip_special_tokens=skip_special_tokens)
+                 for row in out.cpu()]
+    return Generation(out, F.pad(valid, (0, gen_length), value=1), ids.shape[1], generated)
+
+
+def check_sampler_options(sampler: str | None, options) -> None:
+    """Raise ``UsageError`` unless ``sampler`` is "llada" or "dream" and takes every option named in ``options``."""
+    if sampler not in SAMPLER_KEYS:
+        raise UsageError(f"unknown sampler {sampler!r} (choose from {', '.join(SAMPLER_KEYS)})")
+    allowed = LLADA_OPTIONS if sampler == "llada" else DREAM_OPTIONS
+    wrong = sorted(set(options) - set(allowed))
+    if wrong:
+        raise UsageError(f"{', '.join(wrong)}: not an option of the {sampler} sampler (its options: {', '.join(allowed)})")
+
+
+class StepTrace:
+    """An ``on_step`` callback that keeps, on the CPU, every step's canvas, proposals, confidences and
+    unmasked positions (not the logits); ``arrays()`` stacks them."""
+
+    def __init__(self):
+        self.initial_ids: torch.Tensor | None = None
+        self.steps: dict[str, list] = {"ids": [], "proposed": [], "confidence": [], "unmasked": [], "block": []}
+
+    def __call__(self, step: int, state: DecodeStep) -> None:
+        if self.initial_ids is None:
+            self.initial_ids = state.input_ids.cpu()
+        for name in ("ids", "proposed", "unmasked"):
+            self.steps[name].append(getattr(state, name).cpu())
+        self.steps["confidence"].append(state.confidence.float().cpu())
+        self.steps["block"].append(state.block)
+
+    def arrays(self) -> dict:
+        """Return numpy arrays: ids int32 [steps + 1, batch, pos] (the canvas before the first step, then
+        after each), proposed int32, confidence float32 (-inf where not scored), unmasked bool
+        [steps, batch, pos], block int32 [steps]."""
+        import numpy as np
+
+        if self.initial_ids is None:
+            raise ValueError("the trace saw no step")
+        stacked = {name: torch.stack(values).numpy() for name, values in self.steps.items() if name != "block"}
+        return {
+            "ids": np.concatenate([self.initial_ids[None].numpy(), stacked["ids"]]).astype(np.int32),
+            "proposed": stacked["proposed"].astype(np.int32),
+            "confidence": stacked["confidence"],
+            "unmasked": stacked["unmasked"],
+            "block": np.array(self.steps["block"], dtype=np.int32),
+        }
+
+
+def write_trace(path, trace: StepTrace, generation: Generation, attrs: dict) -> None:
+    """Write ``trace`` (and the generation's attention mask and texts) to the HDF5 file ``path``, with
+    ``attrs`` (provenance, sampler settings; dicts and lists stored as JSON strings) as root attributes."""
+    import json
+
+    import h5py
+    import numpy as np
+
+    with h5py.File(path, "w") as file:
+        for name, array in trace.arrays().items():
+            file.create_dataset(name, data=array, compression="gzip", compression_opts=4)
+        file.create_dataset("attention_mask", data=generation.attention_mask.cpu().numpy().astype(np.int8))
+        file.create_dataset("text", data=generation.texts, dtype=h5py.string_dtype("utf-8"))
+        file.attrs["prompt_length"] = generation.prompt_length
+        for name, value in attrs.items():
+            file.attrs[name] = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value

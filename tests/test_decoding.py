@@ -360,3 +360,57 @@ def test_record_command_decodes_and_refuses_what_it_cannot(tmp_path, tiny_checkp
         result = run_cli("record", *args, "--out", tmp_path / "refused.h5", *common)
         assert result.returncode == 2 and named in result.stderr and len(result.stderr.strip().splitlines()) == 1
         assert not (tmp_path / "refused.h5").exists()
+
+
+# ---- mdlm-interp generate ----
+
+def test_generate_command_prints_the_decode_and_traces_every_step(tmp_path, tiny_checkpoint, tiny_model):
+    import h5py
+
+    from cli_run import run_cli
+    from mdlm_interp.decoding import generate_text
+
+    lm = tiny_model("llada")
+    trace = tmp_path / "trace.h5"
+    result = run_cli("generate", "--model", tiny_checkpoint("llada"), "--prompt", PROMPTS[0], "--prompt", PROMPTS[2],
+                     "--gen-length", "6", "--steps", "4", "--block-length", "3", "--keep-special", "--show-steps",
+                     "--trace", trace)
+    assert result.returncode == 0, result.stderr
+    ids, mask = prompt_batch(lm, [PROMPTS[0], PROMPTS[2]])
+    expected = llada_generate(lm, ids, steps=4, gen_length=6, block_length=3, attention_mask=mask)
+    texts = [lm.tokenizer.decode(row[ids.shape[1]:].tolist()) for row in expected]
+    lines = result.stdout.splitlines()
+    assert lines[-2:] == [f"[0] {texts[0]}", f"[1] {texts[1]}"]
+    assert sum(line.startswith("step ") for line in lines) == 4 * 2
+    assert generate_text(lm, [PROMPTS[0], PROMPTS[2]], gen_length=6, steps=4, block_length=3,
+                         skip_special_tokens=False).texts == texts
+    with h5py.File(trace, "r") as file:
+        assert file["ids"].shape == (5, 2, ids.shape[1] + 6)
+        assert (file["ids"][0][:, ids.shape[1]:] == lm.mask_token_id).all()
+        assert (file["ids"][-1] == expected.numpy()).all()
+        unmasked = file["unmasked"][()]
+        assert (unmasked.sum(0)[:, ids.shape[1]:] == 1).all() and not unmasked[:, :, :ids.shape[1]].any()
+        assert (unmasked.sum(-1) == [[2, 2], [1, 1], [2, 2], [1, 1]]).all()  # two blocks of 3 in 2 steps each
+        assert (file["block"][()] == [0, 0, 1, 1]).all()
+        assert (file["attention_mask"][()][:, ids.shape[1]:] == 1).all()
+        assert list(file["text"].asstr()[()]) == [lm.tokenizer.decode(row[ids.shape[1]:].tolist(),
+                                                                      skip_special_tokens=True) for row in expected]
+        assert file.attrs["family"] == "llada" and file.attrs["weights_fingerprint"] == lm.fingerprint()
+        assert '"sampler": "llada"' in file.attrs["settings"] and file.attrs["seed"] == 0
+
+
+def test_generate_command_refuses_bad_requests_before_loading(tmp_path, tiny_checkpoint):
+    from cli_run import run_cli
+
+    existing = tmp_path / "existing.h5"
+    existing.write_text("keep")
+    for args, named in [(["--model", tiny_checkpoint("llama")], "causal"),
+                        (["--model", tiny_checkpoint("llada"), "--alg", "entropy"], "not an option of the llada"),
+                        (["--model", tiny_checkpoint("dream"), "--block-length", "2"], "not an option of the dream"),
+                        (["--model", tiny_checkpoint("llada"), "--trace", existing], "exists"),
+                        (["--model", tiny_checkpoint("llada"), "--gen-length", "6", "--block-length", "4"], "divide"),
+                        (["--model", "/nonexistent"], "nonexistent")]:
+        result = run_cli("generate", "--prompt", PROMPTS[0], *args)
+        assert result.returncode == 2 and named in result.stderr, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert existing.read_text() == "keep"

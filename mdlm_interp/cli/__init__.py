@@ -12,7 +12,7 @@ import sys
 from mdlm_interp.errors import UsageError
 
 SUBCOMMAND_MODULES = ["model", "tasks", "pretrain", "record", "summary", "analyze", "sweep", "train_ma", "compare",
-                      "patch", "heads", "ablate"]
+                      "patch", "heads", "ablate", "generate"]
 
 
 class CommandLineParser(argparse.ArgumentParser):
