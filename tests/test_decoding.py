@@ -295,10 +295,15 @@ def decode_alone(lm, tp, decode: DecodeConfig) -> dict:
     return trace
 
 
-@pytest.mark.parametrize("family,decode", [("llada", "llada:block=2"), ("dream", "dream:steps=3,alg=topk_margin")])
-def test_record_decode_equals_decoding_each_row_alone(tiny_model, family, decode):
+@pytest.mark.parametrize("family,decode,from_queries", [("llada", "llada:block=2", True),
+                                                        ("dream", "dream:steps=3,alg=topk_margin", True),
+                                                        ("dream", "dream:steps=3,alg=entropy", False)])
+def test_record_decode_equals_decoding_each_row_alone(tiny_model, monkeypatch, family, decode, from_queries):
+    from mdlm_interp.hooks import decode_trace
     from mdlm_interp.record import RecordConfig, record_batch, subject_from
 
+    if not from_queries:  # the attention row from hook_pattern, as for modules without rotated q/k hooks
+        monkeypatch.setattr(decode_trace, "supports_query_rows", lambda module: False)
     lm = tiny_model(family)
     conditions = [(4, False, "random", 6), (4, False, "random", 12), (6, False, "query-at:2", 6),
                   (4, True, "random", 6), (2, False, "random", 6)]
@@ -354,6 +359,15 @@ def test_record_command_decodes_and_refuses_what_it_cannot(tmp_path, tiny_checkp
                    *common).returncode == 0
     with open_store(plain) as store:
         assert "decode" not in store.groups and "decode" not in store.attrs["settings"]
+    from mdlm_interp.analyses.iterative import iterative_accuracy, load_decode
+
+    recordings = load_decode([out, plain])  # the store without a decode group is skipped
+    assert len(recordings.rows) == 4 and recordings.per_step["mask_attention"].shape == (4, 3)
+    assert np.isnan(recordings.per_step["masks_left"][:2, 1:]).all()  # one step for one mask
+    table = iterative_accuracy(recordings)
+    assert list(table["masks"]) == [1, 3] and list(table["n"]) == [2, 2] and list(table["steps"]) == [1, 3]
+    with pytest.raises(UsageError, match="decode group"):
+        load_decode([plain])
     for args, named in [(["--model", tiny_checkpoint("llama"), "--decode", "llada"], "causal"),
                         (["--model", "/nonexistent", "--decode", "llada:alg=x"], "--decode llada takes"),
                         (["--model", "/nonexistent", "--masks", "6", "--decode", "llada:block=4"], "does not divide")]:
@@ -414,3 +428,38 @@ def test_generate_command_refuses_bad_requests_before_loading(tmp_path, tiny_che
         assert result.returncode == 2 and named in result.stderr, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1
     assert existing.read_text() == "keep"
+
+
+# ---- the analysis: iterative against one-step accuracy ----
+
+def test_iterative_accuracy_and_trajectory_tables():
+    import pandas as pd
+
+    from mdlm_interp.analyses.iterative import DecodeRecordings, decode_trajectory, figure_iterative, iterative_accuracy
+
+    rows = pd.DataFrame({
+        "model": "m", "n_relevant": 4, "n_distractor": 6, "placement": "random", "filler": False,
+        "task": ["a", "b", "a", "b", "a", "b"], "masks": [1, 1, 4, 4, 4, 4],
+        "correct": [True, True, False, False, True, False], "decoded_correct": [True, True, True, True, True, False],
+        "steps": [1, 1, 4, 4, 4, 4], "unmask_step": [0, 0, 3, 3, 1, 3], "settle_step": [0, 0, 2, 0, 1, 3]})
+    nan = float("nan")
+    p_answer = np.array([[0.9, nan, nan, nan], [0.8, nan, nan, nan], [0.1, 0.2, 0.6, 0.9], [0.3, 0.5, 0.7, 0.7],
+                         [0.4, 0.6, nan, nan], [0.2, 0.1, 0.1, 0.2]])
+    attention = np.array([[0, nan, nan, nan], [0, nan, nan, nan], [0.4, 0.3, 0.2, 0.1]] + [[0.2, 0.2, 0.1, 0.0]] * 3)
+    masks_left = np.array([[1, nan, nan, nan]] * 2 + [[4, 3, 2, 1]] * 4)
+    recordings = DecodeRecordings(rows, {"p_answer": p_answer, "mask_attention": attention, "masks_left": masks_left})
+    table = iterative_accuracy(recordings).set_index("masks")
+    assert table.loc[4, "n"] == 4 and table.loc[4, "steps"] == 4
+    assert table.loc[4, "one_step_accuracy"] == 0.25 and table.loc[4, "iterative_accuracy"] == 0.75
+    assert table.loc[4, "gain"] == pytest.approx(0.5) and table.loc[4, "gain_low"] <= 0.5 <= table.loc[4, "gain_high"]
+    assert table.loc[4, "iterative_low"] == pytest.approx(0.3006418, abs=1e-6)  # Wilson, 3 of 4
+    assert table.loc[4, "settle_step"] == pytest.approx(1.5) and table.loc[4, "settle_fraction"] == pytest.approx(0.375)
+    assert table.loc[4, "unmask_step"] == pytest.approx(2.5) and table.loc[4, "answer_last"] == 0.75
+    assert table.loc[1, "gain"] == 0 and table.loc[1, "one_step_accuracy"] == 1
+    steps = decode_trajectory(recordings).set_index(["masks", "step"])
+    assert list(steps.loc[4, "n_masked"]) == [4, 4, 3, 3]
+    assert steps.loc[(4, 2), "p_answer"] == pytest.approx((0.6 + 0.7 + 0.1) / 3)
+    assert steps.loc[(4, 0), "mask_attention"] == pytest.approx((0.4 + 0.6) / 4)
+    assert steps.loc[(4, 3), "masks_left"] == 1 and steps.loc[(1, 0), "step_fraction"] == 1
+    figure = figure_iterative(iterative_accuracy(recordings), decode_trajectory(recordings), "m", "random")
+    assert len(figure.axes) == 4 and len(figure.axes[0].lines) == 2

@@ -2,18 +2,28 @@
 
 An ``AnswerSlotTrace`` rides along one decode of a batch of task prompts (``mdlm_interp.decoding``):
 its ``on_step`` callback reads, at every step, the distribution predicting the answer slot and the
-masks left, its ``forward_kwargs`` hand each step's forward pass an attention probe on the masks
-after the answer slot that are still masked, and its hooks (attach them with ``module.hooks``) keep
-the attention mass the answer readout position puts on them, per layer and head. Modules without
-attention probes are reduced from ``hook_pattern`` instead (same numbers, slower). ``results`` gives
-plain names -> per-row tensors, like a recorder's.
+masks left, and its hooks (attach them with ``module.hooks``) keep the attention mass the answer
+readout position puts on the masks after the answer slot that are still masked, per layer and head.
+That mass needs one row of each layer's attention pattern, which the hooks rebuild from the rotated
+query of the readout position and the rotated keys (``attn.hook_rot_q``, ``attn.hook_rot_k``): a
+matrix-vector product per layer, while the forward pass keeps its fused attention kernel. Modules
+without those hooks are reduced from ``hook_pattern`` instead (same numbers, slower). ``results``
+gives plain names -> per-row tensors, like a recorder's.
 """
 
 import torch
-from einops import einsum
+from einops import einsum, repeat
 
 from mdlm_interp.batching import BatchLayout
 from mdlm_interp.hooks.recorders import supports_probes
+
+
+def supports_query_rows(module) -> bool:
+    """Whether ``module`` computes attention as the toolkit's decoder does (it exposes attention probes and
+    the rotated queries and keys), so that one query's attention row can be rebuilt from
+    ``attn.hook_rot_q`` and ``attn.hook_rot_k``."""
+    names = getattr(module, "hook_dict", {})
+    return supports_probes(module) and "blocks.0.attn.hook_rot_q" in names and "blocks.0.attn.hook_rot_k" in names
 
 
 class AnswerSlotTrace:
@@ -21,43 +31,64 @@ class AnswerSlotTrace:
     steps are padded: -1 for integers, NaN for floats)."""
 
     def __init__(self, module, layout: BatchLayout, *, mask_token_id: int, steps: int, max_steps: int,
-                 use_probes: bool | None = None):
+                 from_queries: bool | None = None):
         self.layout = layout
         self.mask_token_id = mask_token_id
         self.steps = steps
+        cfg = module.cfg
         self.n_layers = len(module.blocks)
-        self.use_probes = supports_probes(module) if use_probes is None else use_probes
+        self.from_queries = supports_query_rows(module) if from_queries is None else from_queries
+        self.scale = cfg.d_head**-0.5 if self.from_queries else None
         rows, device = len(layout.readout), layout.readout.device
         self.answer_position = layout.answer.float().argmax(-1)  # the slot: first (only) position of layout.answer
         self.masks_left = torch.full((rows, max_steps), -1, dtype=torch.long, device=device)
         self.predicted = torch.full((rows, max_steps), -1, dtype=torch.long, device=device)
         self.p_answer = torch.full((rows, max_steps), float("nan"), device=device)
-        self.mass = torch.full((rows, max_steps, self.n_layers, int(module.cfg.n_heads)), float("nan"), device=device)
+        self.mass = torch.full((rows, max_steps, self.n_layers, int(cfg.n_heads)), float("nan"), device=device)
         self.unmask_step = torch.full((rows,), -1, dtype=torch.long, device=device)
         self.confidence = torch.full((rows,), float("nan"), device=device)
         self.per_layer: dict[int, torch.Tensor] = {}
-        self.probe: torch.Tensor | None = None
+        self.query: torch.Tensor | None = None
+        self.masks_left_after: torch.Tensor | None = None
 
     def forward_kwargs(self, model_input: torch.Tensor) -> dict:
-        """Return the step's extra forward arguments: an attention probe [rows, pos, 1] on the masks after
-        the answer slot that are still masked (with classifier-free guidance the input holds the batch twice)."""
-        copies = model_input.shape[0] // len(self.layout.readout)
-        self.probe = ((model_input == self.mask_token_id) & self.layout.masks.repeat(copies, 1)).float()[..., None]
-        return {"attention_probes": self.probe} if self.use_probes else {}
+        """Note which positions after the answer slot are still masks in this step's input (with
+        classifier-free guidance the input holds the batch twice; the first copy is the canvas).
+        Returns no extra forward arguments."""
+        canvas = model_input[: len(self.layout.readout)]
+        self.masks_left_after = ((canvas == self.mask_token_id) & self.layout.masks).float()
+        return {}
 
     def fwd_hooks(self) -> list:
-        """Return [(hook name, fn)]: every layer's ``attn.hook_probe_mass`` (or ``attn.hook_pattern``)."""
-        name = "hook_probe_mass" if self.use_probes else "hook_pattern"
-        return [(f"blocks.{layer}.attn.{name}", self._hook(layer)) for layer in range(self.n_layers)]
+        """Return [(hook name, fn)]: every layer's ``attn.hook_rot_q`` and ``attn.hook_rot_k`` (or
+        ``attn.hook_pattern``)."""
+        if not self.from_queries:
+            return [(f"blocks.{layer}.attn.hook_pattern", self._pattern_hook(layer)) for layer in range(self.n_layers)]
+        hooks = []
+        for layer in range(self.n_layers):
+            hooks += [(f"blocks.{layer}.attn.hook_rot_q", self._keep_query),
+                      (f"blocks.{layer}.attn.hook_rot_k", self._key_hook(layer))]
+        return hooks
 
-    def _hook(self, layer: int):
-        def reduce(activation: torch.Tensor, hook) -> None:
+    def _keep_query(self, q: torch.Tensor, hook) -> None:
+        lay = self.layout
+        self.query = q.detach()[: len(lay.readout)][lay.rows, lay.readout].float()  # [rows, head, d_head]
+
+    def _key_hook(self, layer: int):
+        def reduce(k: torch.Tensor, hook) -> None:
+            k = k.detach()[: len(self.layout.readout)].float()  # [rows, key, kv_head, d_head]
+            k = repeat(k, "b t kv d -> b (kv g) t d", g=self.query.shape[1] // k.shape[2])
+            scores = einsum(self.query, k, "b h d, b h t d -> b h t") * self.scale
+            pattern = scores.masked_fill(~self.layout.valid[:, None], float("-inf")).softmax(-1)
+            self.per_layer[layer] = einsum(pattern, self.masks_left_after, "b h t, b t -> b h")
+
+        return reduce
+
+    def _pattern_hook(self, layer: int):
+        def reduce(pattern: torch.Tensor, hook) -> None:
             lay = self.layout
-            picked = activation.detach()[: len(lay.readout)][lay.rows, :, lay.readout].float()  # [rows, head, ...]
-            if self.use_probes:  # [rows, head, probe]
-                self.per_layer[layer] = picked[..., 0]
-            else:  # the pattern row [rows, head, key] against the probe
-                self.per_layer[layer] = einsum(picked, self.probe[: len(lay.readout), :, 0], "b h k, b k -> b h")
+            row = pattern.detach()[: len(lay.readout)][lay.rows, :, lay.readout].float()  # [rows, head, key]
+            self.per_layer[layer] = einsum(row, self.masks_left_after, "b h t, b t -> b h")
 
         return reduce
 
