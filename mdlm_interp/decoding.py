@@ -166,7 +166,9 @@ def llada_unmask(module, canvas: torch.Tensor, *, mask_token_id: int, gen_start,
                 chosen = (scores.double().exp() / noise**temperature).argmax(-1)
             else:
                 chosen = scores.argmax(-1)
-            if remasking == "low_confidence":  # the unperturbed probability of the proposal, in float64
+            # low_confidence: the unperturbed probability of the proposal, in float64 as LLaDA's generate.py
+            # computed it (later copies use the logits' dtype, which can only reorder near ties)
+            if remasking == "low_confidence":
                 score = scores.double().softmax(-1).gather(-1, chosen[:, None])[:, 0]
             else:
                 score = torch.rand(len(rows), generator=generator, dtype=torch.float64, device=x.device)

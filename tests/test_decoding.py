@@ -366,6 +366,7 @@ def test_record_command_decodes_and_refuses_what_it_cannot(tmp_path, tiny_checkp
     assert np.isnan(recordings.per_step["masks_left"][:2, 1:]).all()  # one step for one mask
     table = iterative_accuracy(recordings)
     assert list(table["masks"]) == [1, 3] and list(table["n"]) == [2, 2] and list(table["steps"]) == [1, 3]
+    assert set(table["decoder"]) == {"dream alg=entropy eps=0.001"}
     with pytest.raises(UsageError, match="decode group"):
         load_decode([plain])
     for args, named in [(["--model", tiny_checkpoint("llama"), "--decode", "llada"], "causal"),
@@ -438,7 +439,8 @@ def test_iterative_accuracy_and_trajectory_tables():
     from mdlm_interp.analyses.iterative import DecodeRecordings, decode_trajectory, figure_iterative, iterative_accuracy
 
     rows = pd.DataFrame({
-        "model": "m", "n_relevant": 4, "n_distractor": 6, "placement": "random", "filler": False,
+        "model": "m", "decoder": "llada block=masks cfg_scale=0.0", "n_relevant": 4, "n_distractor": 6,
+        "placement": "random", "filler": False,
         "task": ["a", "b", "a", "b", "a", "b"], "masks": [1, 1, 4, 4, 4, 4],
         "correct": [True, True, False, False, True, False], "decoded_correct": [True, True, True, True, True, False],
         "steps": [1, 1, 4, 4, 4, 4], "unmask_step": [0, 0, 3, 3, 1, 3], "settle_step": [0, 0, 2, 0, 1, 3]})
@@ -461,5 +463,15 @@ def test_iterative_accuracy_and_trajectory_tables():
     assert steps.loc[(4, 2), "p_answer"] == pytest.approx((0.6 + 0.7 + 0.1) / 3)
     assert steps.loc[(4, 0), "mask_attention"] == pytest.approx((0.4 + 0.6) / 4)
     assert steps.loc[(4, 3), "masks_left"] == 1 and steps.loc[(1, 0), "step_fraction"] == 1
-    figure = figure_iterative(iterative_accuracy(recordings), decode_trajectory(recordings), "m", "random")
+    figure = figure_iterative(iterative_accuracy(recordings), decode_trajectory(recordings), "m",
+                              "llada block=masks cfg_scale=0.0", "random")
     assert len(figure.axes) == 4 and len(figure.axes[0].lines) == 2
+    assert [line.get_label() for line in figure.axes[0].lines] == ["one step", "iterative, steps = masks"]
+    fixed = rows.assign(steps=[1, 1, 2, 2, 2, 2])  # the same prompts decoded in 2 steps: a condition of its own
+    both = DecodeRecordings(pd.concat([rows, fixed], ignore_index=True),
+                            {name: np.concatenate([array, array]) for name, array in recordings.per_step.items()})
+    table = iterative_accuracy(both)
+    assert list(zip(table["masks"], table["steps"], table["n"])) == [(1, 1, 4), (4, 2, 4), (4, 4, 4)]
+    figure = figure_iterative(table, decode_trajectory(both), "m", "llada block=masks cfg_scale=0.0", "random")
+    assert [line.get_label() for line in figure.axes[0].lines] == ["one step", "iterative, steps = masks",
+                                                                   "iterative, 2 steps"]

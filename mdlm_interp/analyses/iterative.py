@@ -17,13 +17,14 @@ import numpy as np
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
 Z95 = 1.959963984540054
-CONDITION = ["model", "n_relevant", "n_distractor", "placement", "filler", "masks"]
+CONDITION = ["model", "decoder", "n_relevant", "n_distractor", "placement", "filler", "masks", "steps"]
 
 
 @dataclass
 class DecodeRecordings:
     """Rows of stores with a decode group: ``rows`` (pandas DataFrame: CONDITION columns, task, correct,
-    decoded_correct, steps, unmask_step, settle_step) and ``per_step`` (name -> array [rows, steps]:
+    decoded_correct, unmask_step, settle_step; ``decoder`` names the sampler and its settings but the
+    steps, e.g. "llada block=masks cfg=0.0") and ``per_step`` (name -> array [rows, steps]:
     p_answer, masks_left, mask_attention = decode/mask_mass_from_answer averaged over layers and heads),
     aligned with ``rows``; per-step arrays are NaN past a row's steps."""
 
@@ -47,8 +48,9 @@ def load_decode(paths) -> DecodeRecordings:
             settings = store.attrs["settings"]
             frame = store.examples[["task", "placement", "filler", "masks", "correct"]].copy()
             frame.insert(0, "model", str(store.attrs["model_id"]))
-            frame.insert(1, "n_relevant", int(settings["n_relevant"]))
-            frame.insert(2, "n_distractor", int(settings["n_distractor"]))
+            frame.insert(1, "decoder", decoder_label(settings["decode"]))
+            frame.insert(2, "n_relevant", int(settings["n_relevant"]))
+            frame.insert(3, "n_distractor", int(settings["n_distractor"]))
             decode = store.decode
             for column, name in [("decoded_correct", "correct"), ("steps", "steps"), ("unmask_step", "unmask_step"),
                                  ("settle_step", "settle_step")]:
@@ -63,6 +65,13 @@ def load_decode(paths) -> DecodeRecordings:
     padded = {name: np.concatenate([np.pad(a[name], ((0, 0), (0, width - a[name].shape[1])), constant_values=np.nan)
                                     for a in arrays]) for name in arrays[0]}
     return DecodeRecordings(pd.concat(frames, ignore_index=True), padded)
+
+
+def decoder_label(decode: dict) -> str:
+    """Return a store's ``settings["decode"]`` without its steps as one label, e.g. "dream alg=entropy eps=0.001"."""
+    options = " ".join(f"{key}={'masks' if value is None else value}" for key, value in sorted(decode.items())
+                       if key not in ("sampler", "steps"))
+    return f"{decode['sampler']} {options}".strip()
 
 
 def wilson(successes, n) -> tuple[float, float]:
@@ -88,8 +97,8 @@ def bootstrap_mean(values) -> tuple[float, float, float]:
 
 
 def iterative_accuracy(recordings: DecodeRecordings):
-    """Return one row per condition (CONDITION columns, tasks pooled): n, steps, one-step and iterative
-    accuracy with Wilson bounds (``*_low``, ``*_high``), their paired difference ``gain`` (iterative -
+    """Return one row per condition (CONDITION columns: masks and steps among them; tasks pooled): n,
+    one-step and iterative accuracy with Wilson bounds (``*_low``, ``*_high``), their paired difference ``gain`` (iterative -
     one-step, bootstrap bounds), and the mean settle and unmask steps, also as fractions of the steps,
     with bootstrap bounds; ``answer_last`` is the share of rows whose answer slot was unmasked last."""
     import pandas as pd
@@ -99,7 +108,7 @@ def iterative_accuracy(recordings: DecodeRecordings):
         n = len(group)
         one, iterative = group["correct"].to_numpy(bool), group["decoded_correct"].to_numpy(bool)
         steps = group["steps"].to_numpy(float)
-        row = dict(zip(CONDITION, keys), n=n, steps=float(steps.mean()))
+        row = dict(zip(CONDITION, keys), n=n)
         for name, values in (("one_step", one), ("iterative", iterative)):
             row[f"{name}_accuracy"] = values.mean()
             row[f"{name}_low"], row[f"{name}_high"] = wilson(values.sum(), n)
@@ -138,30 +147,45 @@ def decode_trajectory(recordings: DecodeRecordings):
     return pd.DataFrame(out)
 
 
-def figure_iterative(accuracy, trajectory, model: str, placement: str):
-    """Return a matplotlib Figure for one model and placement (no filler): accuracy against masks, one-step
-    and iterative with 95% bands; settle and unmask steps as fractions of the steps; p(answer) and the
-    attention to the masks left across the steps, one line per mask count."""
+def steps_rule(frame):
+    """Return, per row of a table, how its steps relate to its masks: "steps = masks" or "K steps"."""
+    return ["steps = masks" if steps == masks else f"{steps} steps" for steps, masks in zip(frame["steps"], frame["masks"])]
+
+
+def figure_iterative(accuracy, trajectory, model: str, decoder: str, placement: str):
+    """Return a matplotlib Figure for one model, decoder and placement (no filler): accuracy against masks,
+    one step and iterative (one line per steps rule, "steps = masks" or a fixed count) with 95% bands;
+    settle and unmask steps as fractions of the steps; p(answer) and the attention to the masks left
+    across the steps, one line per mask count (for the first steps rule)."""
     from matplotlib.figure import Figure
 
-    accuracy = accuracy[(accuracy["model"] == model) & (accuracy["placement"] == placement) & ~accuracy["filler"]]
-    trajectory = trajectory[(trajectory["model"] == model) & (trajectory["placement"] == placement)
-                            & ~trajectory["filler"]]
+    def pick(frame):
+        keep = (frame["model"] == model) & (frame["decoder"] == decoder) & (frame["placement"] == placement)
+        frame = frame[keep & ~frame["filler"]]
+        return frame.assign(rule=steps_rule(frame))
+
+    accuracy, trajectory = pick(accuracy), pick(trajectory)
+    rules = sorted(accuracy["rule"].unique(), key=lambda rule: (rule != "steps = masks", rule))
     figure = Figure(figsize=(17, 3.6), layout="constrained")
     axes = figure.subplots(1, 4)
-    masks = accuracy["masks"].to_numpy()
-    for name, label, color in (("one_step", "one step", "#d62728"), ("iterative", "iterative (steps = masks)"
-                                                                      if (accuracy["steps"] == masks).all()
-                                                                      else "iterative", "#1f77b4")):
-        axes[0].plot(masks, accuracy[f"{name}_accuracy"], marker="o", color=color, label=label)
-        axes[0].fill_between(masks, accuracy[f"{name}_low"], accuracy[f"{name}_high"], color=color, alpha=0.15)
+    one_step = accuracy.drop_duplicates("masks").sort_values("masks")
+    axes[0].plot(one_step["masks"], one_step["one_step_accuracy"], marker="o", color="#d62728", label="one step")
+    axes[0].fill_between(one_step["masks"], one_step["one_step_low"], one_step["one_step_high"], color="#d62728",
+                         alpha=0.15)
+    for rule, color in zip(rules, ["#1f77b4", "#17becf", "#9467bd", "#8c564b"] * 4):
+        lines = accuracy[accuracy["rule"] == rule].sort_values("masks")
+        axes[0].plot(lines["masks"], lines["iterative_accuracy"], marker="o", color=color, label=f"iterative, {rule}")
+        axes[0].fill_between(lines["masks"], lines["iterative_low"], lines["iterative_high"], color=color, alpha=0.15)
     axes[0].set(xlabel="masks (answer slot + masks after it)", ylabel="accuracy", ylim=(-0.02, 1.02))
     axes[0].legend(fontsize=8)
+    accuracy = accuracy[accuracy["rule"] == rules[0]].sort_values("masks")
+    trajectory = trajectory[trajectory["rule"] == rules[0]]
+    masks = accuracy["masks"].to_numpy()
     for name, label, color in (("settle_fraction", "answer settles", "#2ca02c"),
                                ("unmask_fraction", "answer slot unmasked", "#9467bd")):
         axes[1].plot(masks, accuracy[name], marker="o", color=color, label=label)
         axes[1].fill_between(masks, accuracy[f"{name}_low"], accuracy[f"{name}_high"], color=color, alpha=0.15)
-    axes[1].set(xlabel="masks", ylabel="step / steps", ylim=(-0.02, 1.02))
+    axes[1].set(xlabel=f"masks ({rules[0]})", ylabel="step / steps", ylim=(-0.02, 1.02))
     axes[1].legend(fontsize=8)
     colors = _ramp(len(masks))
     for color, count in zip(colors, masks):
@@ -175,7 +199,7 @@ def figure_iterative(accuracy, trajectory, model: str, placement: str):
     axes[2].legend(fontsize=7)
     for ax in axes:
         ax.grid(alpha=0.3)
-    figure.suptitle(f"{model}, placement {placement}: iterative against one-step decoding")
+    figure.suptitle(f"{model}, {decoder}, placement {placement}: iterative against one-step decoding")
     return figure
 
 
