@@ -4,31 +4,34 @@ import numpy as np
 
 from mdlm_interp.store import Provenance, open_writer
 
-LAYERS, HEADS, K, RELEVANT = 2, 3, 3, 2
+LAYERS, HEADS, K, RELEVANT, STEPS = 2, 3, 3, 2, 4
 GROUPS = ("examples", "tokens", "attention", "gradients", "lens")
 QUERY = (3, 6)  # query span of every synthetic prompt: tokens 3, 4, 5
 LENGTH = 12
 
 
 def write_store(path, rows: list, *, model_id="synthetic/model", family="llada", n=None, seed=0,
-                n_relevant=2, n_distractor=4, tasks=None, groups=GROUPS, fingerprint="sha256:" + "ab" * 32):
+                n_relevant=2, n_distractor=4, tasks=None, groups=GROUPS, fingerprint="sha256:" + "ab" * 32,
+                decode=None):
     """Write ``rows`` (dicts) as a complete store; every key a row lacks gets a neutral default.
 
     Row keys: task, prompt (index within the task), masks, filler, placement, correct, predicted_id,
     p_answer, entropy, answer_id, grad_mask/grad_last50/grad_nonmask, attention arrays
-    from_answer/from_context/relevant [layers, heads], lens_p/lens_rank/lens_entropy [layers + 1].
+    from_answer/from_context/relevant [layers, heads], lens_p/lens_rank/lens_entropy [layers + 1];
+    with a "decode" group (``decode``: the settings["decode"] dict) decoded_correct, steps, unmask_step,
+    settle_step, step_p_answer / masks_left [STEPS], decode_attention [STEPS, layers, heads].
     The example id is task index * n + prompt, as ``record`` numbers them.
     """
     tasks = tasks or sorted({r["task"] for r in rows})
     n = n or max(r["prompt"] for r in rows) + 1
     settings = {"model_id": model_id, "n": n, "n_relevant": n_relevant, "n_distractor": n_distractor, "seed": seed,
-                "tasks": tasks}
+                "tasks": tasks, **({"decode": decode} if decode is not None else {})}
     provenance = Provenance(command_line="synthetic", model_id=model_id, family=family, dtype="float32",
                             weights_fingerprint=fingerprint,
                             task_config={"n_relevant": n_relevant, "n_distractor": n_distractor, "n": n,
                                          "tasks": tasks},
                             seed=seed)
-    dims = {"k": K, "relevant": RELEVANT, "layers": LAYERS, "heads": HEADS}
+    dims = {"k": K, "relevant": RELEVANT, "layers": LAYERS, "heads": HEADS, "steps": STEPS}
     with open_writer(path, settings=settings, provenance=provenance, groups=groups, dims=dims,
                      n_planned=len(rows), overwrite=True) as writer:
         writer.append(batch(rows, tasks, n, groups))
@@ -83,4 +86,16 @@ def batch(rows: list, tasks: list, n: int, groups) -> dict:
         out["lens/p_answer"] = np.stack([np.asarray(r.get("lens_p", np.full(LAYERS + 1, 0.5))) for r in rows])
         out["lens/rank"] = np.stack([np.asarray(r.get("lens_rank", np.zeros(LAYERS + 1, int))) for r in rows])
         out["lens/entropy"] = np.stack([np.asarray(r.get("lens_entropy", np.ones(LAYERS + 1))) for r in rows])
+    if "decode" in groups:
+        out["decode/correct"] = np.array(get("decoded_correct", True), dtype=bool)
+        out["decode/predicted_id"] = np.where(out["decode/correct"], answer_id, answer_id + 1)
+        for name, default in (("steps", STEPS), ("unmask_step", STEPS - 1), ("settle_step", 0)):
+            out[f"decode/{name}"] = np.array(get(name, default))
+        out["decode/confidence"] = np.full(b, 0.9)
+        out["decode/step_p_answer"] = np.stack([np.asarray(r.get("step_p_answer", np.full(STEPS, 0.5))) for r in rows])
+        out["decode/step_predicted_id"] = np.tile(np.arange(STEPS), (b, 1))
+        out["decode/masks_left"] = np.stack([np.asarray(r.get("masks_left", np.arange(STEPS, 0, -1))) for r in rows])
+        out["decode/mask_mass_from_answer"] = np.stack([np.asarray(r.get("decode_attention",
+                                                                         np.zeros((STEPS, LAYERS, HEADS))))
+                                                        for r in rows])
     return out

@@ -359,16 +359,14 @@ def test_record_command_decodes_and_refuses_what_it_cannot(tmp_path, tiny_checkp
                    *common).returncode == 0
     with open_store(plain) as store:
         assert "decode" not in store.groups and "decode" not in store.attrs["settings"]
-    from mdlm_interp.analyses.iterative import iterative_accuracy, load_decode
+    from mdlm_interp.analyses import load
+    from mdlm_interp.analyses.iterative import decode_trajectory, iterative_accuracy
 
-    recordings = load_decode([out, plain])  # the store without a decode group is skipped
-    assert len(recordings.rows) == 4 and recordings.per_step["mask_attention"].shape == (4, 3)
-    assert np.isnan(recordings.per_step["masks_left"][:2, 1:]).all()  # one step for one mask
+    recordings, _ = load([out, plain]).with_groups(("decode",))
     table = iterative_accuracy(recordings)
     assert list(table["masks"]) == [1, 3] and list(table["n"]) == [2, 2] and list(table["steps"]) == [1, 3]
     assert set(table["decoder"]) == {"dream alg=entropy eps=0.001"}
-    with pytest.raises(UsageError, match="decode group"):
-        load_decode([plain])
+    assert len(decode_trajectory(recordings)) == 1 + 3
     for args, named in [(["--model", tiny_checkpoint("llama"), "--decode", "llada"], "causal"),
                         (["--model", "/nonexistent", "--decode", "llada:alg=x"], "--decode llada takes"),
                         (["--model", "/nonexistent", "--masks", "6", "--decode", "llada:block=4"], "does not divide")]:
@@ -433,45 +431,62 @@ def test_generate_command_refuses_bad_requests_before_loading(tmp_path, tiny_che
 
 # ---- the analysis: iterative against one-step accuracy ----
 
-def test_iterative_accuracy_and_trajectory_tables():
-    import pandas as pd
+def test_iterative_accuracy_and_trajectory_tables(tmp_path):
+    from synthetic_stores import HEADS, LAYERS, write_store
 
-    from mdlm_interp.analyses.iterative import DecodeRecordings, decode_trajectory, figure_iterative, iterative_accuracy
+    from mdlm_interp.analyses import load
+    from mdlm_interp.analyses.iterative import ANALYSIS, decode_trajectory, iterative_accuracy
+    from mdlm_interp.analyses.registry import analyses
 
-    rows = pd.DataFrame({
-        "model": "m", "decoder": "llada block=masks cfg_scale=0.0", "n_relevant": 4, "n_distractor": 6,
-        "placement": "random", "filler": False,
-        "task": ["a", "b", "a", "b", "a", "b"], "masks": [1, 1, 4, 4, 4, 4],
-        "correct": [True, True, False, False, True, False], "decoded_correct": [True, True, True, True, True, False],
-        "steps": [1, 1, 4, 4, 4, 4], "unmask_step": [0, 0, 3, 3, 1, 3], "settle_step": [0, 0, 2, 0, 1, 3]})
     nan = float("nan")
-    p_answer = np.array([[0.9, nan, nan, nan], [0.8, nan, nan, nan], [0.1, 0.2, 0.6, 0.9], [0.3, 0.5, 0.7, 0.7],
-                         [0.4, 0.6, nan, nan], [0.2, 0.1, 0.1, 0.2]])
-    attention = np.array([[0, nan, nan, nan], [0, nan, nan, nan], [0.4, 0.3, 0.2, 0.1]] + [[0.2, 0.2, 0.1, 0.0]] * 3)
-    masks_left = np.array([[1, nan, nan, nan]] * 2 + [[4, 3, 2, 1]] * 4)
-    recordings = DecodeRecordings(rows, {"p_answer": p_answer, "mask_attention": attention, "masks_left": masks_left})
+    attention = lambda per_step: np.tile(np.asarray(per_step, float)[:, None, None], (1, LAYERS, HEADS))  # noqa: E731
+    four = [  # masks 4, steps 4: (one-step correct, decoded correct, unmask step, settle step, p_answer, attention)
+        (False, True, 3, 2, [0.1, 0.2, 0.6, 0.9], [0.4, 0.3, 0.2, 0.1]),
+        (False, True, 3, 0, [0.3, 0.5, 0.7, 0.7], [0.2, 0.2, 0.1, 0.0]),
+        (True, True, 1, 1, [0.4, 0.6, nan, nan], [0.2, 0.2, 0.1, 0.0]),
+        (False, False, 3, 3, [0.2, 0.1, 0.1, 0.2], [0.2, 0.2, 0.1, 0.0])]
+    rows = [{"task": "adjective+largest", "prompt": i, "masks": 1, "correct": True, "steps": 1, "unmask_step": 0,
+             "step_p_answer": [0.9, nan, nan, nan], "masks_left": [1, -1, -1, -1],
+             "decode_attention": attention([0, nan, nan, nan])} for i in range(2)]
+    rows += [{"task": "adjective+largest", "prompt": i, "masks": 4, "correct": one, "decoded_correct": decoded,
+              "unmask_step": unmask, "settle_step": settle, "step_p_answer": p, "decode_attention": attention(mass)}
+             for i, (one, decoded, unmask, settle, p, mass) in enumerate(four)]
+    decode = {"sampler": "llada", "steps": None, "block": None, "cfg_scale": 0.0}
+    groups = ("examples", "tokens", "decode")
+    store = write_store(tmp_path / "s.h5", rows, groups=groups, decode=decode)
+    plain = write_store(tmp_path / "plain.h5", rows, groups=("examples", "tokens"), model_id="m/plain")
+    recordings = load([store])
     table = iterative_accuracy(recordings).set_index("masks")
+    assert set(table["decoder"]) == {"llada block=masks cfg_scale=0.0"}
     assert table.loc[4, "n"] == 4 and table.loc[4, "steps"] == 4
     assert table.loc[4, "one_step_accuracy"] == 0.25 and table.loc[4, "iterative_accuracy"] == 0.75
     assert table.loc[4, "gain"] == pytest.approx(0.5) and table.loc[4, "gain_low"] <= 0.5 <= table.loc[4, "gain_high"]
     assert table.loc[4, "iterative_low"] == pytest.approx(0.3006418, abs=1e-6)  # Wilson, 3 of 4
     assert table.loc[4, "settle_step"] == pytest.approx(1.5) and table.loc[4, "settle_fraction"] == pytest.approx(0.375)
     assert table.loc[4, "unmask_step"] == pytest.approx(2.5) and table.loc[4, "answer_last"] == 0.75
-    assert table.loc[1, "gain"] == 0 and table.loc[1, "one_step_accuracy"] == 1
+    assert table.loc[1, "gain"] == 0 and table.loc[1, "one_step_accuracy"] == 1 and table.loc[1, "steps"] == 1
     steps = decode_trajectory(recordings).set_index(["masks", "step"])
-    assert list(steps.loc[4, "n_masked"]) == [4, 4, 3, 3]
+    assert list(steps.loc[4, "n_masked"]) == [4, 4, 3, 3] and len(steps.loc[1]) == 1
     assert steps.loc[(4, 2), "p_answer"] == pytest.approx((0.6 + 0.7 + 0.1) / 3)
     assert steps.loc[(4, 0), "mask_attention"] == pytest.approx((0.4 + 0.6) / 4)
     assert steps.loc[(4, 3), "masks_left"] == 1 and steps.loc[(1, 0), "step_fraction"] == 1
-    figure = figure_iterative(iterative_accuracy(recordings), decode_trajectory(recordings), "m",
-                              "llada block=masks cfg_scale=0.0", "random")
-    assert len(figure.axes) == 4 and len(figure.axes[0].lines) == 2
-    assert [line.get_label() for line in figure.axes[0].lines] == ["one step", "iterative, steps = masks"]
-    fixed = rows.assign(steps=[1, 1, 2, 2, 2, 2])  # the same prompts decoded in 2 steps: a condition of its own
-    both = DecodeRecordings(pd.concat([rows, fixed], ignore_index=True),
-                            {name: np.concatenate([array, array]) for name, array in recordings.per_step.items()})
-    table = iterative_accuracy(both)
-    assert list(zip(table["masks"], table["steps"], table["n"])) == [(1, 1, 4), (4, 2, 4), (4, 4, 4)]
-    figure = figure_iterative(table, decode_trajectory(both), "m", "llada block=masks cfg_scale=0.0", "random")
-    assert [line.get_label() for line in figure.axes[0].lines] == ["one step", "iterative, steps = masks",
-                                                                   "iterative, 2 steps"]
+    assert ANALYSIS in analyses()
+    tables = ANALYSIS.tables(recordings)
+    figures = ANALYSIS.figures(tables)
+    assert [len(f.figure.axes) for f in figures] == [2, 2]
+    assert [line.get_label() for line in figures[0].figure.axes[0].lines] == [
+        "model llada block=masks cfg_scale=0.0: iterative", "model llada block=masks cfg_scale=0.0: one step"]
+    assert "0.250 [0.046, 0.699] at 4 masks against 0.750 [0.301, 0.954] decoded in 4 steps" in \
+        ANALYSIS.paragraph(tables)
+    # a store decoded in 2 steps is a condition of its own; stores without /decode are left out with a note
+    fixed = write_store(tmp_path / "fixed.h5", [{**r, "steps": min(r["steps"] if "steps" in r else 4, 2)}
+                                                for r in rows], groups=groups, decode={**decode, "steps": 2})
+    both = load([store, fixed])
+    table = iterative_accuracy(both)  # 1 mask in 1 step is the same decode in both stores: counted once
+    assert list(zip(table["masks"], table["steps"], table["n"])) == [(1, 1, 2), (4, 2, 4), (4, 4, 4)]
+    assert any("2 rows decoded twice" in note for note in both.notes)
+    from mdlm_interp.analyses import write_report
+
+    report = write_report([store, plain], tmp_path / "report").read_text()
+    assert "Iterative against one-step decoding" in report and "Stores without /decode are left out" in report
+    assert (tmp_path / "report" / "tables" / "iterative_accuracy.csv").exists()

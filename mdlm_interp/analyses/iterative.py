@@ -1,70 +1,25 @@
-"""Iterative against one-step accuracy, against the number of masks and of steps, from stores with a
-``decode`` group (``record --decode``).
+"""Iterative against one-step decoding, against the number of masks and of steps (stores recorded with
+``record --decode``).
 
 One-step accuracy is ``examples/correct`` (the answer slot read from one forward pass with n masks);
-iterative accuracy is ``decode/correct`` (the same prompt decoded step by step). Both come from the
-same rows, so their difference is paired. Per condition the tables also give when the answer settles
+iterative accuracy is ``decode/correct`` (the same input decoded step by step by the store's sampler),
+so the two are paired row by row. Per condition the tables also give when the answer settles
 (``decode/settle_step``: from that step on the prediction for the answer slot no longer changes) and
-when it is unmasked, and per step the prediction's p(answer), the masks left and the attention the
-answer readout pays them. Accuracies carry Wilson 95% intervals, means and paired differences a
-seeded percentile bootstrap over rows (2000 resamples, seed 0).
+when its slot is unmasked, and per step the prediction's p(answer), the masks left and the attention
+the answer readout pays them.
 """
-
-from dataclasses import dataclass
 
 import numpy as np
 
-BOOTSTRAP_RESAMPLES = 2000
-BOOTSTRAP_SEED = 0
-Z95 = 1.959963984540054
-CONDITION = ["model", "decoder", "n_relevant", "n_distractor", "placement", "filler", "masks", "steps"]
+from mdlm_interp.analyses.data import PAIR, SETTING, Skip
+from mdlm_interp.analyses.grouped import ci, clean_types, masks_text, slug
+from mdlm_interp.analyses.plotting import line_with_band, masks_axis, model_colors, new_figure
+from mdlm_interp.analyses.registry import Analysis, FigureOut
+from mdlm_interp.analyses.stats import bootstrap_mean, wilson_interval
 
-
-@dataclass
-class DecodeRecordings:
-    """Rows of stores with a decode group: ``rows`` (pandas DataFrame: CONDITION columns, task, correct,
-    decoded_correct, unmask_step, settle_step; ``decoder`` names the sampler and its settings but the
-    steps, e.g. "llada block=masks cfg=0.0") and ``per_step`` (name -> array [rows, steps]:
-    p_answer, masks_left, mask_attention = decode/mask_mass_from_answer averaged over layers and heads),
-    aligned with ``rows``; per-step arrays are NaN past a row's steps."""
-
-    rows: object
-    per_step: dict
-
-
-def load_decode(paths) -> DecodeRecordings:
-    """Return the ``DecodeRecordings`` of the stores at ``paths`` (stores without a decode group are skipped;
-    ``UsageError`` if none has one). The model label is the store's model_id."""
-    import pandas as pd
-
-    from mdlm_interp.errors import UsageError
-    from mdlm_interp.store import open_store
-
-    frames, arrays = [], []
-    for path in paths:
-        with open_store(path) as store:
-            if "decode" not in store.groups:
-                continue
-            settings = store.attrs["settings"]
-            frame = store.examples[["task", "placement", "filler", "masks", "correct"]].copy()
-            frame.insert(0, "model", str(store.attrs["model_id"]))
-            frame.insert(1, "decoder", decoder_label(settings["decode"]))
-            frame.insert(2, "n_relevant", int(settings["n_relevant"]))
-            frame.insert(3, "n_distractor", int(settings["n_distractor"]))
-            decode = store.decode
-            for column, name in [("decoded_correct", "correct"), ("steps", "steps"), ("unmask_step", "unmask_step"),
-                                 ("settle_step", "settle_step")]:
-                frame[column] = decode[name]
-            frames.append(frame)
-            arrays.append({"p_answer": decode["step_p_answer"].astype(float),
-                           "masks_left": np.where(decode["masks_left"] < 0, np.nan, decode["masks_left"]),
-                           "mask_attention": decode["mask_mass_from_answer"].astype(float).mean(axis=(2, 3))})
-    if not frames:
-        raise UsageError("no store has a decode group (record with --decode)")
-    width = max(a["p_answer"].shape[1] for a in arrays)
-    padded = {name: np.concatenate([np.pad(a[name], ((0, 0), (0, width - a[name].shape[1])), constant_values=np.nan)
-                                    for a in arrays]) for name in arrays[0]}
-    return DecodeRecordings(pd.concat(frames, ignore_index=True), padded)
+KEYS = SETTING + ["decoder", "placement", "filler", "masks", "steps"]
+DECODE_COLUMNS = {"decoded_correct": "decode/correct", "steps": "decode/steps", "unmask_step": "decode/unmask_step",
+                  "settle_step": "decode/settle_step"}
 
 
 def decoder_label(decode: dict) -> str:
@@ -74,136 +29,225 @@ def decoder_label(decode: dict) -> str:
     return f"{decode['sampler']} {options}".strip()
 
 
-def wilson(successes, n) -> tuple[float, float]:
-    """Return the Wilson score 95% interval (low, high) of ``successes`` out of ``n`` (NaN when n is 0)."""
-    if n == 0:
-        return np.nan, np.nan
-    p, z2n = successes / n, Z95**2 / n
-    centre = (p + z2n / 2) / (1 + z2n)
-    half = Z95 * np.sqrt(p * (1 - p) / n + z2n / (4 * n)) / (1 + z2n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+def decode_rows(recordings):
+    """Return one row per decoded row of every store with a decode group: the store's /examples columns,
+    store, row_in_store, SETTING, pair, decoder (the store's sampler settings but the steps) and
+    decoded_correct, steps, unmask_step, settle_step.
+
+    Read here rather than from ``recordings.rows``, whose duplicates are dropped by prompt and condition
+    alone: the same prompts decoded with other settings are other rows here. Rows decoded twice with the
+    same settings count once (with a note).
+    """
+    import pandas as pd
+
+    from mdlm_interp.store import open_store
+
+    frames = []
+    for index, info in enumerate(recordings.stores):
+        if "decode" not in info.groups:
+            continue
+        with open_store(info.path) as store:
+            frame = store.examples.copy()
+            settings = store.attrs["settings"]
+        n = int(settings.get("n", 0)) or max(1, int(frame["example"].max()) + 1)
+        frame = frame.assign(store=index, row_in_store=np.arange(len(frame)), model=info.model,
+                             n_relevant=info.n_relevant, n_distractor=info.n_distractor,
+                             decoder=decoder_label(settings["decode"]))
+        frame[PAIR] = [f"{info.seed}:{task}:{example % n}" for task, example in zip(frame["task"], frame["example"])]
+        for column, name in DECODE_COLUMNS.items():
+            frame[column] = recordings.store_array(index, name)
+        frames.append(frame)
+    if not frames:
+        raise Skip("no store recorded /decode")
+    rows = pd.concat(frames, ignore_index=True)
+    duplicated = rows.duplicated(subset=KEYS + [PAIR], keep="first")
+    if duplicated.any():
+        note = (f"{int(duplicated.sum())} rows decoded twice (same model, setting, decoder, condition and prompt in "
+                "two stores) were counted once.")
+        if note not in recordings.notes:
+            recordings.notes.append(note)
+    return rows[~duplicated].reset_index(drop=True)
 
 
-def bootstrap_mean(values) -> tuple[float, float, float]:
-    """Return (mean, low, high) of ``values`` (NaN dropped) with a 95% percentile bootstrap interval."""
-    values = np.asarray(values, dtype=float)
-    values = values[~np.isnan(values)]
-    if len(values) == 0:
-        return np.nan, np.nan, np.nan
-    rng = np.random.default_rng(BOOTSTRAP_SEED)
-    means = rng.multinomial(len(values), np.full(len(values), 1 / len(values)), size=BOOTSTRAP_RESAMPLES) @ values
-    low, high = np.percentile(means / len(values), [2.5, 97.5])
-    return float(values.mean()), float(low), float(high)
+def steps_rule(steps, masks) -> str:
+    """Return how a condition's steps relate to its masks: "steps = masks" or "K steps"."""
+    return "steps = masks" if steps == masks else f"{steps} steps"
 
 
-def iterative_accuracy(recordings: DecodeRecordings):
-    """Return one row per condition (CONDITION columns: masks and steps among them; tasks pooled): n,
-    one-step and iterative accuracy with Wilson bounds (``*_low``, ``*_high``), their paired difference ``gain`` (iterative -
-    one-step, bootstrap bounds), and the mean settle and unmask steps, also as fractions of the steps,
-    with bootstrap bounds; ``answer_last`` is the share of rows whose answer slot was unmasked last."""
+def iterative_accuracy(recordings):
+    """Return one row per condition (KEYS, masks and steps among them; tasks pooled): n, one-step and
+    iterative accuracy with Wilson bounds (``*_low``, ``*_high``), their paired difference ``gain``
+    (iterative - one-step, bootstrap over rows), the mean settle and unmask steps and their fractions of
+    the steps (bootstrap bounds), and ``answer_last``, the share of rows whose slot was unmasked last."""
     import pandas as pd
 
     out = []
-    for keys, group in recordings.rows.groupby(CONDITION, sort=True):
+    for keys, group in decode_rows(recordings).groupby(KEYS, sort=True):
         n = len(group)
         one, iterative = group["correct"].to_numpy(bool), group["decoded_correct"].to_numpy(bool)
         steps = group["steps"].to_numpy(float)
-        row = dict(zip(CONDITION, keys), n=n)
+        row = {**dict(zip(KEYS, keys)), "n": n}
         for name, values in (("one_step", one), ("iterative", iterative)):
-            row[f"{name}_accuracy"] = values.mean()
-            row[f"{name}_low"], row[f"{name}_high"] = wilson(values.sum(), n)
+            low, high = wilson_interval(values.sum(), n)
+            row[f"{name}_accuracy"], row[f"{name}_low"], row[f"{name}_high"] = values.mean(), float(low), float(high)
         row["gain"], row["gain_low"], row["gain_high"] = bootstrap_mean(iterative.astype(float) - one)
         for name in ("settle_step", "unmask_step"):
-            values = group[name].to_numpy(float)
-            values[values < 0] = np.nan
+            values = np.where(group[name].to_numpy() < 0, np.nan, group[name].to_numpy(float))
             row[name], row[f"{name}_low"], row[f"{name}_high"] = bootstrap_mean(values)
             fraction = name.replace("_step", "_fraction")
             row[fraction], row[f"{fraction}_low"], row[f"{fraction}_high"] = bootstrap_mean(values / steps)
         row["answer_last"] = float((group["unmask_step"].to_numpy() == steps - 1).mean())
         out.append(row)
-    return pd.DataFrame(out)
+    return clean_types(pd.DataFrame(out))
 
 
-def decode_trajectory(recordings: DecodeRecordings):
-    """Return one row per (condition, step): n_masked (rows whose answer slot is still masked in the step's
-    input), p_answer (mean over those rows, bootstrap bounds), masks_left (mean) and mask_attention (the
-    answer readout's attention to the masks left, averaged over layers and heads, then rows; bootstrap
-    bounds)."""
+def decode_trajectory(recordings):
+    """Return one row per (condition, step): step_fraction ((step + 1) / steps), n_masked (rows whose slot
+    is still masked in the step's input), p_answer (mean over those rows), masks_left (mean) and
+    mask_attention (the answer readout's attention to the masks left, averaged over layers and heads,
+    then rows), with bootstrap bounds."""
     import pandas as pd
 
     out = []
-    for keys, group in recordings.rows.groupby(CONDITION, sort=True):
-        index = group.index.to_numpy()
-        steps = int(group["steps"].max())
+    for keys, group in decode_rows(recordings).groupby(KEYS, sort=True):
+        steps = int(keys[KEYS.index("steps")])
+        p_answer = recordings.gather(group, "decode/step_p_answer").astype(float)[:, :steps]
+        masks_left = recordings.gather(group, "decode/masks_left")[:, :steps].astype(float)
+        attention = recordings.gather(group, "decode/mask_mass_from_answer").astype(float)[:, :steps].mean(axis=(2, 3))
         for step in range(steps):
-            p_answer = recordings.per_step["p_answer"][index, step]
-            row = dict(zip(CONDITION, keys), step=step, step_fraction=(step + 1) / steps,
-                       n_masked=int((~np.isnan(p_answer)).sum()))
-            row["p_answer"], row["p_answer_low"], row["p_answer_high"] = bootstrap_mean(p_answer)
-            row["masks_left"] = float(np.nanmean(recordings.per_step["masks_left"][index, step]))
-            attention = recordings.per_step["mask_attention"][index, step]
-            row["mask_attention"], row["mask_attention_low"], row["mask_attention_high"] = bootstrap_mean(attention)
+            row = {**dict(zip(KEYS, keys)), "step": step, "step_fraction": (step + 1) / steps,
+                   "n_masked": int((~np.isnan(p_answer[:, step])).sum()), "masks_left": masks_left[:, step].mean()}
+            row["p_answer"], row["p_answer_low"], row["p_answer_high"] = bootstrap_mean(p_answer[:, step])
+            row["mask_attention"], row["mask_attention_low"], row["mask_attention_high"] = \
+                bootstrap_mean(attention[:, step])
             out.append(row)
-    return pd.DataFrame(out)
+    return clean_types(pd.DataFrame(out))
 
 
-def steps_rule(frame):
-    """Return, per row of a table, how its steps relate to its masks: "steps = masks" or "K steps"."""
-    return ["steps = masks" if steps == masks else f"{steps} steps" for steps, masks in zip(frame["steps"], frame["masks"])]
+def tables(recordings) -> dict:
+    """Return {"iterative_accuracy", "decode_trajectory"}."""
+    return {"iterative_accuracy": iterative_accuracy(recordings), "decode_trajectory": decode_trajectory(recordings)}
 
 
-def figure_iterative(accuracy, trajectory, model: str, decoder: str, placement: str):
-    """Return a matplotlib Figure for one model, decoder and placement (no filler): accuracy against masks,
-    one step and iterative (one line per steps rule, "steps = masks" or a fixed count) with 95% bands;
-    settle and unmask steps as fractions of the steps; p(answer) and the attention to the masks left
-    across the steps, one line per mask count (for the first steps rule)."""
-    from matplotlib.figure import Figure
+def figures(tables: dict) -> list:
+    """Per setting and placement: accuracy (one step, iterative) and settle / unmask step against masks, a
+    colour per model; per model and decoder: p(answer) and attention to the masks left across the steps."""
+    accuracy = tables["iterative_accuracy"]
+    accuracy = accuracy[~accuracy["filler"]].assign(rule=lambda f: [steps_rule(s, m) for s, m in zip(f["steps"],
+                                                                                                       f["masks"])])
+    trajectory = tables["decode_trajectory"]
+    trajectory = trajectory[~trajectory["filler"]]
+    out = []
+    for (n_relevant, n_distractor, placement), setting in accuracy.groupby(["n_relevant", "n_distractor", "placement"]):
+        out.append(figure_accuracy(setting, n_relevant, n_distractor, placement))
+        for (model, decoder), lines in trajectory[(trajectory["n_relevant"] == n_relevant)
+                                                  & (trajectory["n_distractor"] == n_distractor)
+                                                  & (trajectory["placement"] == placement)].groupby(["model", "decoder"]):
+            out.append(figure_trajectory(lines, model, decoder, n_relevant, n_distractor, placement))
+    return out
 
-    def pick(frame):
-        keep = (frame["model"] == model) & (frame["decoder"] == decoder) & (frame["placement"] == placement)
-        frame = frame[keep & ~frame["filler"]]
-        return frame.assign(rule=steps_rule(frame))
 
-    accuracy, trajectory = pick(accuracy), pick(trajectory)
-    rules = sorted(accuracy["rule"].unique(), key=lambda rule: (rule != "steps = masks", rule))
-    figure = Figure(figsize=(17, 3.6), layout="constrained")
-    axes = figure.subplots(1, 4)
-    one_step = accuracy.drop_duplicates("masks").sort_values("masks")
-    axes[0].plot(one_step["masks"], one_step["one_step_accuracy"], marker="o", color="#d62728", label="one step")
-    axes[0].fill_between(one_step["masks"], one_step["one_step_low"], one_step["one_step_high"], color="#d62728",
-                         alpha=0.15)
-    for rule, color in zip(rules, ["#1f77b4", "#17becf", "#9467bd", "#8c564b"] * 4):
-        lines = accuracy[accuracy["rule"] == rule].sort_values("masks")
-        axes[0].plot(lines["masks"], lines["iterative_accuracy"], marker="o", color=color, label=f"iterative, {rule}")
-        axes[0].fill_between(lines["masks"], lines["iterative_low"], lines["iterative_high"], color=color, alpha=0.15)
-    axes[0].set(xlabel="masks (answer slot + masks after it)", ylabel="accuracy", ylim=(-0.02, 1.02))
-    axes[0].legend(fontsize=8)
-    accuracy = accuracy[accuracy["rule"] == rules[0]].sort_values("masks")
-    trajectory = trajectory[trajectory["rule"] == rules[0]]
-    masks = accuracy["masks"].to_numpy()
-    for name, label, color in (("settle_fraction", "answer settles", "#2ca02c"),
-                               ("unmask_fraction", "answer slot unmasked", "#9467bd")):
-        axes[1].plot(masks, accuracy[name], marker="o", color=color, label=label)
-        axes[1].fill_between(masks, accuracy[f"{name}_low"], accuracy[f"{name}_high"], color=color, alpha=0.15)
-    axes[1].set(xlabel=f"masks ({rules[0]})", ylabel="step / steps", ylim=(-0.02, 1.02))
-    axes[1].legend(fontsize=8)
-    colors = _ramp(len(masks))
-    for color, count in zip(colors, masks):
-        lines = trajectory[trajectory["masks"] == count]
-        for ax, column in ((axes[2], "p_answer"), (axes[3], "mask_attention")):
-            ax.plot(lines["step_fraction"], lines[column], color=color, label=f"{count} masks")
-            ax.fill_between(lines["step_fraction"], lines[f"{column}_low"], lines[f"{column}_high"], color=color,
-                            alpha=0.12)
-    axes[2].set(xlabel="step / steps", ylabel="p(answer) while the slot is masked", ylim=(-0.02, 1.02))
-    axes[3].set(xlabel="step / steps", ylabel="answer's attention to the masks left")
-    axes[2].legend(fontsize=7)
-    for ax in axes:
+def figure_accuracy(setting, n_relevant: int, n_distractor: int, placement: str) -> FigureOut:
+    """One-step (dashed) and iterative accuracy against masks, and when the answer settles and its slot is
+    unmasked (fractions of the steps), one colour per model and decoder (and steps rule, when several)."""
+    labels = {key: " ".join(str(k) for k in key if k) for key in setting[["model", "decoder"]].itertuples(index=False)}
+    colors = model_colors(dict.fromkeys(labels.values()))
+    several_rules = setting["rule"].nunique() > 1
+    figure, axes = new_figure(1, 2, width=5.2, height=3.6)
+    for (model, decoder, rule), lines in setting.groupby(["model", "decoder", "rule"], sort=False):
+        lines = lines.sort_values("masks")
+        label = labels[(model, decoder)] + (f", {rule}" if several_rules else "")
+        color = colors[labels[(model, decoder)]]
+        line_with_band(axes[0, 0], lines["masks"], lines["iterative_accuracy"], lines["iterative_low"],
+                       lines["iterative_high"], color, label=f"{label}: iterative")
+        line_with_band(axes[0, 0], lines["masks"], lines["one_step_accuracy"], lines["one_step_low"],
+                       lines["one_step_high"], color, style="--", marker="s", label=f"{label}: one step")
+        line_with_band(axes[0, 1], lines["masks"], lines["settle_fraction"], lines["settle_fraction_low"],
+                       lines["settle_fraction_high"], color, label=f"{label}: answer settles")
+        line_with_band(axes[0, 1], lines["masks"], lines["unmask_fraction"], lines["unmask_fraction_low"],
+                       lines["unmask_fraction_high"], color, style=":", marker="^", label=f"{label}: slot unmasked")
+    for ax, ylabel in zip(axes[0], ("accuracy", "step / steps")):
+        masks_axis(ax, setting["masks"])
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    figure.suptitle(f"{model}, {decoder}, placement {placement}: iterative against one-step decoding")
-    return figure
+        ax.legend(fontsize=6)
+    figure.suptitle(f"Iterative against one-step decoding, {n_relevant} relevant + {n_distractor} distractor, "
+                    f"{placement}", fontsize=10)
+    caption = (f"Left: accuracy at the answer slot against the number of masks, read from one forward pass (dashed) "
+               f"and after decoding the masks step by step with the store's sampler (solid; {n_relevant} relevant + "
+               f"{n_distractor} distractor examples, {placement}; Wilson 95% bands). Right: the step from which the "
+               f"prediction for the answer slot no longer changes (solid) and the step its slot is unmasked (dotted), "
+               f"as fractions of the steps, with bootstrap 95% bands.")
+    return FigureOut(f"iterative_r{n_relevant}_d{n_distractor}_{slug(placement)}", figure, caption)
 
 
-def _ramp(n: int) -> list:
-    from matplotlib import colormaps
+def figure_trajectory(lines, model: str, decoder: str, n_relevant: int, n_distractor: int, placement: str) -> FigureOut:
+    """p(answer) at the answer slot and the answer readout's attention to the masks left across the steps,
+    one line per mask count (and steps rule)."""
+    import matplotlib
 
-    return [colormaps["viridis"](x) for x in np.linspace(0.0, 0.9, max(n, 1))]
+    cmap = matplotlib.colormaps["viridis"]
+    where = f"{n_relevant} relevant + {n_distractor} distractor, {placement}"
+    figure, axes = new_figure(1, 2, width=5.2, height=3.6)
+    conditions = list(lines.groupby(["masks", "steps"]).groups)
+    for index, ((masks, steps), curve) in enumerate(lines.groupby(["masks", "steps"])):
+        color = cmap(index / max(len(conditions) - 1, 1))
+        label = f"{masks} masks" + ("" if steps == masks else f", {steps} steps")
+        for ax, column in zip(axes[0], ("p_answer", "mask_attention")):
+            line_with_band(ax, curve["step_fraction"], curve[column], curve[f"{column}_low"], curve[f"{column}_high"],
+                           color, label=label, marker="")
+    axes[0, 0].set(xlabel="step / steps", ylabel="p(answer) while the slot is masked", ylim=(-0.02, 1.02))
+    axes[0, 1].set(xlabel="step / steps", ylabel="attention to the masks left")
+    for ax in axes[0]:
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7)
+    figure.suptitle(f"{model}, {decoder}: the answer slot across the steps\n({where})", fontsize=10)
+    caption = (f"{model} decoded by {decoder} ({where}): p(answer) in the prediction for the answer slot while it is "
+               f"still masked (left) and the attention from the answer readout position to the masks still left, "
+               f"averaged over layers and heads (right), against the fraction of the steps done, one line per mask "
+               f"count; bootstrap 95% bands.")
+    name = f"decode_trajectory_{slug(model)}_{decoder.replace(' ', '_').replace('=', '-')}"
+    return FigureOut(f"{name}_r{n_relevant}_d{n_distractor}_{slug(placement)}", figure, caption)
+
+
+def paragraph(tables: dict) -> str:
+    """Per model, decoder, setting and placement: one-step against iterative accuracy at the fewest and the
+    most masks, the gain, and when the answer settles."""
+    frame = tables["iterative_accuracy"]
+    parts = []
+    for (model, decoder, n_relevant, n_distractor, placement), group in frame[~frame["filler"]].groupby(
+            ["model", "decoder", "n_relevant", "n_distractor", "placement"], sort=False):
+        group = group.sort_values(["masks", "steps"])
+        low, high = group.iloc[0], group.iloc[-1]
+        parts.append(
+            f"{model} ({decoder}; {n_relevant}+{n_distractor}, {placement}): one-step accuracy "
+            f"{ci(low, 'one_step_accuracy', 'one_step_low', 'one_step_high')} at {masks_text(low['masks'])}, "
+            f"{ci(high, 'one_step_accuracy', 'one_step_low', 'one_step_high')} at {masks_text(high['masks'])} against "
+            f"{ci(high, 'iterative_accuracy', 'iterative_low', 'iterative_high')} decoded in {high['steps']} steps "
+            f"(gain {ci(high, 'gain')}); there the answer settles at step {ci(high, 'settle_step')} and its slot is "
+            f"unmasked last in {high['answer_last']:.0%} of the prompts")
+    return "; ".join(parts) + "." if parts else "No condition without filler was decoded; see the table."
+
+
+def shown(tables: dict) -> dict:
+    """Accuracies, gain and settle step per condition (per-step details: tables/decode_trajectory.csv)."""
+    frame = tables["iterative_accuracy"]
+    view = frame[KEYS + ["n"]].copy()
+    view["one step"] = [ci(r, "one_step_accuracy", "one_step_low", "one_step_high") for _, r in frame.iterrows()]
+    view["iterative"] = [ci(r, "iterative_accuracy", "iterative_low", "iterative_high") for _, r in frame.iterrows()]
+    view["gain"] = [ci(r, "gain") for _, r in frame.iterrows()]
+    view["answer settles at step"] = [ci(r, "settle_step") for _, r in frame.iterrows()]
+    view["slot unmasked last"] = [f"{share:.0%}" for share in frame["answer_last"]]
+    return {"One-step against iterative accuracy (tasks pooled)": view}
+
+
+ANALYSIS = Analysis(
+    name="iterative",
+    title="Iterative against one-step decoding",
+    needs=("decode",),
+    tables=tables,
+    figures=figures,
+    paragraph=paragraph,
+    shown=shown,
+)

@@ -52,6 +52,8 @@ ANALYSIS_MODULES = [
     "heads",
     "patching",
     "ablation",
+
+    "iterative",
 ]
 
 

@@ -35,6 +35,11 @@ outputs (in --out DIR):
                                   accuracy lost to M masks (drop, paired), with bounds
   tables/context_benefit_correlation.csv  Pearson r across tasks per mask count (bootstrap over tasks),
                                   Spearman rho
+  tables/iterative_accuracy.csv   stores recorded with --decode: per condition and number of steps, one-step
+                                  and iterative accuracy (Wilson), their paired gain, the step the answer
+                                  settles at and the step its slot is unmasked (bootstrap)
+  tables/decode_trajectory.csv    per decoding step: p(answer) at the answer slot, masks left, attention
+                                  from the answer readout to the masks left
   figures/inverse_scaling_*.png   accuracy, p(answer), entropy against masks, filler control dashed
   figures/inverse_scaling_tasks_*.png  the same accuracy per task
   figures/locality_*.png          accuracy against the relevant block's slot and the query's slot
@@ -48,6 +53,8 @@ outputs (in --out DIR):
                                   rho (Spearman with the loss of p(answer) against 1 mask, same prompts),
                                   rho_low, rho_high, p_permutation
   figures/head_ranking_*.png      mass per head (fillers beside it) and rho with intervals
+  figures/iterative_*.png         one-step and iterative accuracy, settle and unmask step against masks
+  figures/decode_trajectory_*.png p(answer) and attention to the masks left across the decoding steps
 patching stores (`mdlm-interp patch`):
   tables/patching_runs.csv        per store: the clean and corrupt runs' accuracy (Wilson), p(answer),
                                   logit difference, share of corrupt runs predicting the wrong token
