@@ -52,7 +52,6 @@ ANALYSIS_MODULES = [
     "heads",
     "patching",
     "ablation",
-
     "iterative",
 ]
 
