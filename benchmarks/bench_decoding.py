@@ -18,14 +18,26 @@ Models: the shipped organism-llada and organism-dream, and a random LLaDA of the
 """
 
 import argparse
+import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_record import median_times  # noqa: E402  (the same side-by-side timing)
+
+def median_times(runs: dict, repeats: int) -> dict:
+    """Return name -> median seconds, running the callables in turns after one warm-up each."""
+    times = {name: [] for name in runs}
+    for run in runs.values():
+        run()
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def measure(lm, label: str, masks: int, batch_size: int, repeats: int) -> None:
