@@ -523,13 +523,16 @@ class StepTrace:
 
 def write_trace(path, trace: StepTrace, generation: Generation, attrs: dict) -> None:
     """Write ``trace`` (and the generation's attention mask and texts) to the HDF5 file ``path``, with
-    ``attrs`` (provenance, sampler settings; dicts and lists stored as JSON strings) as root attributes."""
+    ``attrs`` (provenance, sampler settings; dicts and lists stored as JSON strings) as root attributes.
+    The file is built next to ``path`` and replaces it only once complete."""
     import json
 
     import h5py
     import numpy as np
 
-    with h5py.File(path, "w") as file:
+    from mdlm_interp.outputs import staged_file
+
+    with staged_file(path, mode="w+b", encoding=None) as handle, h5py.File(handle, "w") as file:
         for name, array in trace.arrays().items():
             file.create_dataset(name, data=array, compression="gzip", compression_opts=4)
         file.create_dataset("attention_mask", data=generation.attention_mask.cpu().numpy().astype(np.int8))

@@ -52,7 +52,8 @@ def add_parser(subparsers) -> None:
                         help="print special tokens (e.g. end-of-text) instead of dropping them")
     parser.add_argument("--trace", default=None, metavar="FILE.h5",
                         help="write every step's ids, proposals, confidences and unmasked positions to this HDF5 file")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --trace file")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --trace file (the new one replaces it only once complete)")
     parser.add_argument("--dtype", default="float32", choices=list(DTYPE_NAMES), help="model dtype (default float32)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     parser.epilog = ("Example: mdlm-interp generate --model organism-llada --gen-length 8 --prompt \"Input: return, "
@@ -73,9 +74,9 @@ def run(args) -> int:
     if args.gen_length < 1 or (args.steps is not None and args.steps < 1):
         raise UsageError("--gen-length and --steps must be at least 1")
     if args.trace is not None:
-        from mdlm_interp.store.writer import check_writable
+        from mdlm_interp.outputs import check_output_file
 
-        check_writable(args.trace, overwrite=args.overwrite)
+        check_output_file(args.trace, overwrite=args.overwrite)
     options = {name: getattr(args, name) for name in SAMPLER_FLAGS if getattr(args, name) is not None}
 
     import torch
