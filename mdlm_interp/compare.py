@@ -2,10 +2,12 @@
 side by side, with each model's change against the first, split into held-in and held-out categories.
 
 Stores are read with ``analyses.load``: a model is the store's model id plus its adapter's folder name
-(``record --adapter``), several stores of one model pool their rows, and rows pair across models by
-prompt ("seed:task:prompt"), so every change is paired. The first model is the reference ("before").
-Categories are split into held-in (those the fine-tuning pairs covered, ``tasks.SFT_CATEGORIES`` by
-default) and held-out.
+(``record --adapter``, ``patch --adapter``, ``ablate --adapter``), several record stores of one model
+pool their rows, and rows pair across models by prompt ("seed:task:prompt"), so every change is paired.
+The first model is the reference ("before"): the first of the record stores, else of the result
+stores, in the order given. Categories are split into held-in (those the fine-tuning pairs covered,
+``tasks.SFT_CATEGORIES`` by default) and held-out. Record stores, patching stores (``patch``) and
+ablation stores (``ablate``) may come in any mix; a store of another kind is skipped with a note.
 
 Tables (``tables/NAME.csv``):
 
@@ -17,7 +19,19 @@ Tables (``tables/NAME.csv``):
 - ``attention_heads``: ``analyses.attention`` per layer x head and condition (mass from the answer
   position and from the context on the tokens after the answer slot), and ``attention_change``: each
   model minus the reference per layer x head at the most masks, paired by prompt;
-- patching maps are not compared yet: the circuits module has not landed.
+- ``patching_runs``, ``patching_cells``, ``patching_attribution``: ``analyses.patching`` of every
+  patching store (recovery per layer x position group and per layer x head, 95% bootstrap), and
+  ``patching_change``: per comparison (e.g. "1 vs 50 masks"), model but the reference and cell, the
+  recovery of both models on the prompts they share, its change with a paired 95% bootstrap interval,
+  and the effect of the patch in logits (patched minus the receiving run's own logit(answer) -
+  logit(wrong), which stays readable when a repaired model's clean - corrupt gap is small), with its
+  paired change;
+- ``ablation``: ``analyses.ablation`` of every ablation store, and ``ablation_change``: per head set,
+  mask count, setting and mode, each model's accuracy minus the reference's on the same prompts, and
+  the change of the ablation's effect (ablated minus unablated accuracy), paired bootstrap intervals.
+
+What the shipped adapters changed in organism-llada (README, "MA-loss fine-tuning and before/after
+comparison"): PLACEHOLDER
 """
 
 import json
@@ -26,31 +40,79 @@ from pathlib import Path
 
 import numpy as np
 
-from mdlm_interp.analyses import Skip, attention, attribution, load
+from mdlm_interp.analyses import Skip, ablation, attention, attribution, load, patching
+from mdlm_interp.analyses.ablation import figures as ablation_figures
 from mdlm_interp.analyses.attention import figure_heads, main_condition
-from mdlm_interp.analyses.grouped import accuracy_by, clean_types
+from mdlm_interp.analyses.data import find_stores, model_label
+from mdlm_interp.analyses.grouped import accuracy_by, clean_types, masks_text, slug
+from mdlm_interp.analyses.patching import (
+    DIRECTION_TITLES,
+    RESIDUAL_SITES,
+    cell_values,
+    head_heatmaps,
+    heatmap,
+    position_heatmaps,
+    strongest,
+)
 from mdlm_interp.analyses.plotting import FILLER_STYLE, line_with_band, masks_axis, model_colors, new_figure, save
-from mdlm_interp.analyses.report import markdown_table
-from mdlm_interp.analyses.stats import INTERVALS, bootstrap_mean, paired_difference
+from mdlm_interp.analyses.registry import FigureOut
+from mdlm_interp.analyses.report import markdown_table, prepare_out
+from mdlm_interp.analyses.stats import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    INTERVALS,
+    bootstrap_mean,
+    paired_difference,
+    recovery,
+    resample_weights,
+)
 from mdlm_interp.errors import UsageError
+from mdlm_interp.store.results import SITES, open_results, result_kind
 from mdlm_interp.tasks import SFT_CATEGORIES
 from mdlm_interp.version import __version__
 
 GROUPS = ("all", "held-in", "held-out")
 CONDITION = ["placement", "filler", "masks"]
+RESULT_KINDS = ("patching", "ablation")  # the result stores compare reads
+PROMPT_SETTINGS = ("n_relevant", "n_distractor", "placements", "wrong_token")  # must agree for a paired change
 
 
 def load_models(paths, held_in=SFT_CATEGORIES):
-    """Return the ``analyses.Recordings`` of the stores ``paths`` with a ``group`` column ("held-in" or
-    "held-out" by the task's relevant category). ``UsageError`` for a path that is not a store, or when
-    the stores hold fewer than two models."""
-    recordings = load(paths)
-    models = recordings.models()
+    """Return the ``analyses.Recordings`` of the stores ``paths`` (record stores in ``rows`` with a ``group``
+    column, "held-in" or "held-out" by the task's relevant category; patching and ablation stores in
+    ``results``). A result store of a kind compare does not read is left out with a note in ``notes``.
+    ``UsageError`` for a path that is not a store, or when the stores hold fewer than two models."""
+    usable, skipped = [], []
+    for path in find_stores(paths):
+        kind = result_kind(path)
+        if kind is not None and kind not in RESULT_KINDS:
+            skipped.append(f"{path} is a {kind} store, which compare does not read; it is left out.")
+        else:
+            usable.append(path)
+    recordings = load(usable)
+    recordings.notes[:0] = skipped
+    models = model_order(recordings)
     if len(models) < 2:
         raise UsageError(f"compare needs stores of at least two models, got {', '.join(models) or 'none'}")
-    categories = recordings.rows["task"].str.split("+").str[0]
-    recordings.rows["group"] = np.where(categories.isin(list(held_in)), "held-in", "held-out")
+    if len(recordings.rows):
+        categories = recordings.rows["task"].str.split("+").str[0]
+        recordings.rows["group"] = np.where(categories.isin(list(held_in)), "held-in", "held-out")
     return recordings
+
+
+def result_model(path) -> str:
+    """Return the model label of a result store (model id plus adapter folder, as ``analyses.load`` labels)."""
+    with open_results(path) as store:
+        return model_label(store.attrs["model_id"], store.attrs["settings"].get("adapter"))
+
+
+def model_order(recordings) -> list[str]:
+    """Return every model of ``recordings``: those of the record stores in the order given, then those only
+    result stores hold. The first is the reference."""
+    models = recordings.models()
+    for paths in recordings.results.values():
+        models += [m for m in map(result_model, paths) if m not in models]
+    return list(dict.fromkeys(models))
 
 
 def grouped(rows):
@@ -183,7 +245,7 @@ def change_figure(change):
 
 
 def findings(models: list, accuracy, change, heads, heads_change, attributions) -> list[str]:
-    """Return the report's findings as sentences with numbers and intervals, whatever they are."""
+    """Return the record stores' findings as sentences with numbers and intervals, whatever they are."""
     lines = []
     plain = accuracy[~accuracy["filler"] & (accuracy["placement"] == accuracy["placement"].iloc[0])]
     most = int(plain["masks"].max())
@@ -194,14 +256,14 @@ def findings(models: list, accuracy, change, heads, heads_change, attributions) 
                 row = plain[(plain["model"] == model) & (plain["group"] == group) & (plain["masks"] == masks)]
                 if len(row):
                     r = row.iloc[0]
-                    cells.append(f"{group}, {masks} mask{'s' if masks > 1 else ''}: {r.accuracy:.1%} "
-                                 f"[{r.ci_low:.1%}, {r.ci_high:.1%}]")
+                    cells.append(f"{group}, {masks_text(masks)}: {r.accuracy:.1%} [{r.ci_low:.1%}, {r.ci_high:.1%}]")
         filler = accuracy[(accuracy["model"] == model) & accuracy["filler"] & (accuracy["group"] == "all")
                           & (accuracy["masks"] == most)]
         if len(filler):
             r = filler.iloc[0]
             cells.append(f"filler control at {most}: {r.accuracy:.1%} [{r.ci_low:.1%}, {r.ci_high:.1%}]")
-        lines.append(f"- {model}: " + "; ".join(cells) + ".")
+        if cells:
+            lines.append(f"- {model}: " + "; ".join(cells) + ".")
     for (model, group), part in change[~change["filler"]].groupby(["model", "group"], sort=False):
         row = part[part["masks"] == part["masks"].max()].iloc[0]
         lines.append(f"- {model} against {models[0]}, {group}, {int(row.masks)} masks: {row.change:+.1%} "
@@ -230,87 +292,472 @@ def findings(models: list, accuracy, change, heads, heads_change, attributions) 
     return lines
 
 
-def write_comparison(paths, out, *, held_in=SFT_CATEGORIES, command_line: str = "") -> Path:
-    """Compare the stores ``paths`` (files, or folders searched for .h5 stores) into folder ``out``;
-    return the path of report.md.
+# ---------------------------------------------------------------- patching and ablation stores
 
-    Writes tables/*.csv (module docstring), figures/accuracy.png, and figures/attention_heads.png (the
-    analyses' heatmaps, a row per model) and figures/attention_change.png when attention was recorded, provenance.json and report.md. Raises ``UsageError`` before writing anything
-    for a path that is not a store or fewer than two models.
+
+def prompt_keys(store, table: str) -> np.ndarray:
+    """Return the pairing key "seed:task:prompt" of every row of an open result store (``table``: "pairs" or
+    "examples"); the same key is the same prompt in another model's store of the same settings."""
+    n = int(store.attrs["settings"]["n"])
+    tasks, examples = store.array(f"{table}/task"), store.array(f"{table}/example")
+    return np.array([f"{store.attrs['seed']}:{task}:{example % n}" for task, example in zip(tasks, examples)])
+
+
+def mismatch(reference: dict, other: dict) -> str | None:
+    """Return which prompt settings of two result stores differ (None when they agree), so that their
+    rows cannot be paired."""
+    differ = [name for name in PROMPT_SETTINGS if reference.get(name) != other.get(name)]
+    return ", ".join(differ) if differ else None
+
+
+def paired_cells(cells, reference: dict, other: dict, seed: int = BOOTSTRAP_SEED,
+                 resamples: int = BOOTSTRAP_RESAMPLES):
+    """Return the paired change of every patching cell between two models on the same prompt pairs.
+
+    ``cells``: ``analyses.patching.cell_values``' cell frame (shared by both stores); ``reference`` and
+    ``other``: its values, restricted to the same pairs in the same order. Adds to ``cells``: n_pairs,
+    reference_recovery and recovery ((mean patched - mean corrupt) / (mean clean - mean corrupt) of each
+    model on these pairs) with reference_recovery_low / _high and recovery_low / _high, change (other -
+    reference) with change_low / change_high (95% bootstrap, both models resampled with the same pairs);
+    reference_effect and effect (mean patched minus the receiving run's own logit
+    difference: the corrupt run's for clean_into_corrupt, the clean run's for corrupt_into_clean), and
+    effect_change with effect_change_low / effect_change_high (paired bootstrap).
     """
-    recordings = load_models(paths, held_in)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file, not a folder")
-    models = recordings.models()
-    accuracy, change = accuracy_table(recordings), change_table(recordings)
-    tables = {"accuracy": accuracy, "accuracy_change": change,
-              **analysis_tables(recordings, "gradients", attribution)}
-    attention_tables = analysis_tables(recordings, "attention", attention)
-    heads = attention_tables.get("attention_heads")
-    heads_change = attention_change(recordings)
-    if heads is not None:
-        tables.update(attention_heads=heads, attention_change=heads_change)
-    (out / "tables").mkdir(parents=True, exist_ok=True)
-    (out / "figures").mkdir(exist_ok=True)
-    for name, frame in tables.items():
-        frame.to_csv(out / "tables" / f"{name}.csv", index=False, float_format="%.6g")
-    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    stamp = f"{command_line} | mdlm-interp {__version__} | {created}"
-    save(accuracy_figure(accuracy), out / "figures" / "accuracy.png", stamp)
-    if heads is not None and not heads_change.empty:
-        save(change_figure(heads_change), out / "figures" / "attention_change.png", stamp)
-    condition = main_condition(attention_tables["attention_summary"]) if heads is not None else None
-    if condition is not None:
-        save(figure_heads(heads, condition).figure, out / "figures" / "attention_heads.png", stamp)
-    provenance = {
-        "command_line": command_line, "toolkit_version": __version__, "created": created, "intervals": INTERVALS,
-        "held_in": list(held_in), "reference": models[0],
-        "stores": [{"path": str(s.path), "model": s.model, "model_id": s.model_id, "weights": s.fingerprint,
-                    "seed": s.seed, "rows": s.n_rows, "command_line": s.command_line} for s in recordings.stores],
-    }
-    (out / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    n = len(reference["clean"])
+    receiver = cells["direction"].str.split("_into_").str[1].to_numpy()  # "corrupt" or "clean"
+    weights = resample_weights(n, resamples, seed)
+
+    def recoveries(values):
+        point = recovery(values["logit_diff"].mean(0), values["clean"].mean(), values["corrupt"].mean())
+        boot = recovery(weights @ values["logit_diff"], (weights @ values["clean"])[:, None],
+                        (weights @ values["corrupt"])[:, None])
+        return point, boot
+
+    def effects(values):
+        own = np.where(receiver == "corrupt", values["corrupt"][:, None], values["clean"][:, None])
+        return values["logit_diff"] - own  # [pairs, cells]
+
+    (base, base_boot), (mine, mine_boot) = recoveries(reference), recoveries(other)
+    with np.errstate(invalid="ignore"):
+        boot = mine_boot - base_boot
+    difference = effects(other) - effects(reference)
+    effect_boot = weights @ difference
+    return cells.assign(
+        n_pairs=n, reference_recovery=base, reference_recovery_low=np.nanpercentile(base_boot, 2.5, axis=0),
+        reference_recovery_high=np.nanpercentile(base_boot, 97.5, axis=0), recovery=mine,
+        recovery_low=np.nanpercentile(mine_boot, 2.5, axis=0), recovery_high=np.nanpercentile(mine_boot, 97.5, axis=0),
+        change=mine - base,
+        change_low=np.nanpercentile(boot, 2.5, axis=0), change_high=np.nanpercentile(boot, 97.5, axis=0),
+        reference_effect=effects(reference).mean(0), effect=effects(other).mean(0),
+        effect_change=difference.mean(0), effect_change_low=np.percentile(effect_boot, 2.5, axis=0),
+        effect_change_high=np.percentile(effect_boot, 97.5, axis=0))
+
+
+def by_comparison(paths, models: list, notes: list) -> dict:
+    """Return {comparison: [(model, path), ...]} of the patching stores at ``paths``, models in ``models``'
+    order; a second store of one model and comparison is left out with a note."""
+    from mdlm_interp.analyses.patching import comparison
+
+    groups = {}
+    for path in paths:
+        with open_results(path, "patching") as store:
+            compared, model = comparison(store.attrs["settings"]), result_model(path)
+        if any(m == model for m, _ in groups.get(compared, [])):
+            notes.append(f"{path}: a second patching store of {model} at {compared}; only the first is compared.")
+            continue
+        groups.setdefault(compared, []).append((model, path))
+    return {c: sorted(members, key=lambda m: models.index(m[0])) for c, members in groups.items()}
+
+
+def patching_change(paths, models: list, notes: list):
+    """Return ``paired_cells`` of every model against the first model of each comparison that has a patching
+    store (with model, reference and comparison columns). Stores that cannot be paired with the reference's
+    (other prompt settings, another grid, no shared prompts) are left out with a note in ``notes``."""
     import pandas as pd
 
+    frames = []
+    for compared, members in by_comparison(paths, models, notes).items():
+        if len(members) < 2:
+            notes.append(f"Only {members[0][0]} has a patching store at {compared}: its maps are shown, no change.")
+            continue
+        (reference, reference_path), others = members[0], members[1:]
+        with open_results(reference_path, "patching") as store:
+            base_settings, base_keys = store.attrs["settings"], prompt_keys(store, "pairs")
+            base_cells, base_values = cell_values(store)
+        for model, path in others:
+            with open_results(path, "patching") as store:
+                settings, keys = store.attrs["settings"], prompt_keys(store, "pairs")
+                cells, values = cell_values(store)
+            reason = mismatch(base_settings, settings)
+            if reason is None and not cells.equals(base_cells):
+                reason = "the grid (layers, heads or position groups)"
+            shared, mine, theirs = np.intersect1d(keys, base_keys, return_indices=True)
+            if reason is None and not len(shared):
+                reason = "the prompts (none shared)"
+            if reason is not None:
+                notes.append(f"{path} ({model}, {compared}) differs from {reference}'s patching store in {reason}; "
+                             "no change computed.")
+                continue
+            pick = lambda v, rows: {name: array[rows] for name, array in v.items()}  # noqa: E731
+            frame = paired_cells(cells, pick(base_values, theirs), pick(values, mine))
+            frame.insert(0, "model", model)
+            frame.insert(1, "reference", reference)
+            frame.insert(2, "comparison", compared)
+            frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def ablation_outcomes(store):
+    """Return one row per (example, mask count, setting, mode) of an open ablation store: key ("seed:task:prompt"),
+    masks, setting ("none", "chosen", "control"), mode ("-" for none), correct (for the control: the share of
+    draws that answer correctly)."""
+    import pandas as pd
+
+    base = pd.DataFrame({"key": prompt_keys(store, "examples"), "masks": store.array("examples/masks")})
+    frames = [base.assign(setting="none", mode="-", correct=store.array("examples/correct").astype(float))]
+    chosen, control = store.array("ablated/correct"), store.array("control/correct")
+    for m, mode in enumerate(store.attrs["modes"]):
+        frames.append(base.assign(setting="chosen", mode=mode, correct=chosen[:, m].astype(float)))
+        if store.dims["draws"]:
+            frames.append(base.assign(setting="control", mode=mode, correct=control[:, :, m].mean(1)))
+    return pd.concat(frames, ignore_index=True)
+
+
+def outcome(outcomes, masks: int, setting: str, mode: str):
+    """Return the per-prompt ``correct`` of one mask count, setting and mode of ``ablation_outcomes``, indexed
+    by key."""
+    rows = outcomes[(outcomes["masks"] == masks) & (outcomes["setting"] == setting) & (outcomes["mode"] == mode)]
+    return rows.set_index("key")["correct"]
+
+
+def ablation_change(paths, models: list, notes: list):
+    """Return, per head set, mask count, setting and mode, each model's ablation accuracy against the first
+    model with an ablation store of the same heads, on the same prompts: n_pairs, reference_accuracy,
+    accuracy, change with low / high, and the change of the ablation's effect (accuracy ablated minus
+    unablated, per prompt) with effect_change_low / effect_change_high. Paired 95% bootstrap intervals."""
+    import pandas as pd
+
+    stores = {}
+    for path in paths:
+        with open_results(path, "ablation") as store:
+            heads = ",".join(store.attrs["heads"])
+            model = result_model(path)
+            if model in stores.setdefault(heads, {}):
+                notes.append(f"{path}: a second ablation store of {model} for heads {heads}; only the first is "
+                             "compared.")
+                continue
+            stores[heads][model] = (ablation_outcomes(store), store.attrs["settings"])
+    out = []
+    for heads, by_model in stores.items():
+        present = sorted(by_model, key=models.index)
+        if len(present) < 2:
+            notes.append(f"Only {present[0]} has an ablation store for heads {heads}: shown, no change.")
+            continue
+        reference = present[0]
+        base, base_settings = by_model[reference]
+        for model in present[1:]:
+            mine, settings = by_model[model]
+            if (reason := mismatch(base_settings, settings)) is not None:
+                notes.append(f"{model}'s ablation store for heads {heads} differs from {reference}'s in {reason}; "
+                             "no change computed.")
+                continue
+            for (masks, setting, mode), part in mine.groupby(["masks", "setting", "mode"], sort=False):
+                d = paired_difference(outcome(base, masks, setting, mode), part.set_index("key")["correct"])
+                if not d["n_pairs"]:
+                    continue
+                row = {"model": model, "reference": reference, "heads": heads, "masks": int(masks),
+                       "setting": setting, "mode": mode, "n_pairs": d["n_pairs"], "reference_accuracy": d["base"],
+                       "accuracy": d["other"], "change": d["difference"], "low": d["low"], "high": d["high"]}
+                e = paired_difference(*(outcome(f, masks, setting, mode) - outcome(f, masks, "none", "-")
+                                        for f in (base, mine))) if setting != "none" else {}
+                row.update(effect_change=e.get("difference", np.nan), effect_change_low=e.get("low", np.nan),
+                           effect_change_high=e.get("high", np.nan))
+                out.append(row)
+    return pd.DataFrame(out)
+
+
+def patching_change_figure(change, compared: str, direction: str) -> FigureOut:
+    """Return heatmaps of the change in recovery against the reference at one comparison and direction: a row per
+    model, a panel per residual site (layer x position group) and per head group (layer x head)."""
+    part = change[(change["comparison"] == compared) & (change["direction"] == direction)]
+    models = list(dict.fromkeys(part["model"]))
+    heads = part[part["site"] == "z"]
+    head_groups = list(dict.fromkeys(heads["position"]))
+    n_groups = part[part["site"] == "resid_pre"]["position"].nunique()
+    ratios = [n_groups] * len(RESIDUAL_SITES) + [max(heads["head"].max() + 1, 2)] * len(head_groups)
+    width = (0.45 * sum(ratios) + 1.1 * len(ratios)) / len(ratios)
+    figure, axes = new_figure(len(models), len(ratios), width=width, height=3.2, gridspec_kw={"width_ratios": ratios})
+    image = None
+    for row, model in zip(axes, models):
+        mine = part[part["model"] == model]
+        for ax, site in zip(row, RESIDUAL_SITES):
+            cells = mine[mine["site"] == site]
+            groups = list(dict.fromkeys(cells["position"]))
+            grid = cells.pivot(index="layer", columns="position", values="change")[groups]
+            image = heatmap(ax, grid.to_numpy(), [str(l) for l in grid.index], groups, site, "layer", "position group")
+        for ax, group in zip(row[len(RESIDUAL_SITES):], head_groups):
+            cells = mine[(mine["site"] == "z") & (mine["position"] == group)]
+            grid = cells.pivot(index="layer", columns="head", values="change")
+            image = heatmap(ax, grid.to_numpy(), [str(l) for l in grid.index], [str(h) for h in grid.columns],
+                            f"head output at: {group}", "layer", "head")
+        row[0].set_ylabel(f"{model}\nlayer")
+    figure.colorbar(image, ax=list(axes.ravel()), label="change in recovery against the reference", shrink=0.8)
+    reference = part["reference"].iloc[0]
+    figure.suptitle(f"Activation patching, {compared}: change in recovery against {reference}\n"
+                    f"({DIRECTION_TITLES.get(direction, direction)})")
+    caption = (f"Recovery of each model minus {reference}'s on the same prompt pairs ({compared}, "
+               f"{DIRECTION_TITLES.get(direction, direction)}): resid_pre, attn_out and mlp_out per layer x position "
+               f"group "
+               f"(the last resid_pre row is the final residual), and each head's output per layer x head. "
+               f"Intervals: tables/patching_change.csv.")
+    return FigureOut(f"patching_change_{slug(compared)}_{direction}", figure, caption)
+
+
+def patching_findings(tables: dict, change) -> list[str]:
+    """Return sentences on the patching stores: per model and comparison, the two runs and their gap; per model
+    but the reference and direction, at the reference's strongest cell of every site, both models' recovery
+    on the shared pairs (95% intervals), its paired change, and the effect of the patch in logits."""
+    lines = []
+    for row in tables["patching_runs"].to_dict("records"):
+        lines.append(f"- {row['model']}, {row['comparison']} ({row['n']} pairs): accuracy {row['clean_accuracy']:.1%} "
+                     f"clean against {row['corrupt_accuracy']:.1%} corrupt; logit(answer) - logit(wrong) "
+                     f"{row['clean_logit_diff']:.2f} against {row['corrupt_logit_diff']:.2f} (gap "
+                     f"{row['clean_logit_diff'] - row['corrupt_logit_diff']:.2f}).")
+    if change.empty:
+        return lines
+    cells = tables["patching_cells"]
+    for (model, compared), part in change.groupby(["model", "comparison"], sort=False):
+        reference = part["reference"].iloc[0]
+        base = cells[(cells["model"] == reference) & (cells["comparison"] == compared)]
+        indexed = part.set_index(["direction", "site", "layer", "position", "head"])
+        for direction in dict.fromkeys(part["direction"]):
+            texts = []
+            for site in SITES:
+                top = strongest(base, direction, site, 1).iloc[0]
+                r = indexed.loc[(direction, site, top["layer"], top["position"], top["head"])]
+                where = f"L{top['layer']}" + (f".H{top['head']}" if top["head"] >= 0 else "")
+                texts.append(f"{site} {where} {top['position']} {r['recovery']:.2f} [{r['recovery_low']:.2f}, "
+                             f"{r['recovery_high']:.2f}] against {r['reference_recovery']:.2f} "
+                             f"[{r['reference_recovery_low']:.2f}, {r['reference_recovery_high']:.2f}], change "
+                             f"{r['change']:+.2f} [{r['change_low']:+.2f}, {r['change_high']:+.2f}]; effect "
+                             f"{r['effect']:+.1f} logits against {r['reference_effect']:+.1f}, change "
+                             f"{r['effect_change']:+.1f} [{r['effect_change_low']:+.1f}, "
+                             f"{r['effect_change_high']:+.1f}]")
+            lines.append(f"- {model} against {reference}, {compared}, {direction} ({int(part['n_pairs'].iloc[0])} "
+                         f"shared pairs), at the reference's strongest cell per site: " + "; ".join(texts) + ".")
+    return lines
+
+
+def ablation_findings(tables: dict, change) -> list[str]:
+    """Return sentences on the ablation stores: per model and head set, accuracy at each mask count without
+    ablation and with the heads ablated in each mode, and the change against the reference."""
+    lines = []
+    frame = tables["ablation"]
+    for (model, _), part in frame.groupby(["model", "selection"], sort=False):
+        heads = part.loc[part["setting"] == "chosen", "heads"].iloc[0]
+        texts = []
+        for masks in sorted(set(part["masks"])):
+            at = part[part["masks"] == masks]
+            none = at[at["setting"] == "none"].iloc[0]
+            text = (f"{masks_text(masks)}: {none['accuracy']:.1%} [{none['ci_low']:.1%}, {none['ci_high']:.1%}] "
+                    "unablated")
+            for row in at[at["setting"] == "chosen"].to_dict("records"):
+                text += f", {row['mode']} {row['accuracy']:.1%} [{row['ci_low']:.1%}, {row['ci_high']:.1%}]"
+            texts.append(text)
+        lines.append(f"- {model}, heads {heads} ablated: " + "; ".join(texts) + ".")
+    if not change.empty:
+        chosen = change[change["setting"] == "chosen"]
+        for (model, heads), part in chosen.groupby(["model", "heads"], sort=False):
+            texts = [f"{masks_text(r['masks'])} {r['mode']}: effect of the ablation {r['effect_change']:+.1%} "
+                     f"[{r['effect_change_low']:+.1%}, {r['effect_change_high']:+.1%}] against {r['reference']}'s"
+                     for r in part.to_dict("records")]
+            lines.append(f"- {model}, heads {heads}: " + "; ".join(texts) + ".")
+    return lines
+
+
+def patching_maps(tables: dict, change, models: list) -> list[list[FigureOut]]:
+    """Return the patching figures as rows to show side by side: per comparison and direction, the layer x
+    position-group maps of every model (``analyses.patching.position_heatmaps``), their layer x head maps
+    (``head_heatmaps``), then the change against the reference (``patching_change_figure``)."""
+    cells = tables["patching_cells"]
+    rows = []
+    for compared in dict.fromkeys(cells["comparison"]):
+        here = cells[cells["comparison"] == compared]
+        present = [m for m in models if m in set(here["model"])]
+        for direction in dict.fromkeys(here["direction"]):
+            for draw in (position_heatmaps, head_heatmaps):
+                rows.append([draw(here[here["model"] == m], direction, m, compared) for m in present])
+            if not change.empty and ((change["comparison"] == compared) & (change["direction"] == direction)).any():
+                rows.append([patching_change_figure(change, compared, direction)])
+    return rows
+
+
+def result_sections(recordings, models: list, notes: list) -> tuple[dict, list, dict]:
+    """Return (tables, figures, findings) of the patching and ablation stores in ``recordings``: figures
+    {"patching": rows of FigureOut (``patching_maps``), "ablation": [FigureOut]}, findings {section: lines}."""
+    tables, figures, lines = {}, {}, {}
+    paths = recordings.results.get("patching", [])
+    if paths:
+        found = patching(paths)
+        change = patching_change(paths, models, notes)
+        tables.update(found, patching_change=change)
+        figures["patching"] = patching_maps(found, change, models)
+        lines["patching"] = patching_findings(found, change)
+    paths = recordings.results.get("ablation", [])
+    if paths:
+        found = ablation(paths)
+        change = ablation_change(paths, models, notes)
+        tables.update(found, ablation_change=change)
+        figures["ablation"] = ablation_figures(found)
+        lines["ablation"] = ablation_findings(found, change)
+    return tables, figures, lines
+
+
+def write_comparison(paths, out, *, held_in=SFT_CATEGORIES, command_line: str = "") -> Path:
+    """Compare the stores ``paths`` (record, patching and ablation stores, or folders searched for them) into
+    folder ``out``; return the path of report.md.
+
+    Writes tables/*.csv (module docstring); figures/accuracy.png, and figures/attention_heads.png (the
+    analyses' heatmaps, a row per model) and figures/attention_change.png when attention was recorded;
+    for patching stores each model's heatmaps (``analyses.patching``) and figures/patching_change_*.png;
+    for ablation stores each model's ablation figure; provenance.json and report.md. Raises ``UsageError``
+    before writing anything for a path that is not a store or fewer than two models.
+    """
+    import pandas as pd
+
+    recordings = load_models(paths, held_in)
+    models = model_order(recordings)
+    out = prepare_out(out)
+    notes = list(recordings.notes)
+    tables, figures, lines = {}, [], {"record": []}
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    stamp = f"{command_line} | mdlm-interp {__version__} | {created}"
+    if recordings.stores:
+        record_models = recordings.models()
+        accuracy, change = accuracy_table(recordings), change_table(recordings)
+        tables.update(accuracy=accuracy, accuracy_change=change,
+                      **analysis_tables(recordings, "gradients", attribution))
+        attention_tables = analysis_tables(recordings, "attention", attention)
+        heads = attention_tables.get("attention_heads")
+        heads_change = attention_change(recordings)
+        if heads is not None:
+            tables.update(attention_heads=heads, attention_change=heads_change)
+        save(accuracy_figure(accuracy), out / "figures" / "accuracy.png", stamp)
+        if heads is not None and not heads_change.empty:
+            save(change_figure(heads_change), out / "figures" / "attention_change.png", stamp)
+        condition = main_condition(attention_tables["attention_summary"]) if heads is not None else None
+        if condition is not None:
+            save(figure_heads(heads, condition).figure, out / "figures" / "attention_heads.png", stamp)
+        lines["record"] = findings(record_models, accuracy, change, pd.DataFrame() if heads is None else heads,
+                                   heads_change, tables.get("attribution", pd.DataFrame()))
+    results, result_figures, result_lines = result_sections(recordings, models, notes)
+    tables.update(results)
+    lines.update(result_lines)
+    for figure in [f for row in result_figures.get("patching", []) for f in row] + result_figures.get("ablation", []):
+        save(figure.figure, out / "figures" / f"{figure.name}.png", stamp)
+    for name, frame in tables.items():
+        frame.to_csv(out / "tables" / f"{name}.csv", index=False, float_format="%.6g")
+    provenance = {
+        "command_line": command_line, "toolkit_version": __version__, "created": created, "intervals": INTERVALS,
+        "held_in": list(held_in), "reference": models[0], "models": models,
+        "stores": [{"path": str(s.path), "model": s.model, "model_id": s.model_id, "weights": s.fingerprint,
+                    "seed": s.seed, "rows": s.n_rows, "command_line": s.command_line} for s in recordings.stores],
+        "result_stores": [result_provenance(path) for paths in recordings.results.values() for path in paths],
+        "notes": notes,
+    }
+    (out / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
     report = out / "report.md"
-    lines = findings(models, accuracy, change, pd.DataFrame() if heads is None else heads, heads_change,
-                     tables.get("attribution", pd.DataFrame()))
-    report.write_text(render(provenance, tables, lines))
+    report.write_text(render(provenance, tables, lines, result_figures))
     return report
 
 
-def render(provenance: dict, tables: dict, lines: list[str]) -> str:
-    """Return report.md's text."""
-    stores = [{"model": s["model"], "store": s["path"], "seed": s["seed"], "rows": s["rows"],
-               "weights": s["weights"][:19] + ("+adapter" if "+" in s["weights"] else "")} for s in provenance["stores"]]
-    accuracy = tables["accuracy"][["model", "group", *CONDITION, "n", "accuracy", "ci_low", "ci_high"]]
+def result_provenance(path) -> dict:
+    """Return what the report and provenance.json say about one result store."""
+    with open_results(path) as store:
+        adapter = store.attrs["settings"].get("adapter")
+        return {"path": str(path), "kind": store.kind.name, "model": result_model(path),
+                "model_id": store.attrs["model_id"],
+                "weights": store.attrs["weights_fingerprint"] + (f"+{adapter['fingerprint']}" if adapter else ""),
+                "seed": store.attrs["seed"], "rows": store.n_rows, "command_line": store.attrs["command_line"]}
+
+
+def render(provenance: dict, tables: dict, lines: dict, figures: dict) -> str:
+    """Return report.md's text: stores, findings, then a section per analysis (record stores: accuracy, change,
+    attribution, attention; result stores: patching maps and their change, ablation)."""
+    def weights(s):
+        return s["weights"][:19] + ("+adapter" if "+" in s["weights"] else "")
+
+    stores = [{"model": s["model"], "store": s["path"], "seed": s["seed"], "rows": s["rows"], "weights": weights(s)}
+              for s in provenance["stores"]]
+    results = [{"model": s["model"], "kind": s["kind"], "store": s["path"], "seed": s["seed"], "rows": s["rows"],
+                "weights": weights(s)} for s in provenance["result_stores"]]
     text = [
         "# mdlm-interp comparison", "",
         f"Made by `{provenance['command_line']}` with mdlm-interp {provenance['toolkit_version']} on "
         f"{provenance['created']}. Intervals: {provenance['intervals']}. The reference is {provenance['reference']}; "
         f"held-in categories: {', '.join(provenance['held_in'])} (the others are held out).", "",
-        "## Stores", "", markdown_table(stores), "",
-        "## Findings", "", *lines, "",
-        "## Accuracy against masks", "", "![accuracy](figures/accuracy.png)", "",
-        markdown_table(accuracy.to_dict("records")), "",
-        "## Change against the reference on the same prompts", "",
-        markdown_table(tables["accuracy_change"].to_dict("records")), "",
-        "## Attribution (normalised gradient)", "",
-        markdown_table(tables["attribution"].to_dict("records")) if "attribution" in tables
-        else "(no store recorded /gradients)", "",
-        "## Attention to the masks per layer x head", "",
+        "## Stores", "", markdown_table(stores) if stores else "(no record store)", "",
     ]
-    if "attention_heads" in tables:
-        heads = tables["attention_heads"]
-        heads = heads[~heads["filler"] & (heads["masks"] == heads["masks"].max())]
-        columns = ["model", "placement", "masks", "layer", "head", "n", "from_answer", "from_answer_low",
-                   "from_answer_high", "from_context"]
-        text += ["![attention heads](figures/attention_heads.png)", "",
-                 "![attention change](figures/attention_change.png)", "",
-                 markdown_table(heads[columns].to_dict("records")), "",
-                 markdown_table(tables["attention_change"].to_dict("records")), ""]
+    if results:
+        text += ["Result stores:", "", markdown_table(results), ""]
+    text += [f"- {note}" for note in provenance["notes"]] + ([""] if provenance["notes"] else [])
+    text += ["## Findings", "", *lines["record"], *lines.get("patching", []), *lines.get("ablation", []), ""]
+    if "accuracy" in tables:
+        accuracy = tables["accuracy"][["model", "group", *CONDITION, "n", "accuracy", "ci_low", "ci_high"]]
+        text += ["## Accuracy against masks", "", "![accuracy](figures/accuracy.png)", "",
+                 markdown_table(accuracy.to_dict("records")), "",
+                 "## Change against the reference on the same prompts", "",
+                 markdown_table(tables["accuracy_change"].to_dict("records")), "",
+                 "## Attribution (normalised gradient)", "",
+                 markdown_table(tables["attribution"].to_dict("records")) if "attribution" in tables
+                 else "(no store recorded /gradients)", "",
+                 "## Attention to the masks per layer x head", ""]
+        if "attention_heads" in tables:
+            heads = tables["attention_heads"]
+            heads = heads[~heads["filler"] & (heads["masks"] == heads["masks"].max())]
+            columns = ["model", "placement", "masks", "layer", "head", "n", "from_answer", "from_answer_low",
+                       "from_answer_high", "from_context"]
+            text += ["![attention heads](figures/attention_heads.png)", "",
+                     "![attention change](figures/attention_change.png)", "",
+                     markdown_table(heads[columns].to_dict("records")), "",
+                     markdown_table(tables["attention_change"].to_dict("records")), ""]
+        else:
+            text += ["(no store recorded /attention)", ""]
+    text += ["## Patching maps", ""]
+    if "patching_cells" in tables:
+        text += patching_section(tables, figures["patching"])
     else:
-        text += ["(no store recorded /attention)", ""]
-    text += ["## Patching maps", "", "Not compared: activation patching (the circuits module) has not landed in "
-             "this version; compare will put patching stores side by side once it has.", ""]
+        text += ["(no patching store given: `mdlm-interp patch --adapter ...` writes one per model)", ""]
+    text += ["## Ablation", ""]
+    if "ablation" in tables:
+        text += [" ".join(f"![{f.name}](figures/{f.name}.png)" for f in figures["ablation"]), "",
+                 figures["ablation"][0].caption, ""]
+        text += ["Tables: [tables/ablation.csv](tables/ablation.csv), "
+                 "[tables/ablation_change.csv](tables/ablation_change.csv).", "",
+                 markdown_table(tables["ablation_change"].to_dict("records")), ""]
+    else:
+        text += ["(no ablation store given)", ""]
     return "\n".join(text)
+
+
+def patching_section(tables: dict, rows: list) -> list[str]:
+    """Return the report's patching section: the runs side by side, the maps (``patching_maps``: a line of
+    images per row, then its caption), and the cells whose recovery changed most (every cell:
+    tables/patching_change.csv)."""
+    runs = tables["patching_runs"].assign(gap=lambda f: f["clean_logit_diff"] - f["corrupt_logit_diff"])
+    columns = ["model", "comparison", "n", "clean_accuracy", "corrupt_accuracy", "clean_logit_diff",
+               "corrupt_logit_diff", "gap", "wrong_token_share"]
+    text = [markdown_table(runs[columns].to_dict("records")), ""]
+    for row in rows:
+        text += [" ".join(f"![{f.name}](figures/{f.name}.png)" for f in row), "", row[0].caption, ""]
+    change = tables["patching_change"]
+    if not change.empty:
+        order = change.assign(size=change["change"].abs()).sort_values("size", ascending=False, kind="stable")
+        top = order.groupby(["model", "comparison", "direction", "site"], sort=False).head(3).drop(columns="size")
+        columns = ["model", "reference", "comparison", "direction", "site", "layer", "position", "head", "n_pairs",
+                   "reference_recovery", "recovery", "change", "change_low", "change_high", "reference_effect",
+                   "effect", "effect_change", "effect_change_low", "effect_change_high"]
+        text += ["**The three cells per model, direction and site whose recovery changed most** (all cells, with "
+                 "each model's interval: [tables/patching_change.csv](tables/patching_change.csv))", "",
+                 markdown_table(top[columns].to_dict("records")), ""]
+    return text

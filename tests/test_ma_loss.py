@@ -433,7 +433,13 @@ def compared(trained, tmp_path_factory):
     for name, extra in (("before", []), ("after", ["--adapter", adapter])):
         result = run_cli("record", "--model", base, *extra, *common, "--out", root / f"{name}.h5")
         assert result.returncode == 0, result.stderr
-    result = run_cli("compare", root / "before.h5", root / "after.h5", "--out", root / "report")
+    patch = ["--task", "adjective+largest,verb+smallest", "--n", "2", "--n-relevant", "2", "--n-distractor", "2",
+             "--corrupt-masks", "6", "--last-k", "1", "--seed", "5", "--no-attribution", "--no-progress"]
+    for name, extra in (("before", []), ("after", ["--adapter", adapter])):
+        result = run_cli("patch", "--model", base, *extra, *patch, "--out", root / f"patch-{name}.h5")
+        assert result.returncode == 0, result.stderr
+    stores = [root / f"{kind}{name}.h5" for name in ("before", "after") for kind in ("", "patch-")]
+    result = run_cli("compare", *stores, "--out", root / "report")
     assert result.returncode == 0, result.stderr
     return root, result
 
@@ -472,6 +478,32 @@ def test_compare_tables_hold_the_stores_numbers(compared):
 
     both = load([root / "before.h5", root / "after.h5"])  # `analyze` keeps the adapted model apart too
     assert both.models() == models and not both.notes and len(both.rows) == 2 * len(rows)
+
+
+def test_compare_puts_the_patching_maps_side_by_side_with_their_paired_change(compared):
+    import numpy as np
+    import pandas as pd
+
+    from mdlm_interp.analyses.patching import patching_cells
+    from mdlm_interp.store.results import open_results
+
+    root, result = compared
+    tables = root / "report" / "tables"
+    change = pd.read_csv(tables / "patching_change.csv")
+    cells = pd.read_csv(tables / "patching_cells.csv")
+    models = list(dict.fromkeys(cells["model"]))
+    assert len(models) == 2 and set(change["model"]) == {models[1]} and set(change["n_pairs"]) == {4}
+    for column, name in (("reference_recovery", "before"), ("recovery", "after")):
+        with open_results(root / f"patch-{name}.h5") as store:  # every pair is shared: each model's own recovery
+            own = patching_cells(store, resamples=10)
+        np.testing.assert_allclose(change[column], own["recovery"], rtol=1e-5, atol=1e-6)  # CSV: 6 digits
+    np.testing.assert_allclose(change["change"], change["recovery"] - change["reference_recovery"], atol=1e-5)
+    figures = {p.name for p in (root / "report" / "figures").iterdir()}
+    assert {f"patching_positions_{m}_1vs6masks_clean_into_corrupt.png" for m in models} <= figures
+    assert "patching_change_1vs6masks_corrupt_into_clean.png" in figures
+    report = (root / "report" / "report.md").read_text()
+    assert f"{models[1]} against {models[0]}, 1 vs 6 masks, clean_into_corrupt (4 shared pairs)" in report
+    assert f"{models[1]} against {models[0]}, 1 vs 6 masks, clean_into_corrupt" in result.stdout
 
 
 def test_compare_refuses_one_model_and_non_stores(compared, tmp_path):

@@ -28,6 +28,40 @@ def comparison(settings: dict) -> str:
     return f"{clean['masks']}{' filler' if clean['filler'] else ''} vs {corrupt['masks']} masks"
 
 
+def cell_values(store) -> tuple:
+    """Return (cells, values) of an open patching store: the per-pair numbers behind ``patching_cells``.
+
+    cells: a DataFrame with one row per cell of the store's grids (both directions, every site): direction,
+    site, layer, position, head, in the order of ``patching_cells``. values: {"clean", "corrupt": the pairs'
+    logit differences [pairs]; "logit_diff", "p_answer": the patched runs' [pairs, cells];
+    "attribution": attribution patching's estimate of logit_diff [pairs, cells] (NaN when not computed)}.
+    """
+    import pandas as pd
+
+    groups, head_groups = store.attrs["position_groups"], store.attrs["head_groups"]
+    n = store.n_rows
+    frames, columns = [], {"logit_diff": [], "p_answer": [], "attribution": []}
+    for d, direction in enumerate(store.attrs["directions"]):
+        for site in SITES:
+            exact = store.array(f"patching/{site}_logit_diff")[:, d].astype(float)
+            grid = exact.shape[1:]
+            columns["logit_diff"].append(exact.reshape(n, -1))
+            columns["p_answer"].append(store.array(f"patching/{site}_p_answer")[:, d].astype(float).reshape(n, -1))
+            columns["attribution"].append(
+                store.array(f"attribution/{site}_logit_diff")[:, d].astype(float).reshape(n, -1))
+            index = np.indices(grid).reshape(len(grid), -1)
+            if site == "z":
+                layer, head, position = index[0], index[1], [head_groups[k] for k in index[2]]
+            else:
+                layer, head, position = index[0], np.full(index.shape[1], -1), [groups[g] for g in index[1]]
+            frames.append(pd.DataFrame({"direction": direction, "site": site, "layer": layer, "position": position,
+                                        "head": head}))
+    values = {name: np.concatenate(parts, axis=1) for name, parts in columns.items()}
+    values["clean"] = store.array("pairs/clean_logit_diff").astype(float)
+    values["corrupt"] = store.array("pairs/corrupt_logit_diff").astype(float)
+    return pd.concat(frames, ignore_index=True), values
+
+
 def patching_cells(store, seed: int = BOOTSTRAP_SEED, resamples: int = BOOTSTRAP_RESAMPLES):
     """Return one row per cell of an open patching store's grids (both directions, every site).
 
@@ -37,36 +71,15 @@ def patching_cells(store, seed: int = BOOTSTRAP_SEED, resamples: int = BOOTSTRAP
     bootstrap over pairs), attribution_recovery (the same ratio for attribution patching's estimate;
     NaN when it was not computed).
     """
-    import pandas as pd
-
-    groups, head_groups = store.attrs["position_groups"], store.attrs["head_groups"]
-    clean = store.array("pairs/clean_logit_diff").astype(float)
-    corrupt = store.array("pairs/corrupt_logit_diff").astype(float)
-    n = len(clean)
-    weights = resample_weights(n, resamples, seed)  # [resamples, pairs]
-    frames = []
-    for d, direction in enumerate(store.attrs["directions"]):
-        for site in SITES:
-            exact = store.array(f"patching/{site}_logit_diff")[:, d].astype(float)
-            grid = exact.shape[1:]
-            flat = exact.reshape(n, -1)
-            estimate = store.array(f"attribution/{site}_logit_diff")[:, d].astype(float).reshape(n, -1)
-            p_answer = store.array(f"patching/{site}_p_answer")[:, d].astype(float).reshape(n, -1)
-            boot = recovery(weights @ flat, (weights @ clean)[:, None], (weights @ corrupt)[:, None])
-            index = np.indices(grid).reshape(len(grid), -1)
-            if site == "z":
-                layer, head, position = index[0], index[1], [head_groups[k] for k in index[2]]
-            else:
-                layer, head, position = index[0], np.full(index.shape[1], -1), [groups[g] for g in index[1]]
-            frames.append(pd.DataFrame({
-                "direction": direction, "site": site, "layer": layer, "position": position, "head": head, "n": n,
-                "logit_diff": flat.mean(0), "p_answer": p_answer.mean(0),
-                "recovery": recovery(flat.mean(0), clean.mean(), corrupt.mean()),
-                "recovery_low": np.nanpercentile(boot, 2.5, axis=0),
-                "recovery_high": np.nanpercentile(boot, 97.5, axis=0),
-                "attribution_recovery": recovery(estimate.mean(0), clean.mean(), corrupt.mean()),
-            }))
-    return pd.concat(frames, ignore_index=True)
+    cells, values = cell_values(store)
+    clean, corrupt, exact = values["clean"], values["corrupt"], values["logit_diff"]
+    weights = resample_weights(len(clean), resamples, seed)  # [resamples, pairs]
+    boot = recovery(weights @ exact, (weights @ clean)[:, None], (weights @ corrupt)[:, None])
+    return cells.assign(
+        n=len(clean), logit_diff=exact.mean(0), p_answer=values["p_answer"].mean(0),
+        recovery=recovery(exact.mean(0), clean.mean(), corrupt.mean()),
+        recovery_low=np.nanpercentile(boot, 2.5, axis=0), recovery_high=np.nanpercentile(boot, 97.5, axis=0),
+        attribution_recovery=recovery(values["attribution"].mean(0), clean.mean(), corrupt.mean()))
 
 
 def pair_summary(store) -> dict:
@@ -115,8 +128,9 @@ def patching(paths) -> dict:
                                                                      "pearson"])}
 
 
-def _heatmap(ax, values: np.ndarray, rows: list, columns: list, title: str, ylabel: str, xlabel: str):
-    """Draw ``values`` [rows, columns] as a recovery heatmap (-1 .. 1) with the numbers in the cells."""
+def heatmap(ax, values: np.ndarray, rows: list, columns: list, title: str, ylabel: str, xlabel: str):
+    """Draw ``values`` [rows, columns] on ``ax`` as a recovery heatmap (colours -1 .. 1) with the numbers in the
+    cells; return the image (for a colour bar)."""
     image = ax.imshow(values, cmap="RdBu", vmin=-1, vmax=1, aspect="auto")
     long = any(len(str(c)) > 3 for c in columns)
     ax.set_xticks(range(len(columns)), columns, rotation=45 if long else 0, ha="right" if long else "center")
@@ -150,7 +164,7 @@ def position_heatmaps(cells, direction: str, model: str = "", compared: str = ""
         grid = part[part["site"] == site].pivot(index="layer", columns="position", values="recovery")[groups]
         last = grid.index.max()
         labels = [f"{l} (final)" if site == "resid_pre" and l == last else str(l) for l in grid.index]
-        image = _heatmap(ax, grid.to_numpy(), labels, groups, site, "layer", "position group")
+        image = heatmap(ax, grid.to_numpy(), labels, groups, site, "layer", "position group")
     figure.colorbar(image, ax=list(axes[0]), label="recovery of logit(answer) - logit(wrong)", shrink=0.85)
     figure.suptitle(f"Activation patching{title}: {DIRECTION_TITLES.get(direction, direction)}")
     caption = (f"Recovery of logit(answer) - logit(wrong) when one site (resid_pre, attn_out, mlp_out) of one layer "
@@ -169,7 +183,7 @@ def head_heatmaps(cells, direction: str, model: str = "", compared: str = "") ->
     image = None
     for ax, position in zip(axes[0], positions):
         grid = part[part["position"] == position].pivot(index="layer", columns="head", values="recovery")
-        image = _heatmap(ax, grid.to_numpy(), [str(l) for l in grid.index], [str(h) for h in grid.columns],
+        image = heatmap(ax, grid.to_numpy(), [str(l) for l in grid.index], [str(h) for h in grid.columns],
                          f"head output patched at: {position}", "layer", "head")
     figure.colorbar(image, ax=list(axes[0]), label="recovery", shrink=0.85)
     figure.suptitle(f"Head patching{title}: {DIRECTION_TITLES.get(direction, direction)}")

@@ -8,12 +8,17 @@ def add_parser(subparsers) -> None:
         description="Compare recordings of several models on the same prompts: accuracy against masks (and the "
         "filler control) with Wilson 95%% intervals, split into held-in and held-out categories; each model's "
         "change against the first (the reference) on the same prompts with bootstrap intervals; the attribution "
-        "table; attention from the answer position to the masks per layer x head and its change. A model is the "
-        "store's model id plus its adapter (record --adapter); stores of one model pool their rows. "
-        "Writes DIR/report.md, DIR/tables/*.csv, DIR/figures/*.png and DIR/provenance.json.")
+        "table; attention from the answer position to the masks per layer x head and its change. Given patching "
+        "stores (`patch`, one per model), it shows every model's patching maps (recovery per layer x position "
+        "group and per layer x head) side by side and their change against the reference on the same prompt "
+        "pairs, in recovery and in logits, with paired bootstrap intervals; given ablation stores (`ablate`), "
+        "accuracy with the heads ablated and its change. A model is the store's model id plus its adapter "
+        "(--adapter); record stores of one model pool their rows. A store of another kind, or one that cannot be "
+        "paired with the reference's, is left out with a note. Writes DIR/report.md, DIR/tables/*.csv, "
+        "DIR/figures/*.png and DIR/provenance.json.")
     parser.add_argument("stores", nargs="+", metavar="STORE",
-                        help="HDF5 stores written by `mdlm-interp record` (or folders searched for .h5 stores); "
-                        "the first model is the reference (before)")
+                        help="HDF5 stores written by `mdlm-interp record`, `patch` or `ablate` (or folders searched "
+                        "for .h5 stores); the first model (of the record stores, if any) is the reference (before)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created; files in it are replaced)")
     parser.add_argument("--held-in", default=None, metavar="C1,C2,...",
                         help="the relevant categories the fine-tuning data covered (default "
@@ -22,7 +27,9 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    """Check the stores, write the comparison, print its findings and where the report is."""
+    """Check the stores, write the comparison, print its notes, findings and where the report is."""
+    import json
+
     from mdlm_interp.compare import write_comparison
     from mdlm_interp.errors import UsageError
     from mdlm_interp.tasks import CATEGORIES, SFT_CATEGORIES
@@ -34,7 +41,8 @@ def run(args) -> int:
         if unknown:
             raise UsageError(f"unknown categories {unknown}; choose from {', '.join(CATEGORIES)}")
     report = write_comparison(args.stores, args.out, held_in=held_in, command_line=args.command_line)
-    findings = report.read_text().split("## Findings\n\n", 1)[1].split("\n\n", 1)[0]
-    print(findings)
+    for note in json.loads((report.parent / "provenance.json").read_text())["notes"]:
+        print(f"note: {note}")
+    print(report.read_text().split("## Findings\n\n", 1)[1].split("\n\n", 1)[0])
     print(f"report: {report}")
     return 0
