@@ -476,41 +476,53 @@ def ablation_change(paths, models: list, notes: list):
     return pd.DataFrame(out)
 
 
-def patching_change_figure(change, compared: str, direction: str) -> FigureOut:
-    """Return heatmaps of the change in recovery against the reference at one comparison and direction: a row per
-    model, a panel per residual site (layer x position group) and per head group (layer x head)."""
+def patching_change_figure(change, compared: str, direction: str, value: str = "change") -> FigureOut:
+    """Return heatmaps of one comparison and direction of ``patching_change``, a panel per residual site (layer x
+    position group) and per head group (layer x head). ``value`` "change": a row per model, its recovery minus
+    the reference's; "effect": a row per model with the reference first, the effect of the patch in logits."""
     part = change[(change["comparison"] == compared) & (change["direction"] == direction)]
+    reference = part["reference"].iloc[0]
     models = list(dict.fromkeys(part["model"]))
+    rows = [(m, part[part["model"] == m], value) for m in models]
+    if value == "effect":
+        rows.insert(0, (reference, rows[0][1], "reference_effect"))
     heads = part[part["site"] == "z"]
     head_groups = list(dict.fromkeys(heads["position"]))
     n_groups = part[part["site"] == "resid_pre"]["position"].nunique()
     ratios = [n_groups] * len(RESIDUAL_SITES) + [max(heads["head"].max() + 1, 2)] * len(head_groups)
     width = (0.45 * sum(ratios) + 1.1 * len(ratios)) / len(ratios)
-    figure, axes = new_figure(len(models), len(ratios), width=width, height=3.2, gridspec_kw={"width_ratios": ratios})
+    figure, axes = new_figure(len(rows), len(ratios), width=width, height=3.2, gridspec_kw={"width_ratios": ratios})
+    spread = float(part[["effect", "reference_effect"]].abs().max().max())
+    limit, digits = (1.0, 2) if value == "change" else (max(spread, 1e-6), 1)
     image = None
-    for row, model in zip(axes, models):
-        mine = part[part["model"] == model]
-        for ax, site in zip(row, RESIDUAL_SITES):
+    for axes_row, (model, mine, column) in zip(axes, rows):
+        for ax, site in zip(axes_row, RESIDUAL_SITES):
             cells = mine[mine["site"] == site]
             groups = list(dict.fromkeys(cells["position"]))
-            grid = cells.pivot(index="layer", columns="position", values="change")[groups]
-            image = heatmap(ax, grid.to_numpy(), [str(l) for l in grid.index], groups, site, "layer", "position group")
-        for ax, group in zip(row[len(RESIDUAL_SITES):], head_groups):
+            grid = cells.pivot(index="layer", columns="position", values=column)[groups]
+            image = heatmap(ax, grid.to_numpy(), [str(l) for l in grid.index], groups, site, "layer", "position group",
+                            limit, digits)
+        for ax, group in zip(axes_row[len(RESIDUAL_SITES):], head_groups):
             cells = mine[(mine["site"] == "z") & (mine["position"] == group)]
-            grid = cells.pivot(index="layer", columns="head", values="change")
+            grid = cells.pivot(index="layer", columns="head", values=column)
             image = heatmap(ax, grid.to_numpy(), [str(l) for l in grid.index], [str(h) for h in grid.columns],
-                            f"head output at: {group}", "layer", "head")
-        row[0].set_ylabel(f"{model}\nlayer")
-    figure.colorbar(image, ax=list(axes.ravel()), label="change in recovery against the reference", shrink=0.8)
-    reference = part["reference"].iloc[0]
-    figure.suptitle(f"Activation patching, {compared}: change in recovery against {reference}\n"
-                    f"({DIRECTION_TITLES.get(direction, direction)})")
-    caption = (f"Recovery of each model minus {reference}'s on the same prompt pairs ({compared}, "
-               f"{DIRECTION_TITLES.get(direction, direction)}): resid_pre, attn_out and mlp_out per layer x position "
-               f"group "
-               f"(the last resid_pre row is the final residual), and each head's output per layer x head. "
-               f"Intervals: tables/patching_change.csv.")
-    return FigureOut(f"patching_change_{slug(compared)}_{direction}", figure, caption)
+                            f"head output at: {group}", "layer", "head", limit, digits)
+        axes_row[0].set_ylabel(f"{model}\nlayer")
+    words = DIRECTION_TITLES.get(direction, direction)
+    if value == "change":
+        label, title = "change in recovery against the reference", f"change in recovery against {reference}"
+        caption = (f"Recovery of each model minus {reference}'s on the same prompt pairs ({compared}, {words}): "
+                   f"resid_pre, attn_out and mlp_out per layer x position group (the last resid_pre row is the final "
+                   f"residual), and each head's output per layer x head. Intervals: tables/patching_change.csv.")
+    else:
+        label, title = "effect of the patch in logits", "effect of each patch in logits"
+        caption = (f"The effect of each patch in logits ({compared}, {words}): the patched run's logit(answer) - "
+                   f"logit(wrong) minus the receiving run's own, mean over the pairs the models share, {reference} "
+                   f"first; unlike recovery it is not divided by each model's own clean - corrupt gap. Intervals of "
+                   f"the paired change: tables/patching_change.csv.")
+    figure.colorbar(image, ax=list(axes.ravel()), label=label, shrink=0.8)
+    figure.suptitle(f"Activation patching, {compared}: {title}\n({words})")
+    return FigureOut(f"patching_{value}_{slug(compared)}_{direction}", figure, caption)
 
 
 def patching_findings(tables: dict, change) -> list[str]:
@@ -578,7 +590,8 @@ def ablation_findings(tables: dict, change) -> list[str]:
 def patching_maps(tables: dict, change, models: list) -> list[list[FigureOut]]:
     """Return the patching figures as rows to show side by side: per comparison and direction, the layer x
     position-group maps of every model (``analyses.patching.position_heatmaps``), their layer x head maps
-    (``head_heatmaps``), then the change against the reference (``patching_change_figure``)."""
+    (``head_heatmaps``), then the change in recovery against the reference and every model's effect in logits
+    (``patching_change_figure``)."""
     cells = tables["patching_cells"]
     rows = []
     for compared in dict.fromkeys(cells["comparison"]):
@@ -588,7 +601,7 @@ def patching_maps(tables: dict, change, models: list) -> list[list[FigureOut]]:
             for draw in (position_heatmaps, head_heatmaps):
                 rows.append([draw(here[here["model"] == m], direction, m, compared) for m in present])
             if not change.empty and ((change["comparison"] == compared) & (change["direction"] == direction)).any():
-                rows.append([patching_change_figure(change, compared, direction)])
+                rows += [[patching_change_figure(change, compared, direction, value)] for value in ("change", "effect")]
     return rows
 
 

@@ -143,8 +143,8 @@ def test_compare_pairs_patching_stores_by_prompt_and_reports_the_change(stores):
     mine = cells[cells["model"] == "organism+organism-ma"]
     np.testing.assert_allclose(mine["recovery"], own["recovery"], rtol=1e-5)
     figures = {p.name for p in (root / "report" / "figures").iterdir()}
-    assert {"patching_change_1vs6masks_clean_into_corrupt.png",
-            "patching_change_1vs6masks_corrupt_into_clean.png"} <= figures
+    assert {f"patching_{value}_1vs6masks_{direction}.png" for value in ("change", "effect")
+            for direction in ("clean_into_corrupt", "corrupt_into_clean")} <= figures
     assert sum(name.startswith("patching_positions_") for name in figures) == 4  # 2 models x 2 directions
     text = report.read_text()
     assert "![patching_change_1vs6masks_clean_into_corrupt]" in text and "(no record store)" in text

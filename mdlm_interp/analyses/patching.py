@@ -128,10 +128,11 @@ def patching(paths) -> dict:
                                                                      "pearson"])}
 
 
-def heatmap(ax, values: np.ndarray, rows: list, columns: list, title: str, ylabel: str, xlabel: str):
-    """Draw ``values`` [rows, columns] on ``ax`` as a recovery heatmap (colours -1 .. 1) with the numbers in the
-    cells; return the image (for a colour bar)."""
-    image = ax.imshow(values, cmap="RdBu", vmin=-1, vmax=1, aspect="auto")
+def heatmap(ax, values: np.ndarray, rows: list, columns: list, title: str, ylabel: str, xlabel: str,
+            limit: float = 1.0, digits: int = 2):
+    """Draw ``values`` [rows, columns] on ``ax`` as a heatmap with colours from -``limit`` to ``limit`` (recovery:
+    -1 .. 1) and the numbers in the cells (``digits`` decimals); return the image (for a colour bar)."""
+    image = ax.imshow(values, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
     long = any(len(str(c)) > 3 for c in columns)
     ax.set_xticks(range(len(columns)), columns, rotation=45 if long else 0, ha="right" if long else "center")
     ax.set_yticks(range(len(rows)), rows)
@@ -140,8 +141,9 @@ def heatmap(ax, values: np.ndarray, rows: list, columns: list, title: str, ylabe
     ax.set_ylabel(ylabel)
     for (r, c), value in np.ndenumerate(values):
         if np.isfinite(value):
-            ax.text(c, r, f"{value:.2f}".replace("-0.00", "0.00"), ha="center", va="center", fontsize=6.5,
-                    color="white" if abs(value) > 0.6 else "black")
+            zero = f"{0:.{digits}f}"
+            ax.text(c, r, f"{value:.{digits}f}".replace(f"-{zero}", zero), ha="center", va="center", fontsize=6.5,
+                    color="white" if abs(value) > 0.6 * limit else "black")
     return image
 
 
