@@ -30,8 +30,10 @@ Tables (``tables/NAME.csv``):
   mask count, setting and mode, each model's accuracy minus the reference's on the same prompts, and
   the change of the ablation's effect (ablated minus unablated accuracy), paired bootstrap intervals.
 
-What the shipped adapters changed in organism-llada (README, "MA-loss fine-tuning and before/after
-comparison"): PLACEHOLDER
+What the shipped adapters changed in organism-llada is in the README ("MA-loss fine-tuning and
+before/after comparison", "On organism-llada"): the collapse route (head L0.H1 at the answer slot) is
+still the only route of the remaining 1 vs 50 mask gap, but worth about a fifth of the logits, and the
+layer-2/3 MLPs that amplified it hardly respond any more.
 """
 
 import json

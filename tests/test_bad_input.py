@@ -205,3 +205,29 @@ def test_a_closed_pipe_is_not_a_traceback(tmp_path):
     reader.stdout.close()  # like `| head -1`
     assert reader.wait(timeout=60) == 0
     assert reader.stderr.read().decode() == ""
+
+
+def every_parser(parser, prog="mdlm-interp"):
+    """Yield (prog, parser) for the parser and every subcommand under it, depth first."""
+    import argparse
+
+    yield prog, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from every_parser(sub, f"{prog} {name}")
+
+
+def test_every_flag_of_every_command_is_explained():
+    """`--help` explains every flag and renders cleanly: no option without help text, no '%%' left over
+    from a description written as if argparse formatted it (it only formats help strings)."""
+    from mdlm_interp.cli import build_parser
+
+    commands = list(every_parser(build_parser()))
+    assert len(commands) > 15
+    for prog, parser in commands:
+        text = parser.format_help()
+        assert "%%" not in text and "%(" not in text, prog
+        for action in parser._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help and action.help.strip(), f"{prog} {action.option_strings[0]} has no help"

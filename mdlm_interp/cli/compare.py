@@ -6,7 +6,7 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "compare", help="compare stores of several models (e.g. before and after MA-loss fine-tuning) side by side",
         description="Compare recordings of several models on the same prompts: accuracy against masks (and the "
-        "filler control) with Wilson 95%% intervals, split into held-in and held-out categories; each model's "
+        "filler control) with Wilson 95% intervals, split into held-in and held-out categories; each model's "
         "change against the first (the reference) on the same prompts with bootstrap intervals; the attribution "
         "table; attention from the answer position to the masks per layer x head and its change. Given patching "
         "stores (`patch`, one per model), it shows every model's patching maps (recovery per layer x position "
