@@ -18,23 +18,9 @@ medians (the machine is shared and noisy). On a batch of prompt pairs (the same 
 """
 
 import argparse
-import statistics
-import time
 
 import torch
-
-
-def median_times(runs: dict, repeats: int) -> dict:
-    """Return name -> median seconds, running the callables in turns after one warm-up each."""
-    times = {name: [] for name in runs}
-    for run in runs.values():
-        run()
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+from timing import median_times
 
 
 def main() -> None:

@@ -18,26 +18,12 @@ Models: the shipped organism-llada and organism-dream, and a random LLaDA of the
 """
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-
-
-def median_times(runs: dict, repeats: int) -> dict:
-    """Return name -> median seconds, running the callables in turns after one warm-up each."""
-    times = {name: [] for name in runs}
-    for run in runs.values():
-        run()
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+from timing import median_times
 
 
 def measure(lm, label: str, masks: int, batch_size: int, repeats: int) -> None:

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from bench_record import median_times
+from timing import median_times
 
 
 def main() -> None:

@@ -14,14 +14,12 @@ process and compared by medians:
 """
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_record import median_times  # noqa: E402
+from timing import median_times
 
 
 def main() -> None:

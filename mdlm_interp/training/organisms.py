@@ -120,9 +120,10 @@ def pretrain_organism(family: str, out: str, *, preset: str = "organism", seed: 
                    eval_prompts=eval_prompts, masks=masks, dtype=dtype, out=out)
     config = build_config(family, preset, seed, steps=steps, sft_steps=sft_steps, init=init, lr=lr, sft_lr=sft_lr,
                           batch_tokens=batch_tokens, threads=threads, eval_every=eval_every)
-    if family == "dream" and not init:  # after every check, so that an error stays one line
-        print("mdlm-interp: note: dream without --init trains from random weights (the recipe starts from "
-              "the llama twin)", file=sys.stderr)
+    recipe_init = next((o["init"] for o in ORGANISMS.values() if o["family"] == family and "init" in o), None)
+    if recipe_init and not init:  # after every check, so that an error stays one line
+        print(f"mdlm-interp: note: {family} without --init trains from random weights (the organism recipe "
+              f"starts from {recipe_init})", file=sys.stderr)
     with staged_dir(out) as staging:  # replaces out (old checkpoint and train_state) once complete
         if overwrite:
             shutil.rmtree(state, ignore_errors=True)
