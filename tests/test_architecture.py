@@ -96,3 +96,38 @@ def test_each_rule_catches_its_violation(tmp_path, relative, text, expected):
     write(root, relative, text)
     found = violations(root)
     assert len(found) == 1 and expected in found[0], found
+
+
+BENCHMARKS = PACKAGE.parent / "benchmarks"
+
+
+def top_level_names(file: Path) -> set[str]:
+    """Return the names a module defines or imports at its top level."""
+    names = set()
+    for node in ast.parse(file.read_text(encoding="utf-8")).body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(alias.asname or alias.name).split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.Assign):
+            names |= {target.id for target in node.targets if isinstance(target, ast.Name)}
+    return names
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in BENCHMARKS.glob("*.py")))
+def test_benchmarks_import_what_exists(script):
+    """`make bench` runs these outside the tests: every import must resolve (a script of this folder and
+    the names taken from it, or an installed module), so that a renamed helper cannot break it unseen."""
+    import importlib.util
+
+    for node in ast.walk(ast.parse((BENCHMARKS / script).read_text(encoding="utf-8"))):
+        modules = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
+            [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+        for module in modules:
+            local = BENCHMARKS / f"{module}.py"
+            if local.is_file():
+                missing = {alias.name for alias in node.names} - top_level_names(local) \
+                    if isinstance(node, ast.ImportFrom) else set()
+                assert not missing, f"{script} imports {sorted(missing)} from {module}, which lacks them"
+            else:
+                assert importlib.util.find_spec(module.split(".")[0]) is not None, f"{script} imports {module}"
