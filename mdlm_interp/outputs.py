@@ -2,23 +2,35 @@
 folders and files that replace an existing one only once they are complete.
 
 Every command that writes a store, a checkpoint folder or a file goes through here, so the rules are
-the same everywhere: an existing non-empty output is refused unless the caller passes ``overwrite``;
-the new output is built next to the old one and swapped in only when it is complete (a failure or a
-kill leaves the old output as it was); and two processes never write the same output (the second
-is refused while the first holds ``OUTPUT.lock``, a lock that the kernel releases if the holder dies).
+the same everywhere: an output is a new path or, with ``overwrite``, a regular file (or folder) of the
+kind the toolkit writes, never a device, FIFO, socket, a symbolic link to one or a system path; it is
+never one of the command's inputs nor another output of the same command; the new output is built
+next to the old one and swapped in only when it is complete (a failure or a kill leaves the old
+output as it was), with one file mode (``file_mode()``); and two processes never write the same
+output (the second is refused while the first holds ``OUTPUT.lock``, a lock that the kernel releases
+if the holder dies). A command claims all its outputs at once, before any work, with
+``claim_outputs``; the command line releases its claims when the command ends (``release_claims``).
 """
 
 import errno
 import fcntl
 import os
 import shutil
+import stat
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mdlm_interp.errors import UsageError
 
 LOCK_SUFFIX = ".lock"
+FILE_MODE = 0o644  # every file the toolkit writes, less the umask
+SYSTEM_ROOTS = ("/dev", "/proc", "/sys", "/boot", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/run",
+                "/usr/bin", "/usr/sbin", "/usr/lib", "/usr/include", "/usr/share")
+SIGNATURES = {".h5": (b"\x89HDF\r\n\x1a\n", "HDF5"), ".png": (b"\x89PNG\r\n\x1a\n", "PNG")}  # what an
+# existing output with that suffix starts with when the toolkit wrote it
+_HELD: dict[str, list] = {}  # lock file -> [fd, depth] of the locks this process holds (a lock nests)
 
 
 def output_path(path) -> Path:
@@ -27,6 +39,75 @@ def output_path(path) -> Path:
     if not text.strip() or Path(text).name in ("", ".", ".."):
         raise UsageError(f"output path {text!r} names no file or folder")
     return Path(text)
+
+
+def file_mode() -> int:
+    """Return the mode of every file the toolkit writes: ``FILE_MODE`` less the process umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return FILE_MODE & ~mask
+
+
+def check_output_kind(path, *, folder: bool = False) -> None:
+    """Raise UsageError unless ``path`` may be an output: new, or an existing regular file (``folder``: a
+    folder), not a system path; a symbolic link is judged by what it points to (a dangling one is refused)."""
+    path = Path(path)
+    resolved = os.path.realpath(path)
+    for root in SYSTEM_ROOTS:
+        if resolved == root or resolved.startswith(root.rstrip("/") + "/"):
+            raise UsageError(f"cannot write {path}: {resolved} is a system path; choose an output outside {root}")
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise UsageError(f"cannot write {path}: it is a symbolic link to a missing path") from None
+        return
+    except OSError as error:
+        raise UsageError(f"cannot write {path}: {error.strerror or error}") from None
+    if folder and not stat.S_ISDIR(mode):
+        raise UsageError(f"output {path} is {_kind(mode)}, not a folder")
+    if not folder and not stat.S_ISREG(mode):
+        raise UsageError(f"output {path} is {_kind(mode)}, not a regular file"
+                         + ("" if stat.S_ISDIR(mode) else "; mdlm-interp writes only new paths or files it wrote"))
+
+
+def _kind(mode: int) -> str:
+    """Return what a file of ``mode`` is, in words ("a FIFO", "a character device", ...)."""
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISREG, "a file"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def check_signature(path) -> None:
+    """Raise UsageError if the existing file ``path`` has a suffix of ``SIGNATURES`` (.h5, .png) but does not
+    start as the toolkit's files of that kind do (so ``--overwrite`` replaces only what the toolkit wrote)."""
+    path = Path(path)
+    expected = SIGNATURES.get(path.suffix.lower())
+    if expected is None or not path.is_file():
+        return
+    signature, name = expected
+    try:
+        with open(path, "rb") as handle:
+            start = handle.read(len(signature))
+    except OSError as error:
+        raise UsageError(f"cannot read {path}: {error.strerror or error}") from None
+    if start != signature:
+        raise UsageError(f"{path} is not a {name} file (not written by mdlm-interp); remove it yourself to "
+                         "write there")
+
+
+def same_path(a, b) -> bool:
+    """Return True if ``a`` and ``b`` name the same file or folder (same resolved path, or the same inode
+    on the same device: hard links, bind mounts)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        first, second = os.stat(a), os.stat(b)
+    except OSError:
+        return False
+    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
 
 
 def lock_path(output) -> Path:
@@ -49,7 +130,14 @@ class OutputLock:
         self.fd = None
 
     def acquire(self) -> "OutputLock":
-        """Take the lock (not blocking); return self. Raises UsageError if another process holds it."""
+        """Take the lock (not blocking); return self. Raises UsageError if another process holds it.
+        Within one process the lock nests: a path this process holds is taken again (released by the
+        outermost ``release``)."""
+        key = os.path.abspath(self.path)
+        if key in _HELD:
+            _HELD[key][1] += 1
+            self.fd = _HELD[key][0]
+            return self
         while True:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -78,12 +166,20 @@ class OutputLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd = fd
+        _HELD[key] = [fd, 1]
         return self
 
     def release(self) -> None:
-        """Remove the lock file and release the lock (idempotent)."""
+        """Remove the lock file and release the lock (idempotent; a nested lock only counts down)."""
         if self.fd is None:
             return
+        key = os.path.abspath(self.path)
+        if key in _HELD:
+            _HELD[key][1] -= 1
+            if _HELD[key][1] > 0:
+                self.fd = None
+                return
+            del _HELD[key]
         try:
             os.unlink(self.path)
         except OSError:
@@ -100,7 +196,9 @@ class OutputLock:
 
 def holder(output) -> str | None:
     """Return the pid (as text, "" if unknown) of the process holding ``output``'s lock, or None if
-    no process holds it; touches nothing."""
+    no other process holds it (this process's own locks do not count); touches nothing."""
+    if os.path.abspath(lock_path(output)) in _HELD:
+        return None
     try:
         fd = os.open(lock_path(output), os.O_RDONLY)
     except OSError:
@@ -136,17 +234,18 @@ def check_folder_writable(folder: Path, output: Path) -> None:
 def check_output_file(path, *, overwrite: bool = False, flag: str = "--overwrite") -> Path:
     """Return ``path`` as a Path if a file can be written there; raise UsageError otherwise.
 
-    Refuses a folder, a missing or unwritable parent folder, an existing file unless ``overwrite``
-    (``flag`` names the option in the message), and a path another process is writing.
+    Refuses what ``check_output_kind`` refuses (a folder, a device, FIFO or socket, a system path), a
+    missing or unwritable parent folder, an existing file unless ``overwrite`` (``flag`` names the option
+    in the message) and then unless ``check_signature`` accepts it, and a path another process is writing.
     """
     path = output_path(path)
-    if path.is_dir():
-        raise UsageError(f"output {path} is a folder, not a file")
+    check_output_kind(path)
     if not path.parent.is_dir():
         raise UsageError(f"cannot write {path}: folder {path.parent} does not exist")
     check_folder_writable(path.parent, path)
     if path.exists() and not overwrite:
         raise UsageError(f"{path} exists; pass {flag} to replace it")
+    check_signature(path)
     check_not_held(path)
     return path
 
@@ -154,13 +253,12 @@ def check_output_file(path, *, overwrite: bool = False, flag: str = "--overwrite
 def check_output_dir(path, *, overwrite: bool = False, allow=()) -> Path:
     """Return ``path`` as a Path if an output folder can be written there; raise UsageError otherwise.
 
-    Refuses a file, a non-empty folder unless ``overwrite`` (entries named in ``allow``, such as a
+    Refuses what ``check_output_kind`` refuses (a file, a device, a system path), a non-empty folder unless ``overwrite`` (entries named in ``allow``, such as a
     resumable training state, do not count), a place where no folder can be created, and a folder
     another process is writing. Missing parent folders are fine (they are created).
     """
     path = output_path(path)
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"output {path} is a file, not a folder")
+    check_output_kind(path, folder=True)
     if path.is_dir() and not overwrite:
         try:
             entries = [entry.name for entry in path.iterdir() if entry.name not in allow]
@@ -223,15 +321,17 @@ def staged_dir(out, *, lock: bool = True):
 
 
 @contextmanager
-def staged_file(out, *, mode: str = "w", encoding: str | None = "utf-8"):
-    """Yield a file object on a temporary file next to ``out``; when the block succeeds the file
-    replaces ``out`` atomically (``os.replace``); otherwise it is removed and ``out`` is untouched."""
+def staged_path(out):
+    """Yield a temporary file path next to ``out`` (an empty file, for writers that open a path, like h5py);
+    when the block succeeds the file gets ``file_mode()`` and replaces ``out`` atomically (``os.replace``);
+    otherwise it is removed and ``out`` is untouched. Holds ``out``'s lock meanwhile (nesting with a claim)."""
     out = Path(out)
     with OutputLock(out):
         fd, temporary = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial")
+        os.close(fd)
         try:
-            with os.fdopen(fd, mode, encoding=encoding) as handle:
-                yield handle
+            yield Path(temporary)
+            os.chmod(temporary, file_mode())
             os.replace(temporary, out)
         except BaseException:
             try:
@@ -239,3 +339,79 @@ def staged_file(out, *, mode: str = "w", encoding: str | None = "utf-8"):
             except OSError:
                 pass
             raise
+
+
+@contextmanager
+def staged_file(out, *, mode: str = "w", encoding: str | None = "utf-8"):
+    """Yield a file object on a temporary file next to ``out``; when the block succeeds the file
+    replaces ``out`` as ``staged_path`` does (mode ``file_mode()``); otherwise ``out`` is untouched."""
+    with staged_path(out) as temporary, open(temporary, mode, encoding=encoding) as handle:
+        yield handle
+
+
+@dataclass
+class Claim:
+    """The outputs a command claimed: ``paths`` (flag -> Path, in the order given) and the locks held on them
+    until ``release()`` (also a context manager)."""
+
+    paths: dict
+    locks: list = field(default_factory=list)
+
+    def release(self) -> None:
+        """Release every lock of the claim (idempotent)."""
+        for lock in reversed(self.locks):
+            lock.release()
+        self.locks = []
+        if self in _CLAIMS:
+            _CLAIMS.remove(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.release()
+
+
+_CLAIMS: list[Claim] = []
+
+
+def claim_outputs(outputs: dict, inputs=(), *, overwrite: bool = False, folders=()) -> Claim:
+    """Check every output of a command at once, before any work, and lock them; return the ``Claim``.
+
+    outputs: flag -> path (None: not asked for), e.g. {"--out": "p.h5", "--figures": "figs"}; a flag in
+    ``folders`` is a folder output (``check_output_dir``), any other a file (``check_output_file``).
+    inputs: the paths the command reads (stores, models, adapters). Raises a one-line UsageError for an
+    output refused by those checks (existing without ``overwrite``, a device, FIFO, socket, system path,
+    a file the toolkit did not write), an output that is one of the inputs, two outputs that are one path,
+    and an output another process is writing. The claim stays registered until ``release()`` or
+    ``release_claims()`` (which the command line calls after every command).
+    """
+    paths = {}
+    for flag, path in outputs.items():
+        if path is None:
+            continue
+        paths[flag] = (check_output_dir if flag in folders else check_output_file)(path, overwrite=overwrite)
+    flags = list(paths)
+    for index, flag in enumerate(flags):
+        for other in flags[:index]:
+            if same_path(paths[flag], paths[other]):
+                raise UsageError(f"{flag} {paths[flag]} is also {other}: a command writes each output to its "
+                                 "own path")
+        for source in inputs:
+            if source is not None and same_path(paths[flag], source):
+                raise UsageError(f"{flag} {paths[flag]} is one of the command's inputs; write it elsewhere")
+    claim = Claim(paths)
+    try:
+        for path in paths.values():
+            claim.locks.append(OutputLock(path).acquire())
+    except BaseException:
+        claim.release()
+        raise
+    _CLAIMS.append(claim)
+    return claim
+
+
+def release_claims() -> None:
+    """Release every claim this process still holds (the command line calls it when a command ends)."""
+    for claim in list(_CLAIMS):
+        claim.release()

@@ -10,6 +10,7 @@ import os
 import sys
 
 from mdlm_interp.errors import UsageError
+from mdlm_interp.outputs import release_claims
 
 SUBCOMMAND_MODULES = ["model", "tasks", "pretrain", "record", "summary", "analyze", "sweep", "train_ma", "compare",
                       "patch", "heads", "ablate", "generate"]
@@ -65,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:  # the machine, not the toolkit: a full disk, a vanished file
         where = f": {error.filename}" if error.filename else ""
         return fail(f"{error.strerror or error}{where}")
+    finally:
+        release_claims()  # the outputs the command claimed (outputs.claim_outputs)
     return int(result or 0)
 
 

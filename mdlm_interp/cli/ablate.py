@@ -52,16 +52,14 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     """Check the request, load the model, ablate, write the store, print the table."""
-    from pathlib import Path
-
     from mdlm_interp.circuits.ablation import MODES
     from mdlm_interp.errors import UsageError
+    from mdlm_interp.outputs import claim_outputs
     from mdlm_interp.record import RecordConfig
     from mdlm_interp.store.writer import check_writable
 
     check_writable(args.out, overwrite=args.overwrite)
-    if args.figure is not None and not Path(args.figure).parent.is_dir():
-        raise UsageError(f"cannot write {args.figure}: its folder does not exist")
+    claim_outputs({"--out": args.out, "--figure": args.figure}, [args.model], overwrite=args.overwrite)
     unknown = set(args.modes) - set(MODES)
     if unknown or not args.modes:
         raise UsageError(f"unknown ablation mode(s) {sorted(unknown)}; choose from {', '.join(MODES)}")

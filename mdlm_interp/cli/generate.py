@@ -74,9 +74,9 @@ def run(args) -> int:
     if args.gen_length < 1 or (args.steps is not None and args.steps < 1):
         raise UsageError("--gen-length and --steps must be at least 1")
     if args.trace is not None:
-        from mdlm_interp.outputs import check_output_file
+        from mdlm_interp.outputs import claim_outputs
 
-        check_output_file(args.trace, overwrite=args.overwrite)
+        claim_outputs({"--trace": args.trace}, [args.model], overwrite=args.overwrite)
     options = {name: getattr(args, name) for name in SAMPLER_FLAGS if getattr(args, name) is not None}
 
     import torch

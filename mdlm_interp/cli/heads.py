@@ -21,6 +21,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--csv", default=None, metavar="FILE", help="also write the full table as CSV")
     parser.add_argument("--figure", default=None, metavar="FILE.png",
                         help="also draw the ranking (of the first model, setting and placement) into a PNG file")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --csv or --figure file")
     parser.set_defaults(func=run)
 
 
@@ -30,10 +31,12 @@ def run(args) -> int:
     from mdlm_interp.analyses.heads import KEYS, head_ranking, ranking_figure
     from mdlm_interp.analyses.plotting import save
     from mdlm_interp.errors import UsageError
+    from mdlm_interp.outputs import claim_outputs, staged_file
     from mdlm_interp.store import open_store
 
     if args.top is not None and args.top < 1:
         raise UsageError("--top must be at least 1")
+    claim_outputs({"--csv": args.csv, "--figure": args.figure}, [args.store], overwrite=args.overwrite)
     with open_store(args.store) as store:  # a one-line error for anything but a record store
         if "attention" not in store.groups:
             raise UsageError(f"{args.store} has no attention recorded; record with --record attention")
@@ -44,9 +47,11 @@ def run(args) -> int:
         raise UsageError(f"{args.store}: {reason}") from None
     groups = [group for _, group in ranking.groupby(KEYS + ["masks"], sort=False)]
     if args.csv:
-        ranking.to_csv(args.csv, index=False)
+        with staged_file(args.csv) as handle:
+            ranking.to_csv(handle, index=False)
     if args.figure:
-        save(ranking_figure(groups[0], args.top).figure, args.figure, stamp)
+        with staged_file(args.figure, mode="wb", encoding=None) as handle:
+            save(ranking_figure(groups[0], args.top).figure, handle, stamp)
     shown = ranking[ranking["rank"] <= args.top] if args.top else ranking
     if args.json:
         print(shown.to_json(orient="records"))

@@ -63,15 +63,14 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     """Check the request, load the model, patch, write the store, print the strongest cells."""
-    from pathlib import Path
-
     from mdlm_interp.errors import UsageError
+    from mdlm_interp.outputs import claim_outputs
     from mdlm_interp.record import Condition, RecordConfig
     from mdlm_interp.store.writer import check_writable
 
     check_writable(args.out, overwrite=args.overwrite)
-    if args.figures is not None and not Path(args.figures).parent.is_dir():
-        raise UsageError(f"cannot write figures into {args.figures}: its parent folder does not exist")
+    claim_outputs({"--out": args.out, "--figures": args.figures}, [args.model], overwrite=args.overwrite,
+                  folders={"--figures"})
     clean_masks = args.clean_masks if args.clean_masks is not None else (args.corrupt_masks if args.clean_filler else 1)
     config = RecordConfig(tasks=args.task, masks=(clean_masks, args.corrupt_masks), filler=args.filler,
                           placements=args.placement, n=args.n, n_relevant=args.n_relevant,
@@ -148,7 +147,7 @@ def report(path, tokenizer=None, figures=None, top: int = 5) -> str:
                                                         for site, r in sites.items()))
     if figures is not None:
         folder = Path(figures)
-        folder.mkdir(exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
         for direction in dict.fromkeys(cells["direction"]):
             for figure in (position_heatmaps(cells, direction), head_heatmaps(cells, direction)):
                 save(figure.figure, folder / f"{figure.name}.png", stamp)
