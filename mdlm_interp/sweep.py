@@ -4,6 +4,12 @@ A grid is data: a tuple of ``Part`` (a context setting with its mask counts, pla
 recorders). ``run_sweep`` records every (model, part, placement, mask count) into its own store under
 OUT/stores/MODEL/PART/, so a rerun after a kill skips the complete stores and resumes the partial one;
 OUT/sweep.json keeps the sweep's settings, and a rerun with other settings is refused before any work.
+A complete store already at a store's path counts only if its settings are the sweep's (else refused);
+files under OUT/stores that are no store of the sweep are left out of it (``foreign_files``).
+
+One sweep writes OUT at a time (``outputs.OutputLock`` on OUT). ``overwrite`` never deletes first: the
+new sweep is recorded into ``.OUT.overwrite`` next to OUT (a rerun after a kill continues it there) and
+its stores and sweep.json replace OUT's only once all are complete, so a kill keeps the old sweep whole.
 """
 
 import json
@@ -12,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mdlm_interp.errors import UsageError
+from mdlm_interp.outputs import OutputLock, output_path, replace_dir, staged_file
 
 ALL_RECORDERS = ("attention", "gradients", "lens")
 N_TASKS = 16
@@ -92,25 +99,75 @@ def settings_of(grid_name: str, models: list, n: int, seed: int, batch_size: int
             "seed": seed, "batch_size": batch_size}
 
 
+def sweep_json(folder: Path) -> dict | None:
+    """Return the settings of the sweep in ``folder`` (its sweep.json), None if it has none; UsageError if unreadable."""
+    manifest = folder / "sweep.json"
+    if not manifest.exists():
+        return None
+    try:
+        old = json.loads(manifest.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UsageError(f"{manifest} is not a sweep's settings ({str(error).splitlines()[0]})") from None
+    if not isinstance(old, dict) or not isinstance(old.get("settings"), dict):
+        raise UsageError(f"{manifest} is not a sweep's settings (no settings object)")
+    return old["settings"]
+
+
+def differing(settings: dict, old: dict) -> str | None:
+    """Return the first key of ``settings`` whose value ``old`` does not repeat (None if all do)."""
+    for key in settings:
+        if json.loads(json.dumps(settings[key])) != old.get(key):
+            return key
+    return None
+
+
 def check_sweep(out, settings: dict, overwrite: bool) -> Path:
-    """Make ``out`` ready for a sweep; UsageError (nothing touched) if it holds a sweep with other settings
-    and ``overwrite`` is not set, or if it cannot be created."""
-    out = Path(out)
+    """Return the folder to record into: ``out`` (new, empty or holding this sweep), or with ``overwrite``
+    of an existing sweep its staging folder ``.OUT.overwrite`` (kept if it holds this sweep, else emptied).
+    UsageError, nothing touched, if ``out`` names no folder, is a file, or holds a sweep with other settings
+    and ``overwrite`` is not set."""
+    out = output_path(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder")
-    manifest = out / "sweep.json"
-    if manifest.exists() and not overwrite:
-        old = json.loads(manifest.read_text())
-        old_settings = old.get("settings", {})
-        for key in settings:
-            if json.loads(json.dumps(settings[key])) != old_settings.get(key):
-                raise UsageError(f"{out} holds a sweep with other {key} ({json.dumps(old_settings.get(key))[:80]} "
-                                 f"there, {json.dumps(settings[key])[:80]} here); use another --out or --overwrite")
+    old = sweep_json(out)
+    if old is not None and not overwrite:
+        key = differing(settings, old)
+        if key is not None:
+            raise UsageError(f"{out} holds a sweep with other {key} ({json.dumps(old.get(key))[:80]} "
+                             f"there, {json.dumps(settings[key])[:80]} here); use another --out or --overwrite")
+    target = out
+    if overwrite and (old is not None or (out / "stores").exists()):
+        target = out.with_name(f".{out.name}.overwrite")
+        staged = sweep_json(target) if target.is_dir() else None
+        if staged is None or differing(settings, staged) is not None:
+            shutil.rmtree(target, ignore_errors=True)
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        target.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise UsageError(f"cannot create {out}: {error.strerror or error}") from None
-    return out
+        raise UsageError(f"cannot create {target}: {error.strerror or error}") from None
+    return target
+
+
+def expected_settings(unit: Unit, n: int, seed: int, batch_size: int, dtype: str, fingerprint: str) -> dict:
+    """Return the settings ``record`` writes into ``unit``'s store (masks left out for a causal model, which
+    records none), as JSON reads them back."""
+    from mdlm_interp.record import RecordConfig
+
+    config = RecordConfig(masks=[unit.masks], filler=unit.part.filler, placements=[unit.placement], n=n,
+                          n_relevant=unit.part.n_relevant, n_distractor=unit.part.n_distractor,
+                          record=list(unit.part.record), seed=seed)
+    expected = {**config.settings(), "model_id": unit.model, "weights_fingerprint": fingerprint,
+                "batch_size": batch_size, "dtype": dtype}
+    if unit.causal:
+        expected.pop("masks")
+    return json.loads(json.dumps(expected))
+
+
+def foreign_files(out, paths) -> list[Path]:
+    """Return the files under OUT/stores that are not among the sweep's store ``paths`` (left out of it)."""
+    planned = {Path(p).resolve() for p in paths}
+    stores = Path(out) / "stores"
+    return sorted(p for p in stores.rglob("*") if p.is_file() and p.resolve() not in planned) if stores.is_dir() else []
 
 
 def run_sweep(grid_name: str, models: list, *, n: int, out, seed: int = 0, batch_size: int = 8,
@@ -119,13 +176,14 @@ def run_sweep(grid_name: str, models: list, *, n: int, out, seed: int = 0, batch
     """Record grid ``grid_name`` for every model into OUT/stores (resuming what a killed run left) and return
     the store paths. One progress bar counts the rows of the whole sweep.
 
-    Bad input (unknown grid or model, n < 1, an OUT holding another sweep) raises ``UsageError`` before
-    any model is loaded. ``overwrite`` deletes OUT/stores and OUT/sweep.json first.
+    Bad input (unknown grid, model or device, n < 1, an OUT that names no folder or holds another sweep, a
+    complete store there with other settings, another sweep writing OUT) raises ``UsageError`` before any
+    model is loaded or sweep.json written. ``overwrite`` records beside OUT and replaces OUT's stores and
+    sweep.json once every store is complete (see the module docstring).
     """
-    from mdlm_interp.models import load_model
-    from mdlm_interp.models.checkpoint import read_config, resolve_checkpoint
+    from mdlm_interp.models.checkpoint import read_config, resolve_checkpoint, weights_fingerprint
     from mdlm_interp.models.families import family_for_config
-    from mdlm_interp.record import record
+    from mdlm_interp.models.loader import parse_device, parse_dtype
     from mdlm_interp.store import open_store
 
     if grid_name not in GRIDS:
@@ -134,25 +192,55 @@ def run_sweep(grid_name: str, models: list, *, n: int, out, seed: int = 0, batch
         raise UsageError("--n and --batch-size must be at least 1")
     if not models:
         raise UsageError("give at least one --model")
+    parse_device(device)
+    parse_dtype(dtype)
+    out = output_path(out)
     causal = {m: family_for_config(read_config(resolve_checkpoint(m))).causal for m in models}
     settings = settings_of(grid_name, models, n, seed, batch_size)
-    out = check_sweep(out, settings, overwrite)
-    if overwrite:
-        shutil.rmtree(out / "stores", ignore_errors=True)
-    (out / "sweep.json").write_text(json.dumps({"command_line": command_line, "settings": settings}, indent=2) + "\n")
-    units = plan_units(models, GRIDS[grid_name], causal)
-    done = {}
-    for unit in units:
-        path = unit.path(out)
-        if path.exists():
-            with open_store(path) as store:
-                done[unit] = (store.n_rows, store.attrs["status"] == "complete")
-    total = sum(u.rows(n) for u in units)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)  # for the lock file next to OUT
+    except OSError as error:
+        raise UsageError(f"cannot create {out.parent}: {error.strerror or error}") from None
+    with OutputLock(out):
+        target = check_sweep(out, settings, overwrite)
+        units = plan_units(models, GRIDS[grid_name], causal)
+        fingerprints = {m: weights_fingerprint(resolve_checkpoint(m)) for m in models}
+        done = {}
+        for unit in units:
+            path = unit.path(target)
+            if path.exists():
+                with open_store(path) as store:
+                    rows, complete, stored = store.n_rows, store.attrs["status"] == "complete", store.attrs["settings"]
+                key = differing(expected_settings(unit, n, seed, batch_size, dtype, fingerprints[unit.model]), stored)
+                if complete and key is not None:
+                    raise UsageError(f"{path} is not a store of this sweep (its {key} differs); move it away or "
+                                     "use another --out")
+                done[unit] = (rows, complete)
+        with staged_file(target / "sweep.json") as handle:
+            handle.write(json.dumps({"command_line": command_line, "settings": settings}, indent=2) + "\n")
+        record_units(units, done, target, n=n, seed=seed, batch_size=batch_size, device=device, dtype=dtype,
+                     progress=progress, command_line=command_line)
+        if target != out:
+            out.mkdir(parents=True, exist_ok=True)
+            replace_dir(target / "stores", out / "stores")
+            (target / "sweep.json").replace(out / "sweep.json")
+            shutil.rmtree(target, ignore_errors=True)
+    return [u.path(out) for u in units]
+
+
+def record_units(units, done: dict, target: Path, *, n, seed, batch_size, device, dtype, progress,
+                 command_line) -> None:
+    """Record every unit not complete in ``done`` (unit -> (rows, complete)) into ``target``/stores,
+    resuming partial stores, one model in memory at a time, under one progress bar of rows."""
+    from mdlm_interp.models import load_model
+    from mdlm_interp.record import record
+
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, initial=sum(rows for rows, _ in done.values()), unit="row", desc="sweep")
+        bar = tqdm(total=sum(u.rows(n) for u in units), initial=sum(rows for rows, _ in done.values()), unit="row",
+                   desc="sweep")
     loaded = {}
     for unit in units:
         rows, complete = done.get(unit, (0, False))
@@ -163,7 +251,7 @@ def run_sweep(grid_name: str, models: list, *, n: int, out, seed: int = 0, batch
             loaded[unit.model] = load_model(unit.model, device=device, dtype=dtype)
         if bar is not None:
             bar.set_postfix_str(f"{Path(unit.model).name} {unit.part.name} {unit.placement} masks={unit.masks}")
-        path = unit.path(out)
+        path = unit.path(target)
         path.parent.mkdir(parents=True, exist_ok=True)
         record(loaded[unit.model], out=path, masks=[unit.masks], filler=unit.part.filler,
                placements=[unit.placement], n=n, n_relevant=unit.part.n_relevant,
@@ -173,4 +261,3 @@ def run_sweep(grid_name: str, models: list, *, n: int, out, seed: int = 0, batch
             bar.update(unit.rows(n) - rows)
     if bar is not None:
         bar.close()
-    return [u.path(out) for u in units]

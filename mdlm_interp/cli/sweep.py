@@ -45,7 +45,8 @@ def add_parser(subparsers) -> None:
                         help="model dtype (default float32)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="delete DIR's stores and sweep.json first instead of continuing them")
+                        help="record a new sweep instead of continuing DIR's: it is recorded next to DIR and replaces "
+                        "DIR's stores and sweep.json once complete (a rerun after a kill continues it)")
     parser.add_argument("--no-analyze", action="store_true", help="record only; run `mdlm-interp analyze DIR` later")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -57,18 +58,22 @@ def run(args) -> int:
     import sys
     from pathlib import Path
 
-    from mdlm_interp.sweep import run_sweep
+    from mdlm_interp.sweep import foreign_files, run_sweep
 
     command_line = shlex.join(["mdlm-interp", *sys.argv[1:]])
-    run_sweep(args.grid, args.model, n=args.n, out=args.out, seed=args.seed, batch_size=args.batch_size,
-              device=args.device, dtype=args.dtype, overwrite=args.overwrite, progress=not args.no_progress,
-              command_line=command_line)
+    paths = run_sweep(args.grid, args.model, n=args.n, out=args.out, seed=args.seed, batch_size=args.batch_size,
+                      device=args.device, dtype=args.dtype, overwrite=args.overwrite, progress=not args.no_progress,
+                      command_line=command_line)
+    foreign = foreign_files(args.out, paths)
+    if foreign:
+        print(f"left out {len(foreign)} file(s) under {Path(args.out) / 'stores'} that are no store of this sweep, "
+              f"e.g. {foreign[0]}", file=sys.stderr)
     if args.no_analyze:
         print(f"recorded into {Path(args.out) / 'stores'}")
         return 0
     from mdlm_interp.analyses.report import console_table, write_report
 
-    report = write_report([Path(args.out) / "stores"], args.out, command_line=command_line)
+    report = write_report(paths, args.out, command_line=command_line)
     print(console_table(report.parent))
     print(f"report: {report}")
     return 0
