@@ -386,20 +386,18 @@ def claim_outputs(outputs: dict, inputs=(), *, overwrite: bool = False, folders=
     and an output another process is writing. The claim stays registered until ``release()`` or
     ``release_claims()`` (which the command line calls after every command).
     """
-    paths = {}
-    for flag, path in outputs.items():
-        if path is None:
-            continue
-        paths[flag] = (check_output_dir if flag in folders else check_output_file)(path, overwrite=overwrite)
+    paths = {flag: output_path(path) for flag, path in outputs.items() if path is not None}
     flags = list(paths)
     for index, flag in enumerate(flags):
+        for source in inputs:
+            if source is not None and same_path(paths[flag], source):
+                raise UsageError(f"{flag} {paths[flag]} is one of the command's inputs; write it elsewhere")
         for other in flags[:index]:
             if same_path(paths[flag], paths[other]):
                 raise UsageError(f"{flag} {paths[flag]} is also {other}: a command writes each output to its "
                                  "own path")
-        for source in inputs:
-            if source is not None and same_path(paths[flag], source):
-                raise UsageError(f"{flag} {paths[flag]} is one of the command's inputs; write it elsewhere")
+    for flag, path in paths.items():
+        (check_output_dir if flag in folders else check_output_file)(path, overwrite=overwrite)
     claim = Claim(paths)
     try:
         for path in paths.values():
