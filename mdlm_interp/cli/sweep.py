@@ -54,13 +54,12 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     """Record the grid (resuming), then write the report and print its pooled inverse-scaling table."""
-    import shlex
     import sys
     from pathlib import Path
 
     from mdlm_interp.sweep import foreign_files, run_sweep
 
-    command_line = shlex.join(["mdlm-interp", *sys.argv[1:]])
+    command_line = args.command_line
     paths = run_sweep(args.grid, args.model, n=args.n, out=args.out, seed=args.seed, batch_size=args.batch_size,
                       device=args.device, dtype=args.dtype, overwrite=args.overwrite, progress=not args.no_progress,
                       command_line=command_line)
