@@ -48,6 +48,16 @@ def file_mode() -> int:
     return FILE_MODE & ~mask
 
 
+def apply_file_mode(path) -> None:
+    """Give the file ``path``, or every file below the folder ``path``, the mode ``file_mode()`` (for files
+    that a library created with its own mode: mkstemp's 0600, h5py's or safetensors' 0666 less the umask)."""
+    path = Path(path)
+    mode = file_mode()
+    for file in (path.rglob("*") if path.is_dir() else [path]):
+        if file.is_file() and not file.is_symlink():
+            os.chmod(file, mode)
+
+
 def check_output_kind(path, *, folder: bool = False) -> None:
     """Raise UsageError unless ``path`` may be an output: new, or an existing regular file (``folder``: a
     folder), not a system path; a symbolic link is judged by what it points to (a dangling one is refused)."""
@@ -296,7 +306,8 @@ def replace_dir(new: Path, out: Path) -> None:
 
 @contextmanager
 def staged_dir(out, *, lock: bool = True):
-    """Yield an empty staging folder next to ``out``; when the block succeeds it replaces ``out``.
+    """Yield an empty staging folder next to ``out``; when the block succeeds its files get ``file_mode()``
+    and it replaces ``out``.
 
     If the block fails (or the process is killed) ``out`` is left as it was and the staging folder
     is removed (or, after a kill, removed by the next run). ``lock``: hold ``out``'s lock meanwhile
@@ -314,6 +325,7 @@ def staged_dir(out, *, lock: bool = True):
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+        apply_file_mode(staging)
         replace_dir(staging, out)
     finally:
         if held is not None:
@@ -331,7 +343,7 @@ def staged_path(out):
         os.close(fd)
         try:
             yield Path(temporary)
-            os.chmod(temporary, file_mode())
+            apply_file_mode(temporary)
             os.replace(temporary, out)
         except BaseException:
             try:

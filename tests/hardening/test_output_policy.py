@@ -200,11 +200,16 @@ def test_files_are_written_with_one_mode_under_the_umask(tmp_path, umask):
             handle.write("a,b\n")
         with outputs.staged_path(tmp_path / "store.h5") as temporary:
             hdf5(temporary)
+        with outputs.staged_dir(tmp_path / "adapter") as folder:
+            (folder / "sub").mkdir()
+            fd = os.open(folder / "sub" / "weights", os.O_WRONLY | os.O_CREAT, 0o600)  # as mkstemp makes them
+            os.close(fd)
+            (folder / "config.json").write_text("{}")
     finally:
         os.umask(old)
-    for name in ("table.csv", "store.h5"):
-        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644 & ~umask
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["store.h5", "table.csv"]  # no temporary left
+    for name in ("table.csv", "store.h5", "adapter/sub/weights", "adapter/config.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644 & ~umask, name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "store.h5", "table.csv"]  # no temporary left
 
 
 def test_a_failed_write_keeps_the_old_file(tmp_path):
