@@ -28,7 +28,7 @@ LOCK_SUFFIX = ".lock"
 FILE_MODE = 0o644  # every file the toolkit writes, less the umask
 SYSTEM_ROOTS = ("/dev", "/proc", "/sys", "/boot", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/run",
                 "/usr/bin", "/usr/sbin", "/usr/lib", "/usr/include", "/usr/share")
-SIGNATURES = {".h5": (b"\x89HDF\r\n\x1a\n", "HDF5"), ".png": (b"\x89PNG\r\n\x1a\n", "PNG")}  # what an
+SIGNATURES = {".h5": (b"\x89HDF\r\n\x1a\n", "an HDF5"), ".png": (b"\x89PNG\r\n\x1a\n", "a PNG")}  # what an
 # existing output with that suffix starts with when the toolkit wrote it
 _HELD: dict[str, list] = {}  # lock file -> [fd, depth] of the locks this process holds (a lock nests)
 
@@ -68,7 +68,7 @@ def check_output_kind(path, *, folder: bool = False) -> None:
             raise UsageError(f"cannot write {path}: {resolved} is a system path; choose an output outside {root}")
     try:
         mode = os.stat(path).st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # a new path (its folder is checked by the caller)
         if os.path.islink(path):
             raise UsageError(f"cannot write {path}: it is a symbolic link to a missing path") from None
         return
@@ -104,7 +104,7 @@ def check_signature(path) -> None:
     except OSError as error:
         raise UsageError(f"cannot read {path}: {error.strerror or error}") from None
     if start != signature:
-        raise UsageError(f"{path} is not a {name} file (not written by mdlm-interp); remove it yourself to "
+        raise UsageError(f"{path} is not {name} file (not written by mdlm-interp); remove it yourself to "
                          "write there")
 
 
@@ -246,7 +246,7 @@ def check_output_file(path, *, overwrite: bool = False, flag: str = "--overwrite
 
     Refuses what ``check_output_kind`` refuses (a folder, a device, FIFO or socket, a system path), a
     missing or unwritable parent folder, an existing file unless ``overwrite`` (``flag`` names the option
-    in the message) and then unless ``check_signature`` accepts it, and a path another process is writing.
+    in the message), and a path another process is writing.
     """
     path = output_path(path)
     check_output_kind(path)
@@ -255,7 +255,6 @@ def check_output_file(path, *, overwrite: bool = False, flag: str = "--overwrite
     check_folder_writable(path.parent, path)
     if path.exists() and not overwrite:
         raise UsageError(f"{path} exists; pass {flag} to replace it")
-    check_signature(path)
     check_not_held(path)
     return path
 
@@ -393,9 +392,9 @@ def claim_outputs(outputs: dict, inputs=(), *, overwrite: bool = False, folders=
     outputs: flag -> path (None: not asked for), e.g. {"--out": "p.h5", "--figures": "figs"}; a flag in
     ``folders`` is a folder output (``check_output_dir``), any other a file (``check_output_file``).
     inputs: the paths the command reads (stores, models, adapters). Raises a one-line UsageError for an
-    output refused by those checks (existing without ``overwrite``, a device, FIFO, socket, system path,
-    a file the toolkit did not write), an output that is one of the inputs, two outputs that are one path,
-    and an output another process is writing. The claim stays registered until ``release()`` or
+    output refused by those checks (existing without ``overwrite``, a device, FIFO, socket, system path)
+    or by ``check_signature`` (an existing .h5 or .png file the toolkit did not write), an output that is
+    one of the inputs, two outputs that are one path, and an output another process is writing. The claim stays registered until ``release()`` or
     ``release_claims()`` (which the command line calls after every command).
     """
     paths = {flag: output_path(path) for flag, path in outputs.items() if path is not None}
@@ -410,6 +409,7 @@ def claim_outputs(outputs: dict, inputs=(), *, overwrite: bool = False, folders=
                                  "own path")
     for flag, path in paths.items():
         (check_output_dir if flag in folders else check_output_file)(path, overwrite=overwrite)
+        check_signature(path)
     claim = Claim(paths)
     try:
         for path in paths.values():

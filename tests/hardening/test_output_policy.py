@@ -70,7 +70,7 @@ REFUSED = [  # (name of the case, maker of the existing path, words of the messa
     ("symlink to a socket", symlink_to(unix_socket), "a socket"),
     ("dangling symlink", dangling, "symbolic link to a missing path"),
     ("folder as a file", lambda p: (p.mkdir(), p)[1], "a folder, not a regular file"),
-    ("not HDF5 under .h5", foreign_h5, "not a HDF5 file"),
+    ("not HDF5 under .h5", foreign_h5, "not an HDF5 file"),
 ]
 
 
