@@ -150,3 +150,15 @@ def test_the_shipped_adapters_record_their_base_and_load_without_training_config
     assert lm.adapter.fingerprint == adapter_fingerprint(SHIPPED)
     result = run_cli("model", "info", "organism-llama", "--adapter", adapter)
     assert result.returncode == 2 and "was trained on weights" in result.stderr
+
+
+def test_resuming_after_the_adapter_config_changed_is_refused(tmp_path):
+    adapter = copy_adapter(tmp_path)
+    argv = ("record", "--model", "organism-llada", "--adapter", adapter, "--task", "adjective+largest", "--n", "1",
+            "--masks", "1", "--record", "attention", "--no-progress", "--out", tmp_path / "s.h5")
+    assert run_cli(*argv).returncode == 0
+    before = (tmp_path / "s.h5").read_bytes()
+    edit_config(lora_alpha=80.0)(adapter)  # the same weights, another model
+    result = run_cli(*argv, "--resume")
+    assert result.returncode == 2 and "settings.adapter.fingerprint" in result.stderr, result.stderr
+    assert (tmp_path / "s.h5").read_bytes() == before
