@@ -110,7 +110,9 @@ def run(args) -> int:
     from mdlm_interp.analyses.registry import analyses
     from mdlm_interp.analyses.report import console_table, write_report
     from mdlm_interp.errors import UsageError
+    from mdlm_interp.outputs import claim_outputs
 
+    claim_outputs({"--out": args.out}, overwrite=True, folders={"--out"})  # files in it are replaced
     only = None
     if args.only:
         only = [name.strip() for name in args.only.split(",") if name.strip()]

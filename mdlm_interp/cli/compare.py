@@ -32,8 +32,10 @@ def run(args) -> int:
 
     from mdlm_interp.compare import write_comparison
     from mdlm_interp.errors import UsageError
+    from mdlm_interp.outputs import claim_outputs
     from mdlm_interp.tasks import CATEGORIES, SFT_CATEGORIES
 
+    claim_outputs({"--out": args.out}, overwrite=True, folders={"--out"})  # files in it are replaced
     held_in = SFT_CATEGORIES
     if args.held_in is not None:
         held_in = tuple(c for c in args.held_in.split(",") if c)

@@ -149,3 +149,17 @@ def test_claims_are_released_when_a_command_ends(tiny_checkpoint, tmp_path, no_m
     with pytest.raises(AssertionError, match="a model was loaded"):  # the command fails after claiming --trace
         run_cli("generate", "--model", tiny_checkpoint("llada"), "--prompt", "a", "--trace", out)
     assert holder(out) is None and not lock_path(out).exists()
+
+
+@pytest.mark.parametrize("command", ["analyze", "compare"])
+def test_report_folders_are_claimed_too(tmp_path, command):
+    store = hdf5(tmp_path / "s.h5")
+    os.mkfifo(tmp_path / "pipe")
+    one_line_refusal(run_cli(command, store, store, "--out", tmp_path / "pipe"), "a FIFO, not a folder")
+    fd = os.open(lock_path(tmp_path / "report"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        one_line_refusal(run_cli(command, store, store, "--out", tmp_path / "report"), "being written by another")
+    finally:
+        os.close(fd)
+    assert not (tmp_path / "report").exists()
