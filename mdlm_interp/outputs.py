@@ -262,9 +262,10 @@ def check_output_file(path, *, overwrite: bool = False, flag: str = "--overwrite
 def check_output_dir(path, *, overwrite: bool = False, allow=()) -> Path:
     """Return ``path`` as a Path if an output folder can be written there; raise UsageError otherwise.
 
-    Refuses what ``check_output_kind`` refuses (a file, a device, a system path), a non-empty folder unless ``overwrite`` (entries named in ``allow``, such as a
-    resumable training state, do not count), a place where no folder can be created, and a folder
-    another process is writing. Missing parent folders are fine (they are created).
+    Refuses what ``check_output_kind`` refuses (a file, a device, a system path), a non-empty folder
+    unless ``overwrite`` (entries named in ``allow``, such as a resumable training state, do not count),
+    a place where no folder can be created, and a folder another process is writing. Missing parent
+    folders are fine (they are created).
     """
     path = output_path(path)
     check_output_kind(path, folder=True)
@@ -394,8 +395,9 @@ def claim_outputs(outputs: dict, inputs=(), *, overwrite: bool = False, folders=
     inputs: the paths the command reads (stores, models, adapters). Raises a one-line UsageError for an
     output refused by those checks (existing without ``overwrite``, a device, FIFO, socket, system path)
     or by ``check_signature`` (an existing .h5 or .png file the toolkit did not write), an output that is
-    one of the inputs, two outputs that are one path, and an output another process is writing. The claim stays registered until ``release()`` or
-    ``release_claims()`` (which the command line calls after every command).
+    one of the inputs, two outputs that are one path, and an output another process is writing. The claim
+    stays registered until ``release()`` or ``release_claims()`` (which the command line calls after every
+    command).
     """
     paths = {flag: output_path(path) for flag, path in outputs.items() if path is not None}
     flags = list(paths)

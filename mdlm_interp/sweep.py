@@ -100,7 +100,8 @@ def settings_of(grid_name: str, models: list, n: int, seed: int, batch_size: int
 
 
 def sweep_json(folder: Path) -> dict | None:
-    """Return the settings of the sweep in ``folder`` (its sweep.json), None if it has none; UsageError if unreadable."""
+    """Return the settings of the sweep in ``folder`` (its sweep.json), None if it has none; UsageError if
+    it is unreadable."""
     manifest = folder / "sweep.json"
     if not manifest.exists():
         return None
