@@ -126,7 +126,8 @@ class DreamSamplerConfig:
                       "positions with the best top-1 probability, top-1 minus top-2 margin, or negative entropy "
                       "(generate and record --decode default to maskgit_plus, dream_generate to origin)",
                       check="choice", choices=DREAM_ALGORITHMS, decode="alg", setting="alg")
-    temperature: float = option(0.0, "sampling temperature (default 0: greedy)", check="non-negative")
+    temperature: float = option(0.0, "sampling temperature (default 0: greedy); LLaDA draws with Gumbel noise in "
+                                "float64", check="non-negative")
     top_p: float | None = option(None, "nucleus sampling threshold in (0, 1] (with --temperature)",
                                  check="probability or none")
     top_k: int | None = option(None, "keep the k most likely tokens (with --temperature)", check="count or none")
