@@ -118,6 +118,9 @@ def run(args) -> int:
     for index, text in enumerate(generation.texts):
         print(text if len(generation.texts) == 1 else f"[{index}] {text}")
     if args.trace is not None:
+        from mdlm_interp.outputs import check_output_file
+
+        check_output_file(args.trace, overwrite=args.overwrite)  # a concurrent run may have written it meanwhile
         write_trace(args.trace, trace, generation, {
             "command_line": shlex.join(["mdlm-interp", *sys.argv[1:]]), "toolkit_version": __version__,
             "model_id": lm.source, "family": lm.spec.family, "dtype": args.dtype,
