@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from mdlm_interp.decoding.config import check_option, config_class, option_type
+from mdlm_interp.decoding.config import SAMPLER_CONFIGS, check_option, config_class, option_type
 from mdlm_interp.decoding.samplers import ForwardKwargs, OnStep, dream_unmask, llada_unmask
 from mdlm_interp.errors import UsageError
 
@@ -74,8 +74,8 @@ class DecodeConfig:
         """Return the config of "llada", "llada:steps=K,block=B,cfg=C" or "dream:steps=K,alg=A,eps=E"
         (steps=masks: one step per mask, the default; block=masks: one block, the default)."""
         sampler, _, options = text.partition(":")
-        if sampler not in ("llada", "dream"):
-            raise UsageError(f"--decode must start with a sampler, llada or dream, got {text!r}")
+        if sampler not in SAMPLER_CONFIGS:
+            raise UsageError(f"--decode must start with a sampler, {' or '.join(SAMPLER_CONFIGS)}, got {text!r}")
         keys = decode_fields(sampler)
         values = {}
         for item in filter(None, options.split(",")):
@@ -86,7 +86,8 @@ class DecodeConfig:
             try:
                 values[keys[key].name] = None if value == BY_MASKS and kind is int else kind(value)
             except ValueError:
-                raise UsageError(f"--decode {key} must be a number, got {value!r}") from None
+                raise UsageError(f"--decode {key} must be {'a whole number' if kind is int else 'a number'}, "
+                                 f"got {value!r}") from None
         steps = values.pop("steps", None)
         return cls(sampler, steps, **values)
 
