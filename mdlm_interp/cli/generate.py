@@ -40,27 +40,27 @@ def add_parser(subparsers) -> None:
 
 
 def add_sampler_flags(parser) -> None:
-    """Add one flag per option of the samplers' config dataclasses (``decoding.config``): the options both
-    samplers take first, then a group per sampler; help texts and choices come from the fields."""
-    from dataclasses import MISSING, fields
+    """Add one flag per option of the samplers' config dataclasses (``decoding.config``): an option every
+    sampler has (and the generation length) once, the others in a group per sampler; help texts,
+    choices and types come from the fields."""
+    from dataclasses import fields
 
     from mdlm_interp.decoding.config import LENGTH_FLAG, SAMPLER_CONFIGS, option_label, option_type
 
-    seen = set()
-    common = [(f, cls) for cls in SAMPLER_CONFIGS.values() for f in fields(cls)
-              if all(f.name in {g.name for g in fields(other)} or f.name == cls.LENGTH
-                     for other in SAMPLER_CONFIGS.values())]
-    groups = [(parser, common)] + [(parser.add_argument_group(f"{'LLaDA' if name == 'llada' else 'Dream'}'s sampler"),
-                                    [(f, cls) for f in fields(cls)]) for name, cls in SAMPLER_CONFIGS.items()]
-    for group, items in groups:
-        for item, cls in items:
+    shared = set.intersection(*({option_label(cls, f.name) for f in fields(cls)} for cls in SAMPLER_CONFIGS.values()))
+    groups = {name: parser.add_argument_group(f"{cls.__name__.removesuffix('SamplerConfig')}'s sampler")
+              for name, cls in SAMPLER_CONFIGS.items()}
+    added = set()
+    for name, cls in SAMPLER_CONFIGS.items():
+        for item in fields(cls):
             flag = option_label(cls, item.name)
-            if flag in seen:
+            if flag in added:
                 continue
-            seen.add(flag)
-            default = item.default if flag == LENGTH_FLAG and item.default is not MISSING else None
+            added.add(flag)
+            group = parser if flag in shared else groups[name]
             group.add_argument(flag, dest=cls.LENGTH if flag == LENGTH_FLAG else item.name, type=option_type(item),
-                               choices=item.metadata["choices"], default=default, help=item.metadata["help"])
+                               choices=item.metadata["choices"], help=item.metadata["help"],
+                               default=item.default if flag == LENGTH_FLAG else None)
 
 
 def sampler_options(args, sampler: str) -> dict:
