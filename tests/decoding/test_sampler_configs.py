@@ -133,7 +133,3 @@ def test_record_refuses_bad_decode_values(tmp_path, decode, message):
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
     assert not out.exists()
 
-
-def count_cases() -> int:
-    """The bad inputs this module tries through the command line."""
-    return len(GENERATE_CASES) + 1 + len(DECODE_CASES)
