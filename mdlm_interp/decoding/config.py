@@ -160,5 +160,6 @@ def sampler_config(sampler: str, **options):
     names = [f.name for f in fields(cls)]
     wrong = sorted(set(options) - set(names))
     if wrong:
-        raise UsageError(f"{', '.join(wrong)}: not an option of the {sampler} sampler (its options: {', '.join(names)})")
+        raise UsageError(f"{', '.join(wrong)}: not an option of the {sampler} sampler "
+                         f"(its options: {', '.join(names)})")
     return cls(**options)

@@ -31,8 +31,9 @@ class DecodeConfig:
     ``sampler``: "llada" or "dream". ``steps``: denoising steps, or None for one step per mask (n steps
     for n masks). ``options``: the other ``--decode`` options as sorted (field, value) pairs of the
     sampler's config (LLaDA's ``block_length``, None for one block over all n masks, and ``cfg_scale``;
-    Dream's ``alg``, one of ``GREEDY_ALGORITHMS``, and ``eps``). Keywords name fields:
-    ``DecodeConfig("llada", block_length=5)``. Parse the command line's ``SAMPLER:key=value,...`` with ``parse``.
+    Dream's ``alg``, one of ``GREEDY_ALGORITHMS``, and ``eps``). Keywords name fields or their
+    ``--decode`` keys: ``DecodeConfig("llada", block_length=5) == DecodeConfig("llada", block=5)``. Parse
+    the command line's ``SAMPLER:key=value,...`` with ``parse``.
     """
 
     sampler: str
@@ -43,7 +44,8 @@ class DecodeConfig:
         object.__setattr__(self, "sampler", sampler)
         object.__setattr__(self, "steps", steps)
         object.__setattr__(self, "options", ())
-        given = {**dict(options), **fields_}
+        keys = {key: f.name for key, f in decode_fields(sampler).items()}  # "block" -> block_length, "cfg" -> ...
+        given = {keys.get(name, name): value for name, value in {**dict(options), **fields_}.items()}
         defaults = {f.name: self.option(f.name) for f in fields(config_class(sampler))}
         object.__setattr__(self, "options", tuple(sorted((k, v) for k, v in given.items()
                                                          if k not in defaults or v != defaults[k])))
@@ -66,8 +68,8 @@ class DecodeConfig:
         given = dict(self.options)
         if name in given:
             return given[name]
-        default = RECORD_DEFAULTS.get(self.sampler, {})
-        return default[name] if name in default else {f.name: f.default for f in fields(config_class(self.sampler))}[name]
+        defaults = {f.name: f.default for f in fields(config_class(self.sampler))}
+        return {**defaults, **RECORD_DEFAULTS.get(self.sampler, {})}[name]
 
     @classmethod
     def parse(cls, text: str) -> "DecodeConfig":

@@ -9,8 +9,8 @@ progress bar, and an ``on_step`` callback for evaluation, logs and checkpoints. 
 norm that is not finite stops the run with a ``UsageError`` before the step changes any weight. Every
 random draw belongs to the objective, seeded by its (seed, step, micro), so a run is bitwise
 reproducible for a seed and thread count (``deterministic``), and a run resumed from
-``training.run_folder.save_state`` gives the same weights as an uninterrupted one. The organisms' trainer (``training.pretrain``) and the MA-loss
-trainer (``training.ma``) both run on it.
+``training.run_folder.save_state`` gives the same weights as an uninterrupted one. The organisms'
+trainer (``training.pretrain``) and the MA-loss trainer (``training.ma``) both run on it.
 """
 
 import math

@@ -106,7 +106,8 @@ class MAConfig:
         low, high = self.extra_masks
         need(0 <= low < high, f"--extra-masks MIN:MAX needs 0 <= MIN < MAX (l1 != l2), got {low}:{high}")
         need(self.lora_r >= 1 and finite(self.lora_alpha) and self.lora_alpha > 0,
-             f"--lora-r must be at least 1 and --lora-alpha finite and positive, got {self.lora_r} and {self.lora_alpha}")
+             f"--lora-r must be at least 1 and --lora-alpha finite and positive, got {self.lora_r} and "
+             f"{self.lora_alpha}")
         unknown = [t for t in self.lora_targets if t not in PROJECTIONS]
         need(not unknown, f"unknown --lora-targets {unknown}; choose from {', '.join(PROJECTIONS)}")
         need(self.warmup >= 0 and self.save_every >= 0, "--warmup and --save-every must be >= 0")

@@ -40,7 +40,7 @@ def test_configs_fill_in_steps_and_blocks_and_options_stay_with_their_sampler():
 
 def test_decode_setting_takes_the_fields_marked_for_record():
     config = DecodeConfig.parse("llada:steps=masks,block=5,cfg=0.5")
-    assert config == DecodeConfig("llada", block_length=5, cfg_scale=0.5)
+    assert config == DecodeConfig("llada", block_length=5, cfg_scale=0.5) == DecodeConfig("llada", block=5, cfg=0.5)
     assert DecodeConfig.parse("llada:cfg=0") == DecodeConfig("llada")  # a default given is the default
     assert config.sampler_config(10) == LLaDASamplerConfig(steps=10, gen_length=10, block_length=5, cfg_scale=0.5)
     assert DecodeConfig.parse("dream:steps=3").sampler_config(6) == DreamSamplerConfig(
