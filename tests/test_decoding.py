@@ -140,16 +140,39 @@ def test_dream_sampler_matches_the_official_steps(tiny_model, padded, alg):
     assert not (got == lm.mask_token_id).any()
 
 
-def test_the_three_dream_confidences_decode_in_different_orders(tiny_model):
-    """The confidence algorithms are not the same function in disguise: their unmasking orders differ."""
+def hand_confidence(logits_row, alg):
+    """Dream's confidence of one position from its (shifted) logits [vocab], computed here from the formulas."""
+    probs = logits_row.double().softmax(-1)
+    top = probs.sort(descending=True).values
+    return {"maskgit_plus": top[0], "topk_margin": top[0] - top[1],
+            "entropy": (probs * torch.log(probs + 1e-10)).sum()}[alg].item()
+
+
+def test_each_dream_confidence_reveals_its_own_best_positions(tiny_model):
+    """Every step reveals the masked positions with the best confidence by the algorithm's own formula
+    (top-1, top-1 minus top-2, negative entropy of the prediction read one position earlier), and the
+    three formulas give three different unmasking orders on the same prompts."""
     lm = tiny_model("dream")
     prompt, _ = equal_length_pair(lm)
     orders = {}
     for alg in ("maskgit_plus", "topk_margin", "entropy"):
         order = []
-        dream_generate(lm, prompt, steps=8, max_new_tokens=8, alg=alg,
-                       on_step=lambda step, state: order.append(state.unmasked.nonzero().tolist()))
+
+        def check(step, state, alg=alg, order=order):
+            for row in range(state.ids.shape[0]):
+                masked = (state.input_ids[row] == lm.mask_token_id).nonzero()[:, 0].tolist()
+                mine = {i: hand_confidence(state.logits[row, i - 1], alg) for i in masked}
+                revealed = state.unmasked[row].nonzero()[:, 0].tolist()
+                for i in masked:
+                    assert state.confidence[row, i].item() == pytest.approx(mine[i], rel=1e-4, abs=1e-6)
+                best = sorted(masked, key=lambda i: -mine[i])[:len(revealed)]
+                assert sorted(mine[i] for i in revealed) == pytest.approx(sorted(mine[i] for i in best), abs=1e-6)
+                assert all(state.ids[row, i] == state.logits[row, i - 1].argmax() for i in revealed)
+                order.append(revealed)
+
+        dream_generate(lm, prompt, steps=8, max_new_tokens=8, alg=alg, on_step=check)
         orders[alg] = order
+        assert sum(map(len, order)) == 2 * 8  # every mask of both rows revealed once
     assert len({str(order) for order in orders.values()}) == 3
 
 

@@ -21,29 +21,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--chat", action="store_true", help="wrap each prompt in the family's chat template")
     parser.add_argument("--sampler", choices=["llada", "dream"], default=None,
                         help="which sampler (default the family's own: llada for LLaDA, dream for Dream)")
-    parser.add_argument("--gen-length", type=int, default=32, help="tokens to generate, i.e. masks appended (default 32)")
-    parser.add_argument("--steps", type=int, default=None, help="denoising steps, one forward pass each "
-                        "(default --gen-length: one token per step)")
-    parser.add_argument("--temperature", type=float, default=None,
-                        help="sampling temperature (default 0: greedy); LLaDA draws with Gumbel noise in float64")
-    llada = parser.add_argument_group("LLaDA's sampler")
-    llada.add_argument("--block-length", type=int, default=None,
-                       help="block length, dividing --gen-length; blocks are decoded left to right, steps split "
-                       "evenly over them (default --gen-length: one block)")
-    llada.add_argument("--remasking", choices=["low_confidence", "random"], default=None,
-                       help="which masked positions each step reveals: the most confident (default) or random ones")
-    llada.add_argument("--cfg-scale", type=float, default=None,
-                       help="unsupervised classifier-free guidance scale (default 0: none)")
-    dream = parser.add_argument_group("Dream's sampler")
-    dream.add_argument("--alg", choices=["origin", "maskgit_plus", "topk_margin", "entropy"], default=None,
-                       help="origin: each mask revealed with probability 1 - s/t; the others reveal the positions "
-                       "with the best top-1 probability, top-1 minus top-2 margin, or negative entropy "
-                       "(default maskgit_plus)")
-    dream.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold (with --temperature)")
-    dream.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens (with --temperature)")
-    dream.add_argument("--alg-temp", type=float, default=None,
-                       help="draw the positions to reveal from softmax(confidence / ALG_TEMP) instead of the top ones")
-    dream.add_argument("--eps", type=float, default=None, help="last timestep of the schedule (default 0.001)")
+    add_sampler_flags(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of the torch.Generator behind every random choice "
                         "(default 0)")
     parser.add_argument("--show-steps", action="store_true",
@@ -61,7 +39,40 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-SAMPLER_FLAGS = ("block_length", "remasking", "cfg_scale", "alg", "top_p", "top_k", "alg_temp", "eps", "temperature")
+def add_sampler_flags(parser) -> None:
+    """Add one flag per option of the samplers' config dataclasses (``decoding.config``): an option every
+    sampler has (and the generation length) once, the others in a group per sampler; help texts,
+    choices and types come from the fields."""
+    from dataclasses import fields
+
+    from mdlm_interp.decoding.config import LENGTH_FLAG, SAMPLER_CONFIGS, option_label, option_type
+
+    shared = set.intersection(*({option_label(cls, f.name) for f in fields(cls)} for cls in SAMPLER_CONFIGS.values()))
+    groups = {name: parser.add_argument_group(f"{cls.__name__.removesuffix('SamplerConfig')}'s sampler")
+              for name, cls in SAMPLER_CONFIGS.items()}
+    added = set()
+    for name, cls in SAMPLER_CONFIGS.items():
+        for item in fields(cls):
+            flag = option_label(cls, item.name)
+            if flag in added:
+                continue
+            added.add(flag)
+            group = parser if flag in shared else groups[name]
+            group.add_argument(flag, dest=cls.LENGTH if flag == LENGTH_FLAG else item.name, type=option_type(item),
+                               choices=item.metadata["choices"], help=item.metadata["help"],
+                               default=item.default if flag == LENGTH_FLAG else None)
+
+
+def sampler_options(args, sampler: str) -> dict:
+    """Return the sampler options given on the command line (flags left out are not in it), as fields of
+    ``sampler``'s config; the generation length and steps are left to ``generate_text``."""
+    from dataclasses import fields
+
+    from mdlm_interp.decoding.config import SAMPLER_CONFIGS
+
+    names = {f.name for cls in SAMPLER_CONFIGS.values() for f in fields(cls)} - {"steps"}
+    names -= {cls.LENGTH for cls in SAMPLER_CONFIGS.values()}
+    return {name: getattr(args, name) for name in sorted(names) if getattr(args, name) is not None}
 
 
 def run(args) -> int:
@@ -69,46 +80,52 @@ def run(args) -> int:
     import shlex
     import sys
 
+    from mdlm_interp.decoding.text import text_sampler_config
     from mdlm_interp.errors import UsageError
+    from mdlm_interp.models.checkpoint import read_config, resolve_checkpoint
+    from mdlm_interp.models.families import family_for_config
 
-    if args.gen_length < 1 or (args.steps is not None and args.steps < 1):
-        raise UsageError("--gen-length and --steps must be at least 1")
+    gen_length = args.gen_length
     if args.trace is not None:
         from mdlm_interp.outputs import claim_outputs
 
         claim_outputs({"--trace": args.trace}, [args.model], overwrite=args.overwrite)
-    options = {name: getattr(args, name) for name in SAMPLER_FLAGS if getattr(args, name) is not None}
+    config_json = read_config(resolve_checkpoint(args.model))
+    spec = family_for_config(config_json)  # the family, before loading any weight
+    if spec.causal:
+        raise UsageError(f"{args.model} is a causal ({spec.family}) model: only diffusion models decode by unmasking")
+    sampler = args.sampler or spec.sampler
+    options = sampler_options(args, sampler)
+    text_sampler_config(sampler, gen_length, args.steps, **options)  # every option checked before loading
+    context = spec.decoder_config(config_json).max_seq_len
+    if gen_length >= context:  # a prompt takes at least one token
+        raise UsageError(f"--gen-length {gen_length} does not fit the model's context of {context} tokens with a prompt")
 
     import torch
 
-    from mdlm_interp.decoding import StepTrace, check_sampler_options, generate_text, write_trace
+    from mdlm_interp.decoding import StepTrace, generate_text, write_trace
     from mdlm_interp.models import load_model
-    from mdlm_interp.models.checkpoint import read_config, resolve_checkpoint
-    from mdlm_interp.models.families import family_for_config
     from mdlm_interp.version import __version__
 
-    spec = family_for_config(read_config(resolve_checkpoint(args.model)))  # the family, before loading any weight
-    if spec.causal:
-        raise UsageError(f"{args.model} is a causal ({spec.family}) model: only diffusion models decode by unmasking")
-    check_sampler_options(args.sampler or spec.sampler, options)
     lm = load_model(args.model, device=args.device, dtype=args.dtype)
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
     trace = StepTrace() if args.trace is not None or args.show_steps else None
     generation = generate_text(lm, args.prompt, sampler=args.sampler, chat=args.chat, steps=args.steps,
-                               gen_length=args.gen_length, generator=generator, on_step=trace,
+                               gen_length=gen_length, generator=generator, on_step=trace,
                                skip_special_tokens=not args.keep_special, **options)
     if args.show_steps:
         print_steps(lm, trace, generation)
     for index, text in enumerate(generation.texts):
         print(text if len(generation.texts) == 1 else f"[{index}] {text}")
     if args.trace is not None:
-        sampler = args.sampler or lm.spec.sampler
+        from mdlm_interp.outputs import check_output_file
+
+        check_output_file(args.trace, overwrite=args.overwrite)  # a concurrent run may have written it meanwhile
         write_trace(args.trace, trace, generation, {
             "command_line": shlex.join(["mdlm-interp", *sys.argv[1:]]), "toolkit_version": __version__,
             "model_id": lm.source, "family": lm.spec.family, "dtype": args.dtype,
             "weights_fingerprint": lm.fingerprint(), "seed": args.seed, "prompts": args.prompt, "chat": args.chat,
-            "settings": {"sampler": sampler, "steps": args.steps or args.gen_length, "gen_length": args.gen_length,
-                         **options},
+            "settings": {"sampler": sampler, "steps": args.steps or gen_length, "gen_length": gen_length, **options},
         })
         print(f"wrote {len(trace.steps['ids'])} steps to {args.trace}", file=sys.stderr)
     return 0

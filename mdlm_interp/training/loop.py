@@ -5,24 +5,23 @@ backpropagate for micro-batch ``micro`` of optimizer step ``step`` and the float
 (e.g. ``{"loss": ...}`` or ``{"loss": ..., "ce": ..., "tv": ...}``). ``TrainLoop.run`` takes the
 steps: learning rate from a schedule, ``grad_accum`` micro-batches accumulated (each loss divided by
 ``grad_accum``), the gradient norm clipped, one AdamW step, the terms smoothed (0.98 / 0.02) on a
-progress bar, and an ``on_step`` callback for evaluation, logs and checkpoints. Every random draw
-belongs to the objective, seeded by its (seed, step, micro), so a run is bitwise reproducible for a
-seed and thread count (``deterministic``), and a run resumed from ``save_state`` gives the same
-weights as an uninterrupted one. The organisms' trainer (``training.pretrain``) and the MA-loss
-trainer (``training.ma``) both run on it.
+progress bar, and an ``on_step`` callback for evaluation, logs and checkpoints. A loss or gradient
+norm that is not finite stops the run with a ``UsageError`` before the step changes any weight. Every
+random draw belongs to the objective, seeded by its (seed, step, micro), so a run is bitwise
+reproducible for a seed and thread count (``deterministic``), and a run resumed from
+``training.run_folder.save_state`` gives the same weights as an uninterrupted one. The organisms'
+trainer (``training.pretrain``) and the MA-loss trainer (``training.ma``) both run on it.
 """
 
-import json
 import math
-import shutil
 from collections.abc import Callable
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 from torch import nn
 
-STATE_DIR = "train_state"
+from mdlm_interp.errors import UsageError
+
 SMOOTHING = (0.98, 0.02)  # running value = 0.98 * running + 0.02 * new
 
 
@@ -39,51 +38,6 @@ def warmup_cosine(peak: float, step: int, steps: int, warmup: int, min_ratio: fl
         return peak * (step + 1) / warmup
     progress = (step - warmup) / max(1, steps - warmup)
     return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def save_state(out: Path, params: dict, optimizer: torch.optim.Optimizer, position: dict) -> None:
-    """Write the resumable state to ``out/train_state``: the trained parameters (``params``, name ->
-    Parameter) and their AdamW moments as safetensors, ``position`` as JSON. Written to a temporary
-    folder, then swapped in, so a kill leaves the previous state intact."""
-    from safetensors.torch import save_file
-
-    names = {id(p): n for n, p in params.items()}
-    moments = {}
-    for param, state in optimizer.state.items():
-        for key, value in state.items():
-            moments[f"{names[id(param)]}::{key}"] = value.detach().contiguous()
-    tmp = out / (STATE_DIR + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({n: p.detach().contiguous() for n, p in params.items()}, str(tmp / "model.safetensors"))
-    save_file(moments, str(tmp / "optimizer.safetensors"))
-    (tmp / "state.json").write_text(json.dumps(position, indent=2) + "\n")
-    final = out / STATE_DIR
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-
-
-def load_state(out: Path, params: dict, optimizer: torch.optim.Optimizer) -> dict:
-    """Restore ``params`` (name -> Parameter) and their AdamW moments from ``out/train_state``;
-    return its position JSON."""
-    from safetensors.torch import load_file
-
-    weights = load_file(str(out / STATE_DIR / "model.safetensors"))
-    moments = load_file(str(out / STATE_DIR / "optimizer.safetensors"))
-    with torch.no_grad():
-        for name, param in params.items():
-            param.copy_(weights[name])
-    for name, param in params.items():
-        state = {key.split("::")[1]: value for key, value in moments.items() if key.split("::")[0] == name}
-        if state:
-            optimizer.state[param] = state
-    return json.loads((out / STATE_DIR / "state.json").read_text())
-
-
-def saved_position(out: Path) -> dict | None:
-    """Return the position JSON of ``out/train_state``, or None when there is no saved state."""
-    path = out / STATE_DIR / "state.json"
-    return json.loads(path.read_text()) if path.exists() else None
 
 
 @contextmanager
@@ -108,6 +62,14 @@ def smooth(running: dict | None, terms: dict) -> dict:
     return {key: old * running[key] + new * value for key, value in terms.items()}
 
 
+def diverged(step: int, what: str, value: torch.Tensor) -> None:
+    """Raise ``UsageError`` if ``value`` (a scalar of optimizer step ``step``) is NaN or infinite: training
+    has diverged, and the step must not change the weights (the last saved state stays as it was)."""
+    if not bool(torch.isfinite(value.detach())):
+        raise UsageError(f"training diverged: the {what} is {value.item()} at step {step + 1} (try a lower learning "
+                         "rate); the weights were not updated and the last saved state is kept")
+
+
 class TrainLoop:
     """Optimizer steps over named trainable parameters (see the module docstring).
 
@@ -129,10 +91,11 @@ class TrainLoop:
         totals: dict = {}
         for micro in range(self.grad_accum):
             loss, terms = micro_loss(step, micro)
+            diverged(step, "loss", loss)
             (loss if self.grad_accum == 1 else loss / self.grad_accum).backward()
             for key, value in terms.items():
                 totals[key] = totals.get(key, 0.0) + value
-        nn.utils.clip_grad_norm_(list(self.params.values()), self.grad_clip)
+        diverged(step, "gradient norm", nn.utils.clip_grad_norm_(list(self.params.values()), self.grad_clip))
         self.optimizer.step()
         return totals if self.grad_accum == 1 else {k: v / self.grad_accum for k, v in totals.items()}
 

@@ -15,15 +15,16 @@ over the LoRA parameters only. ``out`` then holds:
 - ``checkpoints/step-NNNNNN/``: the adapter every ``save_every`` steps;
 - ``README.md``: the adapter card (``training.adapter_card``), with ``training_curve.png``.
 
-While it runs, ``train_state/`` holds the resumable state (LoRA weights, AdamW moments, position);
-``resume=True`` continues it and gives the same adapter, bitwise, as an uninterrupted run.
+While it runs, ``train_state/`` holds the resumable state (LoRA weights, AdamW moments, position;
+``training.run_folder``) and the run holds ``OUT.lock`` (a second run into the same folder is refused);
+``resume=True`` continues it and gives the same adapter, bitwise, as an uninterrupted run (a run
+killed before its first save starts again from step 0).
 """
 
-import csv
 import json
+import math
 import platform
 import shlex
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -35,17 +36,17 @@ import torch
 from mdlm_interp.errors import UsageError
 from mdlm_interp.models.adapter import ADAPTER_WEIGHTS, TRAINING_CONFIG
 from mdlm_interp.models.families import PROJECTIONS
-from mdlm_interp.training.loop import (
+from mdlm_interp.training.loop import TrainLoop, deterministic, make_optimizer, warmup_cosine
+from mdlm_interp.training.ma_loss import ma_loss
+from mdlm_interp.training.run_folder import (
     STATE_DIR,
-    TrainLoop,
-    deterministic,
     load_state,
-    make_optimizer,
+    open_log,
+    remove_state,
+    resume_position,
     save_state,
     saved_position,
-    warmup_cosine,
 )
-from mdlm_interp.training.ma_loss import ma_loss
 from mdlm_interp.training.sft_data import file_sha256, ma_batch, read_pairs
 
 LOG_FILE = "train_log.csv"
@@ -91,20 +92,29 @@ class MAConfig:
             if not ok:
                 raise UsageError(message)
 
+        def finite(*values) -> bool:
+            return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+
         need(self.steps >= 1, f"--steps must be at least 1, got {self.steps}")
-        need(self.lr > 0, f"--lr must be positive, got {self.lr}")
+        need(finite(self.lr) and self.lr > 0, f"--lr must be a finite positive learning rate, got {self.lr}")
         need(self.batch_size >= 1 and self.grad_accum >= 1, "--batch-size and --grad-accum must be at least 1")
-        need(self.alpha >= 0 and self.beta >= 0 and self.alpha + self.beta > 0,
-             f"--alpha and --beta must be >= 0 and not both 0, got {self.alpha} and {self.beta}")
+        need(finite(self.alpha, self.beta) and self.alpha >= 0 and self.beta >= 0 and self.alpha + self.beta > 0,
+             f"--alpha and --beta must be finite, >= 0 and not both 0, got {self.alpha} and {self.beta}")
         low, high = self.mask_ratio
-        need(0 < low <= high <= 1, f"--mask-ratio LOW:HIGH needs 0 < LOW <= HIGH <= 1, got {low}:{high}")
+        need(finite(low, high) and 0 < low <= high <= 1,
+             f"--mask-ratio LOW:HIGH needs 0 < LOW <= HIGH <= 1, got {low}:{high}")
         low, high = self.extra_masks
         need(0 <= low < high, f"--extra-masks MIN:MAX needs 0 <= MIN < MAX (l1 != l2), got {low}:{high}")
-        need(self.lora_r >= 1 and self.lora_alpha > 0, "--lora-r must be at least 1 and --lora-alpha positive")
+        need(self.lora_r >= 1 and finite(self.lora_alpha) and self.lora_alpha > 0,
+             f"--lora-r must be at least 1 and --lora-alpha finite and positive, got {self.lora_r} and "
+             f"{self.lora_alpha}")
         unknown = [t for t in self.lora_targets if t not in PROJECTIONS]
         need(not unknown, f"unknown --lora-targets {unknown}; choose from {', '.join(PROJECTIONS)}")
         need(self.warmup >= 0 and self.save_every >= 0, "--warmup and --save-every must be >= 0")
         need(self.threads >= 1, f"--threads must be at least 1, got {self.threads}")
+        need(finite(self.weight_decay, self.grad_clip, self.min_lr_ratio) and self.weight_decay >= 0
+             and self.grad_clip > 0 and 0 <= self.min_lr_ratio <= 1,
+             "weight decay, gradient clip and minimum learning-rate ratio must be finite, >= 0, > 0 and in [0, 1]")
         for name in ("mask_ratio", "extra_masks", "lora_targets"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
 
@@ -113,21 +123,40 @@ class MAConfig:
         return json.loads(json.dumps(asdict(self)))
 
 
-def check_output(out: Path, resume: bool) -> None:
+def check_output(out: Path, resume: bool) -> bool:
     """Raise ``UsageError`` unless ``out`` can take a new run (missing or empty) or, with ``resume``, holds
-    a run's saved state."""
+    an unfinished run; return whether that run has a saved state to continue (False: a run killed
+    before its first save, which starts again from step 0)."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"output {out} is a file, not a folder")
+    if not (out if out.exists() else out.parent).is_dir():
+        raise UsageError(f"cannot write {out}: folder {out.parent} does not exist")
     if resume:
-        if saved_position(out) is None:
-            finished = (out / ADAPTER_WEIGHTS).exists()
-            raise UsageError(f"{out}: nothing to resume (no {STATE_DIR}/state.json"
-                             + ("; the run there has finished)" if finished else ")"))
-    elif out.exists() and any(out.iterdir()):
+        if saved_position(out) is not None:
+            return True
+        if (out / ADAPTER_WEIGHTS).exists():
+            raise UsageError(f"{out}: nothing to resume (no {STATE_DIR}/state.json; the run there has finished)")
+        if not (out / TRAINING_CONFIG).exists():
+            raise UsageError(f"{out}: nothing to resume (no {STATE_DIR}/state.json)")
+        return False
+    if out.exists() and any(out.iterdir()):
         raise UsageError(f"{out} exists and is not empty; pass --resume to continue the run there or choose "
                          f"another --out")
-    if not (out if out.exists() else out.parent).exists():
-        raise UsageError(f"cannot write {out}: folder {out.parent} does not exist")
+    return False
+
+
+def check_lora_rank(model, targets: tuple, rank: int) -> None:
+    """Raise ``UsageError`` if ``rank`` is larger than the smallest width (input or output) of the
+    projections ``targets`` of ``model`` (a rank beyond it adds nothing and can exhaust memory)."""
+    widths = {name.rsplit(".", 1)[-1]: min(module.in_features, module.out_features)
+              for name, module in model.named_modules()
+              if name.rsplit(".", 1)[-1] in targets and isinstance(module, torch.nn.Linear)}
+    if not widths:
+        raise UsageError(f"the model has none of the projections {', '.join(targets)} to adapt")
+    if rank > min(widths.values()):
+        narrowest = min(widths, key=widths.get)
+        raise UsageError(f"--lora-r {rank} is more than the width {widths[narrowest]} of {narrowest}, the narrowest "
+                         "adapted projection (a LoRA rank is at most that)")
 
 
 def provenance(config: MAConfig, lm, n_pairs: int, command_line: str) -> dict:
@@ -173,36 +202,52 @@ def train_ma(config: MAConfig, out, *, resume: bool = False, progress: bool = Tr
     """Run ``config`` into the folder ``out`` (see the module docstring); return a summary
     ``{"config", "provenance", "seconds", "final": running terms, "steps"}``.
 
-    Everything is checked first: the output folder, the model (a diffusion family with a mask token)
-    and every line of the data; a bad input raises ``UsageError`` with nothing written.
+    Everything is checked first: the output folder (and that no other run is writing it), the model (a
+    diffusion family with a mask token), the LoRA rank against the model's widths and every line of
+    the data; a bad input raises ``UsageError`` with nothing written.
     """
+    from mdlm_interp.outputs import OutputLock, check_not_held, output_path
+
+    out = output_path(out)
+    check_not_held(out)
+    check_output(out, resume)
+    with OutputLock(out):  # a second run into the same folder is refused until this one ends
+        return locked_train_ma(config, out, resume, progress, command_line)
+
+
+def locked_train_ma(config: MAConfig, out: Path, resume: bool, progress: bool, command_line: str | None) -> dict:
+    """The body of ``train_ma`` (same arguments and result), run while holding ``out``'s lock."""
     from mdlm_interp.models.loader import load_model
 
-    out = Path(out)
-    check_output(out, resume)
+    saved = check_output(out, resume)  # again: another run may have written it before the lock was ours
     lm = load_model(config.model, device=config.device, dtype=config.dtype)
     if lm.spec.causal or lm.mask_token_id is None:
         raise UsageError(f"{config.model}: the MA loss needs a masked diffusion model (LLaDA or Dream), "
                          f"not a causal {lm.spec.family} model")
+    check_lora_rank(lm.model, config.lora_targets or lm.spec.lora_targets, config.lora_r)
     eos_id = lm.tokenizer.convert_tokens_to_ids(lm.spec.special_tokens["eos"])
     pairs = read_pairs(config.data, lm.tokenizer, eos_id, lm.spec.chat_template if config.chat else None,
                        lm.config.max_seq_len, config.extra_masks[1])
     command_line = command_line or shlex.join(sys.argv)
     record = {"config": config.to_json(), "provenance": provenance(config, lm, len(pairs), command_line)}
     if resume:
-        saved = json.loads((out / TRAINING_CONFIG).read_text())
-        if saved["config"] != record["config"]:
+        try:
+            previous = json.loads((out / TRAINING_CONFIG).read_text())
+            previous_config, previous_provenance = previous["config"], previous["provenance"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise UsageError(f"{out}: {TRAINING_CONFIG} is missing or unreadable; cannot resume") from None
+        if previous_config != record["config"]:
             raise UsageError(f"{out}: the saved run was made with a different configuration")
         for key in ("base_weights_fingerprint", "data_fingerprint"):
-            if saved["provenance"][key] != record["provenance"][key]:
-                raise UsageError(f"{out}: the saved run had {key} {saved['provenance'][key]}, now "
+            if previous_provenance.get(key) != record["provenance"][key]:
+                raise UsageError(f"{out}: the saved run had {key} {previous_provenance.get(key)}, now "
                                  f"{record['provenance'][key]}")
         record["provenance"]["resumed"] = command_line
-        record["provenance"]["created"] = saved["provenance"]["created"]
+        record["provenance"]["created"] = previous_provenance.get("created", record["provenance"]["created"])
     out.mkdir(parents=True, exist_ok=True)
     (out / TRAINING_CONFIG).write_text(json.dumps(record, indent=2) + "\n")
     with deterministic(config.threads):
-        summary = run_ma(config, lm, pairs, eos_id, out, resume, progress)
+        summary = run_ma(config, lm, pairs, eos_id, out, resume and saved, progress)
     from mdlm_interp.training.adapter_card import write_adapter_card
 
     write_adapter_card(out)
@@ -219,8 +264,9 @@ def run_ma(config: MAConfig, lm, pairs: list, pad_id: int, out: Path, resume: bo
     optimizer = make_optimizer(list(params.values()), config.lr, config.weight_decay)
     position = {"step": 0, "seconds": 0.0, "cpu_seconds": 0.0, "running": None}
     if resume:
+        resume_position(out, config.to_json())
         position = {k: v for k, v in load_state(out, params, optimizer).items() if k != "config"}
-    log_file, log = open_log(out / LOG_FILE, position["step"])
+    log_file, log = open_log(out / LOG_FILE, position["step"], LOG_COLUMNS)
     started = time.perf_counter() - position["seconds"]
     cpu_started = time.process_time() - position["cpu_seconds"]  # the machine is shared: wall time overstates
     device = next(decoder.parameters()).device
@@ -258,20 +304,6 @@ def run_ma(config: MAConfig, lm, pairs: list, pad_id: int, out: Path, resume: bo
     log_file.close()
     decoder.eval()
     save_adapter(peft_model, out)
-    shutil.rmtree(out / STATE_DIR, ignore_errors=True)
+    remove_state(out)
     return {"seconds": position["seconds"], "cpu_seconds": position["cpu_seconds"], "steps": config.steps, "final": running,
             "n_trainable": sum(p.numel() for p in params.values()), "lora_targets": list(targets)}
-
-
-def open_log(path: Path, done: int):
-    """Open the training log for writing after step ``done``; return (file, csv writer). A new log gets
-    the header; an existing one is cut back to its first ``done`` steps (rows a killed run wrote after
-    its last save)."""
-    kept = []
-    if done and path.exists():
-        with open(path, newline="") as handle:
-            kept = list(csv.reader(handle))[1:done + 1]
-    handle = open(path, "w", newline="")
-    writer = csv.writer(handle)
-    writer.writerows([LOG_COLUMNS, *kept])
-    return handle, writer

@@ -11,13 +11,16 @@ terminal masks after it (l1 != l2). With n_m the number of masked answer tokens 
 TV(P, Q) = 1/2 sum_v |P(v) - Q(v)|. The CE term carries the 1/p weight of masked diffusion; the TV
 term the p weight, so that it still counts when almost no answer token is masked. A pair with no
 masked answer token contributes nothing; the batch loss is the mean over pairs. Predictions are read
-with the family's prediction offset: the distribution for the token at j is ``logits[:, j + offset]``.
+through ``models.readout`` with the family's prediction offset: the distribution for the token at j
+is ``logits[:, j + offset]``.
 """
 
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from mdlm_interp.models.readout import logits_where
 
 
 @dataclass
@@ -46,10 +49,8 @@ def ma_loss(logits_1: torch.Tensor, logits_2: torch.Tensor, targets: torch.Tenso
     """
     batch = masked.shape[0]
     rows, cols = masked.nonzero(as_tuple=True)
-    read = cols + prediction_offset
-    if (read < 0).any() or (read >= min(logits_1.shape[1], logits_2.shape[1])).any():
-        raise ValueError(f"a masked answer position has no prediction with offset {prediction_offset}")
-    first, second = logits_1[rows, read], logits_2[rows, read]
+    first = logits_where(logits_1, rows, cols, prediction_offset)  # NoPrediction (a ValueError) outside
+    second = logits_where(logits_2, rows, cols, prediction_offset)
     answers = targets[rows, cols]
     n_masked = masked.sum(1).to(torch.float32)[rows]
     p_at = p.to(torch.float32)[rows]

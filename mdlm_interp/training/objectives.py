@@ -10,6 +10,8 @@ position i from ``logits[:, i - 1]``; LLaDA from ``logits[:, i]``.
 import torch
 import torch.nn.functional as F
 
+from mdlm_interp.models.readout import logits_where
+
 EPS = 1e-3
 
 
@@ -57,13 +59,11 @@ def masked_diffusion_loss(
     by the number of tokens (pass N_tokens / B for every sequence, so the loss is the sum over the
     batch / N_tokens), LLaDA SFT by each sequence's
     response length. ``prediction_offset`` 0 (LLaDA) or -1 (Dream: the prediction for the token at
-    i is ``logits[:, i - 1]``; a masked position 0 is an error).
+    i is ``logits[:, i - 1]``; a masked position 0 raises ``models.readout.NoPrediction``, a ValueError).
     """
     rows, cols = masked.nonzero(as_tuple=True)
-    read = cols + prediction_offset
-    if (read < 0).any() or (read >= logits.shape[1]).any():
-        raise ValueError(f"a masked position has no prediction with offset {prediction_offset}")
-    ce = F.cross_entropy(logits[rows, read].float(), targets[rows, cols], reduction="none")
+    ce = F.cross_entropy(logits_where(logits, rows, cols, prediction_offset).float(), targets[rows, cols],
+                         reduction="none")
     p_at = p[rows, cols] if p.dim() == 2 else p[rows]
     weights = 1.0 / (p_at * normalizer[rows].to(ce.dtype))
     return (ce * weights).sum() / masked.shape[0]
@@ -74,10 +74,8 @@ def causal_lm_loss(logits: torch.Tensor, targets: torch.Tensor, scored: torch.Te
 
     The token at position i is predicted from ``logits[:, i - 1]``. ``logits`` [B, T, V];
     ``targets`` [B, T] the input ids; ``scored`` [B, T] bool marks the tokens whose prediction is
-    trained (position 0 cannot be scored). Pretraining scores every real token after the first;
-    SFT scores only the response.
+    trained (position 0 cannot be scored: ``models.readout.NoPrediction``, a ValueError). Pretraining
+    scores every real token after the first; SFT scores only the response.
     """
-    if scored[:, 0].any():
-        raise ValueError("position 0 has no previous position to predict it from")
     rows, cols = scored.nonzero(as_tuple=True)
-    return F.cross_entropy(logits[rows, cols - 1].float(), targets[rows, cols])
+    return F.cross_entropy(logits_where(logits, rows, cols, -1).float(), targets[rows, cols])

@@ -98,7 +98,8 @@ def pretrain_organism(family: str, out: str, *, preset: str = "organism", seed: 
     from mdlm_interp.models.loader import parse_dtype
     from mdlm_interp.outputs import check_output_dir, staged_dir
     from mdlm_interp.training.card import measure, write_card
-    from mdlm_interp.training.pretrain import STATE_DIR, train
+    from mdlm_interp.training.pretrain import train
+    from mdlm_interp.training.run_folder import STATE_DIR
 
     masks = tuple(int(m) for m in masks)
     if not masks or any(m < 1 for m in masks):

@@ -12,15 +12,14 @@ and takes one AdamW step (warmup then cosine decay, gradient clipping) in the sh
 (``training.loop``, which the MA-loss trainer uses too). The run is deterministic for
 a seed on CPU: fixed thread count, deterministic algorithms, every random draw from generators
 seeded by (seed, stage, step). Every ``save_every`` steps the training state (weights and AdamW
-moments as safetensors, position and history as JSON; never pickle) goes to ``OUT/train_state``;
-``resume=True`` continues from it and gives the same weights as an uninterrupted run. At the end the
-checkpoint directory (config.json, model.safetensors, tokenizer files) is written; ``training.card``
-measures it and adds the model card.
+moments as safetensors, position and history as JSON; never pickle) goes to ``OUT/train_state``
+(``training.run_folder``); ``resume=True`` continues from it and gives the same weights as an
+uninterrupted run. At the end the checkpoint directory (config.json, model.safetensors, tokenizer
+files) is written; ``training.card`` measures it and adds the model card.
 """
 
 import json
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,17 +31,9 @@ from mdlm_interp.models.families import FAMILIES, FamilySpec
 from mdlm_interp.models.transformer import HookedDecoder
 from mdlm_interp.training.data import DataConfig, sample_batch
 from mdlm_interp.training.evaluate import EvalSetting, accuracy
-from mdlm_interp.training.loop import (
-    STATE_DIR,
-    TrainLoop,
-    deterministic,
-    load_state,
-    make_optimizer,
-    save_state,
-    saved_position,
-    warmup_cosine,
-)
+from mdlm_interp.training.loop import TrainLoop, deterministic, make_optimizer, warmup_cosine
 from mdlm_interp.training.objectives import apply_masks, causal_lm_loss, mask_ratios, masked_diffusion_loss
+from mdlm_interp.training.run_folder import load_state, remove_state, resume_position, save_state
 
 MONITOR_SEED_BASE = 500_000  # periodic held-out evaluation prompts: seeds 500000..
 
@@ -205,12 +196,7 @@ def run_stages(config: TrainConfig, out: Path, resume: bool, dtype: torch.dtype,
     monitor = EvalSetting()
     params = dict(model.named_parameters())
     position = {"stage": 0, "step": 0, "history": [], "seconds": [0.0] * len(config.stages), "loss": [None] * len(config.stages)}
-    if resume:
-        saved = saved_position(out)
-        if saved is None:
-            raise UsageError(f"{out}: nothing to resume (no {STATE_DIR}/state.json)")
-        if saved["config"] != json.loads(json.dumps(config.to_json())):
-            raise UsageError(f"{out}: the saved training state was made with a different configuration")
+    saved = resume_position(out, config.to_json()) if resume else None
     out.mkdir(parents=True, exist_ok=True)
     for index, stage in enumerate(config.stages):
         optimizer = make_optimizer(model.parameters(), stage.lr, config.weight_decay)  # fresh moments per stage
@@ -253,6 +239,6 @@ def run_stages(config: TrainConfig, out: Path, resume: bool, dtype: torch.dtype,
     model.eval()
     write_checkpoint(checkpoint_dir or out, model, spec, dtype)
     if checkpoint_dir is None:
-        shutil.rmtree(out / STATE_DIR, ignore_errors=True)
+        remove_state(out)
     return {"config": config.to_json(), "seconds": position["seconds"], "loss": position["loss"],
             "history": position["history"], "total_seconds": sum(position["seconds"]), "n_params": cfg.n_params}
