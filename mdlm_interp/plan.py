@@ -151,7 +151,7 @@ PLAN_FIELDS = ("tasks", "masks", "filler", "placements", "n", "n_relevant", "n_d
 TASK_CONFIG = ("tasks", "masks", "filler", "placements", "n", "n_relevant", "n_distractor", "chat")
 
 
-def check_fits(subject, plan: PromptPlan) -> None:
+def check_context(subject, plan: PromptPlan) -> None:
     """Raise UsageError, before the plan's prompts are built, if prompts cannot fit ``subject``'s context
     (a ``subject.Subject``): one prompt per task and placement (prompt 0, the most masks) is built and
     measured."""

@@ -29,7 +29,7 @@ from mdlm_interp.plan import (  # noqa: F401  (Condition, MAX_PLANNED_ROWS, as_t
     Condition,
     PromptPlan,
     as_tuple,
-    check_fits,
+    check_context,
     plan_prompts,
 )
 from mdlm_interp.store import schema
@@ -123,7 +123,7 @@ def record(model, tokenizer=None, *, out, config: RecordConfig | None = None, ma
     if subject.d_vocab is not None and config.top_k > subject.d_vocab:
         raise UsageError(f"top-k {config.top_k} is larger than the vocabulary ({subject.d_vocab} tokens)")
     plan = config.rows(config.conditions(subject.causal))
-    check_fits(subject, config)
+    check_context(subject, config)
     prompts = plan_prompts(subject, config, plan)
 
     facts = subject.facts()
@@ -174,12 +174,13 @@ def shard_path(out, rank: int, world: int) -> Path:
 
 
 def tqdm_or_none(enabled: bool, **kwargs):
-    """Return a tqdm progress bar over rows, or None when progress is off."""
+    """Return a tqdm progress bar (over rows, "recording", unless ``kwargs`` say otherwise), or None when
+    progress is off."""
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(unit="row", desc="recording", **kwargs)
+    return tqdm(**{"unit": "row", "desc": "recording", **kwargs})
 
 
 def recorder_factories(config: RecordConfig) -> dict:
