@@ -16,7 +16,7 @@ the same seed and example counts. Stores write it as the example index ``task in
 "seed:task:i" that pairs rows across stores.
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from mdlm_interp.errors import UsageError
@@ -27,6 +27,8 @@ MAX_PLANNED_ROWS = 2_000_000  # per run: every row's prompt is built before the 
 # record's default top-k), since they once planned with record's config: kept, so that their settings
 # stay equal to those of stores written before.
 RECORDS_NOTHING = {"record": [], "top_k": 10}
+PLAN_FIELDS = ("tasks", "masks", "filler", "placements", "n", "n_relevant", "n_distractor", "seed", "chat")
+TASK_CONFIG = ("tasks", "masks", "filler", "placements", "n", "n_relevant", "n_distractor", "chat")  # prompt-building
 
 
 def as_tuple(value) -> tuple:
@@ -119,7 +121,7 @@ class PromptPlan:
     def settings(self) -> dict:
         """Return the plan as a JSON-ready dict (tuples as lists): its part of a store's settings."""
         return {name: list(value) if isinstance(value, tuple) else value
-                for name, value in asdict(self).items() if name in PLAN_FIELDS}
+                for name, value in ((name, getattr(self, name)) for name in PLAN_FIELDS)}
 
     def task_config(self) -> dict:
         """Return the prompt-building part of the settings (a store's ``task_config`` attribute)."""
@@ -145,10 +147,6 @@ class PromptPlan:
     def example(self, row: PlanRow) -> int:
         """Return the example index a store writes for ``row`` (``example_index``)."""
         return example_index(row.task, row.prompt, self.n)
-
-
-PLAN_FIELDS = ("tasks", "masks", "filler", "placements", "n", "n_relevant", "n_distractor", "seed", "chat")
-TASK_CONFIG = ("tasks", "masks", "filler", "placements", "n", "n_relevant", "n_distractor", "chat")
 
 
 def check_context(subject, plan: PromptPlan) -> None:

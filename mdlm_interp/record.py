@@ -2,8 +2,9 @@
 
 ``record`` takes a loaded model (``load_model``) or any ``HookedRootModule`` with the standard hook
 names plus its tokenizer, mask id and prediction offset, and a ``RecordConfig`` (what to record).
-It plans one row per (example, condition), where a condition is (masks, filler, placement), writes
-them batch by batch to an HDF5 store, and can resume a killed run. This module alone decides where
+Its rows are the plan's (``plan.PromptPlan.rows``: one per example and condition, where a condition is
+(masks, filler, placement)); it writes them batch by batch to an HDF5 store with the settings and
+provenance ``subject`` builds, and can resume a killed run. This module alone decides where
 a recorder's results go in the store: recorder ``R`` of ``RECORDERS`` fills the group named by its
 key, the always-on prediction fills ``examples``.
 
@@ -24,17 +25,15 @@ from mdlm_interp.decoding import DecodeConfig
 from mdlm_interp.errors import UsageError
 from mdlm_interp.hooks.decode_trace import AnswerSlotTrace
 from mdlm_interp.hooks.recorders import AttentionRecorder, GradientRecorder, LensRecorder, PredictionRecorder
-from mdlm_interp.plan import (  # noqa: F401  (Condition, MAX_PLANNED_ROWS, as_tuple: their old import place)
-    MAX_PLANNED_ROWS,
-    Condition,
-    PromptPlan,
-    as_tuple,
-    check_context,
-    plan_prompts,
-)
+from mdlm_interp.plan import MAX_PLANNED_ROWS, Condition, PromptPlan, as_tuple, check_context, plan_prompts
 from mdlm_interp.store import schema
 from mdlm_interp.store.writer import check_writable, open_writer
-from mdlm_interp.subject import Subject, dtype_name, module_fingerprint, provenance, run_settings, subject_from  # noqa: F401
+from mdlm_interp.subject import Subject, dtype_name, module_fingerprint, provenance, run_settings, subject_from
+
+# importable from here as before the plan and the subject had modules of their own
+__all__ = ["MAX_PLANNED_ROWS", "Condition", "PromptPlan", "Subject", "dtype_name", "module_fingerprint",
+           "plan_prompts", "subject_from", "RecordConfig", "RECORDERS", "RECORDABLE", "record", "record_batch",
+           "decode_batch", "plan_columns", "prompt_columns", "recorder_factories", "shard_path", "tqdm_or_none"]
 
 # --record item (and the store group its results fill) -> recorder class
 RECORDERS = {
