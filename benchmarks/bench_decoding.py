@@ -30,6 +30,7 @@ def measure(lm, label: str, masks: int, batch_size: int, repeats: int) -> None:
     """Print per-step decoding costs of ``lm`` relative to a plain forward pass."""
     from mdlm_interp.batching import collate
     from mdlm_interp.decoding import DecodeConfig
+    from mdlm_interp.plan import Condition
     from mdlm_interp.record import RecordConfig, decode_batch, subject_from
     from mdlm_interp.tasks import PromptConfig, sample_prompt, single_token_words, tokenize_prompt
 
@@ -49,7 +50,7 @@ def measure(lm, label: str, masks: int, batch_size: int, repeats: int) -> None:
     runs = {
         "plain forward": lambda: torch.no_grad()(lm.model)(ids, attention_mask),
         f"{lm.spec.sampler} sampler, per step": sampler,
-        "  with per-step recording": lambda: decode_batch(subject, batch, config),
+        "  with per-step recording": lambda: decode_batch(subject, batch, config, [Condition.of(tp) for tp in prompts]),
     }
     medians = median_times(runs, repeats)
     per_step = {name: seconds / (1 if name == "plain forward" else masks) for name, seconds in medians.items()}

@@ -299,3 +299,23 @@ def test_checkpoint_whose_tokenizer_lacks_the_mask_token_is_refused(tmp_path, ti
     result = run_cli("record", "--model", str(path), "--out", str(tmp_path / "x.h5"), "--n", "1")
     assert result.returncode == 2 and "no mask token '<|mdm_mask|>'" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.h5").exists()
+
+
+def test_decoding_groups_a_batch_by_each_rows_condition(tiny_model):
+    """Dream's sampler schedules a whole batch from its mean mask count: the filler control (one mask) and
+    the masks at the same count must decode apart, each row as it would alone."""
+    from mdlm_interp.plan import plan_prompts
+
+    lm = tiny_model("dream")
+    subject = subject_from(lm)
+    config = RecordConfig(tasks=TASKS[0], masks=(4,), filler=" .", n=2, n_relevant=2, n_distractor=3, record=(),
+                          top_k=5, decode="dream")
+    rows = config.rows(config.conditions(causal=False))
+    assert [row.condition.filler for row in rows] == [False, False, True, True]
+    prompts = plan_prompts(subject, config, rows)
+    together = record_batch(subject, prompts, config)
+    for index, prompt in enumerate(prompts):
+        alone = record_batch(subject, [prompt], config)
+        for name in ("decode/masks_left", "decode/step_predicted_id", "decode/unmask_step", "decode/predicted_id"):
+            np.testing.assert_array_equal(together[name][index], alone[name][0], err_msg=name)
+    assert together["decode/masks_left"][2][0] == 1 and together["decode/masks_left"][0][0] == 4

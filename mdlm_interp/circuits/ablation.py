@@ -14,9 +14,6 @@ the answer readout on the masks after the answer slot, measured on the evaluated
 largest mask count (``rank_heads``). Random control heads are drawn among the heads not chosen.
 """
 
-import shlex
-import sys
-
 import numpy as np
 import torch
 
@@ -24,9 +21,11 @@ from mdlm_interp.batching import collate
 from mdlm_interp.errors import UsageError
 from mdlm_interp.hooks.interventions import remove_attention_to_keys, replace_head_output
 from mdlm_interp.hooks.recorders import AttentionRecorder, PredictionRecorder
-from mdlm_interp.record import Condition, RecordConfig, plan_prompts, subject_from, tqdm_or_none
+from mdlm_interp.plan import RECORDS_NOTHING, Condition, PromptPlan, plan_prompts
+from mdlm_interp.record import tqdm_or_none
 from mdlm_interp.store.results import ABLATION, write_results
-from mdlm_interp.store.writer import Provenance, check_writable
+from mdlm_interp.store.writer import check_writable
+from mdlm_interp.subject import provenance, run_settings, subject_from
 
 MODES = ("attention", "zero", "mean")
 RESULTS = ("predicted_id", "p_answer", "correct")
@@ -137,7 +136,7 @@ def draw_control_heads(chosen, n_layers: int, n_heads: int, draws: int, seed: in
     return [sorted(pool[i] for i in rng.choice(len(pool), size=len(chosen), replace=False)) for _ in range(draws)]
 
 
-def run_ablation(lm, config: RecordConfig, heads: str, *, out, modes=MODES, control_draws: int = 0,
+def run_ablation(lm, config: PromptPlan, heads: str, *, out, modes=MODES, control_draws: int = 0,
                  batch_size: int = 8, overwrite: bool = False, progress: bool = True,
                  command_line: str | None = None):
     """Evaluate ``config``'s prompts at each of ``config.masks`` without ablation, with the chosen
@@ -158,12 +157,8 @@ def run_ablation(lm, config: RecordConfig, heads: str, *, out, modes=MODES, cont
     if len(config.placements) != 1:
         raise UsageError("ablate takes one placement")
     placement = config.placements[0]
-    plan = {m: [(Condition(m, False, placement), t, i) for t in range(len(config.tasks)) for i in range(config.n)]
-            for m in config.masks}
+    plan = {m: config.rows([Condition(m, False, placement)]) for m in config.masks}
     prompts = {m: plan_prompts(subject, config, rows) for m, rows in plan.items()}
-    longest = max(len(tp.input_ids) for rows in prompts.values() for tp in rows)
-    if subject.max_length is not None and longest > subject.max_length:
-        raise UsageError(f"prompts reach {longest} tokens, longer than the model's context of {subject.max_length}")
     device = next(lm.model.parameters()).device
     module = subject.module
 
@@ -216,20 +211,19 @@ def run_ablation(lm, config: RecordConfig, heads: str, *, out, modes=MODES, cont
     if bar is not None:
         bar.close()
     columns = {path: np.concatenate([p[path] for p in parts]) for path in parts[0]}
-    rows = [(m, t, i) for m in config.masks for _, t, i in plan[m]]
-    columns["examples/example"] = np.array([t * config.n + i for _, t, i in rows])
-    columns["examples/task"] = [config.tasks[t] for _, t, _ in rows]
-    columns["examples/masks"] = np.array([m for m, _, _ in rows])
+    rows = [row for m in config.masks for row in plan[m]]
+    columns["examples/example"] = np.array([config.example(row) for row in rows])
+    columns["examples/task"] = [config.tasks[row.task] for row in rows]
+    columns["examples/masks"] = np.array([row.condition.masks for row in rows])
     columns["examples/answer_id"] = np.array([tp.answer_id for m in config.masks for tp in prompts[m]])
     columns["examples/input_length"] = np.array([len(tp.input_ids) for m in config.masks for tp in prompts[m]])
 
     facts = subject.facts()
-    settings = {**config.settings(), **facts, **({"adapter": subject.adapter} if subject.adapter else {}),
-                "heads": heads, "modes": list(modes), "control_draws": control_draws}
-    provenance = Provenance(command_line=command_line or shlex.join(sys.argv), task_config=config.task_config(),
-                            seed=config.seed, **facts)
+    settings = run_settings(subject, config, facts, **RECORDS_NOTHING, heads=heads, modes=list(modes),
+                            control_draws=control_draws)
     attrs = {"heads": head_names(chosen), "head_selection": heads, "modes": list(modes),
              "control_heads": [head_names(draw) for draw in control],
              "ranking": None if ranking is None else ranking.tolist()}
     return write_results(out, ABLATION, columns, dims={"modes": len(modes), "draws": control_draws},
-                         provenance=provenance, settings=settings, attrs=attrs, overwrite=overwrite)
+                         provenance=provenance(subject, config, facts, command_line), settings=settings, attrs=attrs,
+                         overwrite=overwrite)

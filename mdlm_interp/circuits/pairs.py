@@ -20,35 +20,36 @@ import torch
 
 from mdlm_interp.batching import PromptBatch, collate, position_sets
 from mdlm_interp.errors import UsageError
-from mdlm_interp.record import Condition, RecordConfig, Subject, plan_prompts
+from mdlm_interp.plan import Condition, PromptPlan, plan_prompts
+from mdlm_interp.subject import Subject
 
 RUNS = ("clean", "corrupt")
 FIXED_GROUPS = ("all", "relevant", "distractor", "query", "answer")
 
 
-def pair_prompts(subject: Subject, config: RecordConfig, clean: Condition, corrupt: Condition) -> dict:
+def pair_prompts(subject: Subject, plan: PromptPlan, clean: Condition, corrupt: Condition) -> dict:
     """Return the prompts of every pair: {"clean": [TokenizedPrompt], "corrupt": [...], "example": [int],
     "task": [str]}, in (task, example) order.
 
-    ``config`` gives tasks, n, example counts, seed and the filler text (``config.filler``, used by a
-    condition whose ``filler`` is True); example i of a task is the same prompt in both runs (and in
-    ``record`` stores made with the same seed). Raises ``UsageError`` for a causal model (it takes no
-    masks) or a filler condition without filler text.
+    ``plan`` (a ``plan.PromptPlan``) gives tasks, n, example counts, seed and the filler text
+    (``plan.filler``, used by a condition whose ``filler`` is True); example i of a task is the same
+    prompt in both runs (and in ``record`` stores made with the same seed). Raises ``UsageError`` for a
+    causal model (it takes no masks), a filler condition without filler text, or prompts longer than
+    the model's context.
     """
     if subject.causal:
         raise UsageError("prompt pairs compare mask configurations; a causal model takes no masks")
     for condition in (clean, corrupt):
         if condition.masks < 1:
             raise UsageError(f"masks must be at least 1 (the first mask is the answer slot), got {condition.masks}")
-        if condition.filler and (config.filler is None or condition.masks < 2):
+        if condition.filler and (plan.filler is None or condition.masks < 2):
             raise UsageError("a filler run needs filler text and masks of at least 2 (the answer slot and a filler)")
-    plan = {run: [(condition, t, i) for t in range(len(config.tasks)) for i in range(config.n)]
-            for run, condition in zip(RUNS, (clean, corrupt))}
+    rows = {run: plan.rows([condition]) for run, condition in zip(RUNS, (clean, corrupt))}
     return {
-        "clean": plan_prompts(subject, config, plan["clean"]),
-        "corrupt": plan_prompts(subject, config, plan["corrupt"]),
-        "example": [t * config.n + i for _, t, i in plan["clean"]],
-        "task": [config.tasks[t] for _, t, _ in plan["clean"]],
+        "clean": plan_prompts(subject, plan, rows["clean"]),
+        "corrupt": plan_prompts(subject, plan, rows["corrupt"]),
+        "example": [plan.example(row) for row in rows["clean"]],
+        "task": [plan.tasks[row.task] for row in rows["clean"]],
     }
 
 

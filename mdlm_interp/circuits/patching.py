@@ -19,8 +19,6 @@ difference plus, summed over the cell's positions, (donor - receiver activation)
 difference)/d(activation).
 """
 
-import shlex
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,9 +29,11 @@ from mdlm_interp.circuits.pairs import PromptPair, answer_metrics, make_pair, pa
 from mdlm_interp.errors import UsageError
 from mdlm_interp.hooks.interventions import patch_positions
 from mdlm_interp.models.transformer import rotary_tables
-from mdlm_interp.record import Condition, RecordConfig, subject_from, tqdm_or_none
+from mdlm_interp.plan import RECORDS_NOTHING, Condition, PromptPlan
+from mdlm_interp.record import tqdm_or_none
 from mdlm_interp.store.results import PATCHING, SITES, write_results
-from mdlm_interp.store.writer import Provenance, check_writable
+from mdlm_interp.store.writer import check_writable
+from mdlm_interp.subject import provenance, run_settings, subject_from
 
 DIRECTIONS = ("clean_into_corrupt", "corrupt_into_clean")
 ROLES = {"clean_into_corrupt": ("corrupt", "clean"), "corrupt_into_clean": ("clean", "corrupt")}  # receiver, donor
@@ -343,7 +343,7 @@ def patch_pairs(model, pairs: dict, prediction_offset: int, *, batch_size: int =
     return columns, group_names, head_group_names
 
 
-def run_patching(lm, config: RecordConfig, clean: Condition, corrupt: Condition, *, out, batch_size: int = 8,
+def run_patching(lm, config: PromptPlan, clean: Condition, corrupt: Condition, *, out, batch_size: int = 8,
                  last_k: int = 5, wrong_token: str | None = None, attribution: bool = True, max_rows: int = 512,
                  overwrite: bool = False, progress: bool = True, command_line: str | None = None):
     """Patch ``config``'s prompts between the ``clean`` and ``corrupt`` conditions and write a patching
@@ -364,9 +364,6 @@ def run_patching(lm, config: RecordConfig, clean: Condition, corrupt: Condition,
             raise UsageError(f"the wrong token {wrong_token!r} is {len(ids)} tokens; it must be exactly one")
         wrong_id = ids[0]
     pairs = pair_prompts(subject, config, clean, corrupt)
-    longest = max(len(tp.input_ids) for run in ("clean", "corrupt") for tp in pairs[run])
-    if subject.max_length is not None and longest > subject.max_length:
-        raise UsageError(f"prompts reach {longest} tokens, longer than the model's context of {subject.max_length}")
     if last_k > min(tp.answer_position for tp in pairs["clean"]):
         raise UsageError(f"last-k {last_k} is longer than the shortest prompt")
     device = next(lm.model.parameters()).device
@@ -374,14 +371,11 @@ def run_patching(lm, config: RecordConfig, clean: Condition, corrupt: Condition,
         lm.model, pairs, subject.prediction_offset, batch_size=batch_size, last_k=last_k, wrong_id=wrong_id,
         attribution=attribution, max_rows=max_rows, progress=progress, device=device)
     facts = subject.facts()
-    settings = {**config.settings(), **facts, **({"adapter": subject.adapter} if subject.adapter else {}),
-                "clean": vars(clean), "corrupt": vars(corrupt), "last_k": last_k, "wrong_token": wrong_token,
-                "attribution": attribution}
-    provenance = Provenance(command_line=command_line or shlex.join(sys.argv), task_config=config.task_config(),
-                            seed=config.seed, **facts)
+    settings = run_settings(subject, config, facts, **RECORDS_NOTHING, clean=vars(clean), corrupt=vars(corrupt),
+                            last_k=last_k, wrong_token=wrong_token, attribution=attribution)
     dims = {"directions": len(DIRECTIONS), "layers": subject.n_layers, "heads": subject.n_heads,
             "groups": len(group_names), "head_groups": len(head_group_names)}
     attrs = {"directions": list(DIRECTIONS), "position_groups": group_names, "head_groups": head_group_names,
              "attribution_correlation": attribution_agreement(columns)}
-    return write_results(out, PATCHING, columns, dims=dims, provenance=provenance, settings=settings, attrs=attrs,
-                         overwrite=overwrite)
+    return write_results(out, PATCHING, columns, dims=dims, provenance=provenance(subject, config, facts, command_line),
+                         settings=settings, attrs=attrs, overwrite=overwrite)

@@ -1,12 +1,9 @@
 """``mdlm-interp ablate``: ablate heads (their attention to the masks, or their output) against random heads."""
 
-from mdlm_interp.cli.record import DEFAULT_MODEL, int_list, name_list
-
 
 def add_parser(subparsers) -> None:
     """Register the ``ablate`` subcommand."""
-    from mdlm_interp.cli.adapters import add_adapter_flags
-    from mdlm_interp.models.families import DTYPE_NAMES
+    from mdlm_interp.cli.common import add_model_flags, add_plan_flags, int_list, name_list
 
     parser = subparsers.add_parser(
         "ablate",
@@ -18,9 +15,9 @@ def add_parser(subparsers) -> None:
         "over several seeded draws. Writes an HDF5 ablation store (docs/store.md) and prints accuracy with 95% "
         "intervals and p(answer) per setting.",
     )
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help="diffusion checkpoint directory, organism-NAME or cached hub id "
-                        f"(default {DEFAULT_MODEL})")
+    add_model_flags(parser, diffusion_only=True)
+    add_plan_flags(parser, n=10, n_help="prompts per task (default 10)",
+                   seed_help="seed of the prompts and of the random heads (default 0)")
     parser.add_argument("--heads", required=True,
                         help="top:K (the K heads with the most attention from the answer slot to the masks at the "
                         "largest --masks, measured on the same prompts) or LAYER.HEAD pairs, e.g. 1.2,3.0")
@@ -31,18 +28,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--control", default="random", choices=["random", "none"],
                         help="control: as many random heads, or none (default random)")
     parser.add_argument("--control-draws", type=int, default=10, help="random head sets of the control (default 10)")
-    parser.add_argument("--task", default="all", type=name_list,
-                        help="'all' or comma-separated task names (see `mdlm-interp tasks list`)")
-    parser.add_argument("--n", type=int, default=10, help="prompts per task (default 10)")
-    parser.add_argument("--placement", default="random",
-                        help="one layout: random, relevant-at:K or query-at:K (default random)")
-    parser.add_argument("--n-relevant", type=int, default=10, help="relevant examples per prompt (default 10)")
-    parser.add_argument("--n-distractor", type=int, default=40, help="distractor examples per prompt (default 40)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the prompts and of the random heads (default 0)")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (default 8)")
-    add_adapter_flags(parser)
-    parser.add_argument("--dtype", default="float32", choices=list(DTYPE_NAMES), help="model dtype (default float32)")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     parser.add_argument("--out", default="ablate.h5", help="output HDF5 ablation store (default ablate.h5)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     parser.add_argument("--figure", default=None, metavar="FILE.png", help="also draw the accuracies into a PNG file")
@@ -53,9 +39,10 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     """Check the request, load the model, ablate, write the store, print the table."""
     from mdlm_interp.circuits.ablation import MODES
+    from mdlm_interp.cli.common import load_model_from, one_placement, plan_fields
     from mdlm_interp.errors import UsageError
     from mdlm_interp.outputs import claim_outputs
-    from mdlm_interp.record import RecordConfig
+    from mdlm_interp.plan import PromptPlan
     from mdlm_interp.store.writer import check_writable
 
     check_writable(args.out, overwrite=args.overwrite)
@@ -65,17 +52,15 @@ def run(args) -> int:
         raise UsageError(f"unknown ablation mode(s) {sorted(unknown)}; choose from {', '.join(MODES)}")
     if args.control_draws < 1 and args.control == "random":
         raise UsageError("--control-draws must be at least 1 (or pass --control none)")
-    config = RecordConfig(tasks=args.task, masks=args.masks, placements=args.placement, n=args.n,
-                          n_relevant=args.n_relevant, n_distractor=args.n_distractor, record=(), seed=args.seed)
+    plan = PromptPlan(**plan_fields(args), masks=args.masks)
+    one_placement(plan, "ablate")
     if not (args.heads.startswith("top:") or all("." in part for part in args.heads.split(",") if part.strip())):
         raise UsageError(f"--heads: expected top:K or LAYER.HEAD pairs like 0.1,2.3, got {args.heads!r}")
 
     from mdlm_interp.circuits.ablation import run_ablation
-    from mdlm_interp.cli.adapters import adapter_options
-    from mdlm_interp.models import load_model
 
-    lm = load_model(args.model, device=args.device, dtype=args.dtype, **adapter_options(args))
-    out = run_ablation(lm, config, args.heads, out=args.out, modes=args.modes,
+    lm = load_model_from(args)
+    out = run_ablation(lm, plan, args.heads, out=args.out, modes=args.modes,
                        control_draws=args.control_draws if args.control == "random" else 0,
                        batch_size=args.batch_size, overwrite=args.overwrite, progress=not args.no_progress,
                        command_line=args.command_line)

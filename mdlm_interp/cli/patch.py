@@ -1,12 +1,9 @@
 """``mdlm-interp patch``: activation and attribution patching between two mask configurations."""
 
-from mdlm_interp.cli.record import DEFAULT_MODEL, name_list
-
 
 def add_parser(subparsers) -> None:
     """Register the ``patch`` subcommand."""
-    from mdlm_interp.cli.adapters import add_adapter_flags
-    from mdlm_interp.models.families import DTYPE_NAMES
+    from mdlm_interp.cli.common import add_model_flags, add_plan_flags
 
     parser = subparsers.add_parser(
         "patch",
@@ -20,9 +17,9 @@ def add_parser(subparsers) -> None:
         "beside it. Attribution patching (gradient x activation difference) estimates the same grid. Writes an "
         "HDF5 patching store (docs/store.md) and prints the cells that recover most.",
     )
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help="diffusion checkpoint directory, organism-NAME or cached hub id "
-                        f"(default {DEFAULT_MODEL})")
+    add_model_flags(parser, diffusion_only=True)
+    add_plan_flags(parser, n=4, n_help="prompts (pairs) per task (default 4)",
+                   seed_help="seed of the prompts (default 0; the same seed gives the prompts of `record`)")
     parser.add_argument("--clean-masks", type=int, default=None,
                         help="n masks of the clean run: the answer slot and n - 1 masks after it (default 1; with "
                         "--clean-filler, the corrupt count)")
@@ -31,15 +28,6 @@ def add_parser(subparsers) -> None:
                         "instead of masks (same length as the corrupt run by default)")
     parser.add_argument("--filler", default=" .", metavar="TEXT", help="one-token filler text (default ' .')")
     parser.add_argument("--corrupt-masks", type=int, default=50, help="n masks of the corrupt run (default 50)")
-    parser.add_argument("--task", default="all", type=name_list,
-                        help="'all' or comma-separated task names (see `mdlm-interp tasks list`)")
-    parser.add_argument("--n", type=int, default=4, help="prompts (pairs) per task (default 4)")
-    parser.add_argument("--placement", default="random",
-                        help="one layout: random, relevant-at:K or query-at:K (default random)")
-    parser.add_argument("--n-relevant", type=int, default=10, help="relevant examples per prompt (default 10)")
-    parser.add_argument("--n-distractor", type=int, default=40, help="distractor examples per prompt (default 40)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the prompts (default 0; the same seed gives the prompts of `record`)")
     parser.add_argument("--last-k", type=int, default=5,
                         help="single-position groups for the last k tokens before the answer slot (default 5)")
     parser.add_argument("--wrong-token", default=None, metavar="TEXT",
@@ -50,9 +38,6 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--max-rows", type=int, default=512,
                         help="most sequences (patched variants x pairs) in one forward pass; lower it to save "
                         "memory (default 512)")
-    add_adapter_flags(parser)
-    parser.add_argument("--dtype", default="float32", choices=list(DTYPE_NAMES), help="model dtype (default float32)")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     parser.add_argument("--out", default="patch.h5", help="output HDF5 patching store (default patch.h5)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     parser.add_argument("--figures", default=None, metavar="DIR",
@@ -63,31 +48,27 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     """Check the request, load the model, patch, write the store, print the strongest cells."""
+    from mdlm_interp.cli.common import load_model_from, one_placement, plan_fields
     from mdlm_interp.errors import UsageError
     from mdlm_interp.outputs import claim_outputs
-    from mdlm_interp.record import Condition, RecordConfig
+    from mdlm_interp.plan import Condition, PromptPlan
     from mdlm_interp.store.writer import check_writable
 
     check_writable(args.out, overwrite=args.overwrite)
     claim_outputs({"--out": args.out, "--figures": args.figures}, [args.model], overwrite=args.overwrite,
                   folders={"--figures"})
     clean_masks = args.clean_masks if args.clean_masks is not None else (args.corrupt_masks if args.clean_filler else 1)
-    config = RecordConfig(tasks=args.task, masks=(clean_masks, args.corrupt_masks), filler=args.filler,
-                          placements=args.placement, n=args.n, n_relevant=args.n_relevant,
-                          n_distractor=args.n_distractor, record=(), seed=args.seed)
-    if len(config.placements) != 1:
-        raise UsageError("patch takes one placement")
-    clean = Condition(clean_masks, args.clean_filler, config.placements[0])
-    corrupt = Condition(args.corrupt_masks, False, config.placements[0])
+    plan = PromptPlan(**plan_fields(args), masks=(clean_masks, args.corrupt_masks), filler=args.filler)
+    placement = one_placement(plan, "patch")
+    clean = Condition(clean_masks, args.clean_filler, placement)
+    corrupt = Condition(args.corrupt_masks, False, placement)
     if clean == corrupt:
         raise UsageError("the clean and corrupt runs are the same condition; change --clean-masks or --clean-filler")
 
     from mdlm_interp.circuits.patching import run_patching
-    from mdlm_interp.cli.adapters import adapter_options
-    from mdlm_interp.models import load_model
 
-    lm = load_model(args.model, device=args.device, dtype=args.dtype, **adapter_options(args))
-    out = run_patching(lm, config, clean, corrupt, out=args.out, batch_size=args.batch_size, last_k=args.last_k,
+    lm = load_model_from(args)
+    out = run_patching(lm, plan, clean, corrupt, out=args.out, batch_size=args.batch_size, last_k=args.last_k,
                        wrong_token=args.wrong_token, attribution=not args.no_attribution, max_rows=args.max_rows,
                        overwrite=args.overwrite, progress=not args.no_progress,
                        command_line=args.command_line)

@@ -1,27 +1,9 @@
 """``mdlm-interp record``: run the task suite through a model with recorder hooks into an HDF5 store."""
 
-DEFAULT_MODEL = "organism-llada"
-
-
-def int_list(text: str) -> list[int]:
-    """Parse "50" or "1,5,10" into a list of ints."""
-    import argparse
-
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
-
-
-def name_list(text: str) -> list[str]:
-    """Parse "a,b" into ["a", "b"]."""
-    return [part.strip() for part in text.split(",") if part.strip()]
-
 
 def add_parser(subparsers) -> None:
     """Register the ``record`` subcommand."""
-    from mdlm_interp.cli.adapters import add_adapter_flags
-    from mdlm_interp.models.families import DTYPE_NAMES
+    from mdlm_interp.cli.common import add_model_flags, add_plan_flags, int_list, name_list
 
     parser = subparsers.add_parser(
         "record",
@@ -31,24 +13,16 @@ def add_parser(subparsers) -> None:
         "row per (example, condition) to an HDF5 store, batch by batch (resumable). A condition is "
         "(masks, filler, placement). Prints a per-condition summary at the end.",
     )
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"checkpoint directory, organism-NAME or hub id in the local cache (default {DEFAULT_MODEL})")
-    parser.add_argument("--task", default="all", type=name_list,
-                        help="'all' or comma-separated task names (see `mdlm-interp tasks list`)")
+    add_model_flags(parser)
+    add_plan_flags(parser, n=20, n_aliases=("--n-prompts",), several_placements=True,
+                   n_help="prompts per task (default 20); spell it --n-prompts under torchrun, whose own options "
+                   "make --n ambiguous")
     parser.add_argument("--masks", default=[1], type=int_list,
                         help="mask count(s) n, e.g. 50 or 1,5,10,20,50: n masks are the answer slot and n - 1 "
                         "masks after it (default 1; causal models take none)")
     parser.add_argument("--filler", default=None, metavar="TEXT",
                         help="also record the filler control for each mask count above 1: the masks after the "
                         "answer slot replaced by this one-token text, e.g. ' .'")
-    parser.add_argument("--placement", default=["random"], type=name_list,
-                        help="comma-separated layouts: random, relevant-at:K (relevant block at example slot K), "
-                        "query-at:K (query and answer slot at slot K) (default random)")
-    parser.add_argument("--n", "--n-prompts", dest="n", type=int, default=20,
-                        help="prompts per task (default 20); spell it --n-prompts under torchrun, whose own "
-                        "options make --n ambiguous")
-    parser.add_argument("--n-relevant", type=int, default=10, help="relevant examples per prompt (default 10)")
-    parser.add_argument("--n-distractor", type=int, default=40, help="distractor examples per prompt (default 40)")
     parser.add_argument("--chat", action="store_true", help="wrap prompts in the family's chat template (instruct models)")
     parser.add_argument("--record", default=["attention", "gradients", "lens"], type=name_list,
                         help="what to record besides the prediction: comma-separated attention, gradients, lens "
@@ -63,11 +37,6 @@ def add_parser(subparsers) -> None:
                         "(steps=masks: one step per mask); diffusion models only")
     parser.add_argument("--top-k", type=int, default=10, help="top-k token ids and probabilities kept per row (default 10)")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (default 8)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the prompts (default 0)")
-    parser.add_argument("--dtype", default="float32", choices=list(DTYPE_NAMES),
-                        help="model dtype (default float32)")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
-    add_adapter_flags(parser)
     parser.add_argument("--out", default="record.h5", help="output HDF5 store (default record.h5)")
     existing = parser.add_mutually_exclusive_group()
     existing.add_argument("--resume", action="store_true",
@@ -86,29 +55,25 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     """Check the request and the output path, load the model, record, then print the summary table."""
+    from mdlm_interp.cli.common import load_model_from, plan_fields
     from mdlm_interp.errors import UsageError
     from mdlm_interp.record import RecordConfig, record
     from mdlm_interp.store.writer import check_writable
 
     # everything that needs no model is checked before loading one
     check_writable(args.out, resume=args.resume, overwrite=args.overwrite)
-    config = RecordConfig(tasks=args.task, masks=args.masks, filler=args.filler, placements=args.placement, n=args.n,
-                          n_relevant=args.n_relevant, n_distractor=args.n_distractor, record=args.record,
-                          seed=args.seed, top_k=args.top_k, chat=args.chat, decode=args.decode)
+    config = RecordConfig(**plan_fields(args), masks=args.masks, filler=args.filler, chat=args.chat,
+                          record=args.record, top_k=args.top_k, decode=args.decode)
     if args.batch_size < 1:
         raise UsageError("batch size must be at least 1")
-    if args.merge_adapter and args.adapter is None:
-        raise UsageError("--merge-adapter needs --adapter DIR")
 
-    from mdlm_interp.cli.adapters import adapter_options
-    from mdlm_interp.models import load_model
     from mdlm_interp.models.loader import parse_device
     from mdlm_interp.store import open_store
     from mdlm_interp.store.summary import format_table, summarize
 
     parse_device(args.device)
     rank, world, device = distributed_setup(args.device)
-    lm = load_model(args.model, device=device, dtype=args.dtype, **adapter_options(args))
+    lm = load_model_from(args, device)
     out = record(
         lm, out=args.out, config=config, batch_size=args.batch_size, resume=args.resume, overwrite=args.overwrite,
         progress=not args.no_progress and rank == 0, command_line=args.command_line,

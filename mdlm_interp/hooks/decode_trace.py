@@ -16,6 +16,7 @@ from einops import einsum, repeat
 
 from mdlm_interp.batching import BatchLayout
 from mdlm_interp.hooks.recorders import supports_probes
+from mdlm_interp.models.hook_names import hook_name
 
 
 def supports_query_rows(module) -> bool:
@@ -23,15 +24,16 @@ def supports_query_rows(module) -> bool:
     the rotated queries and keys), so that one query's attention row can be rebuilt from
     ``attn.hook_rot_q`` and ``attn.hook_rot_k``."""
     names = getattr(module, "hook_dict", {})
-    return supports_probes(module) and "blocks.0.attn.hook_rot_q" in names and "blocks.0.attn.hook_rot_k" in names
+    return supports_probes(module) and hook_name("rot_q", 0) in names and hook_name("rot_k", 0) in names
 
 
 class AnswerSlotTrace:
     """Per-step record of the answer slot over a decode of ``max_steps`` steps at most (rows with fewer
-    steps are padded: -1 for integers, NaN for floats)."""
+    steps are padded: -1 for integers, NaN for floats). ``answer_position`` [rows]: each row's answer
+    slot in the batch (padded coordinates)."""
 
-    def __init__(self, module, layout: BatchLayout, *, mask_token_id: int, steps: int, max_steps: int,
-                 from_queries: bool | None = None):
+    def __init__(self, module, layout: BatchLayout, answer_position: torch.Tensor, *, mask_token_id: int, steps: int,
+                 max_steps: int, from_queries: bool | None = None):
         self.layout = layout
         self.mask_token_id = mask_token_id
         self.steps = steps
@@ -40,7 +42,7 @@ class AnswerSlotTrace:
         self.from_queries = supports_query_rows(module) if from_queries is None else from_queries
         self.scale = cfg.d_head**-0.5 if self.from_queries else None
         rows, device = len(layout.readout), layout.readout.device
-        self.answer_position = layout.answer.float().argmax(-1)  # the slot: first (only) position of layout.answer
+        self.answer_position = answer_position
         self.masks_left = torch.full((rows, max_steps), -1, dtype=torch.long, device=device)
         self.predicted = torch.full((rows, max_steps), -1, dtype=torch.long, device=device)
         self.p_answer = torch.full((rows, max_steps), float("nan"), device=device)
@@ -63,11 +65,10 @@ class AnswerSlotTrace:
         """Return [(hook name, fn)]: every layer's ``attn.hook_rot_q`` and ``attn.hook_rot_k`` (or
         ``attn.hook_pattern``)."""
         if not self.from_queries:
-            return [(f"blocks.{layer}.attn.hook_pattern", self._pattern_hook(layer)) for layer in range(self.n_layers)]
+            return [(hook_name("pattern", layer), self._pattern_hook(layer)) for layer in range(self.n_layers)]
         hooks = []
         for layer in range(self.n_layers):
-            hooks += [(f"blocks.{layer}.attn.hook_rot_q", self._keep_query),
-                      (f"blocks.{layer}.attn.hook_rot_k", self._key_hook(layer))]
+            hooks += [(hook_name("rot_q", layer), self._keep_query), (hook_name("rot_k", layer), self._key_hook(layer))]
         return hooks
 
     def _keep_query(self, q: torch.Tensor, hook) -> None:

@@ -86,7 +86,7 @@ def load_model(
     """
     device = parse_device(device)
     if merge_adapter and adapter is None:
-        raise UsageError("merging an adapter (--merge-adapter) needs one (--adapter DIR)")
+        raise UsageError("--merge-adapter needs --adapter DIR: there is no adapter to merge")
     if adapter is not None:
         check_adapter_dir(adapter)
     path = resolve_checkpoint(name_or_path)

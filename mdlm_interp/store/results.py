@@ -23,6 +23,7 @@ import h5py
 import numpy as np
 
 from mdlm_interp.errors import UsageError
+from mdlm_interp.store.identity import write_identity
 from mdlm_interp.store.schema import Attr, Field
 from mdlm_interp.store.writer import Provenance, _as_rows, check_writable
 from mdlm_interp.version import __version__
@@ -247,6 +248,7 @@ def write_results(path, kind: StoreKind, columns: dict, *, dims: dict, provenanc
                 if attr.type == "JSON str":
                     value = json.dumps(value, sort_keys=True)
                 file.attrs[attr.name] = np.int64(value) if attr.type == "int" else value
+            write_identity(file.attrs, provenance.identity)
             for field in kind.data:
                 array = arrays[field.path]
                 if array.dtype == object:

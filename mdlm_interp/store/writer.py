@@ -38,6 +38,7 @@ import numpy as np
 from mdlm_interp.errors import UsageError
 from mdlm_interp.outputs import OutputLock, check_not_held, check_output_file, output_path
 from mdlm_interp.store import schema
+from mdlm_interp.store.identity import ModelIdentity, write_identity
 from mdlm_interp.store.integrity import check_store, damaged, first_line
 from mdlm_interp.store.reader import open_file
 from mdlm_interp.version import __version__
@@ -48,7 +49,8 @@ COPY_ROWS = 1024  # rows per block when a resume copies committed rows
 
 @dataclass(frozen=True)
 class Provenance:
-    """What produced the store, written as root attributes of the same names."""
+    """What produced the store, written as root attributes of the same names; ``identity`` (model id,
+    weights fingerprint, adapter name and fingerprint, "" without an adapter) as ``write_identity`` writes it."""
 
     command_line: str
     model_id: str
@@ -57,6 +59,13 @@ class Provenance:
     weights_fingerprint: str
     task_config: dict
     seed: int
+    adapter: str = ""
+    adapter_fingerprint: str = ""
+
+    @property
+    def identity(self) -> ModelIdentity:
+        """Return the model identity of the store (its four root attributes)."""
+        return ModelIdentity(self.model_id, self.weights_fingerprint, self.adapter, self.adapter_fingerprint)
 
 
 def pending_path(path) -> Path:
@@ -184,10 +193,8 @@ def _create(path, settings, provenance, groups, dims, n_planned, rows_per_chunk)
         "schema_version": schema.SCHEMA_VERSION,
         "toolkit_version": __version__,
         "command_line": provenance.command_line,
-        "model_id": provenance.model_id,
         "family": provenance.family,
         "dtype": provenance.dtype,
-        "weights_fingerprint": provenance.weights_fingerprint,
         "task_config": json.dumps(provenance.task_config, sort_keys=True),
         "seed": int(provenance.seed),
         "settings": json.dumps(settings, sort_keys=True),
@@ -197,6 +204,7 @@ def _create(path, settings, provenance, groups, dims, n_planned, rows_per_chunk)
         "n_rows_done": 0,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    write_identity(attrs, provenance.identity)
 
     def fill(file):
         for name, value in attrs.items():

@@ -1,0 +1,83 @@
+"""Flags that several subcommands share (not a subcommand): the model flags and the prompt plan flags.
+
+``add_model_flags`` adds --model, --adapter, --merge-adapter, --dtype and --device; ``load_model_from``
+loads what they name. ``add_plan_flags`` adds --task, --n, --placement, --n-relevant, --n-distractor
+and --seed; ``plan_from`` builds the ``plan.PromptPlan`` they give (each command adds its own mask
+flags). record, patch and ablate use both.
+"""
+
+DEFAULT_MODEL = "organism-llada"
+
+
+def int_list(text: str) -> list[int]:
+    """Parse "50" or "1,5,10" into a list of ints."""
+    import argparse
+
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
+
+
+def name_list(text: str) -> list[str]:
+    """Parse "a,b" into ["a", "b"]."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def add_model_flags(parser, *, diffusion_only: bool = False) -> None:
+    """Add --model, --adapter, --merge-adapter, --dtype and --device to a subcommand's parser
+    (``diffusion_only``: the command takes diffusion models only, which --model's help says)."""
+    from mdlm_interp.cli.adapters import add_adapter_flags
+    from mdlm_interp.models.families import DTYPE_NAMES
+
+    kind = "diffusion checkpoint directory" if diffusion_only else "checkpoint directory"
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"{kind}, organism-NAME or hub id in the local cache (default {DEFAULT_MODEL})")
+    add_adapter_flags(parser)
+    parser.add_argument("--dtype", default="float32", choices=list(DTYPE_NAMES), help="model dtype (default float32)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+
+
+def load_model_from(args, device: str | None = None):
+    """Return the ``LoadedModel`` the model flags name, on ``device`` (default --device). ``load_model``
+    checks the adapter flags (merging needs an adapter; the adapter directory) before reading weights."""
+    from mdlm_interp.cli.adapters import adapter_options
+    from mdlm_interp.models import load_model
+
+    return load_model(args.model, device=device or args.device, dtype=args.dtype, **adapter_options(args))
+
+
+def add_plan_flags(parser, *, n: int, n_help: str, several_placements: bool = False, n_aliases: tuple = (),
+                   seed_help: str = "seed of the prompts (default 0)") -> None:
+    """Add --task, --n (and ``n_aliases``), --placement, --n-relevant, --n-distractor and --seed to a
+    subcommand's parser; ``n``: the default of --n, ``n_help`` its help; ``several_placements``:
+    --placement takes a comma-separated list (else one layout)."""
+    parser.add_argument("--task", default="all", type=name_list,
+                        help="'all' or comma-separated task names (see `mdlm-interp tasks list`)")
+    parser.add_argument("--n", *n_aliases, dest="n", type=int, default=n, help=n_help)
+    if several_placements:
+        parser.add_argument("--placement", default=["random"], type=name_list,
+                            help="comma-separated layouts: random, relevant-at:K (relevant block at example slot K), "
+                            "query-at:K (query and answer slot at slot K) (default random)")
+    else:
+        parser.add_argument("--placement", default="random",
+                            help="one layout: random, relevant-at:K or query-at:K (default random)")
+    parser.add_argument("--n-relevant", type=int, default=10, help="relevant examples per prompt (default 10)")
+    parser.add_argument("--n-distractor", type=int, default=40, help="distractor examples per prompt (default 40)")
+    parser.add_argument("--seed", type=int, default=0, help=seed_help)
+
+
+def plan_fields(args) -> dict:
+    """Return the ``plan.PromptPlan`` fields the plan flags give (tasks, placements, n, n_relevant,
+    n_distractor, seed); the command adds masks, filler and chat."""
+    return {"tasks": args.task, "placements": args.placement, "n": args.n, "n_relevant": args.n_relevant,
+            "n_distractor": args.n_distractor, "seed": args.seed}
+
+
+def one_placement(plan, command: str) -> str:
+    """Return the plan's one placement; UsageError if it has several (``command`` names the subcommand)."""
+    from mdlm_interp.errors import UsageError
+
+    if len(plan.placements) != 1:
+        raise UsageError(f"{command} takes one placement")
+    return plan.placements[0]
