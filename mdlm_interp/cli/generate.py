@@ -77,7 +77,6 @@ def sampler_options(args, sampler: str) -> dict:
 
 def run(args) -> int:
     """Check the request, load the model, generate, print the texts (and write the trace)."""
-    import shlex
     import sys
 
     from mdlm_interp.decoding.text import text_sampler_config
@@ -105,6 +104,7 @@ def run(args) -> int:
 
     from mdlm_interp.decoding import StepTrace, generate_text, write_trace
     from mdlm_interp.models import load_model
+    from mdlm_interp.subject import subject_from
     from mdlm_interp.version import __version__
 
     lm = load_model(args.model, device=args.device, dtype=args.dtype)
@@ -121,10 +121,12 @@ def run(args) -> int:
         from mdlm_interp.outputs import check_output_file
 
         check_output_file(args.trace, overwrite=args.overwrite)  # a concurrent run may have written it meanwhile
+        subject = subject_from(lm)
+        facts = subject.facts()
         write_trace(args.trace, trace, generation, {
-            "command_line": shlex.join(["mdlm-interp", *sys.argv[1:]]), "toolkit_version": __version__,
-            "model_id": lm.source, "family": lm.spec.family, "dtype": args.dtype,
-            "weights_fingerprint": lm.fingerprint(), "seed": args.seed, "prompts": args.prompt, "chat": args.chat,
+            "command_line": args.command_line, "toolkit_version": __version__,
+            **subject.identity(facts).attrs(), "family": lm.spec.family, "dtype": args.dtype,
+            "seed": args.seed, "prompts": args.prompt, "chat": args.chat,
             "settings": {"sampler": sampler, "steps": args.steps or gen_length, "gen_length": gen_length, **options},
         })
         print(f"wrote {len(trace.steps['ids'])} steps to {args.trace}", file=sys.stderr)

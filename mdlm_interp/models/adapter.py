@@ -161,8 +161,9 @@ def trained_on(path: Path) -> str | None:
     return recorded if isinstance(recorded, str) else None
 
 
-def apply_adapter(model: nn.Module, path, merge: bool = False, base_fingerprint: str | None = None):
-    """Load the LoRA adapter at ``path`` onto ``model`` (a ``HookedDecoder``, modified in place).
+def apply_adapter(model: nn.Module, path: Path, merge: bool = False, base_fingerprint: str | None = None):
+    """Load the LoRA adapter at ``path`` (a directory ``check_adapter_dir`` returned) onto ``model`` (a
+    ``HookedDecoder``, modified in place).
 
     Returns (the model to use, ``AdapterInfo``): the same decoder with LoRA layers inside, or with
     ``merge`` the decoder with the update folded into its weights. Every tensor of the adapter must
@@ -170,7 +171,6 @@ def apply_adapter(model: nn.Module, path, merge: bool = False, base_fingerprint:
     must record (``trained_on``) that it was trained on those weights; otherwise a one-line ``UsageError``. Parameters
     keep ``requires_grad`` off; the model is in eval mode.
     """
-    path = check_adapter_dir(path)
     recorded = trained_on(path)
     if recorded is None and base_fingerprint is not None:
         raise UsageError(f"adapter {path} records no base weights (adapter_config.json's base_model_name_or_path "

@@ -88,7 +88,7 @@ def load_model(
     if merge_adapter and adapter is None:
         raise UsageError("--merge-adapter needs --adapter DIR: there is no adapter to merge")
     if adapter is not None:
-        check_adapter_dir(adapter)
+        adapter = check_adapter_dir(adapter)  # before any weight is read; apply_adapter takes the checked folder
     path = resolve_checkpoint(name_or_path)
     config = read_config(path)
     spec = family_for_config(config)

@@ -11,7 +11,13 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from mdlm_interp.models.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, TRAINING_CONFIG, adapter_fingerprint
+from mdlm_interp.models.adapter import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    TRAINING_CONFIG,
+    adapter_fingerprint,
+    file_sha256,
+)
 from mdlm_interp.training.card import cpu_name
 
 CURVE_FILE = "training_curve.png"
@@ -96,7 +102,8 @@ def write_adapter_card(out) -> None:
         "|---|---|",
         f"| LoRA | r {config['lora_r']}, alpha {config['lora_alpha']:g}, on {', '.join(sorted(targets))} |",
         f"| trainable parameters | {n_trainable:,} |",
-        f"| adapter_model.safetensors | {size / 1e3:.0f} kB, `{adapter_fingerprint(out)}` |",
+        f"| adapter_model.safetensors | {size / 1e3:.0f} kB, `sha256:{file_sha256(out / ADAPTER_WEIGHTS)}` |",
+        f"| identity (weights and adapter_config.json) | `{adapter_fingerprint(out)}` |",
         f"| data | `{prov['data']}`, {prov['n_pairs']} pairs, `{prov['data_fingerprint']}` |",
         f"| prompts | {'in the family chat template' if config['chat'] else 'as they are (no chat template)'} |",
         "",

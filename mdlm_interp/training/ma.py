@@ -34,8 +34,9 @@ from pathlib import Path
 import torch
 
 from mdlm_interp.errors import UsageError
-from mdlm_interp.models.adapter import ADAPTER_WEIGHTS, TRAINING_CONFIG
+from mdlm_interp.models.adapter import ADAPTER_WEIGHTS, TRAINING_CONFIG, base_reference, file_sha256
 from mdlm_interp.models.families import PROJECTIONS
+from mdlm_interp.outputs import apply_file_mode
 from mdlm_interp.training.loop import TrainLoop, deterministic, make_optimizer, warmup_cosine
 from mdlm_interp.training.ma_loss import ma_loss
 from mdlm_interp.training.run_folder import (
@@ -47,7 +48,7 @@ from mdlm_interp.training.run_folder import (
     save_state,
     saved_position,
 )
-from mdlm_interp.training.sft_data import file_sha256, ma_batch, read_pairs
+from mdlm_interp.training.sft_data import ma_batch, read_pairs
 
 LOG_FILE = "train_log.csv"
 LOG_COLUMNS = ("step", "lr", "loss", "ce", "tv", "seconds", "cpu_seconds")
@@ -169,14 +170,15 @@ def provenance(config: MAConfig, lm, n_pairs: int, command_line: str) -> dict:
         "command_line": command_line, "mdlm_interp": __version__, "torch": torch.__version__,
         "peft": peft.__version__, "python": platform.python_version(), "base_model": lm.source,
         "base_path": str(lm.path), "family": lm.spec.family, "base_weights_fingerprint": lm.fingerprint(),
-        "data": config.data, "data_fingerprint": file_sha256(config.data), "n_pairs": n_pairs,
+        "data": config.data, "data_fingerprint": "sha256:" + file_sha256(config.data), "n_pairs": n_pairs,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
 
-def lora_model(model, config: MAConfig, targets: tuple, source: str):
+def lora_model(model, config: MAConfig, targets: tuple, base: str):
     """Wrap ``model`` in peft LoRA layers on ``targets`` (A drawn from ``config.seed``, B zero); return the
-    ``PeftModel``. Only the LoRA parameters train."""
+    ``PeftModel``. Only the LoRA parameters train. ``base`` (``models.adapter.base_reference``: the model id
+    and its weights fingerprint) is what the saved adapter_config.json names as its base model."""
     from peft import LoraConfig, get_peft_model
 
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules=list(targets), lora_dropout=0.0,
@@ -184,7 +186,7 @@ def lora_model(model, config: MAConfig, targets: tuple, source: str):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         peft_model = get_peft_model(model, lora)
-    peft_model.peft_config["default"].base_model_name_or_path = source  # peft takes it from HF models only
+    peft_model.peft_config["default"].base_model_name_or_path = base  # peft takes it from HF models only
     return peft_model
 
 
@@ -195,6 +197,7 @@ def save_adapter(peft_model, directory: Path) -> None:
     """
     peft_model.save_pretrained(str(directory), save_embedding_layers=False)  # no hub lookup of the base config
     (directory / "README.md").unlink(missing_ok=True)
+    apply_file_mode(directory)
 
 
 def train_ma(config: MAConfig, out, *, resume: bool = False, progress: bool = True,
@@ -258,7 +261,7 @@ def run_ma(config: MAConfig, lm, pairs: list, pad_id: int, out: Path, resume: bo
     """The training part of ``train_ma`` (run under ``deterministic``); returns wall-clock and CPU seconds,
     steps, the final running terms, the number of trained parameters and the LoRA targets."""
     targets = config.lora_targets or lm.spec.lora_targets
-    peft_model = lora_model(lm.model, config, targets, lm.source)
+    peft_model = lora_model(lm.model, config, targets, base_reference(lm.source, lm.fingerprint()))
     decoder = peft_model.base_model.model  # the hooked decoder, now with LoRA layers inside
     params = {name: p for name, p in peft_model.named_parameters() if p.requires_grad}
     optimizer = make_optimizer(list(params.values()), config.lr, config.weight_decay)

@@ -13,7 +13,6 @@ the data; each pair draws a masking ratio p, masks its response tokens with prob
 prompt never), and gets two numbers l1 != l2 of terminal masks after the noised response.
 """
 
-import hashlib
 import json
 import random
 from dataclasses import dataclass
@@ -99,11 +98,6 @@ def read_pairs(path, tokenizer, eos_id: int, chat_template: str | None, max_leng
     if not pairs:
         raise UsageError(f"{path}: no fine-tuning pairs (the file is empty)")
     return pairs
-
-
-def file_sha256(path) -> str:
-    """Return "sha256:<hex>" of a file's bytes (the data's fingerprint in a run's provenance)."""
-    return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 @dataclass

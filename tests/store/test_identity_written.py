@@ -45,3 +45,14 @@ def test_every_store_carries_the_model_identity(kind, adapter, identities, tmp_p
             assert '"fingerprint": "' + expected.adapter_fingerprint + '"' in file.attrs["settings"]
         else:
             assert '"adapter"' not in file.attrs["settings"]
+
+
+def test_a_decode_trace_carries_the_model_identity(tmp_path):
+    trace = tmp_path / "trace.h5"
+    result = run_cli("generate", "--model", "organism-llada", "--prompt", "adjective: red cat car ->",
+                     "--gen-length", "2", "--trace", trace)
+    assert result.returncode == 0, result.stderr
+    with h5py.File(trace, "r") as file:
+        identity = read_identity(file.attrs)
+        assert "adapter" in file.attrs  # written, not derived from the settings
+    assert identity == ModelIdentity("organism-llada", load_model("organism-llada").fingerprint())

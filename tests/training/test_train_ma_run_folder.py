@@ -7,6 +7,7 @@ import json
 import pytest
 
 from cli_run import run_cli
+from held_lock import held_elsewhere
 from test_ma_loss import sft_file, train_args
 
 
@@ -20,10 +21,8 @@ def one_line(result, message: str) -> bool:
 
 
 def test_a_second_run_into_the_same_folder_is_refused_while_the_first_holds_it(tiny_checkpoint, tmp_path, data):
-    from mdlm_interp.outputs import OutputLock
-
     out = tmp_path / "adapter"
-    with OutputLock(out):  # what a first run holds while it trains
+    with held_elsewhere(out):  # what a first run holds while it trains
         for flags in ([], ["--resume"]):
             result = run_cli(*train_args(tiny_checkpoint("llada"), data, out, *flags))
             assert one_line(result, "is being written by another process"), result.stderr
