@@ -2,7 +2,6 @@
 output was an input, two outputs were one path, a device was replaced or a concurrent run lost work end in
 one line, exit 2, with nothing loaded and nothing changed."""
 
-import fcntl
 import hashlib
 import json
 import os
@@ -12,6 +11,7 @@ import h5py
 import pytest
 
 from cli_run import run_cli
+from held_lock import held_elsewhere
 from mdlm_interp.outputs import lock_path
 
 PATCH = ("--task", "adjective+largest", "--n", "1", "--n-relevant", "2", "--n-distractor", "2", "--no-progress")
@@ -132,13 +132,8 @@ def test_a_second_concurrent_run_is_refused_before_any_work(tiny_checkpoint, tmp
     argv = {"patch": ("patch", "--model", model, *PATCH, "--out", out),
             "ablate": ("ablate", "--model", model, "--heads", "0.0", "--out", out),
             "generate": ("generate", "--model", model, "--prompt", "a", "--trace", out)}[command]
-    fd = os.open(lock_path(out), os.O_RDWR | os.O_CREAT, 0o644)  # the first run, as another process holds it
-    try:
-        os.write(fd, b"999\n")
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with held_elsewhere(out, pid=999):  # the first run, as another process holds it
         one_line_refusal(run_cli(*argv), "being written by another process (pid 999)")
-    finally:
-        os.close(fd)
     assert not out.exists()
 
 
@@ -156,10 +151,6 @@ def test_report_folders_are_claimed_too(tmp_path, command):
     store = hdf5(tmp_path / "s.h5")
     os.mkfifo(tmp_path / "pipe")
     one_line_refusal(run_cli(command, store, store, "--out", tmp_path / "pipe"), "a FIFO, not a folder")
-    fd = os.open(lock_path(tmp_path / "report"), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with held_elsewhere(tmp_path / "report"):
         one_line_refusal(run_cli(command, store, store, "--out", tmp_path / "report"), "being written by another")
-    finally:
-        os.close(fd)
     assert not (tmp_path / "report").exists()

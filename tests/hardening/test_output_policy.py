@@ -3,7 +3,6 @@ not be, the inputs and other outputs it may not be, the lock, and the one file m
 is made inside tmp_path (a FIFO, a socket, a symbolic link to one) or faked by monkeypatching ``os.stat``;
 no test names a real device or system path as an output."""
 
-import fcntl
 import os
 import socket
 import stat
@@ -11,6 +10,7 @@ import stat
 import h5py
 import pytest
 
+from held_lock import held_elsewhere
 from mdlm_interp import outputs
 from mdlm_interp.errors import UsageError
 from mdlm_interp.outputs import OutputLock, claim_outputs, holder, lock_path, release_claims, staged_file
@@ -154,22 +154,11 @@ def test_two_outputs_of_one_command_may_not_be_one_path(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def hold_elsewhere(path):
-    """Hold ``path``'s lock through a descriptor this process's lock table does not know (as another process would)."""
-    fd = os.open(lock_path(path), os.O_RDWR | os.O_CREAT, 0o644)
-    os.write(fd, b"4242\n")
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    return fd
-
-
 def test_an_output_another_process_writes_is_refused_and_nothing_is_locked(tmp_path):
-    fd = hold_elsewhere(tmp_path / "busy.h5")
-    try:
+    with held_elsewhere(tmp_path / "busy.h5", pid=4242):
         with pytest.raises(UsageError, match=r"being written by another process \(pid 4242\)"):
             claim_outputs({"--csv": tmp_path / "free.csv", "--out": tmp_path / "busy.h5"})
         assert holder(tmp_path / "free.csv") is None and not lock_path(tmp_path / "free.csv").exists()
-    finally:
-        os.close(fd)
 
 
 def test_a_claim_nests_with_the_library_s_own_lock_and_a_folder_can_be_locked(tmp_path):
@@ -182,14 +171,11 @@ def test_a_claim_nests_with_the_library_s_own_lock_and_a_folder_can_be_locked(tm
     assert outputs.check_output_dir(folder) == folder
     claim.release()
     assert not lock_path(folder).exists()
-    fd = hold_elsewhere(folder)
-    try:
+    with held_elsewhere(folder):
         with pytest.raises(UsageError, match="being written by another process"):
             OutputLock(folder).acquire()
         with pytest.raises(UsageError, match="being written by another process"):
             claim_outputs({"--out": folder}, folders={"--out"})
-    finally:
-        os.close(fd)
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027, 0o077])

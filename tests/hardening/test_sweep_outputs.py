@@ -2,7 +2,6 @@
 keeps the old sweep whole until the new one is complete, and stores that are not the sweep's refused or
 left out."""
 
-import fcntl
 import json
 import os
 import shutil
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from cli_run import run_cli
+from held_lock import held_elsewhere
 from mdlm_interp.errors import UsageError
 from mdlm_interp.outputs import lock_path
 from mdlm_interp.sweep import GRIDS, Part, run_sweep
@@ -72,13 +72,9 @@ def test_overwrite_keeps_the_old_sweep_whole_until_the_new_one_is_complete(grid,
 
 def test_a_sweep_is_refused_while_another_writes_the_folder(grid, tiny_checkpoint, tmp_path):
     out = tmp_path / "sweep"
-    fd = os.open(lock_path(out), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with held_elsewhere(out):
         with pytest.raises(UsageError, match="being written by another process"):
             run_sweep(grid, [str(tiny_checkpoint("llada"))], n=1, out=out, overwrite=True, progress=False)
-    finally:
-        os.close(fd)
     assert not out.exists()
 
 
