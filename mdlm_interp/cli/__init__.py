@@ -12,7 +12,8 @@ import sys
 from mdlm_interp.errors import UsageError
 
 SUBCOMMAND_MODULES = ["model", "tasks", "pretrain", "record", "summary", "analyze", "sweep", "train_ma", "compare",
-                      "patch", "heads", "ablate", "generate"]
+                      "patch", "heads", "ablate", "generate",
+                      "train_sae", "probe"]
 
 
 class CommandLineParser(argparse.ArgumentParser):
