@@ -30,17 +30,15 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     """Check the input, fit one probe per site, save them, print a line per site."""
-    from pathlib import Path
-
     import numpy as np
 
     from mdlm_interp.errors import UsageError
     from mdlm_interp.representations.activation_reader import open_activations, select_rows
-    from mdlm_interp.representations.probes import fit_probe, save_probes
+    from mdlm_interp.representations.probes import check_new_folder, fit_probe, save_probes
 
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UsageError(f"{out} exists; choose a new output folder")
+    out = check_new_folder(args.out)
+    if not (np.isfinite(args.alpha) and args.alpha > 0) or args.seed < 0 or not 1 <= args.bootstrap <= 1_000_000:
+        raise UsageError("--alpha must be a finite positive number, --seed at least 0 and --bootstrap 1 to 1000000")
     with open_activations(args.store) as store:
         sites = args.sites.split(",") if args.sites else sorted(store.sites)
         for site in sites:

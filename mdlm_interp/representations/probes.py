@@ -144,6 +144,11 @@ def fit_probe(x, y, groups, *, site: str = "", label: str = "", kind: str = "rid
     (labels then must take exactly two values; the larger one is class 1)."""
     if kind not in KINDS:
         raise UsageError(f"unknown probe kind {kind!r}; choose from {', '.join(KINDS)}")
+    if not (np.isfinite(alpha) and alpha > 0):
+        raise UsageError(f"the probe's alpha must be a finite positive number (got {alpha})")
+    if seed < 0 or not 1 <= n_boot <= 1_000_000 or not 0 < confidence < 1:
+        raise UsageError(f"probe: seed must be at least 0, bootstrap resamples 1 to 1000000 and confidence in (0, 1) "
+                         f"(got {seed}, {n_boot}, {confidence})")
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     if x.ndim != 2 or len(x) != len(y) or len(y) != len(groups):
@@ -187,9 +192,7 @@ def save_probes(results: list, out, provenance: dict | None = None) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UsageError(f"{out} exists; choose a new output folder")
+    out = check_new_folder(out)
     sites = [r.site for r in results]
     if len(set(sites)) != len(sites):
         raise ValueError(f"one probe per site: {sites}")
@@ -198,6 +201,17 @@ def save_probes(results: list, out, provenance: dict | None = None) -> Path:
     document = {"provenance": provenance or {}, "probes": [r.record() for r in results]}
     (out / PROBES_FILE).write_text(json.dumps(document, indent=2) + "\n")
     return out
+
+
+def check_new_folder(out) -> Path:
+    """Return ``out`` as a Path if a new output folder can be made there (missing or empty, writable,
+    no other writer); a one-line UsageError otherwise."""
+    from mdlm_interp.outputs import check_output_dir
+
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"{out} exists; choose a new output folder")
+    return check_output_dir(out)
 
 
 def load_direction(path, site: str):

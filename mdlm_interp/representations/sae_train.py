@@ -15,6 +15,7 @@ the state (parameters, AdamW moments, the steps since each latent fired, the run
 """
 
 import json
+import math
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 from mdlm_interp.errors import UsageError
+from mdlm_interp.outputs import check_output_dir
 from mdlm_interp.representations.sae import SAEShape, SparseAutoencoder, losses
 from mdlm_interp.representations.sae_format import CONFIG_FILE, save_sae
 from mdlm_interp.training.loop import (STATE_DIR, TrainLoop, deterministic, load_state, make_optimizer,
@@ -68,8 +70,17 @@ class SAETrainConfig:
         for name in ("steps", "batch_size", "dead_after", "save_every", "threads"):
             if getattr(self, name) < 1:
                 raise UsageError(f"SAE training: {name} must be at least 1 (got {getattr(self, name)})")
-        if self.lr <= 0:
-            raise UsageError(f"SAE training: lr must be positive (got {self.lr})")
+        for name in ("lr", "l1_coefficient", "aux_coefficient", "grad_clip", "min_lr_ratio"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0) or (name == "lr" and value == 0):
+                raise UsageError(f"SAE training: {name} must be a finite {'positive' if name == 'lr' else 'non-negative'} "
+                                 f"number (got {value})")
+        if self.d_sae > 2 ** 24 or self.batch_size > 2 ** 24:
+            raise UsageError(f"SAE training: d_sae and batch_size must be at most {2 ** 24} "
+                             f"(got {self.d_sae}, {self.batch_size})")
+        if self.seed < 0 or self.threads > 1024:
+            raise UsageError(f"SAE training: seed must be at least 0 and threads at most 1024 "
+                             f"(got seed {self.seed}, threads {self.threads})")
 
 
 class ArrayBatches:
@@ -121,6 +132,7 @@ def train_sae(batches, config: SAETrainConfig, out, *, hook_name: str, metadata:
                          + (" (the SAE there is complete)" if (out / CONFIG_FILE).exists() else ""))
     if not resume and out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"{out} exists; choose a new output folder (or resume)")
+    check_output_dir(out, allow=(STATE_DIR,))
     wanted = {"config": asdict(config), "data": batches.describe(), "hook_name": hook_name}
     if position is not None:
         for key, value in wanted.items():
@@ -128,7 +140,11 @@ def train_sae(batches, config: SAETrainConfig, out, *, hook_name: str, metadata:
                 raise UsageError(f"cannot resume {out}: its {key} differs from this run's")
     stop = config.steps if stop_after is None else min(int(stop_after), config.steps)
     with deterministic(config.threads):
-        sae = SparseAutoencoder(shape).initialize(config.seed, b_dec=batches.batch(0).mean(dim=0))
+        try:
+            sae = SparseAutoencoder(shape).initialize(config.seed, b_dec=batches.batch(0).mean(dim=0))
+        except RuntimeError as error:  # the allocator's refusal
+            raise UsageError(f"an SAE of {shape.d_in} x {shape.d_sae} does not fit in memory "
+                             f"({str(error).splitlines()[0][:120]})") from None
         since_fired = torch.zeros(shape.d_sae)
         params = {name: getattr(sae, name) for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
         optimizer = make_optimizer(list(params.values()), config.lr, weight_decay=0.0)
