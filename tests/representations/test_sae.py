@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from planted import mean_max_cosine, sparse_dictionary_data
