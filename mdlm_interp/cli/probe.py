@@ -8,7 +8,8 @@ def add_parser(subparsers) -> None:
         description="Fit a linear probe for a numeric label (a label column of the store, or 'position') at "
         "each site of an activation store, cross-validated by prompt key (every prompt's rows in one fold, "
         "never split by row). Prints the held-out R^2 (ridge) or accuracy (logistic) per site with a 95% "
-        "bootstrap interval over prompts; DIR gets directions.safetensors (the probe fit on all rows, one "
+        "bootstrap interval over prompts (the L2 strength chosen by nested cross-validation unless --alpha is "
+        "given); DIR gets directions.safetensors (the probe fit on all rows, one "
         "tensor per site) and probes.json (scores, intervals, fold scores, provenance).")
     parser.add_argument("store", metavar="STORE", help="activation store (HDF5)")
     parser.add_argument("--label", required=True, metavar="L", help="the label to probe: a label column of STORE or 'position'")
@@ -17,8 +18,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--kind", choices=["ridge", "logistic"], default="ridge",
                         help="ridge regression (R^2) or logistic regression of a two-valued label (accuracy); default ridge")
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds over prompts (default 5)")
-    parser.add_argument("--alpha", type=float, default=1e-2,
-                        help="L2 strength, scale free (activations centred and divided by their RMS; default 1e-2)")
+    parser.add_argument("--alpha", type=float, default=None,
+                        help="L2 strength, scale free (activations centred and divided by their RMS); default: chosen "
+                        "from 1e-3 ... 10 by nested cross-validation over prompts")
     parser.add_argument("--condition", action="append", default=None, metavar="C",
                         help="use only rows of this condition (repeatable; default all rows)")
     parser.add_argument("--position-group", action="append", default=None, metavar="G",
@@ -37,7 +39,7 @@ def run(args) -> int:
     from mdlm_interp.representations.probes import check_new_folder, fit_probe, save_probes
 
     out = check_new_folder(args.out)
-    if not (np.isfinite(args.alpha) and args.alpha > 0) or args.seed < 0 or not 1 <= args.bootstrap <= 1_000_000:
+    if (args.alpha is not None and not (np.isfinite(args.alpha) and args.alpha > 0)) or args.seed < 0 or not 1 <= args.bootstrap <= 1_000_000:
         raise UsageError("--alpha must be a finite positive number, --seed at least 0 and --bootstrap 1 to 1000000")
     with open_activations(args.store) as store:
         sites = args.sites.split(",") if args.sites else sorted(store.sites)

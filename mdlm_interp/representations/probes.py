@@ -11,7 +11,8 @@ predictions), 95% by default. The saved direction is the probe fit on all rows.
 Both probes fit on centred activations divided by one scalar (their root mean square), which keeps
 the geometry (a direction in activation space stays one) and makes ``alpha`` scale free: ridge
 minimises ||y - X w||^2 + alpha n ||w||^2, logistic the mean log loss + alpha / 2 ||w||^2, in those
-scaled units. Directions are returned in the original units: prediction = x @ direction + intercept.
+scaled units; by default alpha is chosen from ``ALPHA_GRID`` by nested group cross-validation.
+Directions are returned in the original units: prediction = x @ direction + intercept.
 """
 
 import json
@@ -25,6 +26,7 @@ from mdlm_interp.errors import UsageError
 KINDS = ("ridge", "logistic")
 DIRECTIONS_FILE = "directions.safetensors"
 PROBES_FILE = "probes.json"
+ALPHA_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # alpha None: chosen from these by nested cross-validation
 
 
 @dataclass
@@ -47,6 +49,7 @@ class ProbeResult:
     alpha: float
     seed: int
     chance: float | None = None  # logistic: the majority class's share
+    fold_alphas: list = field(default_factory=list)  # the alpha each fold's probe used
 
     def record(self) -> dict:
         """Return the JSON dict of this probe (everything but the direction)."""
@@ -136,21 +139,47 @@ def _metric(sums: np.ndarray, kind: str) -> np.ndarray:
     return 1 - first / np.maximum(squares - total ** 2 / n, 1e-300)
 
 
+def held_out_predictions(x: np.ndarray, y: np.ndarray, folds: np.ndarray, fit, alpha: float) -> np.ndarray:
+    """Return the prediction [n] of every row by the probe fit (``fit(x, y, alpha)``) on the other folds
+    (``folds`` [n], from ``group_folds``)."""
+    predictions = np.empty(len(y))
+    for fold in np.unique(folds):
+        test = folds == fold
+        direction, intercept = fit(x[~test], y[~test], alpha)
+        predictions[test] = x[test] @ direction + intercept
+    return predictions
+
+
+def choose_alpha(x: np.ndarray, y: np.ndarray, groups: np.ndarray, kind: str, n_folds: int, seed: int,
+                 alphas=ALPHA_GRID) -> float:
+    """Return the alpha of ``alphas`` whose group-cross-validated pooled score on these rows is best
+    (ties go to the larger alpha); ``n_folds`` is capped at the number of groups."""
+    fit = fit_ridge if kind == "ridge" else fit_logistic
+    folds = group_folds(groups, min(n_folds, len(np.unique(groups))), seed)
+    _, group_index = np.unique(groups, return_inverse=True)
+    scores = [float(_metric(_group_sums(held_out_predictions(x, y, folds, fit, a), y, group_index, kind).sum(0), kind))
+              for a in alphas]
+    return max(reversed(alphas), key=lambda a: scores[list(alphas).index(a)])
+
+
 def fit_probe(x, y, groups, *, site: str = "", label: str = "", kind: str = "ridge", n_folds: int = 5,
-              alpha: float = 1e-2, seed: int = 0, n_boot: int = 1000, confidence: float = 0.95) -> ProbeResult:
+              alpha: float | None = None, seed: int = 0, n_boot: int = 1000, confidence: float = 0.95) -> ProbeResult:
     """Return the cross-validated probe of label ``y`` [n] on activations ``x`` [n, d] with rows
     grouped by ``groups`` [n] (prompt keys): held-out score, its group-bootstrap interval, fold scores,
     and the direction fit on all rows (see the module docstring). ``kind``: "ridge" or "logistic"
-    (labels then must take exactly two values; the larger one is class 1)."""
+    (labels then must take exactly two values; the larger one is class 1). ``alpha`` None chooses it
+    from ``ALPHA_GRID`` by nested cross-validation: within each outer fold's training prompts for its
+    held-out predictions (so the score stays held out), on all rows for the saved direction."""
     if kind not in KINDS:
         raise UsageError(f"unknown probe kind {kind!r}; choose from {', '.join(KINDS)}")
-    if not (np.isfinite(alpha) and alpha > 0):
+    if alpha is not None and not (np.isfinite(alpha) and alpha > 0):
         raise UsageError(f"the probe's alpha must be a finite positive number (got {alpha})")
     if seed < 0 or not 1 <= n_boot <= 1_000_000 or not 0 < confidence < 1:
         raise UsageError(f"probe: seed must be at least 0, bootstrap resamples 1 to 1000000 and confidence in (0, 1) "
                          f"(got {seed}, {n_boot}, {confidence})")
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
+    groups = np.asarray(groups)
     if x.ndim != 2 or len(x) != len(y) or len(y) != len(groups):
         raise ValueError(f"x [n, d], y [n] and groups [n] disagree: {x.shape}, {y.shape}, {len(groups)}")
     if not np.isfinite(y).all():
@@ -165,24 +194,28 @@ def fit_probe(x, y, groups, *, site: str = "", label: str = "", kind: str = "rid
     fit = fit_ridge if kind == "ridge" else fit_logistic
     folds = group_folds(groups, n_folds, seed)
     held_out = np.empty(len(y))
-    fold_scores = []
-    _, group_index = np.unique(np.asarray(groups), return_inverse=True)
+    fold_scores, fold_alphas = [], []
+    _, group_index = np.unique(groups, return_inverse=True)
     for fold in range(n_folds):
         test = folds == fold
-        direction, intercept = fit(x[~test], y[~test], alpha)
+        chosen = alpha if alpha is not None else choose_alpha(x[~test], y[~test], groups[~test], kind, n_folds, seed)
+        direction, intercept = fit(x[~test], y[~test], chosen)
         held_out[test] = x[test] @ direction + intercept
+        fold_alphas.append(chosen)
         fold_scores.append(float(_metric(_group_sums(held_out[test], y[test], group_index[test], kind).sum(0), kind)))
     sums = _group_sums(held_out, y, group_index, kind)
     sums = sums[sums[:, 0] > 0]
     counts = np.random.default_rng(seed).multinomial(len(sums), np.full(len(sums), 1 / len(sums)), size=n_boot)
     boot = _metric(counts.astype(np.float64) @ sums, kind)
     tail = (1 - confidence) / 2 * 100
-    direction, intercept = fit(x, y, alpha)
+    final_alpha = alpha if alpha is not None else choose_alpha(x, y, groups, kind, n_folds, seed)
+    direction, intercept = fit(x, y, final_alpha)
     return ProbeResult(site=site, label=label, kind=kind, metric="r2" if kind == "ridge" else "accuracy",
                        score=float(_metric(sums.sum(0), kind)),
                        interval=(float(np.percentile(boot, tail)), float(np.percentile(boot, 100 - tail))),
                        fold_scores=fold_scores, direction=direction, intercept=intercept, n_rows=len(y),
-                       n_groups=len(sums), n_folds=n_folds, alpha=alpha, seed=seed, chance=chance)
+                       n_groups=len(sums), n_folds=n_folds, alpha=final_alpha, seed=seed, chance=chance,
+                       fold_alphas=fold_alphas)
 
 
 def save_probes(results: list, out, provenance: dict | None = None) -> Path:

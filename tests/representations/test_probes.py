@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mdlm_interp.errors import UsageError
-from mdlm_interp.representations.probes import fit_probe, group_folds, load_direction, save_probes
+from mdlm_interp.representations.probes import ALPHA_GRID, fit_probe, group_folds, load_direction, save_probes
 
 
 def planted_direction(n_groups=60, per_group=5, d=32, seed=0):
@@ -84,3 +84,15 @@ def test_probes_save_and_load(tmp_path):
         fit_probe(x, np.arange(len(y)) % 3, groups, kind="logistic")
     with pytest.raises(UsageError, match="non-finite"):
         fit_probe(x, np.where(y > 0, np.nan, y), groups)
+
+
+def test_nested_alpha_choice_beats_an_overfitting_alpha():
+    g = np.random.default_rng(5)
+    x = g.standard_normal((120, 80))  # 40 prompts x 3 rows, 80 dimensions: a weak ridge overfits
+    y = x[:, 0] + 1.5 * g.standard_normal(120)
+    groups = np.repeat(np.arange(40), 3)
+    weak = fit_probe(x, y, groups, alpha=1e-6)
+    chosen = fit_probe(x, y, groups)
+    assert len(chosen.fold_alphas) == 5 and set(chosen.fold_alphas) <= set(ALPHA_GRID)
+    assert chosen.alpha in ALPHA_GRID and chosen.alpha >= 0.1
+    assert chosen.score > weak.score + 0.1 and chosen.score > 0
