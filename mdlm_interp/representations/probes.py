@@ -83,19 +83,29 @@ def _scaled(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     return centred / scale, mean, scale
 
 
-def fit_ridge(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
-    """Return (direction [d], intercept) of ridge regression of ``y`` [n] on ``x`` [n, d] (closed
-    form, float64; the dual form when d > n)."""
+def ridge_path(x: np.ndarray, y: np.ndarray, alphas) -> list:
+    """Return [(direction [d], intercept)] of ridge regression of ``y`` [n] on ``x`` [n, d], one per
+    alpha of ``alphas``, from one eigendecomposition (float64; of the d x d Gram matrix, or the n x n
+    one when d > n)."""
     z, mean, scale = _scaled(np.asarray(x, dtype=np.float64))
     y = np.asarray(y, dtype=np.float64)
     n, d = z.shape
     target = y - y.mean()
     if d <= n:
-        w = np.linalg.solve(z.T @ z + alpha * n * np.eye(d), z.T @ target)
+        values, vectors = np.linalg.eigh(z.T @ z)
+        projected = vectors.T @ (z.T @ target)
+        weights = [vectors @ (projected / (values + alpha * n)) for alpha in alphas]
     else:
-        w = z.T @ np.linalg.solve(z @ z.T + alpha * n * np.eye(n), target)
-    direction = w / scale
-    return direction, float(y.mean() - mean @ direction)
+        values, vectors = np.linalg.eigh(z @ z.T)
+        projected = vectors.T @ target
+        weights = [z.T @ (vectors @ (projected / (values + alpha * n))) for alpha in alphas]
+    return [(w / scale, float(y.mean() - mean @ (w / scale))) for w in weights]
+
+
+def fit_ridge(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
+    """Return (direction [d], intercept) of ridge regression of ``y`` [n] on ``x`` [n, d] (``ridge_path``
+    at one alpha)."""
+    return ridge_path(x, y, [alpha])[0]
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, alpha: float, max_iter: int = 100) -> tuple[np.ndarray, float]:
@@ -139,14 +149,16 @@ def _metric(sums: np.ndarray, kind: str) -> np.ndarray:
     return 1 - first / np.maximum(squares - total ** 2 / n, 1e-300)
 
 
-def held_out_predictions(x: np.ndarray, y: np.ndarray, folds: np.ndarray, fit, alpha: float) -> np.ndarray:
-    """Return the prediction [n] of every row by the probe fit (``fit(x, y, alpha)``) on the other folds
-    (``folds`` [n], from ``group_folds``)."""
-    predictions = np.empty(len(y))
+def held_out_predictions(x: np.ndarray, y: np.ndarray, folds: np.ndarray, kind: str, alphas) -> np.ndarray:
+    """Return the predictions [len(alphas), n] of every row by the probes fit on the other folds
+    (``folds`` [n], from ``group_folds``), one row per alpha."""
+    predictions = np.empty((len(alphas), len(y)))
     for fold in np.unique(folds):
         test = folds == fold
-        direction, intercept = fit(x[~test], y[~test], alpha)
-        predictions[test] = x[test] @ direction + intercept
+        fits = (ridge_path(x[~test], y[~test], alphas) if kind == "ridge"
+                else [fit_logistic(x[~test], y[~test], alpha) for alpha in alphas])
+        for i, (direction, intercept) in enumerate(fits):
+            predictions[i, test] = x[test] @ direction + intercept
     return predictions
 
 
@@ -154,12 +166,12 @@ def choose_alpha(x: np.ndarray, y: np.ndarray, groups: np.ndarray, kind: str, n_
                  alphas=ALPHA_GRID) -> float:
     """Return the alpha of ``alphas`` whose group-cross-validated pooled score on these rows is best
     (ties go to the larger alpha); ``n_folds`` is capped at the number of groups."""
-    fit = fit_ridge if kind == "ridge" else fit_logistic
     folds = group_folds(groups, min(n_folds, len(np.unique(groups))), seed)
     _, group_index = np.unique(groups, return_inverse=True)
-    scores = [float(_metric(_group_sums(held_out_predictions(x, y, folds, fit, a), y, group_index, kind).sum(0), kind))
-              for a in alphas]
-    return max(reversed(alphas), key=lambda a: scores[list(alphas).index(a)])
+    predictions = held_out_predictions(x, y, folds, kind, alphas)
+    scores = [float(_metric(_group_sums(p, y, group_index, kind).sum(0), kind)) for p in predictions]
+    best = max(range(len(alphas)), key=lambda i: (scores[i], alphas[i]))
+    return alphas[best]
 
 
 def fit_probe(x, y, groups, *, site: str = "", label: str = "", kind: str = "ridge", n_folds: int = 5,
