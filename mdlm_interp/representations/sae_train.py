@@ -14,9 +14,7 @@ the state (parameters, AdamW moments, the steps since each latent fired, the run
 (``sae_format.save_sae``) and the state removed.
 """
 
-import json
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,8 +26,8 @@ from mdlm_interp.errors import UsageError
 from mdlm_interp.outputs import check_output_dir
 from mdlm_interp.representations.sae import SAEShape, SparseAutoencoder, losses
 from mdlm_interp.representations.sae_format import CONFIG_FILE, save_sae
-from mdlm_interp.training.loop import (STATE_DIR, TrainLoop, deterministic, load_state, make_optimizer,
-                                       save_state, saved_position, warmup_cosine)
+from mdlm_interp.training.loop import TrainLoop, deterministic, make_optimizer, warmup_cosine
+from mdlm_interp.training.run_folder import STATE_DIR, load_state, remove_state, resume_position, save_state
 
 
 @dataclass(frozen=True)
@@ -126,18 +124,13 @@ def train_sae(batches, config: SAETrainConfig, out, *, hook_name: str, metadata:
     config.check()
     shape = config.shape(batches.d_in)
     out = Path(out)
-    position = saved_position(out) if resume else None
-    if resume and position is None:
-        raise UsageError(f"cannot resume: {out} has no saved SAE training state"
-                         + (" (the SAE there is complete)" if (out / CONFIG_FILE).exists() else ""))
+    if resume and (out / CONFIG_FILE).exists():
+        raise UsageError(f"cannot resume: the SAE in {out} is complete")
     if not resume and out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"{out} exists; choose a new output folder (or resume)")
     check_output_dir(out, allow=(STATE_DIR,))
     wanted = {"config": asdict(config), "data": batches.describe(), "hook_name": hook_name}
-    if position is not None:
-        for key, value in wanted.items():
-            if json.loads(json.dumps(value)) != position[key]:
-                raise UsageError(f"cannot resume {out}: its {key} differs from this run's")
+    position = resume_position(out, wanted) if resume else None
     stop = config.steps if stop_after is None else min(int(stop_after), config.steps)
     with deterministic(config.threads):
         try:
@@ -167,7 +160,7 @@ def train_sae(batches, config: SAETrainConfig, out, *, hook_name: str, metadata:
             if done % config.save_every == 0 or done == stop:
                 out.mkdir(parents=True, exist_ok=True)
                 save_state(out, {**params, "since_fired": since_fired}, optimizer,
-                           {"step": done, "running": running_terms, **wanted})
+                           {"step": done, "running": running_terms, "config": wanted})
 
         handle = sae.constrain_decoder()
         began = time.perf_counter()
@@ -183,7 +176,7 @@ def train_sae(batches, config: SAETrainConfig, out, *, hook_name: str, metadata:
     complete = stop == config.steps
     if complete:
         save_sae(sae, out, hook_name, {**(metadata or {}), "training": {**wanted, "final_terms": running}})
-        shutil.rmtree(out / STATE_DIR, ignore_errors=True)
+        remove_state(out)
     tokens = (stop - start) * config.batch_size
     return {"steps_done": stop, "complete": complete, "terms": running, "out": str(out),
             "tokens_per_s": tokens / seconds if seconds > 0 and tokens else None}
