@@ -354,12 +354,13 @@ def shard_path(out, rank: int, world: int) -> Path:
 
 
 def tqdm_or_none(enabled: bool, **kwargs):
-    """Return a tqdm progress bar over rows, or None when progress is off."""
+    """Return a tqdm progress bar (over rows, "recording", unless ``kwargs`` say otherwise), or None when
+    progress is off."""
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(unit="row", desc="recording", **kwargs)
+    return tqdm(**{"unit": "row", "desc": "recording", **kwargs})
 
 
 def recorder_factories(config: RecordConfig) -> dict:

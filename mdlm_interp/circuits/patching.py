@@ -353,6 +353,9 @@ def run_patching(lm, config: RecordConfig, clean: Condition, corrupt: Condition,
         ids = lm.tokenizer.encode(wrong_token, add_special_tokens=False)
         if len(ids) != 1:
             raise UsageError(f"the wrong token {wrong_token!r} is {len(ids)} tokens; it must be exactly one")
+        if ids[0] == lm.tokenizer.unk_token_id or lm.tokenizer.decode(ids) != wrong_token:
+            raise UsageError(f"the wrong token {wrong_token!r} is not a token of this model's vocabulary (it reads "
+                             f"back as {lm.tokenizer.decode(ids)!r}); it must be exactly one token")
         wrong_id = ids[0]
     pairs = pair_prompts(subject, config, clean, corrupt)
     longest = max(len(tp.input_ids) for run in ("clean", "corrupt") for tp in pairs[run])

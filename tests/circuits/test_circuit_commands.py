@@ -1,0 +1,69 @@
+"""patch and ablate as a user types them: progress bars on, bad tokens, control draws and sizes refused in one line."""
+
+import json
+import shutil
+
+import h5py
+
+from cli_run import run_cli
+
+SMALL = ("--task", "adjective+largest", "--n-relevant", "2", "--n-distractor", "3", "--n", "1")
+
+
+def one_line_refusal(result, message: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_patch_and_ablate_run_with_their_progress_bars_on(tiny_checkpoint, tmp_path):
+    model = tiny_checkpoint("llada")
+    patched = run_cli("patch", "--model", model, *SMALL, "--corrupt-masks", "3", "--last-k", "1",
+                      "--out", tmp_path / "p.h5")
+    assert patched.returncode == 0, patched.stderr
+    assert "patching" in patched.stderr and "pair" in patched.stderr  # the bar names its own work
+    ablated = run_cli("ablate", "--model", model, *SMALL, "--heads", "0.1", "--masks", "1,3", "--out", tmp_path / "a.h5")
+    assert ablated.returncode == 0, ablated.stderr
+    assert "ablating" in ablated.stderr and "run" in ablated.stderr
+
+
+def test_a_wrong_token_outside_the_vocabulary_is_refused(tiny_checkpoint, tmp_path):
+    result = run_cli("patch", "--model", "organism-llada", *SMALL, "--wrong-token", "zzzqqq",  # one token: <unk>
+                     "--out", tmp_path / "p.h5")
+    one_line_refusal(result, "not a token of this model's vocabulary")
+    assert not (tmp_path / "p.h5").exists()
+
+
+def test_the_control_draws_only_heads_not_chosen(tiny_checkpoint, tmp_path):
+    model = tiny_checkpoint("llada")  # 2 layers x 4 heads
+    out = tmp_path / "a.h5"
+    result = run_cli("ablate", "--model", model, *SMALL, "--heads", "top:4", "--masks", "1,3",
+                     "--control-draws", "3", "--modes", "zero", "--out", out, "--no-progress")
+    assert result.returncode == 0, result.stderr
+    with h5py.File(out, "r") as store:
+        chosen = set(json.loads(store.attrs["heads"]))
+        draws = json.loads(store.attrs["control_heads"])
+    assert len(chosen) == 4 and len(draws) == 3
+    for draw in draws:
+        assert len(draw) == 4 and not set(draw) & chosen  # 4 of the 4 heads left: exactly the others
+    for heads in ("top:8", "top:5", "0.0,0.1,0.2,0.3,1.0"):
+        refused = run_cli("ablate", "--model", model, *SMALL, "--heads", heads, "--masks", "1,3",
+                          "--control-draws", "2", "--out", tmp_path / "x.h5")
+        one_line_refusal(refused, "among those not chosen")
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_sizes_beyond_the_machine_are_refused_before_allocating(tiny_checkpoint, tmp_path):
+    model = tiny_checkpoint("llada")
+    draws = run_cli("ablate", "--model", model, *SMALL, "--heads", "0.1", "--masks", "1,3",
+                    "--control-draws", "100000000", "--out", tmp_path / "x.h5")
+    one_line_refusal(draws, "--control-draws 100000000 would take about")
+    for family, key in (("llada", "n_layers"), ("llama", "num_hidden_layers")):
+        huge = tmp_path / f"huge-{family}"
+        shutil.copytree(tiny_checkpoint(family), huge)
+        config = json.loads((huge / "config.json").read_text())
+        config[key] = 10**7
+        (huge / "config.json").write_text(json.dumps(config))
+        refused = run_cli("patch" if family == "llada" else "record", "--model", huge, *SMALL, "--out", tmp_path / "y.h5")
+        one_line_refusal(refused, "10000000 layers")
+        assert "more than this machine's" in refused.stderr
+    assert not (tmp_path / "x.h5").exists() and not (tmp_path / "y.h5").exists()
