@@ -5,7 +5,8 @@ means over the pairs, (mean patched - mean corrupt) / (mean clean - mean corrupt
 logit(wrong), so a pair whose two runs barely differ cannot blow it up; its 95% interval is a
 percentile bootstrap over pairs. ``clean_into_corrupt`` cells near 1 restore the answer;
 ``corrupt_into_clean`` cells near 0 break it. Attribution patching's estimate of every cell sits
-beside it (``attribution_recovery``), and per site the Pearson correlation of the two over the grid.
+beside it (``attribution_recovery``), and per site the Pearson correlation of the two over the grid
+(``attribution_agreement``), computed here when the store is read (stores do not carry it).
 """
 
 import numpy as np
@@ -82,6 +83,31 @@ def patching_cells(store, seed: int = BOOTSTRAP_SEED, resamples: int = BOOTSTRAP
         attribution_recovery=recovery(values["attribution"].mean(0), clean.mean(), corrupt.mean()))
 
 
+def attribution_agreement(store) -> dict | None:
+    """Return direction -> site -> Pearson correlation, over the cells of the site's grid, between the exact
+    recovery and attribution patching's recovery of an open patching store (None for a site where either
+    is constant or fewer than two cells are finite); None when attribution was not computed."""
+    if np.isnan(store.array("attribution/resid_pre_logit_diff")).all():
+        return None
+    clean = float(np.mean(store.array("pairs/clean_logit_diff").astype(np.float64)))
+    corrupt = float(np.mean(store.array("pairs/corrupt_logit_diff").astype(np.float64)))
+
+    def cell_recovery(prefix: str, site: str, d: int) -> np.ndarray:
+        patched = np.nanmean(store.array(f"{prefix}/{site}_logit_diff")[:, d].astype(np.float64), axis=0)
+        return recovery(patched, clean, corrupt).ravel()
+
+    agreement = {}
+    for d, direction in enumerate(store.attrs["directions"]):
+        agreement[direction] = {}
+        for site in SITES:
+            exact, estimate = cell_recovery("patching", site, d), cell_recovery("attribution", site, d)
+            keep = np.isfinite(exact) & np.isfinite(estimate)
+            both = exact[keep], estimate[keep]
+            usable = keep.sum() > 1 and both[0].std() > 0 and both[1].std() > 0
+            agreement[direction][site] = float(np.corrcoef(*both)[0, 1]) if usable else None
+    return agreement
+
+
 def pair_summary(store) -> dict:
     """Return n, and per run ("clean", "corrupt") accuracy with its Wilson interval (ci_low, ci_high), mean
     p(answer) and mean logit difference; and the share of corrupt runs that predict the wrong token."""
@@ -104,7 +130,7 @@ def patching(paths) -> dict:
     Wilson bounds, p(answer) and logit difference, the share of corrupt runs predicting the wrong
     token). patching_cells: ``patching_cells`` of every store, with model and comparison.
     patching_attribution: per store, direction and site, the Pearson correlation between exact and
-    attribution recovery over the grid's cells (the store's ``attribution_correlation``).
+    attribution recovery over the grid's cells (``attribution_agreement``).
     """
     import pandas as pd
 
@@ -118,7 +144,7 @@ def patching(paths) -> dict:
             runs.append({**label, "n": summary["n"], "wrong_token_share": summary["corrupt_says_wrong_token"],
                          **{f"{run}_{k}": v for run in ("clean", "corrupt") for k, v in summary[run].items()}})
             cells.append(patching_cells(store).assign(**label))
-            for direction, sites in (store.attrs["attribution_correlation"] or {}).items():
+            for direction, sites in (attribution_agreement(store) or {}).items():
                 agreement += [{**label, "direction": direction, "site": site, "pearson": r}
                               for site, r in sites.items()]
     cells = pd.concat(cells, ignore_index=True)

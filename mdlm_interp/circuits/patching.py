@@ -26,7 +26,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mdlm_interp.analyses.stats import recovery
 from mdlm_interp.circuits.pairs import PromptPair, answer_metrics, make_pair, pair_prompts, top_wrong_ids
 from mdlm_interp.errors import UsageError
 from mdlm_interp.hooks.interventions import patch_positions
@@ -283,33 +282,6 @@ def patch_batch(model, pair: PromptPair, *, last_k: int = 5, wrong_id: int | Non
     return columns, group_names, head_group_names
 
 
-def cell_recovery(columns: dict, prefix: str, site: str) -> np.ndarray:
-    """Return the recovery of every cell of a site's grid, [direction, ...grid], from store columns:
-    (mean patched - mean corrupt) / (mean clean - mean corrupt) of the logit difference over rows."""
-    patched = np.nanmean(np.asarray(columns[f"{prefix}/{site}_logit_diff"], dtype=np.float64), axis=0)
-    clean = float(np.mean(columns["pairs/clean_logit_diff"]))
-    corrupt = float(np.mean(columns["pairs/corrupt_logit_diff"]))
-    return recovery(patched, clean, corrupt)
-
-
-def attribution_agreement(columns: dict) -> dict | None:
-    """Return direction -> site -> Pearson correlation, over the grid's cells, between the exact and the
-    attribution recovery (``cell_recovery``); None when attribution was not computed."""
-    if np.isnan(columns["attribution/resid_pre_logit_diff"]).all():
-        return None
-    agreement = {}
-    for d, direction in enumerate(DIRECTIONS):
-        agreement[direction] = {}
-        for site in SITES:
-            exact = cell_recovery(columns, "patching", site)[d].ravel()
-            estimate = cell_recovery(columns, "attribution", site)[d].ravel()
-            keep = np.isfinite(exact) & np.isfinite(estimate)
-            both = exact[keep], estimate[keep]
-            usable = keep.sum() > 1 and both[0].std() > 0 and both[1].std() > 0
-            agreement[direction][site] = float(np.corrcoef(*both)[0, 1]) if usable else None
-    return agreement
-
-
 def patch_pairs(model, pairs: dict, prediction_offset: int, *, batch_size: int = 8, last_k: int = 5,
                 wrong_id: int | None = None, attribution: bool = True, max_rows: int = 512, progress: bool = False,
                 device="cpu") -> tuple[dict, list, list]:
@@ -375,7 +347,6 @@ def run_patching(lm, config: RecordConfig, clean: Condition, corrupt: Condition,
                             seed=config.seed, **facts)
     dims = {"directions": len(DIRECTIONS), "layers": subject.n_layers, "heads": subject.n_heads,
             "groups": len(group_names), "head_groups": len(head_group_names)}
-    attrs = {"directions": list(DIRECTIONS), "position_groups": group_names, "head_groups": head_group_names,
-             "attribution_correlation": attribution_agreement(columns)}
+    attrs = {"directions": list(DIRECTIONS), "position_groups": group_names, "head_groups": head_group_names}
     return write_results(out, PATCHING, columns, dims=dims, provenance=provenance, settings=settings, attrs=attrs,
                          overwrite=overwrite)

@@ -105,6 +105,7 @@ def report(path, tokenizer=None, figures=None, top: int = 5) -> str:
 
     from mdlm_interp.analyses.grouped import masks_text
     from mdlm_interp.analyses.patching import (
+        attribution_agreement,
         comparison,
         describe,
         head_heatmaps,
@@ -119,7 +120,7 @@ def report(path, tokenizer=None, figures=None, top: int = 5) -> str:
     with open_results(path, "patching") as store:
         cells = patching_cells(store)
         summary = pair_summary(store)
-        settings, agreement = store.attrs["settings"], store.attrs["attribution_correlation"]
+        settings, agreement = store.attrs["settings"], attribution_agreement(store)
         wrong = store.array("pairs/wrong_id")
         stamp = store.attrs["command_line"]
     lines = [f"wrote {summary['n']} pairs to {path} ({comparison(settings)})"]

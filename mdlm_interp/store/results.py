@@ -161,9 +161,6 @@ PATCHING = StoreKind(
                                             '"answer", "appended" (only when both runs have tokens after the '
                                             'slot), "last:1" .. "last:k"'),
         Attr("head_groups", "JSON str", '["answer", "all"]'),
-        Attr("attribution_correlation", "JSON str", "direction -> site -> Pearson correlation between exact and "
-                                                    "attribution recovery over the grid's cells (null without "
-                                                    "attribution)"),
     ),
 )
 
