@@ -10,7 +10,7 @@ def differing(a, b) -> set[str]:
 
 
 def test_qwen2_is_dream_read_causally_with_its_own_names_and_tokens():
-    assert differing(DREAM, QWEN2) == {"family", "model_types", "architecture", "causal", "prediction_offset",
+    assert differing(DREAM, QWEN2) == {"family", "model_types", "architecture", "causal",
                                        "sampler", "special_tokens", "special_id_keys"}
     assert QWEN2.causal and QWEN2.prediction_offset == -1 and QWEN2.sampler is None and QWEN2.mask_token is None
     assert QWEN2.param_names is DREAM.param_names and QWEN2.config_keys is DREAM.config_keys  # shared, not copied
