@@ -205,17 +205,20 @@ class HookedDecoder(HookedRootModule):
             raise UsageError("this model has no tokenizer; load it with mdlm_interp.load_model or set model.tokenizer")
         return self.tokenizer
 
-    def to_tokens(self, input: str | list[str], prepend_bos: bool | None = None, move_to_device: bool = True,
-                  truncate: bool = True) -> torch.Tensor:
+    def to_tokens(self, input: str | list[str], prepend_bos: bool | None = None, padding_side: str | None = None,
+                  move_to_device: bool = True, truncate: bool = True) -> torch.Tensor:
         """Return the token ids [batch, pos] of a string or a list of strings of equal token length.
 
         The text is tokenized as it is, with no special tokens except the family's BOS when
         ``prepend_bos`` (default ``default_prepend_bos``: True where the family's prompts start with
         BOS, LLaDA and Llama; False for Dream and Qwen2). ``truncate`` keeps the first ``cfg.n_ctx``
         tokens. Strings of different token lengths are refused (pad them yourself and pass an
-        ``attention_mask`` to the model).
+        ``attention_mask`` to the model), so TransformerLens' ``padding_side`` ("left" or "right") is
+        accepted and changes nothing.
         """
         tokenizer = self._require_tokenizer()
+        if padding_side not in (None, "left", "right"):
+            raise UsageError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         prepend_bos = self.default_prepend_bos if prepend_bos is None else prepend_bos
         texts = [input] if isinstance(input, str) else list(input)
         if prepend_bos and tokenizer.bos_token_id is None:
@@ -229,17 +232,26 @@ class HookedDecoder(HookedRootModule):
         return torch.tensor(rows, dtype=torch.long, device=self.cfg.device if move_to_device else "cpu")
 
     def to_string(self, tokens) -> str | list[str]:
-        """Decode token ids: [pos] (or a list of ids) -> str, [batch, pos] -> list of str."""
+        """Decode token ids: [pos] (or a list of ids, or one id) -> str, [batch, pos] -> list of str."""
         tokenizer = self._require_tokenizer()
         tokens = torch.as_tensor(tokens)
         if tokens.dim() == 2:
             return [tokenizer.decode(row.tolist(), clean_up_tokenization_spaces=False) for row in tokens]
         return tokenizer.decode(tokens.reshape(-1).tolist(), clean_up_tokenization_spaces=False)
 
-    def to_str_tokens(self, input) -> list[str]:
-        """Return each token of ``input`` (a string, tokenized as ``to_tokens`` does, or ids [pos]) as a string."""
-        tokens = self.to_tokens(input)[0] if isinstance(input, str) else torch.as_tensor(input).reshape(-1)
-        return [self.to_string(token.reshape(1)) for token in tokens]
+    def to_str_tokens(self, input, prepend_bos: bool | None = None, padding_side: str | None = None) -> list:
+        """Return each token of ``input`` as a string, as TransformerLens does: a string (tokenized as
+        ``to_tokens`` does, with ``prepend_bos`` and ``padding_side`` as there) or ids ([pos], or [1, pos])
+        -> list of str; a list of strings -> one such list per string."""
+        if isinstance(input, (list, tuple)) and input and all(isinstance(item, str) for item in input):
+            return [self.to_str_tokens(item, prepend_bos=prepend_bos, padding_side=padding_side) for item in input]
+        if isinstance(input, str):
+            tokens = self.to_tokens(input, prepend_bos=prepend_bos, padding_side=padding_side)[0]
+        else:
+            tokens = torch.as_tensor(input)
+            if tokens.dim() == 2 and tokens.shape[0] != 1:
+                raise UsageError(f"to_str_tokens takes one sequence of ids; got a batch of {tokens.shape[0]}")
+        return [self.to_string(token.reshape(1)) for token in tokens.reshape(-1)]
 
     def to_single_token(self, string: str) -> int:
         """Return the id of ``string``, which must be exactly one token (no BOS added)."""
