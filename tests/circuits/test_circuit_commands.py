@@ -67,3 +67,21 @@ def test_sizes_beyond_the_machine_are_refused_before_allocating(tiny_checkpoint,
         one_line_refusal(refused, "10000000 layers")
         assert "more than this machine's" in refused.stderr
     assert not (tmp_path / "x.h5").exists() and not (tmp_path / "y.h5").exists()
+
+
+def test_patch_on_a_vanishing_gap_prints_the_gap_and_effects_not_recovery(tmp_path):
+    args = ("patch", "--model", "organism-dream", "--task", "adjective+largest", "--n", "2", "--no-progress")
+    result = run_cli(*args, "--out", tmp_path / "p.h5")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    gap = next(line for line in lines if "clean - corrupt gap" in line)
+    assert lines.index(gap) == 1 and "logits" in gap  # the gap comes first, right after the summary line
+    value = float(gap.split("):")[1].split()[0])
+    assert abs(value) < 1.0
+    assert "recovery is undefined" in result.stdout
+    cells = [line for line in lines if line.startswith("  z ")]
+    assert cells and all("logits" in line and "[" not in line for line in cells)  # effects only, no recovery interval
+    defined = run_cli(*args, "--min-gap", "0", "--out", tmp_path / "q.h5")
+    assert defined.returncode == 0 and "recovery is undefined" not in defined.stdout
+    assert any(line.startswith("  z ") and "[" in line and "logits)" in line for line in defined.stdout.splitlines())
+    one_line_refusal(run_cli(*args, "--min-gap", "-1", "--out", tmp_path / "r.h5"), "--min-gap")

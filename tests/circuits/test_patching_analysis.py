@@ -75,3 +75,21 @@ def test_no_agreement_without_attribution_and_none_for_a_constant_grid(tmp_path)
     nan = {site: [float("nan")] * n for site, n in sizes.items()}
     with open_results(write(tmp_path / "q.h5", exact, nan), "patching") as store:
         assert attribution_agreement(store) is None
+
+
+def test_recovery_is_undefined_under_the_minimum_gap_and_effects_are_in_logits(tmp_path):
+    from mdlm_interp.analyses.patching import patching_cells
+
+    sizes = {"resid_pre": 6, "attn_out": 4, "mlp_out": 4, "z": 8}
+    exact = {site: [0.5 * i for i in range(n)] for site, n in sizes.items()}
+    with open_results(write(tmp_path / "p.h5", exact, exact), "patching") as store:
+        shown = patching_cells(store, resamples=20)  # gap 3 logits: recovery defined
+        hidden = patching_cells(store, resamples=20, min_gap=3.5)
+    first = shown[(shown["direction"] == "clean_into_corrupt") & (shown["site"] == "attn_out")]
+    assert first["recovery"].tolist() == pytest.approx([0.5 * i / 3 for i in range(4)])
+    assert first["effect"].tolist() == pytest.approx([0.5 * i - 0 for i in range(4)])  # receiver: corrupt, mean 0
+    second = shown[(shown["direction"] == "corrupt_into_clean") & (shown["site"] == "attn_out")]
+    assert second["effect"].tolist() == pytest.approx([-0.5 * i - 3 for i in range(4)])  # receiver: clean, mean 3
+    for column in ("recovery", "recovery_low", "recovery_high", "attribution_recovery"):
+        assert hidden[column].isna().all()
+    assert hidden["effect"].tolist() == pytest.approx(shown["effect"].tolist())
