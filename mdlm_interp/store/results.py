@@ -24,7 +24,7 @@ import numpy as np
 
 from mdlm_interp.errors import UsageError
 from mdlm_interp.store.schema import Attr, Field
-from mdlm_interp.store.writer import Provenance, _as_rows, check_writable
+from mdlm_interp.store.writer import Provenance, as_rows, check_writable
 from mdlm_interp.version import __version__
 
 RESULTS_SCHEMA_VERSION = 1
@@ -223,7 +223,7 @@ def write_results(path, kind: StoreKind, columns: dict, *, dims: dict, provenanc
     own = {a.name for a in kind.attrs}
     if set(attrs) != own:
         raise ValueError(f"attrs must be exactly {sorted(own)}, got {sorted(attrs)}")
-    arrays = {f.path: _as_rows(f, columns[f.path], f.row_shape(dims)) for f in kind.data}
+    arrays = {f.path: as_rows(f, columns[f.path], f.row_shape(dims)) for f in kind.data}
     n_rows = {len(a) for a in arrays.values()}
     if len(n_rows) != 1:
         raise ValueError(f"columns have different row counts: { {p: len(a) for p, a in arrays.items()} }")
