@@ -22,6 +22,7 @@ from mdlm_interp.store.results import SITES, open_results
 
 RESIDUAL_SITES = ("resid_pre", "attn_out", "mlp_out")
 MIN_GAP = 1.0  # logits: under this clean - corrupt gap, recovery is undefined
+HEAD_GROUP_TITLES = {"answer": "the answer slot", "all": "every position", "readout": "the readout position"}
 RECEIVERS = {"clean_into_corrupt": "corrupt", "corrupt_into_clean": "clean"}
 DIRECTION_TITLES = {"clean_into_corrupt": "clean activations patched into the corrupt run",
                     "corrupt_into_clean": "corrupt activations patched into the clean run"}
@@ -241,7 +242,7 @@ def head_heatmaps(cells, direction: str, model: str = "", compared: str = "") ->
     for ax, position in zip(axes[0], positions):
         grid = part[part["position"] == position].pivot(index="layer", columns="head", values="recovery")
         image = heatmap(ax, grid.to_numpy(), [str(l) for l in grid.index], [str(h) for h in grid.columns],
-                         f"head output patched at: {position}", "layer", "head")
+                         f"head output patched at: {HEAD_GROUP_TITLES.get(position, position)}", "layer", "head")
     figure.colorbar(image, ax=list(axes[0]), label="recovery", shrink=0.85)
     figure.suptitle(f"Head patching{title}: {DIRECTION_TITLES.get(direction, direction)}{undefined_note(part)}")
     caption = (f"Recovery when one head's output (hook_z; layer rows, head columns) is patched at the answer slot or "

@@ -107,8 +107,8 @@ SITE_DOCS = {
                  "before ln_final) patched over a position group",
     "attn_out": "the attention output of block l (hook_attn_out) patched over a position group",
     "mlp_out": "the MLP output of block l (hook_mlp_out) patched over a position group",
-    "z": "one head's output before the output projection (attn.hook_z) patched at the answer slot or at "
-         "every position with a counterpart",
+    "z": "one head's output before the output projection (attn.hook_z) patched at the answer slot, at "
+         "every position with a counterpart, or at the readout position (Dream)",
 }
 
 _PAIR_FIELDS = (
@@ -142,7 +142,8 @@ PATCHING = StoreKind(
         "layers": "transformer blocks",
         "heads": "attention (query) heads per block",
         "groups": "position groups of the residual sites (attribute position_groups)",
-        "head_groups": "2: the answer slot, then every position with a counterpart (attribute head_groups)",
+        "head_groups": "the answer slot, every position with a counterpart, and where the prediction is read "
+                       "before the slot (Dream) the readout position (attribute head_groups)",
     },
     data=_PAIR_FIELDS + _RUN_FIELDS + tuple(
         _f("patching", f"{site}_{metric}", "float32", SITE_SHAPES[site],
@@ -159,8 +160,10 @@ PATCHING = StoreKind(
         Attr("directions", "JSON str", '["clean_into_corrupt", "corrupt_into_clean"]'),
         Attr("position_groups", "JSON str", 'names along groups: "all", "relevant", "distractor", "query", '
                                             '"answer", "appended" (only when both runs have tokens after the '
-                                            'slot), "last:1" .. "last:k"'),
-        Attr("head_groups", "JSON str", '["answer", "all"]'),
+                                            'slot), "last:1" .. "last:k", "readout" (only where the prediction is '
+                                            'read before the slot, Dream: the readout position)'),
+        Attr("head_groups", "JSON str", '["answer", "all"], then "readout" where the prediction is read before '
+                                        'the slot (Dream)'),
     ),
 )
 

@@ -85,3 +85,17 @@ def test_patch_on_a_vanishing_gap_prints_the_gap_and_effects_not_recovery(tmp_pa
     assert defined.returncode == 0 and "recovery is undefined" not in defined.stdout
     assert any(line.startswith("  z ") and "[" in line and "logits)" in line for line in defined.stdout.splitlines())
     one_line_refusal(run_cli(*args, "--min-gap", "-1", "--out", tmp_path / "r.h5"), "--min-gap")
+
+    # Dream reads the slot's prediction at the position before it: head patching there moves the logit
+    # difference, at the slot itself (which only later layers read, through attention) it barely does
+    from mdlm_interp.analyses.patching import patching_cells
+    from mdlm_interp.store.results import open_results
+
+    with open_results(tmp_path / "p.h5", "patching") as store:
+        assert store.attrs["head_groups"] == ["answer", "all", "readout"]
+        assert store.attrs["position_groups"][-1] == "readout"
+        cells = patching_cells(store, resamples=20, min_gap=0)
+    heads = cells[(cells["site"] == "z") & (cells["direction"] == "clean_into_corrupt")]
+    at_slot = heads[heads["position"] == "answer"]["recovery"].abs()
+    at_readout = heads[heads["position"] == "readout"]["recovery"].abs()
+    assert at_slot.max() < 0.01 and at_readout.max() > 0.5, (at_slot.max(), at_readout.max())
