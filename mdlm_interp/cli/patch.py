@@ -14,10 +14,11 @@ def add_parser(subparsers) -> None:
         description="Build each prompt twice, as a clean run (e.g. 1 mask, or the filler control) and a corrupt "
         "run (e.g. 50 masks), and patch activations between them in both directions: resid_pre, attn_out and "
         "mlp_out of every layer over position groups (all, relevant and distractor examples, query, answer slot, "
-        "the tokens after the slot when both runs have them, each of the last k positions), and every head's "
-        "output (hook_z) at the answer slot and over all positions. The metric is logit(answer) - logit(wrong) "
-        "at the answer readout, reported as recovery (patched - corrupt) / (clean - corrupt), with p(answer) "
-        "beside it. Attribution patching (gradient x activation difference) estimates the same grid. Writes an "
+        "the tokens after the slot when both runs have them, each of the last k positions, and for Dream the readout "
+        "position before the slot), and every head's output (hook_z) at the answer slot, over all positions and "
+        "(Dream) at the readout position. The metric is logit(answer) - logit(wrong) at the answer readout: the "
+        "clean - corrupt gap is printed first, then each patch's effect in logits and its recovery (patched - "
+        "corrupt) / (clean - corrupt), undefined where the gap is under --min-gap, with p(answer) beside it. Attribution patching (gradient x activation difference) estimates the same grid. Writes an "
         "HDF5 patching store (docs/store.md) and prints the cells that recover most.",
     )
     parser.add_argument("--model", default=DEFAULT_MODEL,
