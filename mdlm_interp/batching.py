@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from mdlm_interp.models.readout import readout_position
+
 PADDING_SIDES = ("right", "left")
 
 
@@ -116,7 +118,8 @@ def collate(prompts: list, prediction_offset: int, *, pad_id: int = 0, padding_s
 
     appended = spans(lambda tp: [appended_span(tp)])
     layout = BatchLayout(
-        readout=torch.tensor([start + tp.answer_position + prediction_offset for tp, start in zip(prompts, starts)]),
+        readout=torch.tensor([readout_position(start + tp.answer_position, prediction_offset)
+                              for tp, start in zip(prompts, starts)]),
         answer_ids=torch.tensor([tp.answer_id for tp in prompts]),
         valid=valid,
         answer=spans(lambda tp: [tp.spans["answer"]] if tp.answer_position < len(tp.input_ids) else []),

@@ -19,8 +19,16 @@ RULES = [
     ("hooks", ("store", "record", "training", "cli")),
     ("tasks", ("models", "store", "hooks", "record", "training", "cli")),
     ("batching", ("models", "tasks", "store", "hooks", "record", "training", "cli")),
-    ("analyses", ("tasks", "hooks", "batching", "record", "training", "sweep", "cli")),  # stores in, findings out
+    ("analyses", ("tasks", "hooks", "batching", "record", "training", "sweep", "circuits", "decoding", "cli")),
+    # stores in, findings out; the store holds no experiment (experiments register their own schemas)
+    ("store", ("circuits", "decoding", "sweep", "compare", "analyses", "record", "cli")),
 ]
+
+# Layers that may import from models only these public modules (no rotary, norm, attention or block internals).
+MODELS_PUBLIC = {
+    "circuits": ("mdlm_interp.models", "mdlm_interp.models.hook_names", "mdlm_interp.models.readout"),
+    "batching": ("mdlm_interp.models.readout",),  # the readout position of the answer slot, nothing else
+}
 
 COMMAND_LINE = ("cli", "__main__")  # the command line and `python -m mdlm_interp`, its entry point
 
@@ -47,19 +55,38 @@ def layer_of(file: Path, package_root: Path) -> str:
     return file.relative_to(package_root).with_suffix("").parts[0]
 
 
+def is_module(package_root: Path, dotted: str) -> bool:
+    """Return whether ``dotted`` (e.g. "mdlm_interp.models.rotary") names a module file or package of the tree."""
+    path = package_root.parent.joinpath(*dotted.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
 def violations(package_root: Path) -> list[str]:
     """Return one line per import that breaks a rule of ``RULES`` or imports the CLI from outside it."""
     name = package_root.name
     problems = []
+    rules = {}
+    for layer, modules in RULES:
+        rules[layer] = rules.get(layer, ()) + modules
     for file in sorted(package_root.rglob("*.py")):
         layer = layer_of(file, package_root)
-        forbidden = dict(RULES).get(layer, ())
+        forbidden = rules.get(layer, ())
         if layer not in COMMAND_LINE:
             forbidden = (*forbidden, "cli")
+        public = tuple(module.replace("mdlm_interp", name, 1) for module in MODELS_PUBLIC.get(layer, ()))
         for names in import_statements(file, package_root):
             for module in names:
                 parts = module.split(".")
-                if parts[0] == name and len(parts) > 1 and parts[1] in forbidden:
+                if parts[0] != name or len(parts) < 2:
+                    continue
+                if parts[1] == "models" and layer in MODELS_PUBLIC:
+                    # the statement's own module, and any name after ``import`` that is a module file
+                    if (module == names[0] or is_module(package_root, module)) and module not in public:
+                        problems.append(f"{file.relative_to(package_root.parent)} ({layer}) imports {module}, "
+                                        "not a public models module")
+                        break
+                    continue
+                if parts[1] in forbidden:
                     problems.append(f"{file.relative_to(package_root.parent)} ({layer}) imports {module}")
                     break
     return problems
@@ -87,12 +114,32 @@ def write(root: Path, relative: str, text: str) -> None:
     ("record.py", "from mdlm_interp.cli.record import run\n", "(record) imports mdlm_interp.cli"),
     ("training/organisms.py", "from mdlm_interp.cli import main\n", "(training) imports mdlm_interp.cli"),
     ("analyses/locality.py", "from mdlm_interp.record import record\n", "(analyses) imports mdlm_interp.record"),
+    ("analyses/patching.py", "from mdlm_interp.circuits.schemas import PATCHING\n",
+     "(analyses) imports mdlm_interp.circuits"),
+    ("analyses/decode.py", "def f():\n    from mdlm_interp import decoding\n", "(analyses) imports mdlm_interp.decoding"),
+    ("store/results.py", "from mdlm_interp.circuits.schemas import PATCHING\n", "(store) imports mdlm_interp.circuits"),
+    ("store/results.py", "import mdlm_interp.analyses.stats\n", "(store) imports mdlm_interp.analyses"),
+    ("circuits/patching.py", "from mdlm_interp.models.rotary import rotary_tables\n",
+     "(circuits) imports mdlm_interp.models.rotary, not a public models module"),
+    ("circuits/patching.py", "from mdlm_interp.models.transformer import RMSNorm\n",
+     "(circuits) imports mdlm_interp.models.transformer, not a public models module"),
+    ("circuits/patching.py", "from mdlm_interp.models.hook_names import hook_name\nimport mdlm_interp.models.norm\n",
+     "(circuits) imports mdlm_interp.models.norm, not a public models module"),
+    ("circuits/pairs.py", "from mdlm_interp.models import load_model, hook_names\nfrom mdlm_interp.models import attention\n",
+     "(circuits) imports mdlm_interp.models.attention, not a public models module"),
+    ("batching.py", "from mdlm_interp.models.loader import load_model\n",
+     "(batching) imports mdlm_interp.models.loader, not a public models module"),
 ])
 def test_each_rule_catches_its_violation(tmp_path, relative, text, expected):
     root = tmp_path / "mdlm_interp"
     write(root, "__init__.py", "")
     write(root, "cli/record.py", "from mdlm_interp.record import record\nfrom mdlm_interp.cli import main\n")
-    assert violations(root) == []  # the CLI may import anything, itself included
+    write(root, "circuits/ablation.py", "from mdlm_interp.models.hook_names import hook_name\n"
+          "from mdlm_interp.models import readout\nfrom mdlm_interp.models.readout import logits_at\n")
+    write(root, "batching.py", "from mdlm_interp.models.readout import readout_position\n")
+    assert violations(root) == []  # the CLI may import anything, itself included; public models modules
+    write(root, "models/attention.py", "")
+    write(root, "models/hook_names.py", "")
     write(root, relative, text)
     found = violations(root)
     assert len(found) == 1 and expected in found[0], found

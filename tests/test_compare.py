@@ -54,7 +54,7 @@ def patching_store(path, pairs: dict, adapter=None, **changes):
         grid[:, 1] = value[:, 0] - 1
         columns[f"attribution/{site}_logit_diff"] = grid.copy()
     attrs = {"directions": ["clean_into_corrupt", "corrupt_into_clean"], "position_groups": GROUPS,
-             "head_groups": HEAD_GROUPS, "attribution_correlation": None}
+             "head_groups": HEAD_GROUPS}
     return write_results(path, PATCHING, columns, dims=dims, provenance=provenance(),
                          settings=settings(adapter, **changes), attrs=attrs)
 

@@ -30,6 +30,9 @@ ALLOWED_ROOT = {
 # Settings keys that may differ: the adapter fingerprint covers the adapter's config since
 # hardening II (the same weights with another lora_alpha are another model).
 ALLOWED_SETTINGS = {("adapter", "fingerprint")}
+# Patching stores of a family that reads the slot's prediction at the position before it (Dream) gain the
+# "readout" position group and head group, last along their axes (issue 19 item 5); the rest is unchanged.
+READOUT_GROUP = {"patch_dream.h5"}
 
 
 def _settings_without_allowed(text: str) -> dict:
@@ -57,14 +60,20 @@ def test_store_equals_the_one_main_wrote_before_the_house(name, tmp_path, monkey
             if key in ALLOWED_ROOT:
                 continue
             assert key in before.attrs and key in after.attrs, f"{name}: root attribute {key} added or lost"
-            if key == "settings":
+            if name in READOUT_GROUP and key in ("position_groups", "head_groups"):
+                assert json.loads(after.attrs[key]) == json.loads(before.attrs[key]) + ["readout"], key
+            elif name in READOUT_GROUP and key == "dims":
+                grown = {k: v + (k in ("groups", "head_groups")) for k, v in json.loads(before.attrs[key]).items()}
+                assert json.loads(after.attrs[key]) == grown
+            elif key == "settings":
                 assert _settings_without_allowed(after.attrs[key]) == _settings_without_allowed(before.attrs[key])
             else:
                 assert str(after.attrs[key]) == str(before.attrs[key]), f"{name}: attribute {key} changed"
         old, new = _datasets(before), _datasets(after)
         assert sorted(old) == sorted(new), f"{name}: datasets added or lost"
         for path in old:
-            _assert_same(new[path], old[path], f"{name}: {path}")
+            grid = name in READOUT_GROUP and path.split("/")[0] in ("patching", "attribution")
+            _assert_same(new[path][..., :-1] if grid else new[path], old[path], f"{name}: {path}")
 
 
 def _assert_same(new: np.ndarray, old: np.ndarray, what: str):

@@ -142,9 +142,18 @@ def test_run_with_cache_exposes_every_hook_and_patterns_are_distributions(family
     torch.testing.assert_close(lm.model.unembed(lm.model.ln_final(resid)), logits)
 
 
-def test_editing_the_pattern_changes_the_output(tiny_model):
-    lm = tiny_model("llada")
-    ids = torch.randint(0, 200, (1, 8), generator=torch.Generator().manual_seed(5))
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_a_uniform_pattern_gives_the_reference_with_zero_queries(family, tiny_checkpoint, tiny_model):
+    """Replacing layer 0's pattern by uniform attention equals the transformers reference whose layer-0
+    queries are zero (all scores 0, so every key gets the same weight), bidirectional (a full 4-D mask)."""
+    lm = tiny_model(family)
+    ref = reference_model(family, tiny_checkpoint(family))
+    attention = ref.model.layers[0].self_attn
+    with torch.no_grad():
+        attention.q_proj.weight.zero_()
+        if attention.q_proj.bias is not None:
+            attention.q_proj.bias.zero_()
+    ids = torch.randint(0, 200, (2, 8), generator=torch.Generator().manual_seed(5))
 
     def uniform(pattern, hook):
         return torch.full_like(pattern, 1.0 / pattern.shape[-1])
@@ -152,7 +161,9 @@ def test_editing_the_pattern_changes_the_output(tiny_model):
     with torch.no_grad():
         plain = lm.model(ids)
         edited = lm.model.run_with_hooks(ids, fwd_hooks=[("blocks.0.attn.hook_pattern", uniform)])
-    assert (plain - edited).abs().max() > 1e-3
+        expected = ref(ids, attention_mask=torch.ones(2, 1, 8, 8, dtype=torch.bool)).logits
+    torch.testing.assert_close(edited, expected, atol=1e-5, rtol=0)
+    assert (plain - expected).abs().max() > 1e-3  # the edit is not a no-op on this model
 
 
 @pytest.mark.parametrize("family,offset", [("llada", 0), ("dream", -1), ("llama", -1), ("qwen2", -1)])

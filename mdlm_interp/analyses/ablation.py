@@ -2,9 +2,9 @@
 
 Reads ablation stores (``mdlm-interp ablate``; docs/store.md). Per mask count and mode: accuracy
 without ablation, with the chosen heads ablated, and with random heads of the same number (pooled
-over the control's draws: per prompt, the share of draws that answer correctly). Accuracies carry
-Wilson intervals (the pooled control a bootstrap over prompts); the change against no ablation a
-paired bootstrap over the same prompts.
+over the control's draws: per prompt, the share of draws that answer correctly). Every accuracy carries
+a Wilson interval (the pooled control's over its prompts x draws answers); the change against no
+ablation a paired bootstrap over the same prompts.
 """
 
 import numpy as np
@@ -25,7 +25,7 @@ def ablation_effects(store, seed: int = BOOTSTRAP_SEED, resamples: int = BOOTSTR
 
     setting: "none" (no ablation; mode "-"), "chosen" (the chosen heads), "control" (the random heads,
     pooled over draws). Columns: masks, setting, mode, heads, n, accuracy with ci_low / ci_high
-    (Wilson; for the control a bootstrap over prompts of the pooled accuracy), p_answer,
+    (Wilson; for the control over its n x draws answers), p_answer,
     delta_accuracy (against "none" on the same prompts) with delta_low / delta_high (95% paired
     bootstrap), and for the control draw_min and draw_max (the lowest and highest single-draw accuracy).
     """
@@ -46,10 +46,8 @@ def ablation_effects(store, seed: int = BOOTSTRAP_SEED, resamples: int = BOOTSTR
 
         def row(setting, mode, heads, correct, p_answer, draws=None):
             accuracy = float(correct.mean())
-            if draws is None:
-                low, high = (float(v) for v in wilson_interval(int(correct.sum()), n))
-            else:
-                low, high = (float(v) for v in np.percentile(weights @ correct, [2.5, 97.5]))
+            trials = n if draws is None else n * len(draws)  # the control: every prompt in every draw
+            low, high = (float(v) for v in wilson_interval(int(round(correct.sum() * trials / n)), trials))
             delta = weights @ (correct - base)
             rows.append({"masks": int(masks), "setting": setting, "mode": mode, "heads": heads, "n": n,
                          "accuracy": accuracy, "ci_low": low, "ci_high": high, "p_answer": float(np.mean(p_answer)),

@@ -85,15 +85,17 @@ def main_condition(summary) -> tuple | None:
 
 
 def figure_heads(heads, condition) -> FigureOut:
-    """Heatmaps layer x head at one condition, a row per model: mass on masks / fillers from the answer and
-    from the context, and the change of attention to the relevant examples against 1 mask."""
+    """Heatmaps layer x head at one condition, a row per model: mass on masks / fillers from the readout
+    position (where the answer slot's prediction is read: the slot for LLaDA, the position before it for Dream)
+    and from the context, and the change of attention to the relevant examples against 1 mask."""
     n_relevant, n_distractor, placement, masks = condition
     rows = heads[(heads["n_relevant"] == n_relevant) & (heads["n_distractor"] == n_distractor)
                  & (heads["placement"] == placement) & (heads["masks"] == masks)]
     models = list(rows["model"].unique())
-    panels = [("from_answer", False, "answer -> masks"), ("from_answer", True, "answer -> fillers"),
+    panels = [("from_answer", False, "from the readout position\n-> masks"),
+              ("from_answer", True, "from the readout position\n-> fillers"),
               ("from_context", False, "context -> masks"), ("from_context", True, "context -> fillers"),
-              ("relevant_delta", False, "answer -> relevant examples,\nchange against 1 mask")]
+              ("relevant_delta", False, "from the readout position\n-> relevant examples,\nchange against 1 mask")]
     panels = [p for p in panels if (rows["filler"] == p[1]).any()]
     figure, axes = new_figure(len(models), len(panels), width=2.9, height=2.5)
     top = max(rows[["from_answer", "from_context"]].max().max(), 1e-6)

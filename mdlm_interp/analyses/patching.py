@@ -5,7 +5,10 @@ means over the pairs, (mean patched - mean corrupt) / (mean clean - mean corrupt
 logit(wrong), so a pair whose two runs barely differ cannot blow it up; its 95% interval is a
 percentile bootstrap over pairs. ``clean_into_corrupt`` cells near 1 restore the answer;
 ``corrupt_into_clean`` cells near 0 break it. Attribution patching's estimate of every cell sits
-beside it (``attribution_recovery``), and per site the Pearson correlation of the two over the grid.
+beside it (``attribution_recovery``). Recovery divides by the clean - corrupt gap, so where the gap is
+under ``MIN_GAP`` logits (``mdlm-interp patch --min-gap``) it is left undefined (NaN in tables, blank
+in figures); each cell's effect in logits (mean patched - mean receiving run) stands beside it. Per site the Pearson correlation of the two over the grid
+(``attribution_agreement``), computed here when the store is read (stores do not carry it).
 """
 
 import numpy as np
@@ -18,6 +21,9 @@ from mdlm_interp.analyses.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, reco
 from mdlm_interp.store.results import SITES, open_results
 
 RESIDUAL_SITES = ("resid_pre", "attn_out", "mlp_out")
+MIN_GAP = 1.0  # logits: under this clean - corrupt gap, recovery is undefined
+HEAD_GROUP_TITLES = {"answer": "the answer slot", "all": "every position", "readout": "the readout position"}
+RECEIVERS = {"clean_into_corrupt": "corrupt", "corrupt_into_clean": "clean"}
 DIRECTION_TITLES = {"clean_into_corrupt": "clean activations patched into the corrupt run",
                     "corrupt_into_clean": "corrupt activations patched into the clean run"}
 
@@ -62,30 +68,71 @@ def cell_values(store) -> tuple:
     return pd.concat(frames, ignore_index=True), values
 
 
-def patching_cells(store, seed: int = BOOTSTRAP_SEED, resamples: int = BOOTSTRAP_RESAMPLES):
+def patching_cells(store, seed: int = BOOTSTRAP_SEED, resamples: int = BOOTSTRAP_RESAMPLES, min_gap: float = MIN_GAP):
     """Return one row per cell of an open patching store's grids (both directions, every site).
 
     Columns: direction, site, layer (for resid_pre, ``n_layers`` is the final residual), position (the
     position group, or the head group for z), head (-1 for the residual sites), n (pairs), logit_diff
-    and p_answer (means over the patched runs), recovery with recovery_low / recovery_high (95%
+    and p_answer (means over the patched runs), effect (logit_diff minus the receiving run's mean logit
+    difference: what the patch does, in logits), recovery with recovery_low / recovery_high (95%
     bootstrap over pairs), attribution_recovery (the same ratio for attribution patching's estimate;
-    NaN when it was not computed).
+    NaN when it was not computed). The recovery columns are NaN when the clean - corrupt gap of the
+    mean logit differences is under ``min_gap`` logits in size.
     """
     cells, values = cell_values(store)
     clean, corrupt, exact = values["clean"], values["corrupt"], values["logit_diff"]
     weights = resample_weights(len(clean), resamples, seed)  # [resamples, pairs]
     boot = recovery(weights @ exact, (weights @ clean)[:, None], (weights @ corrupt)[:, None])
+    receiver = cells["direction"].map(RECEIVERS).map({"clean": clean.mean(), "corrupt": corrupt.mean()})
+    defined = abs(clean.mean() - corrupt.mean()) >= min_gap
+
+    def ratio(values: np.ndarray) -> np.ndarray:
+        return values if defined else np.full(len(cells), np.nan)
+
     return cells.assign(
         n=len(clean), logit_diff=exact.mean(0), p_answer=values["p_answer"].mean(0),
-        recovery=recovery(exact.mean(0), clean.mean(), corrupt.mean()),
-        recovery_low=np.nanpercentile(boot, 2.5, axis=0), recovery_high=np.nanpercentile(boot, 97.5, axis=0),
-        attribution_recovery=recovery(values["attribution"].mean(0), clean.mean(), corrupt.mean()))
+        effect=exact.mean(0) - receiver.to_numpy(),
+        recovery=ratio(recovery(exact.mean(0), clean.mean(), corrupt.mean())),
+        recovery_low=ratio(np.nanpercentile(boot, 2.5, axis=0)),
+        recovery_high=ratio(np.nanpercentile(boot, 97.5, axis=0)),
+        attribution_recovery=ratio(recovery(values["attribution"].mean(0), clean.mean(), corrupt.mean())))
 
 
-def pair_summary(store) -> dict:
-    """Return n, and per run ("clean", "corrupt") accuracy with its Wilson interval (ci_low, ci_high), mean
-    p(answer) and mean logit difference; and the share of corrupt runs that predict the wrong token."""
-    summary = {"n": store.n_rows}
+def attribution_agreement(store) -> dict | None:
+    """Return direction -> site -> Pearson correlation, over the cells of the site's grid, between the exact
+    recovery and attribution patching's recovery of an open patching store (None for a site where either
+    is constant or fewer than two cells are finite); None when attribution was not computed."""
+    if np.isnan(store.array("attribution/resid_pre_logit_diff")).all():
+        return None
+    clean = float(np.mean(store.array("pairs/clean_logit_diff").astype(np.float64)))
+    corrupt = float(np.mean(store.array("pairs/corrupt_logit_diff").astype(np.float64)))
+
+    def cell_recovery(prefix: str, site: str, d: int) -> np.ndarray:
+        patched = np.nanmean(store.array(f"{prefix}/{site}_logit_diff")[:, d].astype(np.float64), axis=0)
+        return recovery(patched, clean, corrupt).ravel()
+
+    agreement = {}
+    for d, direction in enumerate(store.attrs["directions"]):
+        agreement[direction] = {}
+        for site in SITES:
+            exact, estimate = cell_recovery("patching", site, d), cell_recovery("attribution", site, d)
+            keep = np.isfinite(exact) & np.isfinite(estimate)
+            both = exact[keep], estimate[keep]
+            usable = keep.sum() > 1 and both[0].std() > 0 and both[1].std() > 0
+            agreement[direction][site] = float(np.corrcoef(*both)[0, 1]) if usable else None
+    return agreement
+
+
+def pair_summary(store, seed: int = BOOTSTRAP_SEED, resamples: int = BOOTSTRAP_RESAMPLES) -> dict:
+    """Return n; "gap": the clean - corrupt difference of the mean logit differences (in logits) with
+    gap_low / gap_high (95% bootstrap over pairs); per run ("clean", "corrupt") accuracy with its Wilson
+    interval (ci_low, ci_high), mean p(answer) and mean logit difference; and the share of corrupt runs
+    that predict the wrong token."""
+    differences = (store.array("pairs/clean_logit_diff").astype(float)
+                   - store.array("pairs/corrupt_logit_diff").astype(float))
+    boot = resample_weights(len(differences), resamples, seed) @ differences
+    summary = {"n": store.n_rows, "gap": float(differences.mean()), "gap_low": float(np.percentile(boot, 2.5)),
+               "gap_high": float(np.percentile(boot, 97.5))}
     for run in ("clean", "corrupt"):
         correct = store.array(f"pairs/{run}_correct")
         low, high = wilson_interval(int(correct.sum()), len(correct))
@@ -100,11 +147,12 @@ def pair_summary(store) -> dict:
 def patching(paths) -> dict:
     """Return {"patching_runs", "patching_cells", "patching_attribution"} for the patching stores at ``paths``.
 
-    patching_runs: one row per store (model, comparison, n, the clean and corrupt runs' accuracy with
+    patching_runs: one row per store (model, comparison, n, the clean - corrupt gap in logits with its
+    95% bootstrap interval, the clean and corrupt runs' accuracy with
     Wilson bounds, p(answer) and logit difference, the share of corrupt runs predicting the wrong
     token). patching_cells: ``patching_cells`` of every store, with model and comparison.
     patching_attribution: per store, direction and site, the Pearson correlation between exact and
-    attribution recovery over the grid's cells (the store's ``attribution_correlation``).
+    attribution recovery over the grid's cells (``attribution_agreement``).
     """
     import pandas as pd
 
@@ -115,10 +163,11 @@ def patching(paths) -> dict:
             label = {"model": model_label(store.attrs["model_id"], settings.get("adapter")),
                      "comparison": comparison(settings)}
             summary = pair_summary(store)
-            runs.append({**label, "n": summary["n"], "wrong_token_share": summary["corrupt_says_wrong_token"],
+            runs.append({**label, "n": summary["n"], "gap": summary["gap"], "gap_low": summary["gap_low"],
+                         "gap_high": summary["gap_high"], "wrong_token_share": summary["corrupt_says_wrong_token"],
                          **{f"{run}_{k}": v for run in ("clean", "corrupt") for k, v in summary[run].items()}})
             cells.append(patching_cells(store).assign(**label))
-            for direction, sites in (store.attrs["attribution_correlation"] or {}).items():
+            for direction, sites in (attribution_agreement(store) or {}).items():
                 agreement += [{**label, "direction": direction, "site": site, "pearson": r}
                               for site, r in sites.items()]
     cells = pd.concat(cells, ignore_index=True)
@@ -147,6 +196,13 @@ def heatmap(ax, values: np.ndarray, rows: list, columns: list, title: str, ylabe
     return image
 
 
+def undefined_note(cells) -> str:
+    """Return a title note when every recovery of ``cells`` is undefined (blank cells), else ""."""
+    if cells["recovery"].isna().all():
+        return f"\n(recovery undefined: the clean - corrupt gap is under {MIN_GAP:g} logit; see the effects in logits)"
+    return ""
+
+
 def _label(model: str, compared: str) -> tuple[str, str]:
     """Return (title part, file name part) for a store's model and comparison ("" when not given)."""
     if not model:
@@ -168,7 +224,7 @@ def position_heatmaps(cells, direction: str, model: str = "", compared: str = ""
         labels = [f"{l} (final)" if site == "resid_pre" and l == last else str(l) for l in grid.index]
         image = heatmap(ax, grid.to_numpy(), labels, groups, site, "layer", "position group")
     figure.colorbar(image, ax=list(axes[0]), label="recovery of logit(answer) - logit(wrong)", shrink=0.85)
-    figure.suptitle(f"Activation patching{title}: {DIRECTION_TITLES.get(direction, direction)}")
+    figure.suptitle(f"Activation patching{title}: {DIRECTION_TITLES.get(direction, direction)}{undefined_note(part)}")
     caption = (f"Recovery of logit(answer) - logit(wrong) when one site (resid_pre, attn_out, mlp_out) of one layer "
                f"(rows; the last resid_pre row is the final residual) is patched over one position group (columns), "
                f"{DIRECTION_TITLES.get(direction, direction)}: 1 = the clean result, 0 = the corrupt one.")
@@ -186,9 +242,9 @@ def head_heatmaps(cells, direction: str, model: str = "", compared: str = "") ->
     for ax, position in zip(axes[0], positions):
         grid = part[part["position"] == position].pivot(index="layer", columns="head", values="recovery")
         image = heatmap(ax, grid.to_numpy(), [str(l) for l in grid.index], [str(h) for h in grid.columns],
-                         f"head output patched at: {position}", "layer", "head")
+                         f"head output patched at: {HEAD_GROUP_TITLES.get(position, position)}", "layer", "head")
     figure.colorbar(image, ax=list(axes[0]), label="recovery", shrink=0.85)
-    figure.suptitle(f"Head patching{title}: {DIRECTION_TITLES.get(direction, direction)}")
+    figure.suptitle(f"Head patching{title}: {DIRECTION_TITLES.get(direction, direction)}{undefined_note(part)}")
     caption = (f"Recovery when one head's output (hook_z; layer rows, head columns) is patched at the answer slot or "
                f"at every position, {DIRECTION_TITLES.get(direction, direction)}.")
     return FigureOut(f"patching_heads{suffix}_{direction}", figure, caption)
@@ -205,16 +261,23 @@ def figures(tables: dict) -> list:
 
 
 def strongest(cells, direction: str, site: str, top: int = 3):
-    """Return the ``top`` cells of a site that restore most (clean into corrupt) or break most (corrupt into clean)."""
+    """Return the ``top`` cells of a site that restore most (clean into corrupt) or break most (corrupt into
+    clean); where recovery is undefined (a gap under the minimum), the cells whose effect is largest in size."""
     part = cells[(cells["direction"] == direction) & (cells["site"] == site)]
+    if part["recovery"].isna().all():
+        return part.loc[part["effect"].abs().sort_values(ascending=False).index].head(top)
     return part.sort_values("recovery", ascending=direction != "clean_into_corrupt").head(top)
 
 
 def describe(cell) -> str:
-    """Return "L0.H1 answer 1.00 [0.99, 1.00]" for a cell."""
+    """Return "L0.H1 answer 1.00 [0.99, 1.00] (+2.31 logits)" for a cell: recovery, its interval and the
+    effect in logits ("L0.H1 answer +0.02 logits" where recovery is undefined)."""
     where = f"L{cell['layer']}" + (f".H{cell['head']}" if cell["head"] >= 0 else "")
+    effect = f"{cell['effect']:+.2f} logits"
+    if not np.isfinite(cell["recovery"]):
+        return f"{where} {cell['position']} {effect}"
     interval = f"[{cell['recovery_low']:.2f}, {cell['recovery_high']:.2f}]"
-    return f"{where} {cell['position']} {cell['recovery']:.2f} {interval}"
+    return f"{where} {cell['position']} {cell['recovery']:.2f} {interval} ({effect})"
 
 
 def paragraph(tables: dict) -> str:
@@ -223,9 +286,14 @@ def paragraph(tables: dict) -> str:
     for run in tables["patching_runs"].to_dict("records"):
         cells = tables["patching_cells"]
         cells = cells[(cells["model"] == run["model"]) & (cells["comparison"] == run["comparison"])]
-        text = (f"{run['model']}, {run['comparison']} ({run['n']} pairs): accuracy {run['clean_accuracy']:.3f} clean "
-                f"against {run['corrupt_accuracy']:.3f} corrupt. Patched into the corrupt run, the strongest cells "
-                f"are ")
+        text = (f"{run['model']}, {run['comparison']} ({run['n']} pairs): clean - corrupt gap {run['gap']:.2f} "
+                f"[{run['gap_low']:.2f}, {run['gap_high']:.2f}] logits; accuracy {run['clean_accuracy']:.3f} clean "
+                f"against {run['corrupt_accuracy']:.3f} corrupt. ")
+        if abs(run["gap"]) < MIN_GAP:
+            text += (f"The gap is under {MIN_GAP:g} logit, so recovery is undefined; the cells whose patch moves the "
+                     f"logit difference most are ")
+        else:
+            text += "Patched into the corrupt run, the strongest cells are "
         text += "; ".join(f"{site}: " + ", ".join(describe(c) for c in strongest(cells, "clean_into_corrupt", site)
                                                   .to_dict("records")) for site in SITES)
         agreement = tables["patching_attribution"]
@@ -244,8 +312,8 @@ def shown(tables: dict) -> dict:
     cells = tables["patching_cells"]
     top = [strongest(group, direction, site, 5) for (_, _, direction, site), group in
            cells.groupby(["model", "comparison", "direction", "site"], sort=False)]
-    columns = ["model", "comparison", "direction", "site", "layer", "position", "head", "recovery", "recovery_low",
-               "recovery_high", "p_answer", "attribution_recovery"]
+    columns = ["model", "comparison", "direction", "site", "layer", "position", "head", "effect", "recovery",
+               "recovery_low", "recovery_high", "p_answer", "attribution_recovery"]
     import pandas as pd
 
     return {"The two runs of each patching store": tables["patching_runs"],

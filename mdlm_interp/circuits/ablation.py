@@ -21,8 +21,10 @@ from mdlm_interp.batching import collate
 from mdlm_interp.errors import UsageError
 from mdlm_interp.hooks.interventions import remove_attention_to_keys, replace_head_output
 from mdlm_interp.hooks.recorders import AttentionRecorder, PredictionRecorder
+from mdlm_interp.models.hook_names import hook_name
 from mdlm_interp.plan import RECORDS_NOTHING, Condition, PromptPlan, plan_prompts
 from mdlm_interp.record import tqdm_or_none
+from mdlm_interp.resources import check_fits
 from mdlm_interp.store.results import ABLATION, write_results
 from mdlm_interp.store.writer import check_writable
 from mdlm_interp.subject import provenance, run_settings, subject_from
@@ -77,11 +79,11 @@ def ablation_hooks(mode: str, heads, masks: torch.Tensor, means: torch.Tensor | 
     hooks = []
     for layer, chosen in sorted(by_layer.items()):
         if mode == "attention":
-            hooks.append((f"blocks.{layer}.attn.hook_attn_scores", remove_attention_to_keys(chosen, masks)))
+            hooks.append((hook_name("attn_scores", layer), remove_attention_to_keys(chosen, masks)))
         elif mode == "zero":
-            hooks.append((f"blocks.{layer}.attn.hook_z", replace_head_output(chosen, torch.zeros(len(chosen), 1))))
+            hooks.append((hook_name("z", layer), replace_head_output(chosen, torch.zeros(len(chosen), 1))))
         elif mode == "mean":
-            hooks.append((f"blocks.{layer}.attn.hook_z", replace_head_output(chosen, means[layer, chosen])))
+            hooks.append((hook_name("z", layer), replace_head_output(chosen, means[layer, chosen])))
         else:
             raise UsageError(f"unknown ablation mode {mode!r}; choose from {', '.join(MODES)}")
     return hooks
@@ -122,18 +124,30 @@ def head_output_sums(n_layers: int, sums: dict, counts: dict, valid: torch.Tenso
 
         return accumulate
 
-    return [(f"blocks.{layer}.attn.hook_z", hook_for(layer)) for layer in range(n_layers)]
+    return [(hook_name("z", layer), hook_for(layer)) for layer in range(n_layers)]
 
 
 def draw_control_heads(chosen, n_layers: int, n_heads: int, draws: int, seed: int) -> list:
     """Return ``draws`` sets of len(chosen) random heads, each drawn without replacement among the heads
-    not in ``chosen`` (among all heads when too few remain), seeded."""
-    everyone = [(l, h) for l in range(n_layers) for h in range(n_heads)]
-    pool = [head for head in everyone if head not in set(chosen)]
-    if len(pool) < len(chosen):
-        pool = everyone
+    not in ``chosen``, seeded. Raises ``UsageError`` when fewer than len(chosen) heads remain."""
+    check_control_pool(len(chosen), n_layers * n_heads, draws)
+    pool = [(l, h) for l in range(n_layers) for h in range(n_heads) if (l, h) not in set(chosen)]
     rng = np.random.default_rng(seed)
     return [sorted(pool[i] for i in rng.choice(len(pool), size=len(chosen), replace=False)) for _ in range(draws)]
+
+
+def check_control_pool(n_chosen: int, n_all: int, draws: int) -> None:
+    """Raise ``UsageError`` when a control of ``draws`` draws cannot take ``n_chosen`` heads from the
+    ``n_all - n_chosen`` heads not chosen; return None otherwise."""
+    if draws > 0 and n_all - n_chosen < n_chosen:
+        raise UsageError(f"the control draws {n_chosen} heads among those not chosen, but only {n_all - n_chosen} of "
+                         f"the model's {n_all} remain; choose fewer heads or give --control-draws 0")
+
+
+def control_bytes(rows: int, n_chosen: int, draws: int, modes: int) -> float:
+    """Return about how many bytes a control of ``draws`` draws takes: its results (three per row, draw and
+    mode, held twice while stacked) and its head lists."""
+    return draws * (rows * modes * 2 * (4 + 4 + 1) + 120 + 72 * n_chosen)
 
 
 def run_ablation(lm, config: PromptPlan, heads: str, *, out, modes=MODES, control_draws: int = 0,
@@ -154,6 +168,10 @@ def run_ablation(lm, config: PromptPlan, heads: str, *, out, modes=MODES, contro
     if control_draws < 0 or batch_size < 1:
         raise UsageError("control draws must be at least 0 and batch size at least 1")
     top_k, chosen = parse_heads(heads, subject.n_layers, subject.n_heads)
+    n_chosen = len(chosen) if top_k is None else top_k
+    check_control_pool(n_chosen, subject.n_layers * subject.n_heads, control_draws)
+    rows = len(config.masks) * len(config.tasks) * config.n
+    check_fits(f"--control-draws {control_draws}", control_bytes(rows, n_chosen, control_draws, len(modes)))
     if len(config.placements) != 1:
         raise UsageError("ablate takes one placement")
     placement = config.placements[0]

@@ -114,8 +114,9 @@ class PromptPair:
         Groups, restricted to positions that have a counterpart in the donor run: "all"; "relevant"
         (tokens of the relevant examples); "distractor" (tokens of the other in-context examples);
         "query"; "answer" (the answer slot); with ``appended``, "appended" (the tokens after the
-        answer slot that have a counterpart); and "last:j" for j = 1 .. ``last_k``, the j-th token
-        before the answer slot.
+        answer slot that have a counterpart); "last:j" for j = 1 .. ``last_k``, the j-th token
+        before the answer slot; and, where the prediction is read elsewhere than at the slot (Dream:
+        the position before it), "readout" (the readout position).
         """
         batch, prompts = self.batches[receiver], self.prompts[receiver]
         lay = batch.layout
@@ -131,13 +132,30 @@ class PromptPair:
             groups[f"last:{j}"] = position_sets([[(tp.answer_position - j, tp.answer_position - j + 1)]
                                                  if tp.answer_position >= j else [] for tp in prompts],
                                                 width, batch.starts).to(mapped.device)
+        readout = self.readout_set(receiver)
+        if readout is not None:
+            groups["readout"] = readout
         return list(groups), torch.stack([where & mapped for where in groups.values()])
 
+    def readout_set(self, receiver: str) -> torch.Tensor | None:
+        """Return the readout position of each row as a bool set [batch, pos], or None where it is the answer
+        slot itself (LLaDA)."""
+        lay = self.batches[receiver].layout
+        readout = torch.zeros_like(lay.answer)
+        readout[lay.rows, lay.readout] = True
+        return None if torch.equal(readout, lay.answer) else readout
+
     def head_groups(self, receiver: str) -> tuple[list, torch.Tensor]:
-        """Return (["answer", "all"], where bool [2, batch, pos]) for the head (hook_z) sites."""
+        """Return (["answer", "all"], where bool [2, batch, pos]) for the head (hook_z) sites, plus "readout"
+        (the readout position) where it is not the answer slot (Dream)."""
         lay = self.batches[receiver].layout
         mapped = self.maps[receiver] >= 0
-        return ["answer", "all"], torch.stack([lay.answer & mapped, lay.valid & mapped])
+        names, sets = ["answer", "all"], [lay.answer & mapped, lay.valid & mapped]
+        readout = self.readout_set(receiver)
+        if readout is not None:
+            names.append("readout")
+            sets.append(readout & mapped)
+        return names, torch.stack(sets)
 
     def aligned(self, donor_activation: torch.Tensor, receiver: str) -> torch.Tensor:
         """Return the donor run's activation [batch, donor pos, ...] moved to the receiver's positions

@@ -24,11 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mdlm_interp.analyses.stats import recovery
 from mdlm_interp.circuits.pairs import PromptPair, answer_metrics, make_pair, pair_prompts, top_wrong_ids
 from mdlm_interp.errors import UsageError
 from mdlm_interp.hooks.interventions import patch_positions
-from mdlm_interp.models.transformer import rotary_tables
+from mdlm_interp.models.hook_names import hook_name
 from mdlm_interp.plan import RECORDS_NOTHING, Condition, PromptPlan
 from mdlm_interp.record import tqdm_or_none
 from mdlm_interp.store.results import PATCHING, SITES, write_results
@@ -42,11 +41,9 @@ RESIDUAL_SITES = ("resid_pre", "attn_out", "mlp_out")
 
 def site_hook(site: str, layer: int, n_layers: int) -> str:
     """Return the hook name of ``site`` at ``layer`` (resid_pre at ``n_layers``: the last block's resid_post)."""
-    if site == "resid_pre":
-        return f"blocks.{layer}.hook_resid_pre" if layer < n_layers else f"blocks.{n_layers - 1}.hook_resid_post"
-    if site == "z":
-        return f"blocks.{layer}.attn.hook_z"
-    return f"blocks.{layer}.hook_{site}"
+    if site == "resid_pre" and layer == n_layers:
+        return hook_name("resid_post", n_layers - 1)
+    return hook_name(site, layer)
 
 
 def site_layers(site: str, n_layers: int) -> range:
@@ -73,7 +70,7 @@ def capture(model, batch, names: list[str], with_grad: bool) -> tuple[torch.Tens
     def leaf(embeddings, hook):
         return embeddings.detach().requires_grad_(True)
 
-    hooks = [(name, keep) for name in names] + ([("hook_embed", leaf)] if with_grad else [])
+    hooks = [(name, keep) for name in names] + ([(hook_name("embed"), leaf)] if with_grad else [])
     with torch.set_grad_enabled(with_grad):
         logits = model.run_with_hooks(batch.input_ids, attention_mask=batch.attention_mask_if_padded, fwd_hooks=hooks)
     return logits, kept
@@ -82,7 +79,7 @@ def capture(model, batch, names: list[str], with_grad: bool) -> tuple[torch.Tens
 def unembed_readout(model, final_residual: torch.Tensor, layout) -> torch.Tensor:
     """Return the logits that predict the answer slot, [..., batch, vocab], from the final residual stream
     [..., batch, pos, d_model] (before ``ln_final``): only the readout positions are unembedded."""
-    return model.unembed(model.ln_final(final_residual[..., layout.rows, layout.readout, :]))
+    return model.final_logits(final_residual[..., layout.rows, layout.readout, :])
 
 
 @dataclass
@@ -105,12 +102,8 @@ class Receiver:
         self.batch = batch
         self.activations = activations
         self.donor = donor_aligned
-        self.n_layers = len(model.blocks)
+        self.n_layers = model.cfg.n_layers
         self.block_rows = 0
-        size, width = batch.input_ids.shape
-        self.allowed, positions = model.attention_mask_and_positions(batch.attention_mask_if_padded, size, width,
-                                                                     batch.input_ids.device)
-        self.cos, self.sin = rotary_tables(positions, model.cfg.d_head, model.cfg.rope_theta)
 
     def changes(self, variant: Variant, layer: int) -> bool:
         """Whether ``variant`` at ``layer`` changes anything: the donor differs from the receiver somewhere
@@ -127,8 +120,8 @@ class Receiver:
     @torch.no_grad()
     def run(self, layer: int, variants: list[Variant]) -> torch.Tensor:
         """Return the readout logits [variant, batch, vocab] of ``variants`` of sites at ``layer``, in one
-        forward pass from block ``layer`` (resid_pre variants patch its input; attn_out, mlp_out and z
-        variants patch inside it through hooks)."""
+        partial forward pass from block ``layer`` (``start_at_layer``; resid_pre variants patch its input;
+        attn_out, mlp_out and z variants patch inside it through hooks)."""
         n = len(variants)
 
         def stacked(site: str, shape: tuple) -> torch.Tensor | None:
@@ -155,14 +148,11 @@ class Receiver:
                 name = site_hook(site, layer, self.n_layers)
                 hooks.append((name, patch_positions(self.donor[name], where)))
 
-        def repeated(t):
-            return None if t is None else t.repeat(n, *([1] * (t.dim() - 1)))
-
-        cos, sin, allowed = repeated(self.cos), repeated(self.sin), repeated(self.allowed)
+        mask = self.batch.attention_mask_if_padded
+        mask = None if mask is None else mask.repeat(n, 1)
         self.block_rows += n * size * (self.n_layers - layer)
         with self.model.hooks(fwd_hooks=hooks):
-            for block in self.model.blocks[layer:]:
-                x = block(x, cos, sin, allowed)
+            x = self.model(x, attention_mask=mask, start_at_layer=layer, stop_at_layer=self.n_layers)
         return unembed_readout(self.model, x.unflatten(0, (n, size)), self.batch.layout)
 
 
@@ -244,7 +234,7 @@ def patch_batch(model, pair: PromptPair, *, last_k: int = 5, wrong_id: int | Non
     run's most probable token other than the answer). ``last_k``: how many single positions before the
     answer slot are position groups.
     """
-    n_layers = len(model.blocks)
+    n_layers = model.cfg.n_layers
     names = all_site_hooks(n_layers)
     final = site_hook("resid_pre", n_layers, n_layers)
     runs = {}
@@ -292,33 +282,6 @@ def patch_batch(model, pair: PromptPair, *, last_k: int = 5, wrong_id: int | Non
     return columns, group_names, head_group_names
 
 
-def cell_recovery(columns: dict, prefix: str, site: str) -> np.ndarray:
-    """Return the recovery of every cell of a site's grid, [direction, ...grid], from store columns:
-    (mean patched - mean corrupt) / (mean clean - mean corrupt) of the logit difference over rows."""
-    patched = np.nanmean(np.asarray(columns[f"{prefix}/{site}_logit_diff"], dtype=np.float64), axis=0)
-    clean = float(np.mean(columns["pairs/clean_logit_diff"]))
-    corrupt = float(np.mean(columns["pairs/corrupt_logit_diff"]))
-    return recovery(patched, clean, corrupt)
-
-
-def attribution_agreement(columns: dict) -> dict | None:
-    """Return direction -> site -> Pearson correlation, over the grid's cells, between the exact and the
-    attribution recovery (``cell_recovery``); None when attribution was not computed."""
-    if np.isnan(columns["attribution/resid_pre_logit_diff"]).all():
-        return None
-    agreement = {}
-    for d, direction in enumerate(DIRECTIONS):
-        agreement[direction] = {}
-        for site in SITES:
-            exact = cell_recovery(columns, "patching", site)[d].ravel()
-            estimate = cell_recovery(columns, "attribution", site)[d].ravel()
-            keep = np.isfinite(exact) & np.isfinite(estimate)
-            both = exact[keep], estimate[keep]
-            usable = keep.sum() > 1 and both[0].std() > 0 and both[1].std() > 0
-            agreement[direction][site] = float(np.corrcoef(*both)[0, 1]) if usable else None
-    return agreement
-
-
 def patch_pairs(model, pairs: dict, prediction_offset: int, *, batch_size: int = 8, last_k: int = 5,
                 wrong_id: int | None = None, attribution: bool = True, max_rows: int = 512, progress: bool = False,
                 device="cpu") -> tuple[dict, list, list]:
@@ -362,6 +325,9 @@ def run_patching(lm, config: PromptPlan, clean: Condition, corrupt: Condition, *
         ids = lm.tokenizer.encode(wrong_token, add_special_tokens=False)
         if len(ids) != 1:
             raise UsageError(f"the wrong token {wrong_token!r} is {len(ids)} tokens; it must be exactly one")
+        if ids[0] == lm.tokenizer.unk_token_id or lm.tokenizer.decode(ids) != wrong_token:
+            raise UsageError(f"the wrong token {wrong_token!r} is not a token of this model's vocabulary (it reads "
+                             f"back as {lm.tokenizer.decode(ids)!r}); it must be exactly one token")
         wrong_id = ids[0]
     pairs = pair_prompts(subject, config, clean, corrupt)
     if last_k > min(tp.answer_position for tp in pairs["clean"]):
@@ -375,7 +341,6 @@ def run_patching(lm, config: PromptPlan, clean: Condition, corrupt: Condition, *
                             last_k=last_k, wrong_token=wrong_token, attribution=attribution)
     dims = {"directions": len(DIRECTIONS), "layers": subject.n_layers, "heads": subject.n_heads,
             "groups": len(group_names), "head_groups": len(head_group_names)}
-    attrs = {"directions": list(DIRECTIONS), "position_groups": group_names, "head_groups": head_group_names,
-             "attribution_correlation": attribution_agreement(columns)}
+    attrs = {"directions": list(DIRECTIONS), "position_groups": group_names, "head_groups": head_group_names}
     return write_results(out, PATCHING, columns, dims=dims, provenance=provenance(subject, config, facts, command_line),
                          settings=settings, attrs=attrs, overwrite=overwrite)

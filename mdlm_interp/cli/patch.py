@@ -11,10 +11,11 @@ def add_parser(subparsers) -> None:
         description="Build each prompt twice, as a clean run (e.g. 1 mask, or the filler control) and a corrupt "
         "run (e.g. 50 masks), and patch activations between them in both directions: resid_pre, attn_out and "
         "mlp_out of every layer over position groups (all, relevant and distractor examples, query, answer slot, "
-        "the tokens after the slot when both runs have them, each of the last k positions), and every head's "
-        "output (hook_z) at the answer slot and over all positions. The metric is logit(answer) - logit(wrong) "
-        "at the answer readout, reported as recovery (patched - corrupt) / (clean - corrupt), with p(answer) "
-        "beside it. Attribution patching (gradient x activation difference) estimates the same grid. Writes an "
+        "the tokens after the slot when both runs have them, each of the last k positions, and for Dream the readout "
+        "position before the slot), and every head's output (hook_z) at the answer slot, over all positions and "
+        "(Dream) at the readout position. The metric is logit(answer) - logit(wrong) at the answer readout: the "
+        "clean - corrupt gap is printed first, then each patch's effect in logits and its recovery (patched - "
+        "corrupt) / (clean - corrupt), undefined where the gap is under --min-gap, with p(answer) beside it. Attribution patching (gradient x activation difference) estimates the same grid. Writes an "
         "HDF5 patching store (docs/store.md) and prints the cells that recover most.",
     )
     add_model_flags(parser, diffusion_only=True)
@@ -42,6 +43,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     parser.add_argument("--figures", default=None, metavar="DIR",
                         help="also write heatmaps (layer x position group, layer x head) as PNG files into DIR")
+    parser.add_argument("--min-gap", type=float, default=1.0, metavar="LOGITS",  # analyses.patching.MIN_GAP
+                        help="leave recovery undefined (NaN in tables, blank in figures) when the clean - corrupt "
+                        "gap of the mean logit differences is under this many logits in size; each patch's effect "
+                        "in logits is shown either way (default 1.0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -54,6 +59,8 @@ def run(args) -> int:
     from mdlm_interp.plan import Condition, PromptPlan
     from mdlm_interp.store.writer import check_writable
 
+    if not args.min_gap >= 0 or args.min_gap == float("inf"):
+        raise UsageError(f"--min-gap must be a finite number of logits, at least 0; got {args.min_gap}")
     check_writable(args.out, overwrite=args.overwrite)
     claim_outputs({"--out": args.out, "--figures": args.figures}, [args.model], overwrite=args.overwrite,
                   folders={"--figures"})
@@ -72,19 +79,21 @@ def run(args) -> int:
                        wrong_token=args.wrong_token, attribution=not args.no_attribution, max_rows=args.max_rows,
                        overwrite=args.overwrite, progress=not args.no_progress,
                        command_line=args.command_line)
-    print(report(out, lm.tokenizer, figures=args.figures))
+    print(report(out, lm.tokenizer, figures=args.figures, min_gap=args.min_gap))
     return 0
 
 
-def report(path, tokenizer=None, figures=None, top: int = 5) -> str:
-    """Return the text summary of a patching store (both runs, strongest cells, attribution agreement);
-    with ``figures``, write its heatmaps there as PNG files."""
+def report(path, tokenizer=None, figures=None, top: int = 5, min_gap: float = 1.0) -> str:
+    """Return the text summary of a patching store (the clean - corrupt gap, both runs, strongest cells with
+    recovery and effect in logits, attribution agreement); with ``figures``, write its heatmaps there as
+    PNG files. Recovery is undefined where the gap is under ``min_gap`` logits."""
     from pathlib import Path
 
     import numpy as np
 
     from mdlm_interp.analyses.grouped import masks_text
     from mdlm_interp.analyses.patching import (
+        attribution_agreement,
         comparison,
         describe,
         head_heatmaps,
@@ -97,12 +106,18 @@ def report(path, tokenizer=None, figures=None, top: int = 5) -> str:
     from mdlm_interp.store.results import SITES, open_results
 
     with open_results(path, "patching") as store:
-        cells = patching_cells(store)
+        cells = patching_cells(store, min_gap=min_gap)
         summary = pair_summary(store)
-        settings, agreement = store.attrs["settings"], store.attrs["attribution_correlation"]
+        settings, agreement = store.attrs["settings"], attribution_agreement(store)
         wrong = store.array("pairs/wrong_id")
         stamp = store.attrs["command_line"]
-    lines = [f"wrote {summary['n']} pairs to {path} ({comparison(settings)})"]
+    lines = [f"wrote {summary['n']} pairs to {path} ({comparison(settings)})",
+             f"  clean - corrupt gap of logit(answer) - logit(wrong): {summary['gap']:.2f} "
+             f"[{summary['gap_low']:.2f}, {summary['gap_high']:.2f}] logits (95% bootstrap over pairs)"]
+    undefined = abs(summary["gap"]) < min_gap
+    if undefined:
+        lines.append(f"  note: the gap is under --min-gap {min_gap:g} logit, so recovery is undefined (NaN, blank in "
+                     "figures); the cells below are those whose patch moves the logit difference most, in logits")
     for run in ("clean", "corrupt"):
         s, condition = summary[run], settings[run]
         label = masks_text(condition["masks"]) + (" (filler control)" if condition["filler"] else "")
@@ -116,8 +131,9 @@ def report(path, tokenizer=None, figures=None, top: int = 5) -> str:
     for direction in dict.fromkeys(cells["direction"]):
         restoring = direction == "clean_into_corrupt"
         effect = "restore the answer" if restoring else "break it"
-        lines.append(f"\n{direction}: the {top} cells per site that {effect} "
-                     f"most (recovery, 95% bootstrap interval)")
+        what = "effect in logits" if undefined else "recovery, 95% bootstrap interval, effect in logits"
+        lines.append(f"\n{direction}: the {top} cells per site that {'move the logit difference' if undefined else effect} "
+                     f"most ({what})")
         for site in SITES:
             best = strongest(cells, direction, site, top)
             lines.append(f"  {site:9s} " + "; ".join(describe(cell) for cell in best.to_dict("records")))

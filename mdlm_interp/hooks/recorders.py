@@ -18,11 +18,12 @@ import torch
 from einops import einsum
 
 from mdlm_interp.batching import BatchLayout
+from mdlm_interp.models.hook_names import hook_name
 
 
 def supports_probes(module) -> bool:
     """Whether ``module`` exposes attention probes (the toolkit's own decoder does)."""
-    return "blocks.0.attn.hook_probe_mass" in getattr(module, "hook_dict", {})
+    return hook_name("probe_mass", 0) in getattr(module, "hook_dict", {})
 
 
 class Recorder:
@@ -87,8 +88,8 @@ class AttentionRecorder(Recorder):
 
     def fwd_hooks(self) -> list:
         """Return [(hook name, fn)]: every layer's ``attn.hook_probe_mass`` or ``attn.hook_pattern``."""
-        name = "hook_probe_mass" if self.use_probes else "hook_pattern"
-        return [(f"blocks.{layer}.attn.{name}", self._hook(layer)) for layer in range(self.n_layers)]
+        kind = "probe_mass" if self.use_probes else "pattern"
+        return [(hook_name(kind, layer), self._hook(layer)) for layer in range(self.n_layers)]
 
     def _hook(self, layer: int):
         def reduce(activation: torch.Tensor, hook) -> None:
@@ -142,8 +143,8 @@ class LensRecorder(Recorder):
 
     def fwd_hooks(self) -> list:
         """Return hooks on blocks.0.hook_resid_pre (stage 0) and blocks.{l}.hook_resid_post (stage l+1)."""
-        hooks = [("blocks.0.hook_resid_pre", self._hook(0))]
-        return hooks + [(f"blocks.{l}.hook_resid_post", self._hook(l + 1)) for l in range(self.n_layers)]
+        hooks = [(hook_name("resid_pre", 0), self._hook(0))]
+        return hooks + [(hook_name("resid_post", l), self._hook(l + 1)) for l in range(self.n_layers)]
 
     def _hook(self, stage: int):
         def reduce(resid: torch.Tensor, hook) -> None:
@@ -178,7 +179,7 @@ class GradientRecorder(Recorder):
             self.embeddings = embeddings.detach().requires_grad_(True)
             return self.embeddings
 
-        return [("hook_embed", capture)]
+        return [(hook_name("embed"), capture)]
 
     def results(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
         """Return norms [batch, pos] (0 on padding) and mask_mean, last50_mean, nonmask_mean [batch].

@@ -12,7 +12,7 @@ dtype names) without slowing ``--help``.
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from mdlm_interp.errors import UsageError
@@ -297,14 +297,28 @@ DREAM = FamilySpec(
     sampler="dream",
 )
 
-LLAMA = FamilySpec(
+def causal_twin(spec: FamilySpec, **changes) -> FamilySpec:
+    """Return the autoregressive twin of the diffusion family ``spec``: the same architecture read causally
+    (prediction offset -1, no mask token, no iterative sampler), with ``changes`` (its names and tokens)."""
+    return replace(spec, causal=True, prediction_offset=-1, sampler=None, **changes)
+
+
+# Qwen2 is Dream's architecture without the mask, and a causal Qwen2 tokenizer without BOS or padding.
+QWEN2 = causal_twin(
+    DREAM,
+    family="qwen2",
+    model_types=("qwen2",),
+    architecture="Qwen2ForCausalLM",
+    special_tokens={"eos": "<|endoftext|>", "im_start": "<|im_start|>", "im_end": "<|im_end|>"},
+    special_id_keys={"eos": "eos_token_id"},
+)
+
+# Llama: the Hugging Face layout of Qwen2 with Llama 3's tokens, RoPE base and norm epsilon, no q/k/v bias.
+LLAMA = replace(
+    QWEN2,
     family="llama",
     model_types=("llama",),
     architecture="LlamaForCausalLM",
-    causal=True,
-    prediction_offset=-1,
-    config_keys=HF_CONFIG_KEYS,
-    param_names=HF_PARAM_NAMES,
     special_tokens={
         "bos": "<|begin_of_text|>",
         "eos": "<|end_of_text|>",
@@ -314,30 +328,10 @@ LLAMA = FamilySpec(
     },
     special_id_keys={"bos": "bos_token_id", "eos": "eos_token_id"},
     chat_template=LLAMA3_CHAT.format(bos="<|begin_of_text|>"),
-    rope_in_float32=False,
     default_rope_theta=500000.0,
     default_norm_eps=1e-5,
     tokenizer_format="tokenizer.json",
-    extra_config=HF_EXTRA_CONFIG,
-)
-
-QWEN2 = FamilySpec(
-    family="qwen2",
-    model_types=("qwen2",),
-    architecture="Qwen2ForCausalLM",
-    causal=True,
-    prediction_offset=-1,
-    config_keys=HF_CONFIG_KEYS,
-    param_names=HF_PARAM_NAMES,
-    special_tokens={"eos": "<|endoftext|>", "im_start": "<|im_start|>", "im_end": "<|im_end|>"},
-    special_id_keys={"eos": "eos_token_id"},
-    chat_template=QWEN_CHAT,
-    rope_in_float32=False,
-    default_rope_theta=1000000.0,
-    default_norm_eps=1e-6,
-    tokenizer_format="vocab.json+merges.txt",
-    extra_config=HF_EXTRA_CONFIG,
-    qkv_bias=True,
+    qkv_bias=None,
 )
 
 FAMILIES: dict[str, FamilySpec] = {spec.family: spec for spec in (LLADA, DREAM, LLAMA, QWEN2)}

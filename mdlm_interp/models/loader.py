@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from mdlm_interp.errors import UsageError
+from mdlm_interp.resources import check_fits
 from mdlm_interp.models.adapter import AdapterInfo, apply_adapter, check_adapter_dir
 from mdlm_interp.models.checkpoint import load_weights, read_config, resolve_checkpoint, weights_fingerprint
 from mdlm_interp.models.families import DTYPE_NAMES, FamilySpec, family_for_config
@@ -97,6 +98,8 @@ def load_model(
     check_special_ids(tokenizer, spec, config, str(path))
     mask_token_id = tokenizer.convert_tokens_to_ids(spec.mask_token) if spec.mask_token else None
     torch_dtype = parse_dtype(dtype)
+    check_fits(f"the weights of {name_or_path} ({cfg.n_layers} layers, d_model {cfg.d_model})",
+               cfg.n_params * torch.finfo(torch_dtype).bits / 8)
     with torch.device("meta"):
         model = HookedDecoder(cfg)
     load_weights(model, path, spec, torch_dtype, device)

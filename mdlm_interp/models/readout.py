@@ -7,6 +7,13 @@ class NoPrediction(IndexError, ValueError):
     """A position whose prediction would be read from outside the sequence (an IndexError and a ValueError)."""
 
 
+def readout_position(answer_position, prediction_offset: int):
+    """Return the index of the logits that predict the token at ``answer_position`` (an int, or a tensor of
+    any shape, returned in kind): ``answer_position + prediction_offset`` (the answer slot for LLaDA, the
+    position before it for Dream and causal models)."""
+    return answer_position + prediction_offset
+
+
 def logits_at(logits: torch.Tensor, positions: torch.Tensor, prediction_offset: int) -> torch.Tensor:
     """Return the logits that predict the tokens AT ``positions``.
 
@@ -15,7 +22,7 @@ def logits_at(logits: torch.Tensor, positions: torch.Tensor, prediction_offset: 
     LLaDA, -1 for Dream and causal models). Returns [batch, vocab] or [batch, k, vocab].
     """
     positions = torch.as_tensor(positions, device=logits.device)
-    index = positions + prediction_offset
+    index = readout_position(positions, prediction_offset)
     if (index < 0).any() or (index >= logits.shape[1]).any():
         raise NoPrediction(f"positions {positions.tolist()} with offset {prediction_offset} fall outside the sequence")
     if index.dim() == 1:

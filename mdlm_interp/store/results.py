@@ -25,7 +25,7 @@ import numpy as np
 from mdlm_interp.errors import UsageError
 from mdlm_interp.store.identity import write_identity
 from mdlm_interp.store.schema import Attr, Field
-from mdlm_interp.store.writer import Provenance, _as_rows, check_writable
+from mdlm_interp.store.writer import Provenance, as_rows, check_writable
 from mdlm_interp.version import __version__
 
 RESULTS_SCHEMA_VERSION = 1
@@ -108,8 +108,8 @@ SITE_DOCS = {
                  "before ln_final) patched over a position group",
     "attn_out": "the attention output of block l (hook_attn_out) patched over a position group",
     "mlp_out": "the MLP output of block l (hook_mlp_out) patched over a position group",
-    "z": "one head's output before the output projection (attn.hook_z) patched at the answer slot or at "
-         "every position with a counterpart",
+    "z": "one head's output before the output projection (attn.hook_z) patched at the answer slot, at "
+         "every position with a counterpart, or at the readout position (Dream)",
 }
 
 _PAIR_FIELDS = (
@@ -143,7 +143,8 @@ PATCHING = StoreKind(
         "layers": "transformer blocks",
         "heads": "attention (query) heads per block",
         "groups": "position groups of the residual sites (attribute position_groups)",
-        "head_groups": "2: the answer slot, then every position with a counterpart (attribute head_groups)",
+        "head_groups": "the answer slot, every position with a counterpart, and where the prediction is read "
+                       "before the slot (Dream) the readout position (attribute head_groups)",
     },
     data=_PAIR_FIELDS + _RUN_FIELDS + tuple(
         _f("patching", f"{site}_{metric}", "float32", SITE_SHAPES[site],
@@ -160,11 +161,10 @@ PATCHING = StoreKind(
         Attr("directions", "JSON str", '["clean_into_corrupt", "corrupt_into_clean"]'),
         Attr("position_groups", "JSON str", 'names along groups: "all", "relevant", "distractor", "query", '
                                             '"answer", "appended" (only when both runs have tokens after the '
-                                            'slot), "last:1" .. "last:k"'),
-        Attr("head_groups", "JSON str", '["answer", "all"]'),
-        Attr("attribution_correlation", "JSON str", "direction -> site -> Pearson correlation between exact and "
-                                                    "attribution recovery over the grid's cells (null without "
-                                                    "attribution)"),
+                                            'slot), "last:1" .. "last:k", "readout" (only where the prediction is '
+                                            'read before the slot, Dream: the readout position)'),
+        Attr("head_groups", "JSON str", '["answer", "all"], then "readout" where the prediction is read before '
+                                        'the slot (Dream)'),
     ),
 )
 
@@ -227,7 +227,7 @@ def write_results(path, kind: StoreKind, columns: dict, *, dims: dict, provenanc
     own = {a.name for a in kind.attrs}
     if set(attrs) != own:
         raise ValueError(f"attrs must be exactly {sorted(own)}, got {sorted(attrs)}")
-    arrays = {f.path: _as_rows(f, columns[f.path], f.row_shape(dims)) for f in kind.data}
+    arrays = {f.path: as_rows(f, columns[f.path], f.row_shape(dims)) for f in kind.data}
     n_rows = {len(a) for a in arrays.values()}
     if len(n_rows) != 1:
         raise ValueError(f"columns have different row counts: { {p: len(a) for p, a in arrays.items()} }")

@@ -361,7 +361,7 @@ class StoreWriter:
         missing, extra = expected - set(batch), set(batch) - expected
         if missing or extra:
             raise ValueError(f"batch keys: missing {sorted(missing)}, unexpected {sorted(extra)}")
-        arrays = {f.path: _as_rows(f, batch[f.path], f.row_shape(self.dims)) for f in self.fields}
+        arrays = {f.path: as_rows(f, batch[f.path], f.row_shape(self.dims)) for f in self.fields}
         sizes = {path: len(array) for path, array in arrays.items()}
         if len(set(sizes.values())) != 1:
             raise ValueError(f"batch fields have different row counts: {sizes}")
@@ -394,8 +394,9 @@ class StoreWriter:
         self._pending = [{path: array[n_rows:] for path, array in joined.items()}] if self._n_pending else []
 
 
-def _as_rows(field: schema.Field, value, row_shape: tuple) -> np.ndarray:
-    """Return ``value`` as an array of rows for ``field`` (object arrays for str and vlen)."""
+def as_rows(field: schema.Field, value, row_shape: tuple) -> np.ndarray:
+    """Return ``value`` as an array of rows [rows, *row_shape] for ``field`` (object arrays for str and vlen);
+    shared by the record store writer and the result stores."""
     if field.dtype == "str":
         rows = list(value)
         if not all(isinstance(v, str) for v in rows):

@@ -1,0 +1,102 @@
+"""The decoder's configuration: shape and numerics from a checkpoint, plus the model's run-time settings."""
+
+from dataclasses import FrozenInstanceError, dataclass, field
+from typing import ClassVar
+
+
+RUNTIME_SETTINGS = ("device", "use_attn_result", "explicit_attention")
+
+
+@dataclass(unsafe_hash=True)
+class DecoderConfig:
+    """Shape and numerics of a decoder (built from a checkpoint's config.json by its family spec),
+    plus the run-time settings of the model that owns it.
+
+    The shape fields cannot change once set. The settings can (``RUNTIME_SETTINGS``, ignored by
+    ``==`` and ``hash``): ``device`` (where the weights are; ``HookedDecoder`` keeps it current),
+    ``use_attn_result`` (compute per-head outputs at ``blocks.{l}.attn.hook_result``, off by default
+    as in TransformerLens: it costs [batch, pos, head, d_model] per layer) and
+    ``explicit_attention`` (compute every attention pattern; see ``HookedDecoder.explicit_attention``).
+    The class attributes and properties below give TransformerLens' names for what its utilities read.
+    """
+
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    d_mlp: int
+    d_vocab: int
+    max_seq_len: int
+    rope_theta: float
+    norm_eps: float
+    qkv_bias: bool = False
+    causal: bool = False
+    tie_embeddings: bool = False
+    rope_in_float32: bool = True
+    device: str = field(default="cpu", compare=False)
+    use_attn_result: bool = field(default=False, compare=False)
+    explicit_attention: bool = field(default=False, compare=False)
+
+    # TransformerLens' names for what every family here is.
+    normalization_type: ClassVar[str] = "RMS"  # RMSNorm with a weight and no bias, before each sublayer
+    final_rms: ClassVar[bool] = True
+    attn_only: ClassVar[bool] = False
+    gated_mlp: ClassVar[bool] = True
+    act_fn: ClassVar[str] = "silu"
+    positional_embedding_type: ClassVar[str] = "rotary"
+    rotary_adjacent_pairs: ClassVar[bool] = False  # rotate-half layout
+
+    def __post_init__(self):
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
+
+    def __setattr__(self, name, value):
+        if name in self.__dict__ and name not in RUNTIME_SETTINGS:
+            raise FrozenInstanceError(f"cannot assign to field {name!r} (only {', '.join(RUNTIME_SETTINGS)} change)")
+        super().__setattr__(name, value)
+
+    @property
+    def n_ctx(self) -> int:
+        """TransformerLens' name for ``max_seq_len``."""
+        return self.max_seq_len
+
+    @property
+    def d_vocab_out(self) -> int:
+        """TransformerLens' name for the width of the logits (``d_vocab``)."""
+        return self.d_vocab
+
+    @property
+    def n_key_value_heads(self) -> int:
+        """TransformerLens' name for ``n_kv_heads``."""
+        return self.n_kv_heads
+
+    @property
+    def eps(self) -> float:
+        """TransformerLens' name for ``norm_eps``."""
+        return self.norm_eps
+
+    @property
+    def rotary_base(self) -> float:
+        """TransformerLens' name for ``rope_theta``."""
+        return self.rope_theta
+
+    @property
+    def rotary_dim(self) -> int:
+        """Number of rotated dimensions per head: all of them."""
+        return self.d_head
+
+    @property
+    def attention_dir(self) -> str:
+        """TransformerLens' "causal" or "bidirectional"."""
+        return "causal" if self.causal else "bidirectional"
+
+    @property
+    def n_params(self) -> int:
+        """Number of parameters of a decoder of this shape."""
+        attn = self.d_model * self.d_head * (2 * self.n_heads + 2 * self.n_kv_heads)
+        if self.qkv_bias:
+            attn += self.d_head * (self.n_heads + 2 * self.n_kv_heads)
+        block = attn + 3 * self.d_model * self.d_mlp + 2 * self.d_model
+        unembed = 0 if self.tie_embeddings else self.d_vocab * self.d_model
+        return self.n_layers * block + self.d_vocab * self.d_model + unembed + self.d_model
