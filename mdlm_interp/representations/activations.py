@@ -23,7 +23,6 @@ Reading: ``activation_reader`` (``open_activations``, ``StoreBatches``).
 """
 
 import json
-import os
 from pathlib import Path
 
 import h5py
@@ -31,12 +30,12 @@ import numpy as np
 
 from mdlm_interp.errors import UsageError
 from mdlm_interp.outputs import OutputLock, check_output_file
+from mdlm_interp.store.writer import build_swmr_file
 from mdlm_interp.version import __version__
 
 FORMAT, FORMAT_VERSION = "mdlm-interp activations", 1
 DTYPES = {"float32": "f4", "float16": "f2", "bfloat16": "u2"}
 STRING_COLUMNS = ("prompt_key", "condition", "position_group")
-LIBVER = "v110"
 COPY_ROWS = 4096
 
 
@@ -82,22 +81,6 @@ def _fill_layout(file: h5py.File, sites: dict, labels: tuple, chunk_rows: int, d
                             chunks=(chunk_rows, *row_shape), dtype=h5_dtype)
 
 
-def _build(path: Path, fill) -> h5py.File:
-    """Write a file with ``fill`` under a temporary name, move it to ``path``, reopen it as an SWMR writer."""
-    building = path.with_name(path.name + ".building")
-    building.unlink(missing_ok=True)
-    try:
-        with h5py.File(building, "x", libver=LIBVER, locking=False) as file:
-            fill(file)
-    except BaseException:
-        building.unlink(missing_ok=True)
-        raise
-    os.replace(building, path)
-    file = h5py.File(path, "r+", libver=LIBVER, locking=False)
-    file.swmr_mode = True
-    return file
-
-
 def open_activation_writer(path, *, sites: dict, dtype: str = "float16", labels=(), settings: dict | None = None,
                            provenance: dict | None = None, chunk_rows: int = 256,
                            resume: bool = False) -> "ActivationWriter":
@@ -136,7 +119,7 @@ def open_activation_writer(path, *, sites: dict, dtype: str = "float16", labels=
                     file.attrs[name] = np.int64(value) if isinstance(value, int) else value
                 _fill_layout(file, sites, labels, chunk_rows, dtype)
 
-            file = _build(path, fill)
+            file = build_swmr_file(path, fill)
         return ActivationWriter(file, lock)
     except BaseException:
         lock.release()
@@ -167,7 +150,7 @@ def _reopen(path: Path, wanted: dict) -> h5py.File:
                         stop = min(start + COPY_ROWS, n_rows)
                         file[f"{group}/{name}"][start:stop] = old[f"{group}/{name}"][start:stop]
 
-        return _build(path, fill)
+        return build_swmr_file(path, fill)
 
 
 class ActivationWriter:

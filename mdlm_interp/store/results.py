@@ -12,8 +12,6 @@ folder, renamed over the output at the end, so an interrupted run leaves nothing
 """
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property
@@ -23,6 +21,7 @@ import h5py
 import numpy as np
 
 from mdlm_interp.errors import UsageError
+from mdlm_interp.outputs import staged_path
 from mdlm_interp.store.identity import write_identity
 from mdlm_interp.store.schema import Attr, Field
 from mdlm_interp.store.writer import Provenance, as_rows, check_writable
@@ -239,28 +238,21 @@ def write_results(path, kind: StoreKind, columns: dict, *, dims: dict, provenanc
         "dims": {name: int(size) for name, size in dims.items()}, "n_rows": n_rows.pop(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **attrs,
     }
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        with h5py.File(temporary, "w") as file:
-            for attr in kind.all_attrs:
-                value = values[attr.name]
-                if attr.type == "JSON str":
-                    value = json.dumps(value, sort_keys=True)
-                file.attrs[attr.name] = np.int64(value) if attr.type == "int" else value
-            write_identity(file.attrs, provenance.identity)
-            for field in kind.data:
-                array = arrays[field.path]
-                if array.dtype == object:
-                    typed = np.empty(len(array), dtype=field.h5_dtype)
-                    typed[:] = array
-                    array = typed
-                file.create_dataset(field.path, data=array, dtype=field.h5_dtype,
-                                    compression="gzip" if array.size else None)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+    with staged_path(path) as temporary, h5py.File(temporary, "w") as file:
+        for attr in kind.all_attrs:
+            value = values[attr.name]
+            if attr.type == "JSON str":
+                value = json.dumps(value, sort_keys=True)
+            file.attrs[attr.name] = np.int64(value) if attr.type == "int" else value
+        write_identity(file.attrs, provenance.identity)
+        for field in kind.data:
+            array = arrays[field.path]
+            if array.dtype == object:
+                typed = np.empty(len(array), dtype=field.h5_dtype)
+                typed[:] = array
+                array = typed
+            file.create_dataset(field.path, data=array, dtype=field.h5_dtype,
+                                compression="gzip" if array.size else None)
     return path
 
 

@@ -36,7 +36,7 @@ import h5py
 import numpy as np
 
 from mdlm_interp.errors import UsageError
-from mdlm_interp.outputs import OutputLock, check_not_held, check_output_file, output_path
+from mdlm_interp.outputs import OutputLock, apply_file_mode, check_not_held, check_output_file, output_path
 from mdlm_interp.store import schema
 from mdlm_interp.store.identity import ModelIdentity, write_identity
 from mdlm_interp.store.integrity import check_store, damaged, first_line
@@ -168,7 +168,7 @@ def _create_datasets(file: h5py.File, groups, dims: dict, rows_per_chunk: int, n
         )
 
 
-def _build(path: Path, fill) -> h5py.File:
+def build_swmr_file(path: Path, fill) -> h5py.File:
     """Build a file with ``fill(file)`` under a temporary name, move it to ``path``, and return it
     reopened as an SWMR writer."""
     building = building_path(path)
@@ -182,6 +182,7 @@ def _build(path: Path, fill) -> h5py.File:
     except BaseException:
         building.unlink(missing_ok=True)
         raise
+    apply_file_mode(building)
     os.replace(building, path)
     file = h5py.File(path, "r+", libver=LIBVER, locking=False)
     file.swmr_mode = True
@@ -211,7 +212,7 @@ def _create(path, settings, provenance, groups, dims, n_planned, rows_per_chunk)
             file.attrs[name] = np.int64(value) if isinstance(value, int) else value
         _create_datasets(file, groups, dims, rows_per_chunk)
 
-    return _build(Path(path), fill)
+    return build_swmr_file(Path(path), fill)
 
 
 def _reopen(path: Path, wanted: dict) -> h5py.File:
@@ -245,7 +246,7 @@ def _reopen(path: Path, wanted: dict) -> h5py.File:
             for field in schema.fields(wanted["groups"]):
                 _copy_rows(old, file, field, n_rows, path)
 
-        return _build(path, fill)
+        return build_swmr_file(path, fill)
 
 
 def _copy_rows(old: h5py.File, new: h5py.File, field: schema.Field, n_rows: int, path) -> None:
