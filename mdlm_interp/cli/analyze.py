@@ -51,7 +51,7 @@ outputs (in --out DIR):
   tables/head_ranking.csv         per layer x head, ranked by attention mass from the answer slot on the
                                   masks (mask_mass, bootstrap bounds), filler_mass (the filler control),
                                   rho (Spearman with the loss of p(answer) against 1 mask, same prompts),
-                                  rho_low, rho_high, p_permutation
+                                  rho_low, rho_high, p_permutation, p_adjusted (Holm over the group's heads)
   figures/head_ranking_*.png      mass per head (fillers beside it) and rho with intervals
   figures/iterative_*.png         one-step and iterative accuracy, settle and unmask step against masks
   figures/decode_trajectory_*.png p(answer) and attention to the masks left across the decoding steps
