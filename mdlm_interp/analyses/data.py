@@ -14,7 +14,7 @@ import numpy as np
 
 from mdlm_interp.store import open_store
 from mdlm_interp.store.identity import ModelIdentity, adapter_identity, read_identity
-from mdlm_interp.store.results import open_results, result_kind
+from mdlm_interp.store.results import open_results
 
 SETTING = ["model", "n_relevant", "n_distractor"]
 CONDITION = ["placement", "filler", "masks"]
@@ -128,20 +128,26 @@ def load(paths) -> Recordings:
     """Open every store (folders are searched for .h5 files) and return their ``Recordings``; result stores
     (patching, ablation) go to ``Recordings.results``.
 
-    Raises ``UsageError`` (one line) for a path that is not a readable store, before reading any rows.
+    Every file is checked first (``checks.check_file``: its layout against its kind's schema, its task
+    configuration); ``UsageError`` (one line) for a path that is not a readable, whole store, before
+    reading any rows. A file of a kind without rows (a decode trace) is left out with a note.
     """
     import pandas as pd
 
-    results, identities = {}, {}
+    from mdlm_interp.analyses.checks import check_file
+
+    results, identities, skipped = {}, {}, []
     record_paths = []
     for path in find_stores(paths):
-        kind = result_kind(path)
-        if kind is None:
+        kind = check_file(path).name  # every file's layout and attributes, before any row is read
+        if kind == "record":
             record_paths.append(path)
-            continue
-        with open_results(path, kind) as store:  # checks it
-            identities[path] = read_identity(store.attrs)
-        results.setdefault(kind, []).append(path)
+        elif kind in ("patching", "ablation"):
+            with open_results(path, kind) as store:
+                identities[path] = read_identity(store.attrs)
+            results.setdefault(kind, []).append(path)
+        else:
+            skipped.append(f"{path} is a {kind} file, which holds no rows to analyse; it is left out.")
     stores = [_info(path) for path in record_paths]
     labels = model_labels([s.identity for s in stores] + list(identities.values()))
     stores = [replace(s, model=label) for s, label in zip(stores, labels)]
@@ -164,7 +170,7 @@ def load(paths) -> Recordings:
         frame["causal"] = frame["masks"] == 0
         frames.append(frame)
     rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    notes = []
+    notes = skipped
     if len(rows):
         key = SETTING + CONDITION + [PAIR]
         duplicated = rows.duplicated(subset=key, keep="first")
