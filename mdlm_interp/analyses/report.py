@@ -42,8 +42,10 @@ def check_out(out) -> Path:
 @contextmanager
 def output_folder(out):
     """Create ``out`` with its tables/ and figures/ folders and yield it as a Path; UsageError if that is
-    impossible. If the body raises, the folders this call created are removed again where they are
-    still empty, so a crash leaves no empty folders behind."""
+    impossible. If the body raises, the folders this call created are removed again with what was
+    written into them, so a crash leaves no empty or half-filled folders of its own behind."""
+    import shutil
+
     out = check_out(out)
     created = [p for p in (*reversed(out.parents), out, out / "tables", out / "figures") if not p.exists()]
     try:
@@ -51,11 +53,8 @@ def output_folder(out):
             folder.mkdir()
         yield out
     except BaseException as error:
-        for folder in reversed(created):
-            try:
-                folder.rmdir()
-            except OSError:
-                pass
+        for folder in created:
+            shutil.rmtree(folder, ignore_errors=True)
         if isinstance(error, OSError) and not isinstance(error, UsageError):
             raise UsageError(f"cannot write into {out}: {error.strerror or error}") from None
         raise
@@ -117,20 +116,33 @@ def run_analyses(recordings, only=None) -> list[Outcome]:
         except Skip as reason:
             outcomes.append(Outcome(analysis.title, {}, [], "", {}, str(reason), notes))
             continue
+        except (ValueError, TypeError, KeyError, IndexError, ZeroDivisionError) as error:  # e.g. NaN everywhere
+            outcomes.append(Outcome(analysis.title, {}, [], "", {}, f"it failed on these data "
+                                    f"({type(error).__name__}: {_first_line(error)})", notes))
+            continue
         notes += subset.notes[known:]  # what the analysis noted on the way (e.g. a tokenizer it could not load)
-        figures = drawn(analysis.figures, tables, notes=notes)
-        outcomes.append(Outcome(analysis.title, tables, figures, analysis.paragraph(tables),
-                                (analysis.shown or (lambda t: t))(tables), None, notes))
+        outcomes.append(finish(analysis, tables, notes))
     return outcomes
+
+
+def finish(analysis, tables: dict, notes: list) -> Outcome:
+    """Return the Outcome of an analysis's tables: its figures, paragraph and shown tables; a figure or
+    paragraph that fails on these data (e.g. NaN values) is a note, never an abort."""
+    figures = drawn(analysis.figures, tables, notes=notes)
+    try:
+        paragraph = analysis.paragraph(tables)
+    except (ValueError, TypeError, KeyError, IndexError, ZeroDivisionError) as error:
+        paragraph = ""
+        notes.append(f"The findings could not be put in words ({type(error).__name__}: {_first_line(error)}); "
+                     "the tables hold the numbers.")
+    return Outcome(analysis.title, tables, figures, paragraph, (analysis.shown or (lambda t: t))(tables), None, notes)
 
 
 def run_on_results(analysis, paths: list) -> Outcome:
     """Run an analysis of result stores (``store_kind`` "patching" or "ablation") on ``paths``."""
     if not paths:
         return Outcome(analysis.title, {}, [], "", {}, f"no {analysis.store_kind} store was given", [])
-    tables, notes = analysis.tables(paths), []
-    return Outcome(analysis.title, tables, drawn(analysis.figures, tables, notes=notes), analysis.paragraph(tables),
-                   (analysis.shown or (lambda t: t))(tables), None, notes)
+    return finish(analysis, analysis.tables(paths), [])
 
 
 def store_list(stores) -> str:
