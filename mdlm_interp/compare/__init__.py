@@ -150,7 +150,12 @@ def write_comparison(paths, out, *, held_in=None, command_line: str = "") -> Pat
         has_data = recordings.stores if analysis.store_kind == "record" else recordings.results.get(analysis.store_kind)
         if section is None or not has_data:
             continue
-        found, drawn_figures, found_lines = section(recordings, models, notes)
+        try:
+            found, drawn_figures, found_lines = section(recordings, models, notes)
+        except (ValueError, TypeError, KeyError, IndexError, ZeroDivisionError) as error:  # e.g. NaN everywhere
+            notes.append(f"The {analysis.title.lower()} comparison failed on these data ({type(error).__name__}: "
+                         f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}); it is left out.")
+            continue
         key = "record" if analysis.store_kind == "record" else analysis.store_kind
         tables.update(found)
         figures[key], lines[key] = drawn_figures, found_lines

@@ -161,14 +161,16 @@ def findings(models: list, accuracy, change, heads, heads_change, attributions) 
     if not heads.empty:
         at = heads[~heads["filler"] & (heads["masks"] == heads["masks"].max())]
         for model in models:
-            part = at[at["model"] == model]
+            part = at[(at["model"] == model) & at["from_answer"].notna()]
             if part.empty:
+                lines.append(f"- {model}: no attention mass from the answer position is a number (NaN in the store).")
                 continue
             top = part.loc[part["from_answer"].idxmax()]
             text = (f"- {model}: attention from the answer position to the {int(top['masks']) - 1} masks after it, "
                     f"mean over heads {part['from_answer'].mean():.3f}; strongest head L{top['layer']}.H{top['head']} "
                     f"{top['from_answer']:.3f} [{top['from_answer_low']:.3f}, {top['from_answer_high']:.3f}]")
-            mine = heads_change[heads_change["model"] == model] if not heads_change.empty else heads_change
+            mine = (heads_change[(heads_change["model"] == model) & heads_change["delta"].notna()]
+                    if not heads_change.empty else heads_change)
             if len(mine):
                 big = mine.loc[mine["delta"].abs().idxmax()]
                 text += (f"; largest change against {models[0]} L{big['layer']}.H{big['head']} {big['delta']:+.3f} "
