@@ -126,7 +126,8 @@ def ranking_figure(ranking, top: int | None = None) -> FigureOut:
     lower.set_ylabel("Spearman rho\n(mass, loss of p(answer))")
     lower.set_xticks(x, part["head_label"], rotation=90)
     lower.set_xlabel("head (layer.head), by attention mass on the masks")
-    figure.suptitle(f"{first['model']}: heads that attend to the masks, and whether that goes with the loss")
+    figure.suptitle(f"{first['model']}: heads that attend to the masks, and whether that goes with the loss\n"
+                    f"({masks_text(first['masks'])} against 1, {first['placement']} placement, n = {first['n']} prompts)")
     name = (f"head_ranking_{slug(str(first['model']))}_r{first['n_relevant']}_d{first['n_distractor']}_"
             f"{slug(first['placement'])}_m{first['masks']}")
     caption = (f"Heads of {first['model']} ordered by the attention mass the answer slot puts on the masks after it "

@@ -125,3 +125,19 @@ def test_nan_values_in_a_store_do_not_crash_analyze(tmp_path):
     result = run_cli("analyze", write_store(tmp_path / "s.h5", broken), "--out", tmp_path / "out")
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "out" / "report.md").exists()
+
+
+def test_inverse_scaling_figures_at_two_mask_counts_are_points_with_a_titled_model_and_n(tmp_path):
+    from mdlm_interp.analyses.inverse_scaling import figures, inverse_scaling
+
+    two = [r for r in rows() if r["masks"] in (1, 6)]
+    tables = {"inverse_scaling": inverse_scaling(load([write_store(tmp_path / "s.h5", two)]))}
+    drawn = figures(tables)
+    assert [f.name for f in drawn] == ["inverse_scaling_r2_d4_random", "inverse_scaling_tasks_r2_d4_random"]
+    title = drawn[0].figure._suptitle.get_text()
+    assert "model" in title and "n = 8 per condition" in title
+    assert all(line.get_linestyle() in ("None", "") for ax in drawn[0].figure.axes for line in ax.get_lines())
+    labels = drawn[0].figure.axes[0].get_legend_handles_labels()[1]
+    assert labels == ["model, masks"]  # no filler control recorded: no legend entry for one
+    one = [r for r in rows() if r["masks"] == 1]
+    assert figures({"inverse_scaling": inverse_scaling(load([write_store(tmp_path / "one.h5", one)]))}) == []
