@@ -128,8 +128,8 @@ def load(paths) -> Recordings:
     """Open every store (folders are searched for .h5 files) and return their ``Recordings``; result stores
     (patching, ablation) go to ``Recordings.results``.
 
-    Every file is checked first (``checks.check_file``: its layout against its kind's schema, its task
-    configuration); ``UsageError`` (one line) for a path that is not a readable, whole store, before
+    Every file is checked first (``checks.check_file``: its layout against its kind's schema, its
+    settings); ``UsageError`` (one line) for a path that is not a readable, whole store, before
     reading any rows. A file of a kind without rows (a decode trace) is left out with a note.
     """
     import pandas as pd
@@ -139,7 +139,7 @@ def load(paths) -> Recordings:
     results, identities, skipped = {}, {}, []
     record_paths = []
     for path in find_stores(paths):
-        kind = check_file(path).name  # every file's layout and attributes, before any row is read
+        kind = check_file(path)[0].name  # every file's layout and attributes, before any row is read
         if kind == "record":
             record_paths.append(path)
         elif kind in ("patching", "ablation"):

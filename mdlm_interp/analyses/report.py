@@ -13,6 +13,7 @@ from mdlm_interp.analyses.plotting import save, stamp
 from mdlm_interp.analyses.registry import analyses as registered
 from mdlm_interp.analyses.stats import INTERVALS
 from mdlm_interp.errors import UsageError
+from mdlm_interp.store.layout import first_line
 from mdlm_interp.version import __version__
 
 MAX_REPORT_ROWS = 400  # longer tables are cut in report.md (the CSV keeps every row)
@@ -66,7 +67,7 @@ def drawn(draw, *args, notes: list, what: str = "figures") -> list:
     try:
         return list(draw(*args))
     except Exception as error:  # a figure is never worth the tables and the report
-        notes.append(f"The {what} could not be drawn ({type(error).__name__}: {_first_line(error)}); "
+        notes.append(f"The {what} could not be drawn ({type(error).__name__}: {first_line(error)}); "
                      "the tables hold the numbers.")
         return []
 
@@ -82,13 +83,8 @@ def save_figures(figures: list, folder: Path, provenance: str, notes: list) -> l
         except Exception as error:  # e.g. matplotlib refusing a value; the report says so
             (folder / f"{figure.name}.png").unlink(missing_ok=True)
             notes.append(f"Figure {figure.name} could not be drawn ({type(error).__name__}: "
-                         f"{_first_line(error)}).")
+                         f"{first_line(error)}).")
     return saved
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def run_analyses(recordings, only=None) -> list[Outcome]:
@@ -118,7 +114,7 @@ def run_analyses(recordings, only=None) -> list[Outcome]:
             continue
         except (ValueError, TypeError, KeyError, IndexError, ZeroDivisionError) as error:  # e.g. NaN everywhere
             outcomes.append(Outcome(analysis.title, {}, [], "", {}, f"it failed on these data "
-                                    f"({type(error).__name__}: {_first_line(error)})", notes))
+                                    f"({type(error).__name__}: {first_line(error)})", notes))
             continue
         notes += subset.notes[known:]  # what the analysis noted on the way (e.g. a tokenizer it could not load)
         outcomes.append(finish(analysis, tables, notes))
@@ -133,7 +129,7 @@ def finish(analysis, tables: dict, notes: list) -> Outcome:
         paragraph = analysis.paragraph(tables)
     except (ValueError, TypeError, KeyError, IndexError, ZeroDivisionError) as error:
         paragraph = ""
-        notes.append(f"The findings could not be put in words ({type(error).__name__}: {_first_line(error)}); "
+        notes.append(f"The findings could not be put in words ({type(error).__name__}: {first_line(error)}); "
                      "the tables hold the numbers.")
     return Outcome(analysis.title, tables, figures, paragraph, (analysis.shown or (lambda t: t))(tables), None, notes)
 

@@ -110,6 +110,7 @@ def run(args) -> int:
     from mdlm_interp.analyses.registry import analyses
     from mdlm_interp.analyses.report import console_table, write_report
     from mdlm_interp.errors import UsageError
+    from mdlm_interp.prompt_checks import check_prompts
 
     only = None
     if args.only:
@@ -118,6 +119,7 @@ def run(args) -> int:
         unknown = [name for name in only if name not in known]
         if unknown:
             raise UsageError(f"unknown analysis {unknown[0]!r}; choose from {', '.join(known)}")
+    check_prompts(args.stores)  # every file, before any output
     report = write_report(args.stores, args.out, command_line=shlex.join(["mdlm-interp", *sys.argv[1:]]), only=only)
     print(console_table(report.parent))
     print(f"report: {report}")

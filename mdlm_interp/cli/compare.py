@@ -35,6 +35,7 @@ def run(args) -> int:
 
     from mdlm_interp.compare import write_comparison
     from mdlm_interp.errors import UsageError
+    from mdlm_interp.prompt_checks import check_prompts
     from mdlm_interp.tasks import CATEGORIES
 
     held_in = None
@@ -43,6 +44,7 @@ def run(args) -> int:
         unknown = [c for c in held_in if c not in CATEGORIES]
         if unknown:
             raise UsageError(f"unknown categories {unknown}; choose from {', '.join(CATEGORIES)}")
+    check_prompts(args.stores)  # every file, before any output
     report = write_comparison(args.stores, args.out, held_in=held_in, command_line=args.command_line)
     for note in json.loads((report.parent / "provenance.json").read_text())["notes"]:
         print(f"note: {note}")

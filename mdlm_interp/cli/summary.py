@@ -29,7 +29,7 @@ def run(args) -> int:
     from mdlm_interp.analyses.checks import check_file
     from mdlm_interp.store.summary import format_table, plain_table
 
-    kind = check_file(args.store, prompts=False)
+    kind, _ = check_file(args.store)
     described = kind.describe(args.store)
     if args.json:
         print(json.dumps({"kind": described["kind"], "conditions": described["conditions"]}))

@@ -50,8 +50,8 @@ from mdlm_interp.analyses import patching as patching_tables
 from mdlm_interp.analyses.ablation import figures as ablation_figures
 from mdlm_interp.analyses.attention import figure_heads, main_condition
 from mdlm_interp.analyses.registry import FigureOut, analyses
-from mdlm_interp.analyses.report import drawn, output_folder, save_figures
 from mdlm_interp.analyses.plotting import stamp
+from mdlm_interp.analyses.report import drawn, output_folder, save_figures
 from mdlm_interp.analyses.stats import INTERVALS
 from mdlm_interp.compare.ablation import ablation_change, ablation_findings
 from mdlm_interp.compare.pairing import load_models, model_order
@@ -60,6 +60,7 @@ from mdlm_interp.compare.record import (accuracy_figure, accuracy_table, analysi
                                         change_figure, change_table, findings)
 from mdlm_interp.compare.report import render
 from mdlm_interp.store.identity import read_identity
+from mdlm_interp.store.layout import first_line
 from mdlm_interp.store.results import open_results
 from mdlm_interp.version import __version__
 
@@ -154,7 +155,7 @@ def write_comparison(paths, out, *, held_in=None, command_line: str = "") -> Pat
             found, drawn_figures, found_lines = section(recordings, models, notes)
         except (ValueError, TypeError, KeyError, IndexError, ZeroDivisionError) as error:  # e.g. NaN everywhere
             notes.append(f"The {analysis.title.lower()} comparison failed on these data ({type(error).__name__}: "
-                         f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}); it is left out.")
+                         f"{first_line(error)}); it is left out.")
             continue
         key = "record" if analysis.store_kind == "record" else analysis.store_kind
         tables.update(found)

@@ -14,7 +14,7 @@ from pathlib import Path
 import h5py
 
 from mdlm_interp.errors import UsageError
-from mdlm_interp.store.layout import Dataset, Layout, check_layout
+from mdlm_interp.store.layout import Dataset, Layout, check_layout, damaged, first_line
 from mdlm_interp.store.schema import Attr
 
 
@@ -57,8 +57,7 @@ def open_checked(path) -> tuple[FileKind, dict]:
     try:
         file = open_file(path)
     except OSError as error:
-        raise UsageError(f"{path} is damaged: cannot open it ({str(error).splitlines()[0] if str(error) else error})"
-                         ) from None
+        raise damaged(path, f"cannot open it ({first_line(error)})") from None
     try:
         kind = kind_of(file, path)
         return kind, kind.check(file, path)
@@ -85,8 +84,8 @@ def _register_builtin() -> None:
         return
     from mdlm_interp.store import summary
     from mdlm_interp.store.integrity import check_store
-    from mdlm_interp.store.results import KINDS as RESULT_KINDS
     from mdlm_interp.store.layout import result_layout
+    from mdlm_interp.store.results import KINDS as RESULT_KINDS
 
     register(FileKind("record", lambda f: "store_kind" not in f.attrs and "n_rows_done" in f.attrs,
                       check_store, summary.describe_record))
