@@ -11,13 +11,17 @@ from pathlib import Path
 from mdlm_interp.analyses.checks import check_file, is_count
 from mdlm_interp.analyses.data import find_stores
 from mdlm_interp.errors import UsageError
+from mdlm_interp.store.kinds import UnknownKind
 
 
 def check_prompts(paths) -> None:
     """Check every file at ``paths`` (folders searched as ``analyze`` searches them): its layout
     (``analyses.checks.check_file``) and, for a record store, its task configuration; UsageError otherwise."""
     for path in find_stores(paths):
-        kind, attrs = check_file(path)
+        try:
+            kind, attrs = check_file(path)
+        except UnknownKind:
+            continue  # a kind this toolkit does not read: the command leaves it out or refuses it
         if kind.name == "record" and (problem := task_config_problem(attrs["task_config"])):
             raise UsageError(f"{Path(path)} is damaged: {problem}")
 

@@ -32,6 +32,10 @@ class FileKind:
 _KINDS: list[FileKind] = []
 
 
+class UnknownKind(UsageError):
+    """A file that names a ``store_kind`` no registered kind reads (a later toolkit's, or a foreign one)."""
+
+
 def register(kind: FileKind) -> FileKind:
     """Add ``kind`` to the registry (the first that matches a file is its kind); return it."""
     _KINDS[:] = [k for k in _KINDS if k.name != kind.name] + [kind]
@@ -61,22 +65,27 @@ def open_checked(path) -> tuple[FileKind, dict]:
     try:
         kind = kind_of(file, path)
         return kind, kind.check(file, path)
+    except UsageError:
+        raise
+    except Exception as error:  # h5py reading a damaged header: OSError, KeyError, RuntimeError, ...
+        raise damaged(path, f"cannot read its layout ({first_line(error)})") from None
     finally:
         file.close()
 
 
 def kind_of(file: h5py.File, path) -> FileKind:
-    """Return the registered kind of an open file; UsageError if none matches."""
+    """Return the registered kind of an open file; ``UnknownKind`` for a ``store_kind`` none reads, UsageError
+    for a file of no kind."""
     for kind in kinds():
         try:
             if kind.matches(file):
                 return kind
         except Exception:  # a damaged header is judged by the kind that claims the file
             continue
-    found = file.attrs.get("store_kind")
+    found = _text(file.attrs.get("store_kind"))
     if found is not None:
-        raise UsageError(f"{path} is a {found!s} file, which this toolkit does not read")
-    raise UsageError(f"{path} is not an mdlm-interp file (no schema_version attribute)")
+        raise UnknownKind(f"{path} is a {found} store, which this toolkit does not read")
+    raise UsageError(f"{path} is not an mdlm-interp store (no schema_version attribute)")
 
 
 def _register_builtin() -> None:
