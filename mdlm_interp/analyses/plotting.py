@@ -43,8 +43,8 @@ def line_with_band(ax, x, y, low, high, color, style=MASK_STYLE, label=None, mar
     if len(x) == 0:
         return
     if len(np.unique(x)) < MIN_TREND:
-        ax.errorbar(x, y, yerr=error_bars(y, low, high), fmt=marker, markersize=3.5, capsize=3, color=color,
-                    label=label)
+        ax.plot(x, y, linestyle="none", marker=marker, markersize=3.5, color=color, label=label)
+        ax.errorbar(x, y, yerr=error_bars(y, low, high), fmt="none", ecolor=color, capsize=0, elinewidth=1)
         return
     ax.plot(x, y, linestyle=style, marker=marker, markersize=3.5, color=color, label=label)
     ax.fill_between(x, low, high, color=color, alpha=0.15, linewidth=0)
