@@ -333,10 +333,13 @@ def test_heads_command_reads_a_record_store(tiny_model, tmp_path):
     assert rows[0]["rho"] == pytest.approx(hand)
     filler = examples[(examples["masks"] == 4) & examples["filler"]].index
     assert rows[0]["filler_mass"] == pytest.approx(mass[filler, layer, head].mean())
-    assert (tmp_path / "heads.png").stat().st_size > 0
+    from PIL import Image
+
+    drawn_by = Image.open(tmp_path / "heads.png").info["Description"]
+    assert drawn_by.startswith("mdlm-interp heads ") and "--figure" in drawn_by  # the heads command, not the record one
     table = run_cli("heads", store_path)
     n_heads = lm.config.n_layers * lm.config.n_heads
-    assert table.returncode == 0 and "rho" in table.stdout and len(table.stdout.splitlines()) == 2 + n_heads
+    assert table.returncode == 0 and "p (Holm)" in table.stdout and len(table.stdout.splitlines()) == 2 + n_heads
     patching_store = run_cli("heads", tmp_path / "nothing.h5")
     assert patching_store.returncode == 2 and "no store" in patching_store.stderr
     one = record(lm, out=tmp_path / "one.h5", tasks=("adjective+largest",), masks=(1,), n=2, n_relevant=2,

@@ -439,7 +439,7 @@ def compared(trained, tmp_path_factory):
         result = run_cli("patch", "--model", base, *extra, *patch, "--out", root / f"patch-{name}.h5")
         assert result.returncode == 0, result.stderr
     stores = [root / f"{kind}{name}.h5" for name in ("before", "after") for kind in ("", "patch-")]
-    result = run_cli("compare", *stores, "--out", root / "report")
+    result = run_cli("compare", *stores, "--held-in", "adjective,animal,profession,place", "--out", root / "report")
     assert result.returncode == 0, result.stderr
     return root, result
 

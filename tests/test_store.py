@@ -376,7 +376,7 @@ def test_summary_command_json_table_and_errors(tmp_path, capsys):
     path = write_condition_store(tmp_path / "s.h5")
     assert main(["summary", str(path), "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert list(printed) == ["conditions"] and len(printed["conditions"]) == 3
+    assert list(printed) == ["kind", "conditions"] and printed["kind"] == "record" and len(printed["conditions"]) == 3
     assert printed["conditions"][1]["grad_nonmask"] is None
     assert printed["conditions"][0]["accuracy"] == pytest.approx(2 / 3)
     assert main(["summary", str(path)]) == 0
@@ -388,7 +388,7 @@ def test_summary_command_json_table_and_errors(tmp_path, capsys):
     with new_writer(tmp_path / "empty.h5", 4) as writer:
         writer.append(make_rows(0, 3))  # nothing committed yet
     assert main(["summary", str(tmp_path / "empty.h5"), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"conditions": []}
+    assert json.loads(capsys.readouterr().out) == {"kind": "record", "conditions": []}
     (tmp_path / "junk.h5").write_text("junk")
     for bad in ("missing.h5", "junk.h5"):
         assert main(["summary", str(tmp_path / bad), "--json"]) == 2

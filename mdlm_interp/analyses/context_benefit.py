@@ -5,8 +5,8 @@ paired by prompt), with the correlation across tasks."""
 import numpy as np
 
 from mdlm_interp.analyses.data import PAIR, Skip
-from mdlm_interp.analyses.grouped import clean_types
-from mdlm_interp.analyses.plotting import masks_axis, model_colors, new_figure
+from mdlm_interp.analyses.grouped import clean_types, masks_text
+from mdlm_interp.analyses.plotting import error_bars, masks_axis, model_colors, new_figure
 from mdlm_interp.analyses.registry import Analysis, FigureOut
 from mdlm_interp.analyses.stats import bootstrap_correlation, independent_difference, paired_difference
 
@@ -100,11 +100,11 @@ def figures(tables: dict) -> list:
             if masks is None:
                 continue
             points = setting[(setting["model"] == model) & (setting["masks"] == masks)]
-            benefit_error = [points["benefit"] - points["benefit_low"], points["benefit_high"] - points["benefit"]]
-            drop_error = [points["drop"] - points["drop_low"], points["drop_high"] - points["drop"]]
+            benefit_error = error_bars(points["benefit"], points["benefit_low"], points["benefit_high"])
+            drop_error = error_bars(points["drop"], points["drop_low"], points["drop_high"])
             scatter.errorbar(points["benefit"], points["drop"], xerr=benefit_error, yerr=drop_error,
                              fmt="o", markersize=4, capsize=1.5, elinewidth=0.6, color=colors[model],
-                             label=f"{model}, {masks} masks")
+                             label=f"{model}, {masks_text(masks)}")
             line = correlation[(correlation["model"] == model) & (correlation["n_relevant"] == n_relevant)
                                & (correlation["n_distractor"] == n_distractor)].sort_values("masks")
             trend.plot(line["masks"], line["pearson"], "-o", markersize=3.5, color=colors[model], label=model)

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from mdlm_interp.store import open_store
-from mdlm_interp.store.results import open_results, result_kind
+from mdlm_interp.store.identity import ModelIdentity, adapter_identity, read_identity
+from mdlm_interp.store.results import open_results
 
 SETTING = ["model", "n_relevant", "n_distractor"]
 CONDITION = ["placement", "filler", "masks"]
@@ -34,7 +35,8 @@ class StoreInfo:
     model: str
     model_id: str
     family: str
-    fingerprint: str
+    fingerprint: str  # of the base weights
+    identity: ModelIdentity
     n_relevant: int
     n_distractor: int
     seed: int
@@ -52,21 +54,25 @@ class Recordings:
     """Rows of several stores. ``rows``: pandas DataFrame, one row per (example, condition) of each
     store, duplicates across stores dropped. ``stores``: list of ``StoreInfo`` (``rows.store`` indexes
     it). ``notes``: sentences for the report (e.g. dropped duplicates). ``results``: the result stores
-    given beside them (``patch``, ``ablate``), kind -> list of paths.
+    given beside them (``patch``, ``ablate``), kind -> list of paths. ``result_models``: path -> model
+    label of each result store (labels of record and result stores are made together, ``model_labels``).
     """
 
-    def __init__(self, stores: list, rows, notes: list | None = None, results: dict | None = None):
+    def __init__(self, stores: list, rows, notes: list | None = None, results: dict | None = None,
+                 result_models: dict | None = None):
         self.stores = stores
         self.rows = rows
         self.notes = list(notes or [])
         self.results = dict(results or {})
+        self.result_models = dict(result_models or {})
         self._arrays = {}
 
     def with_groups(self, groups) -> tuple["Recordings", list[StoreInfo]]:
         """Return (recordings restricted to stores that recorded every group in ``groups``, stores left out)."""
         keep = [i for i, s in enumerate(self.stores) if set(groups) <= set(s.groups)]
         left_out = [s for i, s in enumerate(self.stores) if i not in keep]
-        subset = Recordings(self.stores, self.rows[self.rows["store"].isin(keep)], self.notes, self.results)
+        subset = Recordings(self.stores, self.rows[self.rows["store"].isin(keep)], self.notes, self.results,
+                            self.result_models)
         subset._arrays = self._arrays
         return subset, left_out
 
@@ -100,6 +106,13 @@ class Recordings:
         return list(dict.fromkeys(s.model for s in self.stores))
 
 
+def prompt_keys(seed: int, tasks, examples, n: int) -> list[str]:
+    """Return the pairing key "seed:task:prompt" of every (task, example index) (prompt: the example index
+    modulo ``n``, the prompts per task): the same key is the same prompt in every store of that seed.
+    The one place the key is built (until ``mdlm_interp.plan`` holds it)."""
+    return [f"{seed}:{task}:{int(example) % n}" for task, example in zip(tasks, examples)]
+
+
 def find_stores(paths) -> list[Path]:
     """Expand folders into the .h5 files below them (sorted; shard files of merged stores left out)."""
     found = []
@@ -115,21 +128,30 @@ def load(paths) -> Recordings:
     """Open every store (folders are searched for .h5 files) and return their ``Recordings``; result stores
     (patching, ablation) go to ``Recordings.results``.
 
-    Raises ``UsageError`` (one line) for a path that is not a readable store, before reading any rows.
+    Every file is checked first (``checks.check_file``: its layout against its kind's schema, its
+    settings); ``UsageError`` (one line) for a path that is not a readable, whole store, before
+    reading any rows. A file of a kind without rows (a decode trace) is left out with a note.
     """
     import pandas as pd
 
-    results = {}
+    from mdlm_interp.analyses.checks import check_file
+
+    results, identities, skipped = {}, {}, []
     record_paths = []
     for path in find_stores(paths):
-        kind = result_kind(path)
-        if kind is None:
+        kind = check_file(path)[0].name  # every file's layout and attributes, before any row is read
+        if kind == "record":
             record_paths.append(path)
-            continue
-        open_results(path, kind).close()  # checks it
-        results.setdefault(kind, []).append(path)
+        elif kind in ("patching", "ablation"):
+            with open_results(path, kind) as store:
+                identities[path] = read_identity(store.attrs)
+            results.setdefault(kind, []).append(path)
+        else:
+            skipped.append(f"{path} is a {kind} file, which holds no rows to analyse; it is left out.")
     stores = [_info(path) for path in record_paths]
-    stores = _disambiguate(stores)
+    labels = model_labels([s.identity for s in stores] + list(identities.values()))
+    stores = [replace(s, model=label) for s, label in zip(stores, labels)]
+    result_models = dict(zip(identities, labels[len(stores):]))
     frames = []
     for index, info in enumerate(stores):
         with open_store(info.path) as store:
@@ -143,12 +165,12 @@ def load(paths) -> Recordings:
         frame.insert(3, "n_distractor", info.n_distractor)
         frame["seed"] = info.seed
         frame["prompt"] = frame["example"] % n
-        frame["pair"] = [f"{info.seed}:{task}:{prompt}" for task, prompt in zip(frame["task"], frame["prompt"])]
+        frame["pair"] = prompt_keys(info.seed, frame["task"], frame["example"], n)
         frame["row_in_store"] = np.arange(len(frame))
         frame["causal"] = frame["masks"] == 0
         frames.append(frame)
     rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    notes = []
+    notes = skipped
     if len(rows):
         key = SETTING + CONDITION + [PAIR]
         duplicated = rows.duplicated(subset=key, keep="first")
@@ -156,35 +178,46 @@ def load(paths) -> Recordings:
             notes.append(f"{int(duplicated.sum())} rows recorded twice (same model, setting, condition and prompt "
                          "in two stores) were counted once.")
             rows = rows[~duplicated].reset_index(drop=True)
-    return Recordings(stores, rows, notes, results)
+    return Recordings(stores, rows, notes, results, result_models)
 
 
 def _info(path: Path) -> StoreInfo:
     with open_store(path) as store:
         attrs = store.attrs
         config = attrs["task_config"]
-        adapter = attrs["settings"].get("adapter")  # record --adapter: a LoRA adapter on the weights
+        identity = read_identity(attrs)
         return StoreInfo(
-            path=path, model=model_label(attrs["model_id"], adapter), model_id=attrs["model_id"],
-            family=attrs["family"],
-            fingerprint=attrs["weights_fingerprint"] + (f"+{adapter['fingerprint']}" if adapter else ""),
-            n_relevant=int(config["n_relevant"]),
+            path=path, model=identity.label, model_id=attrs["model_id"], family=attrs["family"],
+            fingerprint=identity.weights_fingerprint, identity=identity, n_relevant=int(config["n_relevant"]),
             n_distractor=int(config["n_distractor"]), seed=int(attrs["seed"]), groups=store.groups,
             dims=dict(store.dims), n_rows=store.n_rows, n_planned=int(attrs["n_planned"]), status=attrs["status"],
             command_line=attrs["command_line"], created=attrs["created"], toolkit_version=attrs["toolkit_version"])
 
 
 def model_label(model_id: str, adapter: dict | None = None) -> str:
-    """Return a short label for a model id: the last path component ("organism-llada", "LLaDA-8B-Instruct"),
-    and "+NAME" with the folder name of the store's adapter ("organism-llada+organism-llada-ma")."""
-    label = Path(str(model_id).rstrip("/")).name or str(model_id)
-    return f"{label}+{Path(adapter['path']).name}" if adapter else label
+    """Return ``ModelIdentity.label`` of a model id and a store's ``settings["adapter"]`` (or None). Files of
+    one report are labelled together with ``model_labels``, which tells same-named models apart."""
+    return adapter_identity(model_id, "", adapter).label
 
 
-def _disambiguate(stores: list) -> list:
-    """Give stores whose labels collide but whose weights differ labels with a short fingerprint."""
-    by_label = {}
-    for info in stores:
-        by_label.setdefault(info.model, set()).add(info.fingerprint)
-    return [replace(s, model=f"{s.model}@{s.fingerprint.split(':')[-1][:8]}") if len(by_label[s.model]) > 1 else s
-            for s in stores]
+def model_labels(identities: list) -> list[str]:
+    """Return one label per ``ModelIdentity`` (``ModelIdentity.label``); where one label would name models of
+    different identity (``key``: e.g. two adapters in folders of the same name), each gets "@" and the
+    first 8 hex digits of its adapter's fingerprint (of the weights' without an adapter, or where the
+    adapters agree)."""
+    keys = {}
+    for identity in identities:
+        keys.setdefault(identity.label, set()).add(identity.key)
+
+    def short(fingerprint: str) -> str:
+        return fingerprint.split(":")[-1][:8]
+
+    labels = []
+    for identity in identities:
+        if len(keys[identity.label]) == 1:
+            labels.append(identity.label)
+            continue
+        adapters = {adapter for _, adapter in keys[identity.label]}
+        part = identity.adapter_fingerprint if identity.adapter and len(adapters) > 1 else identity.weights_fingerprint
+        labels.append(f"{identity.label}@{short(part)}")
+    return labels

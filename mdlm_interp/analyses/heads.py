@@ -6,17 +6,19 @@ slot (``attention/mask_mass_from_answer``) at the largest mask count (or the one
 head, the Spearman rank correlation across prompts between that mass and the loss of p(answer)
 against the same prompt at masks 1 (paired by the pairing key) says whether the prompts on which a
 head looks more at the masks are the ones that lose more; its p-value comes from a seeded
-permutation test (losses shuffled across prompts). Where the filler control was recorded at that
-count, the same head's mass on the fillers is the control. ``mdlm-interp heads STORE`` prints it.
+permutation test (losses shuffled across prompts), and since every head of a group is tested, its
+Holm-adjusted p-value (``p_adjusted``, over the heads of the group) is the one the text reads. Where
+the filler control was recorded at that count, the same head's mass on the fillers is the control.
+``mdlm-interp heads STORE`` prints it.
 """
 
 import numpy as np
 
 from mdlm_interp.analyses.data import PAIR, SETTING, Skip
-from mdlm_interp.analyses.grouped import clean_types, slug
-from mdlm_interp.analyses.plotting import new_figure
+from mdlm_interp.analyses.grouped import clean_types, masks_text, slug
+from mdlm_interp.analyses.plotting import error_bars, new_figure
 from mdlm_interp.analyses.registry import Analysis, FigureOut
-from mdlm_interp.analyses.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, spearman
+from mdlm_interp.analyses.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, holm, spearman
 
 MASS = "attention/mask_mass_from_answer"
 KEYS = SETTING + ["placement"]
@@ -30,8 +32,9 @@ def head_ranking(recordings, masks: int | None = None, seed: int = BOOTSTRAP_SEE
     rank (1 = most mass), head_label ("L.H"), layer, head, n (prompts paired with masks 1), mask_mass
     with mask_mass_low / mask_mass_high (95% bootstrap over prompts), filler_mass (NaN without the
     filler control), rho (Spearman of mass with p(answer at 1 mask) - p(answer at ``masks``)) with
-    rho_low / rho_high (bootstrap) and p_permutation (two-sided, ``resamples`` shuffles). Raises
-    ``Skip`` when no group has rows at masks 1 and at a larger count on the same prompts.
+    rho_low / rho_high (bootstrap), p_permutation (two-sided, ``resamples`` shuffles) and p_adjusted
+    (``stats.holm`` over the heads of the group). Raises ``Skip`` when no group has rows at masks 1 and
+    at a larger count on the same prompts.
     """
     import pandas as pd
 
@@ -64,7 +67,7 @@ def head_ranking(recordings, masks: int | None = None, seed: int = BOOTSTRAP_SEE
 
 def rank_heads(mass: np.ndarray, loss: np.ndarray, filler_mass: np.ndarray | None, seed: int = BOOTSTRAP_SEED,
                resamples: int = BOOTSTRAP_RESAMPLES):
-    """Return the ranking columns (rank .. p_permutation of ``head_ranking``) for ``mass`` [prompts, layer,
+    """Return the ranking columns (rank .. p_adjusted of ``head_ranking``) for ``mass`` [prompts, layer,
     head] at the corrupt count, ``loss`` [prompts] and the filler control's ``filler_mass`` [rows, layer, head]."""
     import pandas as pd
 
@@ -85,7 +88,7 @@ def rank_heads(mass: np.ndarray, loss: np.ndarray, filler_mass: np.ndarray | Non
                         else np.full((n_layers, n_heads), np.nan)).ravel(),
         "rho": rho.ravel(), "rho_low": _percentile(boot_rho, 2.5).ravel(),
         "rho_high": _percentile(boot_rho, 97.5).ravel(),
-        "p_permutation": p_perm.ravel(),
+        "p_permutation": p_perm.ravel(), "p_adjusted": holm(p_perm.ravel()),
     })
     frame = frame.sort_values(["mask_mass", "layer", "head"], ascending=[False, True, True], kind="mergesort")
     frame.insert(0, "rank", np.arange(1, len(frame) + 1))
@@ -111,19 +114,20 @@ def ranking_figure(ranking, top: int | None = None) -> FigureOut:
     figure, axes = new_figure(2, 1, width=max(6.0, 0.45 * len(part) + 2), height=3.0, sharex=True)
     upper, lower = axes[0, 0], axes[1, 0]
     mass = part["mask_mass"].to_numpy()
-    upper.bar(x - 0.2, mass, 0.4, yerr=[mass - part["mask_mass_low"], part["mask_mass_high"] - mass], capsize=2,
-              label=f"on the masks after the answer slot ({first['masks']} masks)")
+    upper.bar(x - 0.2, mass, 0.4, yerr=error_bars(mass, part["mask_mass_low"], part["mask_mass_high"]), capsize=2,
+              label=f"on the masks after the answer slot ({masks_text(first['masks'])})")
     if np.isfinite(part["filler_mass"]).any():
         upper.bar(x + 0.2, part["filler_mass"], 0.4, color="grey", label="on the fillers (filler control)")
     upper.set_ylabel("attention mass\nfrom the answer slot")
     upper.legend(fontsize=8)
     rho = part["rho"].to_numpy()
-    lower.errorbar(x, rho, yerr=[rho - part["rho_low"], part["rho_high"] - rho], fmt="o", capsize=2)
+    lower.errorbar(x, rho, yerr=error_bars(rho, part["rho_low"], part["rho_high"]), fmt="o", capsize=2)
     lower.axhline(0, color="black", linewidth=0.8)
     lower.set_ylabel("Spearman rho\n(mass, loss of p(answer))")
     lower.set_xticks(x, part["head_label"], rotation=90)
     lower.set_xlabel("head (layer.head), by attention mass on the masks")
-    figure.suptitle(f"{first['model']}: heads that attend to the masks, and whether that goes with the loss")
+    figure.suptitle(f"{first['model']}: heads that attend to the masks, and whether that goes with the loss\n"
+                    f"({masks_text(first['masks'])} against 1, {first['placement']} placement, n = {first['n']} prompts)")
     name = (f"head_ranking_{slug(str(first['model']))}_r{first['n_relevant']}_d{first['n_distractor']}_"
             f"{slug(first['placement'])}_m{first['masks']}")
     caption = (f"Heads of {first['model']} ordered by the attention mass the answer slot puts on the masks after it "
@@ -151,12 +155,13 @@ def paragraph(tables: dict) -> str:
         if np.isfinite(top["filler_mass"]):
             text += f" ({top['filler_mass']:.3f} on the fillers)"
         text += (f"; its rank correlation with the loss of p(answer) is {top['rho']:.2f} "
-                 f"[{top['rho_low']:.2f}, {top['rho_high']:.2f}] (permutation p = {top['p_permutation']:.3f})")
+                 f"[{top['rho_low']:.2f}, {top['rho_high']:.2f}] (permutation p = {top['p_permutation']:.3f}, "
+                 f"Holm-adjusted over the {len(group)} heads p = {top['p_adjusted']:.3f})")
         strongest = group.loc[group["rho"].abs().idxmax()] if group["rho"].notna().any() else None
         if strongest is not None and strongest["head_label"] != top["head_label"]:
             text += (f"; the strongest correlation is head {strongest['head_label']}'s, {strongest['rho']:.2f} "
                      f"[{strongest['rho_low']:.2f}, {strongest['rho_high']:.2f}], with mass "
-                     f"{strongest['mask_mass']:.3f}")
+                     f"{strongest['mask_mass']:.3f} (Holm-adjusted p = {strongest['p_adjusted']:.3f})")
         parts.append(text)
     return ("Heads ranked by attention from the answer slot on the masks, with the rank correlation of that mass "
             "with the per-prompt loss of p(answer) against 1 mask. " + "; ".join(parts) + ".")
@@ -167,7 +172,7 @@ def shown(tables: dict) -> dict:
     ranking = tables["head_ranking"]
     top = ranking[ranking["rank"] <= 5]
     columns = KEYS + ["masks", "rank", "head_label", "n", "mask_mass", "filler_mass", "rho", "rho_low", "rho_high",
-                      "p_permutation"]
+                      "p_permutation", "p_adjusted"]
     return {"The five heads per model with the most attention from the answer slot on the masks": top[columns]}
 
 

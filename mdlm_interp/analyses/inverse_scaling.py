@@ -79,13 +79,16 @@ def tables(recordings) -> dict:
             "filler_control": filler_control(recordings)}
 
 
+MIN_COUNTS = 2  # mask counts a figure against masks needs
+
+
 def ladders(frame) -> list[tuple]:
-    """Return the (n_relevant, n_distractor, placement) combinations worth a figure: the random placement
-    with at least 2 mask counts, other placements with at least 3; main one first (random placement, most
-    mask counts, most relevant examples)."""
+    """Return the (n_relevant, n_distractor, placement) combinations worth a figure: those with at least
+    ``MIN_COUNTS`` mask counts (one count is no axis; two are drawn as points with intervals, lines from
+    ``plotting.MIN_TREND``); main one first (random placement, most mask counts, most relevant examples)."""
     pooled = frame[(frame["task"] == "all") & (frame["masks"] >= 1)]
     counts = pooled.groupby(["n_relevant", "n_distractor", "placement"])["masks"].nunique()
-    found = [key for key, count in counts.items() if count >= (2 if key[2] == "random" else 3)]
+    found = [key for key, count in counts.items() if count >= MIN_COUNTS]
     return sorted(found, key=lambda k: (k[2] != "random", -counts[k], -k[0], k[1], k[2]))
 
 
@@ -119,7 +122,9 @@ def figure_ladder(frame, n_relevant: int, n_distractor: int, placement: str) -> 
             ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7, loc="best")
-    figure.suptitle(f"{n_relevant} relevant + {n_distractor} distractor examples, placement {placement}")
+    n = int(pooled.loc[pooled["masks"] >= 1, "n"].max()) if (pooled["masks"] >= 1).any() else int(pooled["n"].max())
+    figure.suptitle(f"{', '.join(map(str, colors))}: {n_relevant} relevant + {n_distractor} distractor examples, "
+                    f"placement {placement}, n = {n} per condition")
     name = f"inverse_scaling_r{n_relevant}_d{n_distractor}_{slug(placement)}"
     caption = (f"Accuracy, p(answer) and entropy at the answer slot against the number of masks with "
                f"{n_relevant} relevant + {n_distractor} distractor examples, placement {placement}: solid lines with "
@@ -145,8 +150,8 @@ def figure_tasks(frame, n_relevant: int, n_distractor: int, placement: str) -> F
                            label=f"{model}, masks")
             filler = group[group["filler"] | (group["masks"] == 1)].sort_values("masks")
             if filler["filler"].any():
-                ax.plot(filler["masks"], filler["accuracy"], FILLER_STYLE, color=colors[model], linewidth=1,
-                        label=f"{model}, filler control")
+                line_with_band(ax, filler["masks"], filler["accuracy"], filler["ci_low"], filler["ci_high"],
+                               colors[model], style=FILLER_STYLE, label=f"{model}, filler control", marker="s")
         ax.set_title(task, fontsize=9)
         masks_axis(ax, ladder)
         ax.set_ylim(-0.02, 1.02)
@@ -158,6 +163,8 @@ def figure_tasks(frame, n_relevant: int, n_distractor: int, placement: str) -> F
     for ax in axes[:, 0]:
         ax.set_ylabel("accuracy")
     axes.flat[0].legend(fontsize=6)
+    figure.suptitle(f"{', '.join(map(str, colors))}: accuracy per task, {n_relevant} relevant + {n_distractor} "
+                    f"distractor examples, placement {placement}, n = {int(rows['n'].max())} per task and condition")
     name = f"inverse_scaling_tasks_r{n_relevant}_d{n_distractor}_{slug(placement)}"
     caption = (f"Accuracy against the number of masks for each task separately ({n_relevant} relevant + "
                f"{n_distractor} distractor examples, placement {placement}); dashed: filler control; bands are "
@@ -166,7 +173,8 @@ def figure_tasks(frame, n_relevant: int, n_distractor: int, placement: str) -> F
 
 
 def figures(tables: dict) -> list:
-    """One ladder figure per setting and placement with at least 3 mask counts; per-task panels for the main one."""
+    """One ladder figure per setting and placement with at least ``MIN_COUNTS`` mask counts (``ladders``);
+    per-task panels for the main one."""
     frame = tables["inverse_scaling"]
     found = ladders(frame)
     out = [figure_ladder(frame, *key) for key in found]

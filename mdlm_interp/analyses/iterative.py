@@ -193,7 +193,7 @@ def figure_trajectory(lines, model: str, decoder: str, n_relevant: int, n_distra
     conditions = list(lines.groupby(["masks", "steps"]).groups)
     for index, ((masks, steps), curve) in enumerate(lines.groupby(["masks", "steps"])):
         color = cmap(index / max(len(conditions) - 1, 1))
-        label = f"{masks} masks" + ("" if steps == masks else f", {steps} steps")
+        label = masks_text(masks) + ("" if steps == masks else f", {steps} steps")
         for ax, column in zip(axes[0], ("p_answer", "mask_attention")):
             line_with_band(ax, curve["step_fraction"], curve[column], curve[f"{column}_low"], curve[f"{column}_high"],
                            color, label=label, marker="")

@@ -65,7 +65,7 @@ def figures(tables: dict) -> list:
                     ax = axes[row, column]
                     ax.plot(curve["layer"], curve[name], FILLER_STYLE if filler else "-", color=color,
                             marker="s" if filler else "o", markersize=3,
-                            label=(f"{masks} masks" + (" (filler)" if filler else "")) if row == 0 else None)
+                            label=(masks_text(masks) + (" (filler)" if filler else "")) if row == 0 else None)
                     ax.fill_between(curve["layer"], curve[f"{name}_low"], curve[f"{name}_high"], color=color,
                                     alpha=0.12, linewidth=0)
             n_layers = int(group["layer"].max())

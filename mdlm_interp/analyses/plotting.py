@@ -31,10 +31,33 @@ def model_colors(models) -> dict:
     return colors
 
 
+MIN_TREND = 3  # x values a line (a trend) needs; fewer are drawn as points with interval bars
+
+
 def line_with_band(ax, x, y, low, high, color, style=MASK_STYLE, label=None, marker="o"):
-    """Draw y against x with a translucent 95% band between low and high."""
+    """Draw y against x with a translucent 95% band between low and high; with fewer than ``MIN_TREND``
+    x values, points with interval bars instead (two values are no trend). Draws nothing for no values."""
+    import numpy as np
+
+    x = np.asarray(x, dtype=float)
+    if len(x) == 0:
+        return
+    if len(np.unique(x)) < MIN_TREND:
+        ax.plot(x, y, linestyle="none", marker=marker, markersize=3.5, color=color, label=label)
+        ax.errorbar(x, y, yerr=error_bars(y, low, high), fmt="none", ecolor=color, capsize=0, elinewidth=1)
+        return
     ax.plot(x, y, linestyle=style, marker=marker, markersize=3.5, color=color, label=label)
     ax.fill_between(x, low, high, color=color, alpha=0.15, linewidth=0)
+
+
+def error_bars(y, low, high):
+    """Return matplotlib's ``yerr`` (or ``xerr``) for values ``y`` [n] with bounds ``low``, ``high`` [n]: an
+    array [2, n] of distances below and above, never negative (a bound that rounding put beyond its
+    estimate, or a missing one, draws no bar)."""
+    import numpy as np
+
+    y, low, high = (np.asarray(v, dtype=float).reshape(-1) for v in (y, low, high))
+    return np.nan_to_num(np.clip(np.stack([y - low, high - y]), 0, None), nan=0.0)
 
 
 def masks_axis(ax, masks) -> None:
@@ -53,6 +76,17 @@ def masks_axis(ax, masks) -> None:
     ax.set_xlabel("masks (answer slot + masks after it)")
 
 
+def stamp(command_line: str, created: str | None = None) -> str:
+    """Return the provenance a PNG carries: "COMMAND | mdlm-interp VERSION | CREATED" (``created``: ISO 8601
+    UTC, default now). ``command_line`` is the command that draws the figure, not the one that made its data."""
+    from datetime import datetime, timezone
+
+    from mdlm_interp.version import __version__
+
+    created = created or datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return f"{command_line} | mdlm-interp {__version__} | {created}"
+
+
 def save(figure, path, provenance: str) -> None:
-    """Write ``figure`` as PNG (110 dpi) with ``provenance`` in its metadata."""
+    """Write ``figure`` as PNG (110 dpi) with ``provenance`` (``stamp``) in its metadata."""
     figure.savefig(path, dpi=110, metadata={"Software": "mdlm-interp", "Description": provenance})

@@ -3,15 +3,17 @@ DIR/figures/*.png and DIR/provenance.json."""
 
 import json
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from mdlm_interp.analyses.data import Skip, load
-from mdlm_interp.analyses.plotting import save
+from mdlm_interp.analyses.plotting import save, stamp
 from mdlm_interp.analyses.registry import analyses as registered
 from mdlm_interp.analyses.stats import INTERVALS
 from mdlm_interp.errors import UsageError
+from mdlm_interp.store.layout import first_line
 from mdlm_interp.version import __version__
 
 MAX_REPORT_ROWS = 400  # longer tables are cut in report.md (the CSV keeps every row)
@@ -30,17 +32,59 @@ class Outcome:
     notes: list
 
 
-def prepare_out(out) -> Path:
-    """Create ``out`` (and its tables/ and figures/ folders); UsageError if that is impossible."""
+def check_out(out) -> Path:
+    """Return ``out`` as a Path; UsageError if it exists and is not a folder (nothing is created)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder")
-    try:
-        (out / "tables").mkdir(parents=True, exist_ok=True)
-        (out / "figures").mkdir(exist_ok=True)
-    except OSError as error:
-        raise UsageError(f"cannot create {out}: {error.strerror or error}") from None
     return out
+
+
+@contextmanager
+def output_folder(out):
+    """Create ``out`` with its tables/ and figures/ folders and yield it as a Path; UsageError if that is
+    impossible. If the body raises, the folders this call created are removed again with what was
+    written into them, so a crash leaves no empty or half-filled folders of its own behind."""
+    import shutil
+
+    out = check_out(out)
+    created = [p for p in (*reversed(out.parents), out, out / "tables", out / "figures") if not p.exists()]
+    try:
+        for folder in created:
+            folder.mkdir()
+        yield out
+    except BaseException as error:
+        for folder in created:
+            shutil.rmtree(folder, ignore_errors=True)
+        if isinstance(error, OSError) and not isinstance(error, UsageError):
+            raise UsageError(f"cannot write into {out}: {error.strerror or error}") from None
+        raise
+
+
+def drawn(draw, *args, notes: list, what: str = "figures") -> list:
+    """Return ``draw(*args)`` (a list of ``FigureOut``), or [] with a note in ``notes`` if drawing fails:
+    one figure that fails never aborts a report."""
+    try:
+        return list(draw(*args))
+    except Exception as error:  # a figure is never worth the tables and the report
+        notes.append(f"The {what} could not be drawn ({type(error).__name__}: {first_line(error)}); "
+                     "the tables hold the numbers.")
+        return []
+
+
+def save_figures(figures: list, folder: Path, provenance: str, notes: list) -> list:
+    """Write every ``FigureOut`` in ``figures`` as folder/NAME.png; return those written. A figure that
+    cannot be written is left out with a note in ``notes``."""
+    saved = []
+    for figure in figures:
+        try:
+            save(figure.figure, folder / f"{figure.name}.png", provenance)
+            saved.append(figure)
+        except Exception as error:  # e.g. matplotlib refusing a value; the report says so
+            (folder / f"{figure.name}.png").unlink(missing_ok=True)
+            notes.append(f"Figure {figure.name} could not be drawn ({type(error).__name__}: "
+                         f"{first_line(error)}).")
+    return saved
 
 
 def run_analyses(recordings, only=None) -> list[Outcome]:
@@ -68,20 +112,33 @@ def run_analyses(recordings, only=None) -> list[Outcome]:
         except Skip as reason:
             outcomes.append(Outcome(analysis.title, {}, [], "", {}, str(reason), notes))
             continue
+        except (ValueError, TypeError, KeyError, IndexError, ZeroDivisionError) as error:  # e.g. NaN everywhere
+            outcomes.append(Outcome(analysis.title, {}, [], "", {}, f"it failed on these data "
+                                    f"({type(error).__name__}: {first_line(error)})", notes))
+            continue
         notes += subset.notes[known:]  # what the analysis noted on the way (e.g. a tokenizer it could not load)
-        figures = analysis.figures(tables)
-        outcomes.append(Outcome(analysis.title, tables, figures, analysis.paragraph(tables),
-                                (analysis.shown or (lambda t: t))(tables), None, notes))
+        outcomes.append(finish(analysis, tables, notes))
     return outcomes
+
+
+def finish(analysis, tables: dict, notes: list) -> Outcome:
+    """Return the Outcome of an analysis's tables: its figures, paragraph and shown tables; a figure or
+    paragraph that fails on these data (e.g. NaN values) is a note, never an abort."""
+    figures = drawn(analysis.figures, tables, notes=notes)
+    try:
+        paragraph = analysis.paragraph(tables)
+    except (ValueError, TypeError, KeyError, IndexError, ZeroDivisionError) as error:
+        paragraph = ""
+        notes.append(f"The findings could not be put in words ({type(error).__name__}: {first_line(error)}); "
+                     "the tables hold the numbers.")
+    return Outcome(analysis.title, tables, figures, paragraph, (analysis.shown or (lambda t: t))(tables), None, notes)
 
 
 def run_on_results(analysis, paths: list) -> Outcome:
     """Run an analysis of result stores (``store_kind`` "patching" or "ablation") on ``paths``."""
     if not paths:
         return Outcome(analysis.title, {}, [], "", {}, f"no {analysis.store_kind} store was given", [])
-    tables = analysis.tables(paths)
-    return Outcome(analysis.title, tables, analysis.figures(tables), analysis.paragraph(tables),
-                   (analysis.shown or (lambda t: t))(tables), None, [])
+    return finish(analysis, analysis.tables(paths), [])
 
 
 def store_list(stores) -> str:
@@ -107,7 +164,7 @@ def write_report(stores, out, *, command_line: str = "", only=None) -> Path:
     recordings = load(stores)
     if not recordings.stores and not recordings.results:
         raise UsageError("no stores found in " + ", ".join(map(str, stores)))
-    out = prepare_out(out)
+    out = check_out(out)
     outcomes = run_analyses(recordings, only)
     provenance = {
         "command_line": command_line, "toolkit_version": __version__,
@@ -119,15 +176,15 @@ def write_report(stores, out, *, command_line: str = "", only=None) -> Path:
         "result_stores": [{"path": str(path), "kind": kind} for kind, paths in recordings.results.items()
                           for path in paths],
     }
-    (out / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
-    stamp = f"{command_line} | mdlm-interp {__version__} | {provenance['created']}"
-    for outcome in outcomes:
-        for name, frame in outcome.tables.items():
-            frame.to_csv(out / "tables" / f"{name}.csv", index=False, float_format="%.6g")
-        for figure in outcome.figures:
-            save(figure.figure, out / "figures" / f"{figure.name}.png", stamp)
-    path = out / "report.md"
-    path.write_text(render(recordings, outcomes, provenance))
+    with output_folder(out):
+        (out / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+        for outcome in outcomes:
+            for name, frame in outcome.tables.items():
+                frame.to_csv(out / "tables" / f"{name}.csv", index=False, float_format="%.6g")
+            outcome.figures = save_figures(outcome.figures, out / "figures",
+                                           stamp(command_line, provenance["created"]), outcome.notes)
+        path = out / "report.md"
+        path.write_text(render(recordings, outcomes, provenance))
     return path
 
 

@@ -19,7 +19,8 @@ INTERVALS = ("accuracies and other proportions: Wilson score 95% intervals; mean
 def wilson_interval(successes, n) -> tuple[np.ndarray, np.ndarray]:
     """Return the Wilson score 95% interval (low, high) of ``successes`` out of ``n``, elementwise.
 
-    Works on scalars or arrays of the same shape; NaN where n is 0.
+    Works on scalars or arrays of the same shape; NaN where n is 0. The bounds always hold the point
+    estimate ``successes / n`` (rounding would otherwise put a bound 1e-16 beyond it at 0% or 100%).
     """
     successes = np.asarray(successes, dtype=float)
     n = np.asarray(n, dtype=float)
@@ -28,8 +29,21 @@ def wilson_interval(successes, n) -> tuple[np.ndarray, np.ndarray]:
         z2n = Z95 ** 2 / n
         centre = (p + z2n / 2) / (1 + z2n)
         half = Z95 * np.sqrt(p * (1 - p) / n + z2n / (4 * n)) / (1 + z2n)
-    low, high = np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
+        low, high = np.clip(np.fmin(centre - half, p), 0, 1), np.clip(np.fmax(centre + half, p), 0, 1)
     return np.where(n > 0, low, np.nan), np.where(n > 0, high, np.nan)
+
+
+def holm(p_values) -> np.ndarray:
+    """Return Holm's step-down adjusted p-values of ``p_values`` [m] (family-wise error over the m tests), in
+    the input order: the k-th smallest is max over j <= k of (m - j + 1) * p_(j), capped at 1. NaN stays
+    NaN and does not count as a test."""
+    p = np.asarray(p_values, dtype=float).reshape(-1)
+    out = np.full(p.shape, np.nan)
+    tested = np.flatnonzero(~np.isnan(p))
+    order = tested[np.argsort(p[tested], kind="stable")]
+    m = len(order)
+    out[order] = np.minimum(np.maximum.accumulate((m - np.arange(m)) * p[order]), 1.0)
+    return out.reshape(np.shape(p_values))
 
 
 def resample_weights(n: int, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> np.ndarray:

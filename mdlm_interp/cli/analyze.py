@@ -51,7 +51,7 @@ outputs (in --out DIR):
   tables/head_ranking.csv         per layer x head, ranked by attention mass from the answer slot on the
                                   masks (mask_mass, bootstrap bounds), filler_mass (the filler control),
                                   rho (Spearman with the loss of p(answer) against 1 mask, same prompts),
-                                  rho_low, rho_high, p_permutation
+                                  rho_low, rho_high, p_permutation, p_adjusted (Holm over the group's heads)
   figures/head_ranking_*.png      mass per head (fillers beside it) and rho with intervals
   figures/iterative_*.png         one-step and iterative accuracy, settle and unmask step against masks
   figures/decode_trajectory_*.png p(answer) and attention to the masks left across the decoding steps
@@ -104,13 +104,11 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     """Check every store, write the report, print the pooled inverse-scaling table and the report's path."""
-    import shlex
-    import sys
-
     from mdlm_interp.analyses.registry import analyses
     from mdlm_interp.analyses.report import console_table, write_report
     from mdlm_interp.errors import UsageError
     from mdlm_interp.outputs import claim_outputs
+    from mdlm_interp.prompt_checks import check_prompts
 
     claim_outputs({"--out": args.out}, overwrite=True, folders={"--out"})  # files in it are replaced
     only = None
@@ -120,7 +118,8 @@ def run(args) -> int:
         unknown = [name for name in only if name not in known]
         if unknown:
             raise UsageError(f"unknown analysis {unknown[0]!r}; choose from {', '.join(known)}")
-    report = write_report(args.stores, args.out, command_line=shlex.join(["mdlm-interp", *sys.argv[1:]]), only=only)
+    check_prompts(args.stores)  # every file, before any output
+    report = write_report(args.stores, args.out, command_line=args.command_line, only=only)
     print(console_table(report.parent))
     print(f"report: {report}")
     return 0

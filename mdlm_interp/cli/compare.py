@@ -6,7 +6,8 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "compare", help="compare stores of several models (e.g. before and after MA-loss fine-tuning) side by side",
         description="Compare recordings of several models on the same prompts: accuracy against masks (and the "
-        "filler control) with Wilson 95% intervals, split into held-in and held-out categories; each model's "
+        "filler control) with Wilson 95% intervals, split into held-in and held-out categories where --held-in or an "
+        "adapter's training config names them; each model's "
         "change against the first (the reference) on the same prompts with bootstrap intervals; the attribution "
         "table; attention from the answer position to the masks per layer x head and its change. Given patching "
         "stores (`patch`, one per model), it shows every model's patching maps (recovery per layer x position "
@@ -21,8 +22,10 @@ def add_parser(subparsers) -> None:
                         "for .h5 stores); the first model (of the record stores, if any) is the reference (before)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created; files in it are replaced)")
     parser.add_argument("--held-in", default=None, metavar="C1,C2,...",
-                        help="the relevant categories the fine-tuning data covered (default "
-                        "adjective,animal,profession,place, as `tasks export --format sft`)")
+                        help="the relevant categories the fine-tuning data covered, to split every table into "
+                        "held-in and held-out categories (e.g. adjective,animal,profession,place, the default of "
+                        "`tasks export --format sft`); default: split only where an adapter's training_config.json "
+                        "names held_out_categories")
     parser.set_defaults(func=run)
 
 
@@ -33,15 +36,17 @@ def run(args) -> int:
     from mdlm_interp.compare import write_comparison
     from mdlm_interp.errors import UsageError
     from mdlm_interp.outputs import claim_outputs
-    from mdlm_interp.tasks import CATEGORIES, SFT_CATEGORIES
+    from mdlm_interp.prompt_checks import check_prompts
+    from mdlm_interp.tasks import CATEGORIES
 
     claim_outputs({"--out": args.out}, overwrite=True, folders={"--out"})  # files in it are replaced
-    held_in = SFT_CATEGORIES
+    held_in = None
     if args.held_in is not None:
         held_in = tuple(c for c in args.held_in.split(",") if c)
         unknown = [c for c in held_in if c not in CATEGORIES]
         if unknown:
             raise UsageError(f"unknown categories {unknown}; choose from {', '.join(CATEGORIES)}")
+    check_prompts(args.stores)  # every file, before any output
     report = write_comparison(args.stores, args.out, held_in=held_in, command_line=args.command_line)
     for note in json.loads((report.parent / "provenance.json").read_text())["notes"]:
         print(f"note: {note}")

@@ -29,7 +29,7 @@ def run(args) -> int:
     """Print the head ranking of ``args.store``, one table per model, setting and placement."""
     from mdlm_interp.analyses.data import Skip, load
     from mdlm_interp.analyses.heads import KEYS, head_ranking, ranking_figure
-    from mdlm_interp.analyses.plotting import save
+    from mdlm_interp.analyses.plotting import save, stamp
     from mdlm_interp.errors import UsageError
     from mdlm_interp.outputs import claim_outputs, staged_file
     from mdlm_interp.store import open_store
@@ -40,7 +40,6 @@ def run(args) -> int:
     with open_store(args.store) as store:  # a one-line error for anything but a record store
         if "attention" not in store.groups:
             raise UsageError(f"{args.store} has no attention recorded; record with --record attention")
-        stamp = store.attrs["command_line"]
     try:
         ranking = head_ranking(load([args.store]), masks=args.masks, seed=args.seed)["head_ranking"]
     except Skip as reason:
@@ -51,14 +50,14 @@ def run(args) -> int:
             ranking.to_csv(handle, index=False)
     if args.figure:
         with staged_file(args.figure, mode="wb", encoding=None) as handle:
-            save(ranking_figure(groups[0], args.top).figure, handle, stamp)
+            save(ranking_figure(groups[0], args.top).figure, handle, stamp(args.command_line))
     shown = ranking[ranking["rank"] <= args.top] if args.top else ranking
     if args.json:
         print(shown.to_json(orient="records"))
         return 0
     columns = {"rank": "rank", "head_label": "head", "mask_mass": "mask mass", "mask_mass_low": "low",
                "mask_mass_high": "high", "filler_mass": "filler mass", "rho": "rho", "rho_low": "rho low",
-               "rho_high": "rho high", "p_permutation": "p (perm.)"}
+               "rho_high": "rho high", "p_permutation": "p (perm.)", "p_adjusted": "p (Holm)"}
     for _, group in shown.groupby(KEYS + ["masks"], sort=False):
         first = group.iloc[0]
         print(f"{first['model']} ({first['n_relevant']} relevant + {first['n_distractor']} distractor, "

@@ -1,36 +1,40 @@
-"""``mdlm-interp summary STORE [--json]``: per-condition accuracy, p(answer), entropy, mask attention, gradients."""
+"""``mdlm-interp summary FILE [--json]``: what a file the toolkit wrote holds, for every kind of file."""
 
 
 def add_parser(subparsers) -> None:
     """Register the ``summary`` subcommand."""
     parser = subparsers.add_parser(
         "summary",
-        help="per-condition table of a recorded store",
-        description="Per condition (masks, filler, placement): rows, accuracy, mean p(answer) and entropy, and "
-        "where recorded the mean attention mass on the masks after the answer slot and the three normalised gradient means.",
+        help="what a store or trace holds: per-condition table of a record store, runs of a patching store, "
+        "accuracy of an ablation store, steps of a decode trace",
+        description="Check a file the toolkit wrote against its kind's schema and describe it. Record stores "
+        "(`record`): per condition (masks, filler, placement) rows, accuracy, mean p(answer) and entropy, and "
+        "where recorded the mean attention mass on the masks after the answer slot and the three normalised "
+        "gradient means. Patching stores (`patch`): the clean and corrupt runs' accuracy and logit difference. "
+        "Ablation stores (`ablate`): accuracy per mask count without ablation and per ablation mode. Decode "
+        "traces (`generate --trace`): steps, positions unmasked and text per prompt. A damaged file is one line, "
+        "exit 2.",
     )
-    parser.add_argument("store", metavar="STORE", help="HDF5 store written by `mdlm-interp record`")
-    parser.add_argument("--json", action="store_true", help='print {"conditions": [{...}, ...]} instead of a table')
+    parser.add_argument("store", metavar="FILE",
+                        help="an HDF5 file written by `mdlm-interp record`, `patch`, `ablate` or `generate --trace`")
+    parser.add_argument("--json", action="store_true",
+                        help='print {"kind": ..., "conditions": [{...}, ...]} instead of a table')
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
-    """Print the summary of ``args.store``; return 0 (a missing or invalid store raises UsageError)."""
+    """Print the summary of ``args.store``; return 0 (a missing, foreign or damaged file raises UsageError)."""
     import json
 
-    from mdlm_interp.store import open_store
-    from mdlm_interp.store.summary import format_table, summarize
+    from mdlm_interp.analyses.checks import check_file
+    from mdlm_interp.store.summary import format_table, plain_table
 
-    with open_store(args.store) as store:
-        conditions = summarize(store)
-        attrs = store.attrs
-        header = (
-            f"{store.path}: {store.n_rows} of {attrs['n_planned']} rows ({attrs['status']}), "
-            f"model {attrs['model_id']} ({attrs['family']}, {attrs['dtype']})"
-        )
+    kind, _ = check_file(args.store)
+    described = kind.describe(args.store)
     if args.json:
-        print(json.dumps({"conditions": conditions}))
+        print(json.dumps({"kind": described["kind"], "conditions": described["conditions"]}))
     else:
-        print(header)
-        print(format_table(conditions))
+        print(described["header"])
+        table = format_table if described["kind"] == "record" else plain_table
+        print(table(described["conditions"]))
     return 0

@@ -17,6 +17,9 @@ import numpy as np
 
 from mdlm_interp.errors import UsageError
 from mdlm_interp.store import schema
+from mdlm_interp.store.layout import dtype_matches, first_line
+
+__all__ = ["STATUSES", "check_store", "damaged", "first_line"]
 
 STATUSES = ("running", "complete")
 
@@ -24,12 +27,6 @@ STATUSES = ("running", "complete")
 def damaged(path, what: str) -> UsageError:
     """Return the UsageError for a damaged store at ``path``: one line saying ``what`` is wrong."""
     return UsageError(f"{path} is damaged: {what} (record it again with --overwrite)")
-
-
-def first_line(error: BaseException) -> str:
-    """Return the first line of an exception's message (its type name if the message is empty)."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def check_store(file: h5py.File, path) -> dict:
@@ -78,6 +75,8 @@ def _check(file: h5py.File, path) -> dict:
             raise damaged(path, f"root attribute {name} is not a JSON object")
     if attrs["status"] not in STATUSES:
         raise damaged(path, f"status is {attrs['status']!r}, not one of {', '.join(STATUSES)}")
+    if attrs["seed"] < 0:
+        raise damaged(path, f"root attribute seed is negative ({attrs['seed']})")
     n_rows, n_planned = attrs["n_rows_done"], attrs["n_planned"]
     if not 0 <= n_rows <= n_planned:
         raise damaged(path, f"n_rows_done {n_rows} is outside 0..n_planned ({n_planned})")
@@ -98,7 +97,7 @@ def _check(file: h5py.File, path) -> dict:
         if dataset.shape[1:] != field.row_shape(dims):
             raise damaged(path, f"{field.path} has rows of shape {list(dataset.shape[1:])}, expected "
                                 f"{list(field.row_shape(dims))}")
-        if not _dtype_matches(dataset.dtype, field):
+        if not dtype_matches(dataset.dtype, field.dtype):
             raise damaged(path, f"{field.path} has dtype {dataset.dtype}, expected {field.dtype}")
         length = dataset.shape[0]
         if length < n_rows or (attrs["status"] == "complete" and length != n_rows):
@@ -108,13 +107,3 @@ def _check(file: h5py.File, path) -> dict:
                 if not (Path(path).parent / source.file_name).is_file():
                     raise UsageError(f"{path} is a merged store whose shard {source.file_name} is missing")
     return attrs
-
-
-def _dtype_matches(dtype: np.dtype, field: schema.Field) -> bool:
-    if field.dtype == "str":
-        return h5py.check_string_dtype(dtype) is not None
-    if field.vlen:
-        base = h5py.check_vlen_dtype(dtype)
-        return base is not None and np.dtype(base) == field.numpy_dtype
-    return dtype == field.numpy_dtype
-
