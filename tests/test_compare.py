@@ -27,9 +27,11 @@ def settings(adapter: str | None, **changes) -> dict:
     return out
 
 
-def provenance() -> Provenance:
+def provenance(adapter: str | None = None) -> Provenance:
+    identity = settings(adapter).get("adapter")
     return Provenance(command_line="synthetic", model_id="/models/organism", family="llada", dtype="float32",
-                      weights_fingerprint="sha256:" + "ab" * 32, task_config={}, seed=0)
+                      weights_fingerprint="sha256:" + "ab" * 32, task_config={}, seed=0,
+                      adapter=adapter or "", adapter_fingerprint=identity["fingerprint"] if identity else "")
 
 
 def patching_store(path, pairs: dict, adapter=None, **changes):
@@ -55,7 +57,7 @@ def patching_store(path, pairs: dict, adapter=None, **changes):
         columns[f"attribution/{site}_logit_diff"] = grid.copy()
     attrs = {"directions": ["clean_into_corrupt", "corrupt_into_clean"], "position_groups": GROUPS,
              "head_groups": HEAD_GROUPS}
-    return write_results(path, PATCHING, columns, dims=dims, provenance=provenance(),
+    return write_results(path, PATCHING, columns, dims=dims, provenance=provenance(adapter),
                          settings=settings(adapter, **changes), attrs=attrs)
 
 
@@ -75,7 +77,7 @@ def ablation_store(path, correct, chosen, control, adapter=None):
     columns["control/correct"] = np.asarray(control, dtype=bool)[:, :, None]
     attrs = {"heads": ["0.1"], "head_selection": "0.1", "ranking": None, "modes": ["zero"],
              "control_heads": [["0.0"], ["1.1"]]}
-    return write_results(path, ABLATION, columns, dims={"modes": 1, "draws": 2}, provenance=provenance(),
+    return write_results(path, ABLATION, columns, dims={"modes": 1, "draws": 2}, provenance=provenance(adapter),
                          settings=settings(adapter), attrs=attrs)
 
 

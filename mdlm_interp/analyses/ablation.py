@@ -9,11 +9,11 @@ ablation a paired bootstrap over the same prompts.
 
 import numpy as np
 
-from mdlm_interp.analyses.data import model_label
 from mdlm_interp.analyses.grouped import masks_text, slug
-from mdlm_interp.analyses.plotting import new_figure
+from mdlm_interp.analyses.plotting import error_bars, new_figure
 from mdlm_interp.analyses.registry import Analysis, FigureOut
 from mdlm_interp.analyses.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, resample_weights, wilson_interval
+from mdlm_interp.store.identity import read_identity
 from mdlm_interp.store.results import open_results
 
 COLOURS = {"none": "black", "chosen": "tab:red", "control": "tab:grey"}
@@ -75,7 +75,7 @@ def ablation(paths) -> dict:
     for path in paths:
         with open_results(path, "ablation") as store:
             frame = ablation_effects(store)
-            frame.insert(0, "model", model_label(store.attrs["model_id"], store.attrs["settings"].get("adapter")))
+            frame.insert(0, "model", read_identity(store.attrs).label)
             frame.insert(1, "selection", store.attrs["head_selection"])
             frames.append(frame)
     return {"ablation": pd.concat(frames, ignore_index=True)}
@@ -100,8 +100,7 @@ def ablation_figure(frame, model: str = "", selection: str = "") -> FigureOut:
                 if rows.empty:
                     continue
                 r = rows.iloc[0]
-                interval = [[r["accuracy"] - r["ci_low"]], [r["ci_high"] - r["accuracy"]]]
-                ax.errorbar(i + offset, r["accuracy"], yerr=interval,
+                ax.errorbar(i + offset, r["accuracy"], yerr=error_bars(r["accuracy"], r["ci_low"], r["ci_high"]),
                             fmt="o", color=COLOURS[setting], capsize=3, label=LABELS[setting] if i == 0 else None)
                 if np.isfinite(r["draw_min"]):
                     ax.vlines(i + offset + 0.06, r["draw_min"], r["draw_max"], color=COLOURS[setting], linewidth=1,

@@ -55,10 +55,6 @@ def patching_problem(attrs: dict) -> str | None:
     for name, axis in (("directions", "directions"), ("position_groups", "groups"), ("head_groups", "head_groups")):
         if not _names(attrs[name], dims.get(axis)):
             return f"{name} {str(attrs[name])[:60]} are not {dims.get(axis)} names (dims {axis})"
-    correlation = attrs["attribution_correlation"]
-    if correlation is not None and not (isinstance(correlation, dict)
-                                        and all(isinstance(v, dict) for v in correlation.values())):
-        return "attribution_correlation is not an object of objects"
     if "n" not in attrs["settings"]:
         return "settings has no n"
     return None

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mdlm_interp.plan import prompt_key
 from mdlm_interp.store import open_store
-from mdlm_interp.store.identity import ModelIdentity, adapter_identity, read_identity
+from mdlm_interp.store.identity import ModelIdentity, read_identity
 from mdlm_interp.store.results import open_results
 
 SETTING = ["model", "n_relevant", "n_distractor"]
@@ -107,10 +108,9 @@ class Recordings:
 
 
 def prompt_keys(seed: int, tasks, examples, n: int) -> list[str]:
-    """Return the pairing key "seed:task:prompt" of every (task, example index) (prompt: the example index
-    modulo ``n``, the prompts per task): the same key is the same prompt in every store of that seed.
-    The one place the key is built (until ``mdlm_interp.plan`` holds it)."""
-    return [f"{seed}:{task}:{int(example) % n}" for task, example in zip(tasks, examples)]
+    """Return the pairing key "seed:task:prompt" (``plan.prompt_key``) of every (task, example index): the
+    same key is the same prompt in every store of that seed."""
+    return [prompt_key(seed, task, example, n) for task, example in zip(tasks, examples)]
 
 
 def find_stores(paths) -> list[Path]:
@@ -192,12 +192,6 @@ def _info(path: Path) -> StoreInfo:
             n_distractor=int(config["n_distractor"]), seed=int(attrs["seed"]), groups=store.groups,
             dims=dict(store.dims), n_rows=store.n_rows, n_planned=int(attrs["n_planned"]), status=attrs["status"],
             command_line=attrs["command_line"], created=attrs["created"], toolkit_version=attrs["toolkit_version"])
-
-
-def model_label(model_id: str, adapter: dict | None = None) -> str:
-    """Return ``ModelIdentity.label`` of a model id and a store's ``settings["adapter"]`` (or None). Files of
-    one report are labelled together with ``model_labels``, which tells same-named models apart."""
-    return adapter_identity(model_id, "", adapter).label
 
 
 def model_labels(identities: list) -> list[str]:

@@ -11,7 +11,7 @@ the answer readout pays them.
 
 import numpy as np
 
-from mdlm_interp.analyses.data import PAIR, SETTING, Skip
+from mdlm_interp.analyses.data import PAIR, SETTING, Skip, prompt_keys
 from mdlm_interp.analyses.grouped import ci, clean_types, masks_text, slug
 from mdlm_interp.analyses.plotting import line_with_band, masks_axis, model_colors, new_figure
 from mdlm_interp.analyses.registry import Analysis, FigureOut
@@ -53,7 +53,7 @@ def decode_rows(recordings):
         frame = frame.assign(store=index, row_in_store=np.arange(len(frame)), model=info.model,
                              n_relevant=info.n_relevant, n_distractor=info.n_distractor,
                              decoder=decoder_label(settings["decode"]))
-        frame[PAIR] = [f"{info.seed}:{task}:{example % n}" for task, example in zip(frame["task"], frame["example"])]
+        frame[PAIR] = prompt_keys(info.seed, frame["task"], frame["example"], n)
         for column, name in DECODE_COLUMNS.items():
             frame[column] = recordings.store_array(index, name)
         frames.append(frame)

@@ -13,11 +13,11 @@ in figures); each cell's effect in logits (mean patched - mean receiving run) st
 
 import numpy as np
 
-from mdlm_interp.analyses.data import model_label
 from mdlm_interp.analyses.grouped import slug
 from mdlm_interp.analyses.plotting import new_figure
 from mdlm_interp.analyses.registry import Analysis, FigureOut
 from mdlm_interp.analyses.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, recovery, resample_weights, wilson_interval
+from mdlm_interp.store.identity import read_identity
 from mdlm_interp.store.results import SITES, open_results
 
 RESIDUAL_SITES = ("resid_pre", "attn_out", "mlp_out")
@@ -160,7 +160,7 @@ def patching(paths) -> dict:
     for path in paths:
         with open_results(path, "patching") as store:
             settings = store.attrs["settings"]
-            label = {"model": model_label(store.attrs["model_id"], settings.get("adapter")),
+            label = {"model": read_identity(store.attrs).label,
                      "comparison": comparison(settings)}
             summary = pair_summary(store)
             runs.append({**label, "n": summary["n"], "gap": summary["gap"], "gap_low": summary["gap_low"],

@@ -94,7 +94,7 @@ def run_analyses(recordings, only=None) -> list[Outcome]:
         if only and analysis.name not in only:
             continue
         if analysis.store_kind != "record":
-            outcomes.append(run_on_results(analysis, recordings.results.get(analysis.store_kind, [])))
+            outcomes.append(run_on_results(analysis, recordings))
             continue
         if not recordings.stores:
             outcomes.append(Outcome(analysis.title, {}, [], "", {}, "no record store was given", []))
@@ -134,11 +134,22 @@ def finish(analysis, tables: dict, notes: list) -> Outcome:
     return Outcome(analysis.title, tables, figures, paragraph, (analysis.shown or (lambda t: t))(tables), None, notes)
 
 
-def run_on_results(analysis, paths: list) -> Outcome:
-    """Run an analysis of result stores (``store_kind`` "patching" or "ablation") on ``paths``."""
+def run_on_results(analysis, recordings) -> Outcome:
+    """Run an analysis of result stores (``store_kind`` "patching" or "ablation") on those of ``recordings``,
+    each store's rows labelled with its model's label in the report (``Recordings.result_models``)."""
+    paths = recordings.results.get(analysis.store_kind, [])
     if not paths:
         return Outcome(analysis.title, {}, [], "", {}, f"no {analysis.store_kind} store was given", [])
-    return finish(analysis, analysis.tables(paths), [])
+    return finish(analysis, per_store(analysis.tables, paths, recordings.result_models), [])
+
+
+def per_store(tables_of, paths: list, labels: dict) -> dict:
+    """Return ``tables_of(paths)`` (an analysis of result stores) computed store by store with each store's
+    model column set to its label in ``labels``, so that same-named models stay apart."""
+    import pandas as pd
+
+    parts = [{name: frame.assign(model=labels[path]) for name, frame in tables_of([path]).items()} for path in paths]
+    return {name: pd.concat([p[name] for p in parts], ignore_index=True) for name in parts[0]}
 
 
 def store_list(stores) -> str:

@@ -51,7 +51,7 @@ from mdlm_interp.analyses.ablation import figures as ablation_figures
 from mdlm_interp.analyses.attention import figure_heads, main_condition
 from mdlm_interp.analyses.registry import FigureOut, analyses
 from mdlm_interp.analyses.plotting import stamp
-from mdlm_interp.analyses.report import drawn, output_folder, save_figures
+from mdlm_interp.analyses.report import drawn, output_folder, per_store, save_figures
 from mdlm_interp.analyses.stats import INTERVALS
 from mdlm_interp.compare.ablation import ablation_change, ablation_findings
 from mdlm_interp.compare.pairing import load_models, model_order
@@ -92,15 +92,6 @@ def record_section(recordings, models: list, notes: list) -> tuple[dict, list, l
     lines = findings(recordings.models(), accuracy, change, pd.DataFrame() if heads is None else heads,
                      heads_change, tables.get("attribution", pd.DataFrame()))
     return tables, figures, lines
-
-
-def per_store(tables_of, paths: list, labels: dict) -> dict:
-    """Return ``tables_of(paths)`` (an analysis of result stores) computed store by store with each store's
-    model column set to its label in ``labels``, so that same-named models stay apart."""
-    import pandas as pd
-
-    parts = [{name: frame.assign(model=labels[path]) for name, frame in tables_of([path]).items()} for path in paths]
-    return {name: pd.concat([p[name] for p in parts], ignore_index=True) for name in parts[0]}
 
 
 def patching_section(recordings, models: list, notes: list) -> tuple[dict, list, list]:

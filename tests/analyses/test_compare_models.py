@@ -31,6 +31,8 @@ def with_adapter(path, adapter_path, fingerprint):
         settings = json.loads(file.attrs["settings"])
         settings["adapter"] = {"path": str(adapter_path), "fingerprint": fingerprint, "merged": False}
         file.attrs["settings"] = json.dumps(settings)
+        for name in ("adapter", "adapter_fingerprint"):  # not written before the identity attributes existed
+            del file.attrs[name]
     return path
 
 
