@@ -1,0 +1,199 @@
+"""The documentation is executable: every command and Python block of README.md and docs/*.md runs as written.
+
+Each document runs in a fresh temporary folder (its working directory), its items in order, so later
+commands read what earlier ones wrote. ``mdlm-interp`` commands run in this process (``run_cli``), with
+their progress bars on; ``torchrun`` commands in a subprocess; a document's Python blocks in one fresh
+interpreter of their own, in order (one session per document, as a reader would type them). What counts
+as a command and how the ``<!-- doc-test: ... -->`` markers change a run: tests/doc_blocks.py and the
+README's "Documentation is tested". A failing documented command is a failure of this test.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import pytest
+
+from cli_run import run_cli
+from doc_blocks import COMMAND, DocError, Item, Marker, collect
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ["README.md", *sorted(f"docs/{path.name}" for path in (ROOT / "docs").glob("*.md"))]
+WORKER = r"""
+import json, linecache, os, sys, traceback
+reply = os.fdopen(os.dup(1), "w")
+os.dup2(2, 1)                       # what a snippet prints goes to the worker's log, not the replies
+namespace = {"__name__": "__main__"}
+for request in sys.stdin:
+    code, name = json.loads(request)
+    linecache.cache[name] = (len(code), None, code.splitlines(True), name)  # as if read from a file
+    try:
+        exec(compile(code, name, "exec"), namespace)
+        answer = None
+    except BaseException:
+        answer = traceback.format_exc(limit=-3)
+    sys.stdout.flush(); sys.stderr.flush()
+    reply.write(json.dumps(answer) + "\n"); reply.flush()
+"""
+
+
+def environment() -> dict:
+    """Return the environment of subprocesses: this checkout first on the path, offline, one thread."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+            "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def lay_out(cwd: Path) -> None:
+    """Make ``cwd`` look like the repository root to the documents: data/* holds links to the shipped word
+    lists and adapters, data/models is empty (documented rebuilds write there; the shipped organisms are
+    found by name from anywhere). Links are one level down, so a document cannot write into the checkout."""
+    for child in (ROOT / "data").iterdir():
+        if not child.is_dir():
+            (cwd / "data").mkdir(exist_ok=True)
+            (cwd / "data" / child.name).symlink_to(child)
+            continue
+        (cwd / "data" / child.name).mkdir(parents=True)
+        if child.name != "models":
+            for grandchild in child.iterdir():
+                (cwd / "data" / child.name / grandchild.name).symlink_to(grandchild)
+
+
+def shell_words(text: str, cwd: Path) -> list[str]:
+    """Return the words bash makes of a documented command line (quotes, $'...', continuations, comments)."""
+    done = subprocess.run(["bash", "-c", "printf '%s\\0' " + text], cwd=cwd, capture_output=True, text=True)
+    if done.returncode:
+        raise DocError(f"bash cannot read the command: {done.stderr.strip()}")
+    return done.stdout.split("\0")[:-1]
+
+
+def synopsis_problem(text: str) -> str | None:
+    """Return what is wrong with a synopsis (an unknown subcommand or flag), or None if it names real ones."""
+    from mdlm_interp.cli import build_parser
+
+    words = text.split()
+    words = words[words.index("mdlm_interp") + 1:] if words[0] == "torchrun" else words[1:]
+    parser = build_parser()
+    while words:
+        commands = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
+        if not commands or words[0].startswith("-"):
+            break
+        if words[0] not in commands[0].choices:
+            return f"no subcommand {words[0]!r} of {parser.prog}"
+        parser = commands[0].choices[words.pop(0)]
+    for word in words:
+        for flag in re.findall(r"(?<![\w-])--[A-Za-z][\w-]*", word):
+            if flag not in parser._option_string_actions:
+                return f"{parser.prog} has no flag {flag}"
+    return None
+
+
+class DocumentRun:
+    """Runs one document's items in order in the folder ``cwd``; keeps the failures and the counts."""
+
+    def __init__(self, cwd: Path):
+        self.cwd, self.worker, self.failures = cwd, None, []
+        self.counts = {"command": 0, "long": 0, "fails": 0, "python": 0, "synopsis": 0}
+        self.seconds = {}
+
+    def run(self, item: Item) -> None:
+        """Run ``item`` as the document says; a failure is kept as one message naming its line."""
+        start = time.perf_counter()
+        try:
+            problem = self.synopsis(item) if item.marker.mode == "synopsis" else \
+                self.python(item) if item.kind == "python" else self.command(item)
+        except DocError as error:
+            problem = str(error)
+        self.seconds[item.where] = time.perf_counter() - start
+        if problem:
+            self.failures.append(f"{item.where} {item.text.splitlines()[0][:100]!r}: {problem}")
+
+    def synopsis(self, item: Item) -> str | None:
+        """A synopsis is not run: its subcommand and flags must exist (Python sketches are only counted)."""
+        self.counts["synopsis"] += 1
+        return None if item.kind == "python" else synopsis_problem(item.text)
+
+    def command(self, item: Item) -> str | None:
+        """Run a documented command; return what went wrong, or None."""
+        self.counts["command"] += 1
+        self.counts["long"] += item.marker.mode == "long"
+        words = shell_words(item.as_run(), self.cwd)
+        if words[0] in ("torchrun", "mkdir"):
+            program = str(Path(sys.executable).with_name("torchrun")) if words[0] == "torchrun" else "mkdir"
+            done = subprocess.run([program, *words[1:]], cwd=self.cwd, env=environment(),
+                                  capture_output=True, text=True, timeout=600)
+            returncode, stdout, stderr = done.returncode, done.stdout, done.stderr
+            errors = [line for line in stderr.splitlines() if line.startswith("mdlm-interp: error")]
+            stderr = "\n".join(errors[:1] + [stderr[-400:]])  # the toolkit's own message before torchrun's
+        else:
+            try:
+                result = run_cli(*words[1:])
+            except Exception as error:  # what a user sees as a traceback and exit 1
+                return f"traceback: {traceback.format_exception_only(error)[-1].strip()} " \
+                       f"(at {traceback.extract_tb(error.__traceback__)[-1].filename.split('/')[-1]}:" \
+                       f"{traceback.extract_tb(error.__traceback__)[-1].lineno})"
+            returncode, stdout, stderr = result.returncode, result.stdout, result.stderr
+        if item.marker.mode == "fails":
+            self.counts["fails"] += 1
+            lines = stderr.strip().splitlines()
+            if returncode != 2 or len(lines) != 1:
+                return f"should fail with one line and exit 2; exit {returncode}, stderr {stderr[-600:]!r}"
+            shown = stdout.strip().splitlines() + lines
+        else:
+            if returncode != 0:
+                return f"exit {returncode}: {stderr.strip()[-800:]}"
+            shown = stdout.strip().splitlines()
+        if item.expected is not None and [line.rstrip() for line in shown] != item.expected:
+            return f"printed {shown!r}, the document shows {item.expected!r}"
+        return None
+
+    def python(self, item: Item) -> str | None:
+        """Run a Python block in the document's interpreter; return the traceback's end, or None."""
+        self.counts["python"] += 1
+        if self.worker is None:
+            self.log = open(self.cwd / "python-blocks.log", "w")
+            self.worker = subprocess.Popen([sys.executable, "-c", WORKER], cwd=self.cwd, env=environment(),
+                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
+                                           text=True)
+        self.worker.stdin.write(json.dumps([item.as_run(), item.where]) + "\n")
+        self.worker.stdin.flush()
+        answer = self.worker.stdout.readline()
+        if not answer:
+            return "the Python interpreter died"
+        return json.loads(answer)
+
+    def close(self) -> None:
+        """End the document's Python interpreter, if one was started."""
+        if self.worker is not None:
+            self.worker.stdin.close()
+            self.worker.wait(timeout=60)
+            self.log.close()
+
+    def summary(self, doc: str) -> str:
+        """Return the closing line: how many commands and blocks ran, how many synopses were only checked."""
+        c = self.counts
+        slowest = sorted(self.seconds.items(), key=lambda kv: -kv[1])[:3]
+        return (f"{doc}: {c['command']} commands run ({c['long']} with size overrides, {c['fails']} failing "
+                f"on purpose), {c['python']} Python blocks run, {c['synopsis']} synopses not run (parser-checked); "
+                f"{sum(self.seconds.values()):.0f} s (slowest: "
+                + ", ".join(f"{where} {seconds:.0f} s" for where, seconds in slowest) + ")")
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_documentation_runs_as_written(doc, tmp_path, monkeypatch, capsys):
+    items = collect(ROOT / doc, doc)
+    lay_out(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    run = DocumentRun(tmp_path)
+    try:
+        for item in items:
+            run.run(item)
+    finally:
+        run.close()
+    with capsys.disabled():
+        print("\n" + run.summary(doc))
+    assert not run.failures, f"{len(run.failures)} documented item(s) of {doc} fail:\n" + "\n".join(run.failures)
