@@ -11,6 +11,7 @@ README's "Documentation is tested". A failing documented command is a failure of
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -46,6 +47,18 @@ def environment() -> dict:
     """Return the environment of subprocesses: this checkout first on the path, offline, one thread."""
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
             "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def cpu_seconds(live: int | None = None) -> float:
+    """Return the CPU seconds used so far by this process, its finished subprocesses and the running
+    subprocess ``live`` (a pid; read from /proc where there is one)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    seconds = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    stat = Path(f"/proc/{live}/stat")
+    if live is not None and stat.exists():
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        seconds += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return seconds
 
 
 def lay_out(cwd: Path) -> None:
@@ -98,17 +111,18 @@ class DocumentRun:
     def __init__(self, cwd: Path):
         self.cwd, self.worker, self.failures = cwd, None, []
         self.counts = {"command": 0, "long": 0, "fails": 0, "python": 0, "synopsis": 0}
-        self.seconds = {}
+        self.seconds, self.cpu = {}, {}
 
     def run(self, item: Item) -> None:
         """Run ``item`` as the document says; a failure is kept as one message naming its line."""
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), cpu_seconds(self.worker and self.worker.pid)
         try:
             problem = self.synopsis(item) if item.marker.mode == "synopsis" else \
                 self.python(item) if item.kind == "python" else self.command(item)
         except DocError as error:
             problem = str(error)
         self.seconds[item.where] = time.perf_counter() - start
+        self.cpu[item.where] = cpu_seconds(self.worker and self.worker.pid) - cpu
         if problem:
             self.failures.append(f"{item.where} {item.text.splitlines()[0][:100]!r}: {problem}")
 
@@ -176,10 +190,10 @@ class DocumentRun:
     def summary(self, doc: str) -> str:
         """Return the closing line: how many commands and blocks ran, how many synopses were only checked."""
         c = self.counts
-        slowest = sorted(self.seconds.items(), key=lambda kv: -kv[1])[:3]
+        slowest = sorted(self.cpu.items(), key=lambda kv: -kv[1])[:4]
         return (f"{doc}: {c['command']} commands run ({c['long']} with size overrides, {c['fails']} failing "
                 f"on purpose), {c['python']} Python blocks run, {c['synopsis']} synopses not run (parser-checked); "
-                f"{sum(self.seconds.values()):.0f} s (slowest: "
+                f"{sum(self.seconds.values()):.0f} s wall, {sum(self.cpu.values()):.0f} s CPU (most: "
                 + ", ".join(f"{where} {seconds:.0f} s" for where, seconds in slowest) + ")")
 
 
@@ -197,3 +211,111 @@ def test_documentation_runs_as_written(doc, tmp_path, monkeypatch, capsys):
     with capsys.disabled():
         print("\n" + run.summary(doc))
     assert not run.failures, f"{len(run.failures)} documented item(s) of {doc} fail:\n" + "\n".join(run.failures)
+
+
+SAMPLE = '''# A document
+
+Run `mdlm-interp tasks show TASK [--placement P]` or `mdlm-interp tasks list`.
+
+<!-- doc-test: long; --n 50 => --n 1; append --seed 3 -->
+
+    mdlm-interp tasks export --task adjective+largest --n 50 \\
+        --out a.jsonl        # a comment
+    make something
+
+and then
+
+    $ mdlm-interp tasks list --words
+    one line shown
+
+<!-- doc-test: fails -->
+
+```
+$ mdlm-interp tasks show nope+largest
+mdlm-interp: error: shown
+```
+
+```python
+x = 1
+```
+'''
+
+
+def test_the_collector_finds_commands_blocks_markers_and_synopses(tmp_path):
+    (tmp_path / "doc.md").write_text(SAMPLE)
+    items = collect(tmp_path / "doc.md")
+    assert [(item.line, item.kind, item.marker.mode) for item in items] == [
+        (3, "inline", "synopsis"), (3, "inline", "synopsis"), (7, "command", "long"),
+        (13, "command", "run"), (19, "command", "fails"), (24, "python", "run")]
+    export = items[2]
+    assert export.text == "mdlm-interp tasks export --task adjective+largest --n 50 \\\n--out a.jsonl        # a comment"
+    assert export.as_run() == ("mdlm-interp tasks export --task adjective+largest --n 1 \\\n--out a.jsonl --seed 3"
+                               "        # a comment")
+    assert shell_words(export.as_run(), tmp_path) == ["mdlm-interp", "tasks", "export", "--task", "adjective+largest",
+                                                      "--n", "1", "--out", "a.jsonl", "--seed", "3"]
+    assert items[3].expected == ["one line shown"] and export.expected is None
+    assert items[4].expected == ["mdlm-interp: error: shown"]
+    assert items[5].text == "x = 1"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("<!-- doc-test: long; --n 9 => --n 1 -->\n\n    mdlm-interp tasks list\n", "matches nothing"),
+    ("<!-- doc-test: long -->\n\n    mdlm-interp tasks list\n", "must say its size override"),
+    ("<!-- doc-test: slow -->\n\n    mdlm-interp tasks list\n", "must start with"),
+    ("<!-- doc-test: fails -->\n\nSome prose.\n", "not followed by a block"),
+    ("<!-- doc-test: fails -->\n\n    make demo\n", "without commands"),
+    ("Text.\n\n    from mdlm_interp import load_model\n", "never run"),
+])
+def test_a_document_the_collector_cannot_read_as_intended_is_an_error(tmp_path, text, message):
+    (tmp_path / "doc.md").write_text(text)
+    with pytest.raises(DocError, match=message):
+        collect(tmp_path / "doc.md")
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("mdlm-interp tasks show TASK [--placement P] [--masks N]", None),
+    ("mdlm-interp analyze STORE [STORE ...] --out DIR", None),
+    ("mdlm-interp record --adapter DIR [--merge-adapter]", None),
+    ("mdlm-interp record --no-such-flag", "has no flag --no-such-flag"),
+    ("mdlm-interp tasks shows TASK", "no subcommand 'shows'"),
+])
+def test_a_synopsis_must_name_a_real_subcommand_and_real_flags(text, problem):
+    found = synopsis_problem(text)
+    assert found == problem or (problem and problem in found)
+
+
+def test_a_documented_command_fails_the_test_when_it_fails_or_prints_other_output(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = DocumentRun(tmp_path)
+    fails, runs = Marker(mode="fails"), Marker()
+    run.run(Item("doc.md", 1, "command", "mdlm-interp tasks show nope+largest", fails))           # fails as shown
+    run.run(Item("doc.md", 2, "command", "mdlm-interp tasks list", fails))                        # should fail
+    run.run(Item("doc.md", 3, "command", "mdlm-interp tasks show nope+largest", runs))            # should run
+    run.run(Item("doc.md", 4, "command", "mdlm-interp tasks list", runs, expected=["not this"]))   # other output
+    run.run(Item("doc.md", 5, "python", "raise ValueError('from the block')", runs))
+    run.close()
+    assert [failure.split(" ")[0] for failure in run.failures] == ["doc.md:2", "doc.md:3", "doc.md:4", "doc.md:5"]
+    assert "from the block" in run.failures[-1]
+    assert run.counts == {"command": 4, "long": 0, "fails": 2, "python": 1, "synopsis": 0}
+
+
+def test_record_store_stays_the_function_when_the_record_module_is_imported(tiny_checkpoint, tmp_path):
+    """README: ``from mdlm_interp.record import RecordConfig`` then two top-level calls (issue 19, item 2)."""
+    import mdlm_interp
+    from mdlm_interp.record import RecordConfig, record
+    from mdlm_interp.store import open_store
+
+    lm = mdlm_interp.load_model(tiny_checkpoint("llada"))
+    fields = dict(tasks="adjective+largest", masks=(1, 3), n=1, n_relevant=2, n_distractor=2, record=())
+    first = mdlm_interp.record_store(lm, out=tmp_path / "a.h5", **fields)
+    second = mdlm_interp.record_store(lm, out=tmp_path / "b.h5", config=RecordConfig(**fields))
+    assert mdlm_interp.record_store is record and mdlm_interp.record.RecordConfig is RecordConfig
+    with open_store(first) as a, open_store(second) as b:
+        assert a.n_rows == b.n_rows == 2
+        assert a.examples["masks"].tolist() == [1, 3]
+        assert a.examples.equals(b.examples)
+    fresh = subprocess.run([sys.executable, "-c", "import mdlm_interp; f = mdlm_interp.record_store; "
+                            "import mdlm_interp.record; assert mdlm_interp.record_store is f is "
+                            "mdlm_interp.record.record; print(type(mdlm_interp.record).__name__)"],
+                           env=environment(), capture_output=True, text=True)
+    assert fresh.returncode == 0 and fresh.stdout.strip() == "module", fresh.stderr
