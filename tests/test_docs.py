@@ -8,12 +8,14 @@ as a command and how the ``<!-- doc-test: ... -->`` markers change a run: tests/
 README's "Documentation is tested". A failing documented command is a failure of this test.
 """
 
+import _thread
 import json
 import os
 import re
 import resource
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -24,6 +26,7 @@ from cli_run import run_cli
 from doc_blocks import COMMAND, DocError, Item, Marker, collect
 
 ROOT = Path(__file__).resolve().parent.parent
+LIMIT_S = 240  # wall seconds one documented item may take here: a longer one needs a size override
 DOCS = ["README.md", *sorted(f"docs/{path.name}" for path in (ROOT / "docs").glob("*.md"))]
 WORKER = r"""
 import json, linecache, os, sys, traceback
@@ -105,11 +108,35 @@ def synopsis_problem(text: str) -> str | None:
     return None
 
 
+class Watchdog:
+    """Stops an item that runs past ``LIMIT_S``: kills ``process`` if one is set, else interrupts this
+    process's main thread (a command in process then ends as after Ctrl-C, exit 130)."""
+
+    def __init__(self):
+        self.fired, self.process = False, None
+
+    def __enter__(self):
+        self.timer = threading.Timer(LIMIT_S, self.fire)
+        self.timer.start()
+        return self
+
+    def fire(self):
+        self.fired = True
+        if self.process is not None:
+            self.process.kill()
+        else:
+            _thread.interrupt_main()
+
+    def __exit__(self, *exc):
+        self.timer.cancel()
+        return False
+
+
 class DocumentRun:
     """Runs one document's items in order in the folder ``cwd``; keeps the failures and the counts."""
 
     def __init__(self, cwd: Path):
-        self.cwd, self.worker, self.failures = cwd, None, []
+        self.cwd, self.worker, self.log, self.failures = cwd, None, None, []
         self.counts = {"command": 0, "long": 0, "fails": 0, "python": 0, "synopsis": 0}
         self.seconds, self.cpu = {}, {}
 
@@ -117,10 +144,17 @@ class DocumentRun:
         """Run ``item`` as the document says; a failure is kept as one message naming its line."""
         start, cpu = time.perf_counter(), cpu_seconds(self.worker and self.worker.pid)
         try:
-            problem = self.synopsis(item) if item.marker.mode == "synopsis" else \
-                self.python(item) if item.kind == "python" else self.command(item)
+            with Watchdog() as self.watchdog:
+                problem = self.synopsis(item) if item.marker.mode == "synopsis" else \
+                    self.python(item) if item.kind == "python" else self.command(item)
         except DocError as error:
             problem = str(error)
+        except KeyboardInterrupt:  # the watchdog's, outside the command's own handler
+            problem = "interrupted"
+        if self.watchdog.fired:
+            problem = f"ran longer than {LIMIT_S} s: give it a size override (<!-- doc-test: long; OLD => NEW -->)"
+            if item.kind == "python":
+                self.worker = None  # killed: the next block starts a fresh interpreter
         self.seconds[item.where] = time.perf_counter() - start
         self.cpu[item.where] = cpu_seconds(self.worker and self.worker.pid) - cpu
         if problem:
@@ -138,9 +172,10 @@ class DocumentRun:
         words = shell_words(item.as_run(), self.cwd)
         if words[0] in ("torchrun", "mkdir"):
             program = str(Path(sys.executable).with_name("torchrun")) if words[0] == "torchrun" else "mkdir"
-            done = subprocess.run([program, *words[1:]], cwd=self.cwd, env=environment(),
-                                  capture_output=True, text=True, timeout=600)
-            returncode, stdout, stderr = done.returncode, done.stdout, done.stderr
+            self.watchdog.process = subprocess.Popen([program, *words[1:]], cwd=self.cwd, env=environment(),
+                                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            stdout, stderr = self.watchdog.process.communicate()
+            returncode = self.watchdog.process.returncode
             errors = [line for line in stderr.splitlines() if line.startswith("mdlm-interp: error")]
             stderr = "\n".join(errors[:1] + [stderr[-400:]])  # the toolkit's own message before torchrun's
         else:
@@ -169,10 +204,13 @@ class DocumentRun:
         """Run a Python block in the document's interpreter; return the traceback's end, or None."""
         self.counts["python"] += 1
         if self.worker is None:
-            self.log = open(self.cwd / "python-blocks.log", "w")
+            if self.log is not None:
+                self.log.close()
+            self.log = open(self.cwd / "python-blocks.log", "a")
             self.worker = subprocess.Popen([sys.executable, "-c", WORKER], cwd=self.cwd, env=environment(),
                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
                                            text=True)
+        self.watchdog.process = self.worker
         self.worker.stdin.write(json.dumps([item.as_run(), item.where]) + "\n")
         self.worker.stdin.flush()
         answer = self.worker.stdout.readline()
@@ -185,6 +223,7 @@ class DocumentRun:
         if self.worker is not None:
             self.worker.stdin.close()
             self.worker.wait(timeout=60)
+        if self.log is not None:
             self.log.close()
 
     def summary(self, doc: str) -> str:
@@ -293,10 +332,15 @@ def test_a_documented_command_fails_the_test_when_it_fails_or_prints_other_outpu
     run.run(Item("doc.md", 3, "command", "mdlm-interp tasks show nope+largest", runs))            # should run
     run.run(Item("doc.md", 4, "command", "mdlm-interp tasks list", runs, expected=["not this"]))   # other output
     run.run(Item("doc.md", 5, "python", "raise ValueError('from the block')", runs))
+    monkeypatch.setattr(sys.modules[__name__], "LIMIT_S", 3)
+    run.run(Item("doc.md", 6, "python", "import time\ntime.sleep(60)", runs))                   # too long
+    run.run(Item("doc.md", 7, "python", "assert 'time' not in globals()", runs))                # a fresh one
     run.close()
-    assert [failure.split(" ")[0] for failure in run.failures] == ["doc.md:2", "doc.md:3", "doc.md:4", "doc.md:5"]
-    assert "from the block" in run.failures[-1]
-    assert run.counts == {"command": 4, "long": 0, "fails": 2, "python": 1, "synopsis": 0}
+    assert [failure.split(" ")[0] for failure in run.failures] == ["doc.md:2", "doc.md:3", "doc.md:4", "doc.md:5",
+                                                                   "doc.md:6"]
+    assert "from the block" in run.failures[3] and "longer than 3 s" in run.failures[4]
+    assert run.seconds["doc.md:6"] < 30
+    assert run.counts == {"command": 4, "long": 0, "fails": 2, "python": 3, "synopsis": 0}
 
 
 def test_record_store_stays_the_function_when_the_record_module_is_imported(tiny_checkpoint, tmp_path):
