@@ -1,7 +1,12 @@
 """mdlm-interp: mechanistic interpretability of masked diffusion language models.
 
 Heavy submodules load on first use, so ``import mdlm_interp`` (and ``mdlm-interp --help``) stay fast.
+``mdlm_interp.record`` is the module of the recording loop (``RecordConfig``, ``record``); the
+function that records the task suite into a store is exported here as ``record_store``, a name no
+submodule takes, so importing ``mdlm_interp.record`` can never shadow it.
 """
+
+import importlib
 
 from mdlm_interp.version import __version__
 
@@ -11,11 +16,13 @@ def __getattr__(name: str):
         from mdlm_interp import models
 
         return getattr(models, name)
-    if name == "record":
+    if name == "record_store":
         from mdlm_interp.record import record
 
         return record
+    if name == "record":  # the submodule, as after ``import mdlm_interp.record``
+        return importlib.import_module("mdlm_interp.record")
     raise AttributeError(f"module 'mdlm_interp' has no attribute {name!r}")
 
 
-__all__ = ["__version__", "load_model", "LoadedModel", "record"]
+__all__ = ["__version__", "load_model", "LoadedModel", "record_store"]
