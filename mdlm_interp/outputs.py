@@ -130,8 +130,9 @@ class OutputLock:
     """An exclusive lock on an output path, held by this process until ``release()`` (or its death).
 
     The lock is ``flock`` on the file ``OUTPUT.lock``, which holds the owner's pid and is removed on
-    release. ``acquire()`` raises ``UsageError`` naming the pid when another process holds it. On a
-    file system without flock the lock is a no-op.
+    release. ``acquire()`` raises ``UsageError`` naming the pid when another process holds it, and creates
+    the output's missing parent folders (where the lock file lives; an output folder's parents are created
+    anyway). On a file system without flock the lock is a no-op.
     """
 
     def __init__(self, output):
@@ -150,6 +151,7 @@ class OutputLock:
             return self
         while True:
             try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as error:
                 raise UsageError(f"cannot write {self.output}: cannot create {self.path.name}: "
