@@ -1,6 +1,6 @@
 """The package's layering, read from the import statements (``ast``; lazy imports inside functions count).
 
-Data flows one way (DESIGN.md): models know nothing of tasks, stores, recording, training or the CLI;
+Data flows one way (docs/ARCHITECTURE.md): models know nothing of tasks, stores, recording, training or the CLI;
 stores know nothing of models, tasks, hooks or recording; hooks write no store; the library never
 imports its command line.
 """
@@ -15,13 +15,15 @@ PACKAGE = Path(__file__).resolve().parent.parent / "mdlm_interp"
 # (layer, what it must not import); a layer is a subpackage or module of mdlm_interp.
 RULES = [
     ("models", ("tasks", "store", "record", "training", "cli", "hooks", "batching")),
-    ("store", ("models", "tasks", "hooks", "record", "training", "cli")),
+    # stores in and out; the store holds no experiment (experiments bring their own schemas)
+    ("store", ("models", "tasks", "hooks", "record", "training", "circuits", "decoding", "sweep", "compare",
+               "analyses", "cli")),
     ("hooks", ("store", "record", "training", "cli")),
     ("tasks", ("models", "store", "hooks", "record", "training", "cli")),
     ("batching", ("models", "tasks", "store", "hooks", "record", "training", "cli")),
     ("analyses", ("tasks", "hooks", "batching", "record", "training", "sweep", "circuits", "decoding", "cli")),
-    # stores in, findings out; the store holds no experiment (experiments register their own schemas)
-    ("store", ("circuits", "decoding", "sweep", "compare", "analyses", "record", "cli")),
+    ("plan", ("models", "store", "hooks", "record", "circuits", "training", "cli")),
+    ("subject", ("tasks", "hooks", "record", "training", "cli")),
 ]
 
 # Layers that may import from models only these public modules (no rotary, norm, attention or block internals).
@@ -119,6 +121,8 @@ def write(root: Path, relative: str, text: str) -> None:
     ("analyses/decode.py", "def f():\n    from mdlm_interp import decoding\n", "(analyses) imports mdlm_interp.decoding"),
     ("store/results.py", "from mdlm_interp.circuits.schemas import PATCHING\n", "(store) imports mdlm_interp.circuits"),
     ("store/results.py", "import mdlm_interp.analyses.stats\n", "(store) imports mdlm_interp.analyses"),
+    ("plan.py", "from mdlm_interp.models import load_model\n", "(plan) imports mdlm_interp.models"),
+    ("subject.py", "from mdlm_interp.tasks import TASK_NAMES\n", "(subject) imports mdlm_interp.tasks"),
     ("circuits/patching.py", "from mdlm_interp.models.rotary import rotary_tables\n",
      "(circuits) imports mdlm_interp.models.rotary, not a public models module"),
     ("circuits/patching.py", "from mdlm_interp.models.transformer import RMSNorm\n",

@@ -1,4 +1,4 @@
-"""The mask-agnostic (MA) loss of "Masks Can Be Distracting" (DESIGN.md, "MA loss").
+"""The mask-agnostic (MA) loss of "Masks Can Be Distracting" (README.md, "MA-loss fine-tuning").
 
 For a prompt/answer pair the answer is noised by Bernoulli(p) masking into a~; two inputs x1 and x2
 hold the same prompt and the same a~ at the same positions and differ only in the number of

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from cli_run import run_cli
 from synthetic_stores import write_store
-from test_compare import BASE, ablation_store, patching_store
+from synthetic_results import BASE, ablation_store, patching_store
 
 from mdlm_interp.store import schema
 from mdlm_interp.store.kinds import TRACE

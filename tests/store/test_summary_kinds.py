@@ -5,7 +5,7 @@ import json
 from cli_run import run_cli
 from test_damaged_files import trace_file
 from synthetic_stores import write_store
-from test_compare import BASE, ablation_store, patching_store
+from synthetic_results import BASE, ablation_store, patching_store
 
 
 def summary(path) -> dict:

@@ -20,7 +20,7 @@ from mdlm_interp.record import record
 from mdlm_interp.store import open_store
 from mdlm_interp.store.summary import summarize
 
-TESTS_DATA = Path(__file__).resolve().parent / "data"
+TESTS_DATA = Path(__file__).resolve().parents[1] / "data"
 
 REFERENCES = {
     "organism-llada": dict(masks=[1, 3, 9], filler=" .", placements=["random", "relevant-at:12"]),

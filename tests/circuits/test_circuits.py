@@ -36,7 +36,7 @@ from mdlm_interp.tasks import PromptConfig, sample_prompt, single_token_words, t
 from cli_run import run_cli
 from synthetic_stores import HEADS, LAYERS, write_store
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "store.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "store.md"
 SMALL = ("--task", "adjective+largest", "--n-relevant", "2", "--n-distractor", "3")
 
 

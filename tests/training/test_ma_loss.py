@@ -14,7 +14,7 @@ from mdlm_interp.training.ma_loss import ma_loss
 
 from cli_run import run_cli
 
-TESTS_DATA = Path(__file__).resolve().parent / "data"
+TESTS_DATA = Path(__file__).resolve().parents[1] / "data"
 OPENORCA = TESTS_DATA / "openorca_sample.jsonl"
 
 
@@ -28,7 +28,7 @@ def softmax(row):
 
 
 def hand_ma_loss(l1, l2, targets, masked, p, alpha, beta, offset):
-    """The DESIGN.md formulas with plain floats and loops: mean over pairs of alpha L_CE + beta L_TV."""
+    """The formulas of README.md ("MA-loss fine-tuning") with plain floats and loops: mean over pairs of alpha L_CE + beta L_TV."""
     total_ce = total_tv = 0.0
     for b in range(len(masked)):
         positions = [j for j, m in enumerate(masked[b]) if m]

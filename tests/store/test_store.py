@@ -436,7 +436,7 @@ def test_merge_refuses_mismatched_or_incomplete_shards(tmp_path):
 
 
 def test_docs_carry_the_schema_tables():
-    docs = (TESTS_DIR.parent / "docs" / "store.md").read_text()
+    docs = (TESTS_DIR.parents[1] / "docs" / "store.md").read_text()
     assert schema.markdown() in docs, "regenerate the tables in docs/store.md from schema.markdown()"
 
 

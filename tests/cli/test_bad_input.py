@@ -200,7 +200,7 @@ def test_a_closed_pipe_is_not_a_traceback(tmp_path):
 
     command = ["tasks", "export", "--task", "adjective+largest", "--n", "300", "--out", "-"]  # > a pipe's buffer
     reader = subprocess.Popen([sys.executable, "-m", "mdlm_interp", *command], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+                              stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
     reader.stdout.readline()
     reader.stdout.close()  # like `| head -1`
     assert reader.wait(timeout=60) == 0
