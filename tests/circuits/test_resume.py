@@ -102,11 +102,13 @@ def test_a_run_killed_after_k_batches_resumes_to_the_uninterrupted_store(command
     assert_identical(tmp_path / "out.h5", uninterrupted[command])
 
 
-def test_patch_resume_skips_the_committed_batches_work(tiny_checkpoint, tmp_path, uninterrupted, monkeypatch):
+def test_patch_resume_skips_the_committed_batches_work_and_a_half_written_one(tiny_checkpoint, tmp_path, uninterrupted, monkeypatch):
     args = (*COMMANDS["patch"], "--model", tiny_checkpoint("llada"), "--out", tmp_path / "out.h5")
     with monkeypatch.context() as patch:
         kill_after(patch, 2)
         assert run_cli(*args).returncode == 130
+    # a kill while batch 2 was being written leaves its temporary file, never a batch file
+    (partial_path(tmp_path / "out.h5") / ".00002.npz.k1ll3d.tmp").write_bytes(b"PK\x03\x04 cut short")
     calls = []
     original = patching.patch_batch
     monkeypatch.setattr(patching, "patch_batch", lambda *a, **kw: (calls.append(1), original(*a, **kw))[1])
@@ -170,3 +172,17 @@ def test_messages_suggest_only_flags_the_command_has(tiny_checkpoint, tmp_path):
         refused = run_cli(*args, "--model", tiny_checkpoint("llada"), "--out", out)
         one_line_refusal(refused, "--resume", "--overwrite")
         assert "--resume" in run_cli(command, "--help").stdout
+
+
+def test_a_killed_overwrite_keeps_the_old_store_until_resume_replaces_it(tiny_checkpoint, tmp_path, uninterrupted,
+                                                                        monkeypatch):
+    args = (*COMMANDS["ablate"], "--model", tiny_checkpoint("llada"), "--out", tmp_path / "out.h5")
+    assert run_cli(*args, "--seed", "1").returncode == 0
+    old = (tmp_path / "out.h5").read_bytes()
+    with monkeypatch.context() as patch:
+        kill_after(patch, 3)
+        assert run_cli(*args, "--overwrite").returncode == 130
+    assert (tmp_path / "out.h5").read_bytes() == old
+    resumed = run_cli(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_identical(tmp_path / "out.h5", uninterrupted["ablate"])
