@@ -25,6 +25,7 @@ from mdlm_interp.models.hook_names import hook_name
 from mdlm_interp.plan import RECORDS_NOTHING, Condition, PromptPlan, plan_prompts
 from mdlm_interp.record import tqdm_or_none
 from mdlm_interp.resources import check_fits
+from mdlm_interp.store.partial import check_partial, open_partial, resumes_complete_store
 from mdlm_interp.store.results import ABLATION, write_results
 from mdlm_interp.store.writer import check_writable
 from mdlm_interp.subject import provenance, run_settings, subject_from
@@ -151,13 +152,16 @@ def control_bytes(rows: int, n_chosen: int, draws: int, modes: int) -> float:
 
 
 def run_ablation(lm, config: PromptPlan, heads: str, *, out, modes=MODES, control_draws: int = 0,
-                 batch_size: int = 8, overwrite: bool = False, progress: bool = True,
+                 batch_size: int = 8, overwrite: bool = False, resume: bool = False, progress: bool = True,
                  command_line: str | None = None):
     """Evaluate ``config``'s prompts at each of ``config.masks`` without ablation, with the chosen
     ``heads`` ("top:K" or "L.H,...") ablated in each mode, and with ``control_draws`` random head sets;
     write an ablation store to ``out`` and return its path. Bad input raises ``UsageError`` before any work.
+    Each completed batch is committed beside ``out`` (``store.partial``); ``resume`` continues a killed run
+    with the same settings and batch size (and leaves a complete store with them as it is).
     """
-    out = check_writable(out, overwrite=overwrite)
+    out = check_writable(out, resume=resume, overwrite=overwrite)
+    check_partial(out, resume=resume, overwrite=overwrite)
     subject = subject_from(lm)
     if subject.causal:
         raise UsageError("ablating attention to the masks needs a diffusion model; a causal model takes no masks")
@@ -196,20 +200,43 @@ def run_ablation(lm, config: PromptPlan, heads: str, *, out, modes=MODES, contro
         chosen = sorted((-l, -h) for _, l, h in order[:top_k])
     control = draw_control_heads(chosen, subject.n_layers, subject.n_heads, control_draws, config.seed)
 
+    facts = subject.facts()
+    settings = run_settings(subject, config, facts, **RECORDS_NOTHING, heads=heads, modes=list(modes),
+                            control_draws=control_draws)
+    if resumes_complete_store(out, settings, ABLATION.name, resume=resume):
+        return out
+    partial = open_partial(out, {"settings": settings, "batch_size": batch_size, "heads": head_names(chosen),
+                                 "control_heads": [head_names(draw) for draw in control],
+                                 "rows": [[m, config.tasks[row.task], int(config.example(row))]
+                                          for m in config.masks for row in plan[m]]}, resume=resume)
     settings_per_batch = 1 + len(modes) * (1 + control_draws)
     bar = tqdm_or_none(progress, total=sum(len(p) for p in prompts.values()) * settings_per_batch,
                        desc="ablating", unit="run")
-    parts = []
+    parts, first = [], 0  # first: the index of the next mask count's first batch among all batches
     for m in config.masks:
+        mask_batches = batches(m)
+        committed = [partial.load(first + i) for i in range(len(mask_batches))]  # (columns, meta) or None
+        first += len(mask_batches)
+        if all(done is not None for done in committed):  # done before a resume: not even the baselines rerun
+            parts += [columns for columns, _ in committed]
+            if bar is not None:
+                bar.update(sum(len(batch.input_ids) for batch in mask_batches) * settings_per_batch)
+            continue
         sums, counts = {}, {}
         runs = []
-        for batch in batches(m):
+        for batch in mask_batches:  # every batch's baseline: the means of mode "mean" take them all
             baseline = predict(module, batch, head_output_sums(subject.n_layers, sums, counts, batch.layout.valid))
             runs.append((batch, baseline))
             if bar is not None:
                 bar.update(len(batch.input_ids))
         means = torch.stack([sums[l] / max(counts[l], 1.0) for l in range(subject.n_layers)])
-        for batch, baseline in runs:
+        for i, (batch, baseline) in enumerate(runs):
+            if committed[i] is not None:
+                parts.append(committed[i][0])
+                if bar is not None:
+                    bar.update(len(batch.input_ids) * (settings_per_batch - 1))
+                continue
+
             def ablated(heads_, mode):
                 result = predict(module, batch, ablation_hooks(mode, heads_, batch.layout.masks, means))
                 if bar is not None:
@@ -225,6 +252,7 @@ def run_ablation(lm, config: PromptPlan, heads: str, *, out, modes=MODES, contro
                 part[f"control/{name}"] = (
                     torch.stack([torch.stack([r[name] for r in draw], 1) for draw in control_runs], 1).numpy()
                     if control_runs else np.zeros((size, 0, len(modes)), dtype=baseline[name].numpy().dtype))
+            partial.commit(first - len(runs) + i, part)
             parts.append(part)
     if bar is not None:
         bar.close()
@@ -236,12 +264,11 @@ def run_ablation(lm, config: PromptPlan, heads: str, *, out, modes=MODES, contro
     columns["examples/answer_id"] = np.array([tp.answer_id for m in config.masks for tp in prompts[m]])
     columns["examples/input_length"] = np.array([len(tp.input_ids) for m in config.masks for tp in prompts[m]])
 
-    facts = subject.facts()
-    settings = run_settings(subject, config, facts, **RECORDS_NOTHING, heads=heads, modes=list(modes),
-                            control_draws=control_draws)
     attrs = {"heads": head_names(chosen), "head_selection": heads, "modes": list(modes),
              "control_heads": [head_names(draw) for draw in control],
              "ranking": None if ranking is None else ranking.tolist()}
-    return write_results(out, ABLATION, columns, dims={"modes": len(modes), "draws": control_draws},
-                         provenance=provenance(subject, config, facts, command_line), settings=settings, attrs=attrs,
-                         overwrite=overwrite)
+    written = write_results(out, ABLATION, columns, dims={"modes": len(modes), "draws": control_draws},
+                            provenance=provenance(subject, config, facts, command_line), settings=settings,
+                            attrs=attrs, overwrite=overwrite or resume)
+    partial.remove()
+    return written

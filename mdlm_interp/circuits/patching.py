@@ -30,6 +30,7 @@ from mdlm_interp.hooks.interventions import patch_positions
 from mdlm_interp.models.hook_names import hook_name
 from mdlm_interp.plan import RECORDS_NOTHING, Condition, PromptPlan
 from mdlm_interp.record import tqdm_or_none
+from mdlm_interp.store.partial import check_partial, open_partial, resumes_complete_store
 from mdlm_interp.store.results import PATCHING, SITES, write_results
 from mdlm_interp.store.writer import check_writable
 from mdlm_interp.subject import provenance, run_settings, subject_from
@@ -284,17 +285,25 @@ def patch_batch(model, pair: PromptPair, *, last_k: int = 5, wrong_id: int | Non
 
 def patch_pairs(model, pairs: dict, prediction_offset: int, *, batch_size: int = 8, last_k: int = 5,
                 wrong_id: int | None = None, attribution: bool = True, max_rows: int = 512, progress: bool = False,
-                device="cpu") -> tuple[dict, list, list]:
+                device="cpu", partial=None) -> tuple[dict, list, list]:
     """Patch every pair of ``pairs`` (from ``pair_prompts``) batch by batch; return (columns, position group
-    names, head group names), columns holding every dataset of a patching store."""
+    names, head group names), columns holding every dataset of a patching store. ``partial``
+    (``store.partial.PartialResults``): take the batches committed there, commit each batch computed."""
     n = len(pairs["clean"])
     bar = tqdm_or_none(progress, total=n, desc="patching", unit="pair")
     parts = []
-    for begin in range(0, n, batch_size):
+    for index, begin in enumerate(range(0, n, batch_size)):
         rows = slice(begin, min(begin + batch_size, n))
-        pair = make_pair(pairs["clean"][rows], pairs["corrupt"][rows], prediction_offset, device=device)
-        part, group_names, head_group_names = patch_batch(model, pair, last_k=last_k, wrong_id=wrong_id,
-                                                         attribution=attribution, max_rows=max_rows)
+        committed = partial.load(index) if partial is not None else None
+        if committed is not None:
+            part, names = committed
+            group_names, head_group_names = names["position_groups"], names["head_groups"]
+        else:
+            pair = make_pair(pairs["clean"][rows], pairs["corrupt"][rows], prediction_offset, device=device)
+            part, group_names, head_group_names = patch_batch(model, pair, last_k=last_k, wrong_id=wrong_id,
+                                                             attribution=attribution, max_rows=max_rows)
+            if partial is not None:
+                partial.commit(index, part, {"position_groups": group_names, "head_groups": head_group_names})
         parts.append(part)
         if bar is not None:
             bar.update(rows.stop - rows.start)
@@ -308,15 +317,19 @@ def patch_pairs(model, pairs: dict, prediction_offset: int, *, batch_size: int =
 
 def run_patching(lm, config: PromptPlan, clean: Condition, corrupt: Condition, *, out, batch_size: int = 8,
                  last_k: int = 5, wrong_token: str | None = None, attribution: bool = True, max_rows: int = 512,
-                 overwrite: bool = False, progress: bool = True, command_line: str | None = None):
+                 overwrite: bool = False, resume: bool = False, progress: bool = True,
+                 command_line: str | None = None):
     """Patch ``config``'s prompts between the ``clean`` and ``corrupt`` conditions and write a patching
     store to ``out``; return its path.
 
     ``lm``: a loaded diffusion model (``load_model``). ``wrong_token``: a text that is one token, used as
     the wrong token of every logit difference (default: each corrupt run's top wrong token). Bad input
-    raises ``UsageError`` before any work.
+    raises ``UsageError`` before any work. Each completed batch is committed beside ``out``
+    (``store.partial``); ``resume`` continues a killed run with the same settings and batch size (and
+    leaves a complete store with them as it is).
     """
-    out = check_writable(out, overwrite=overwrite)
+    out = check_writable(out, resume=resume, overwrite=overwrite)
+    check_partial(out, resume=resume, overwrite=overwrite)
     if batch_size < 1 or last_k < 0 or max_rows < 1:
         raise UsageError("batch size and max rows must be at least 1, last-k at least 0")
     subject = subject_from(lm)
@@ -333,14 +346,23 @@ def run_patching(lm, config: PromptPlan, clean: Condition, corrupt: Condition, *
     if last_k > min(tp.answer_position for tp in pairs["clean"]):
         raise UsageError(f"last-k {last_k} is longer than the shortest prompt")
     device = next(lm.model.parameters()).device
-    columns, group_names, head_group_names = patch_pairs(
-        lm.model, pairs, subject.prediction_offset, batch_size=batch_size, last_k=last_k, wrong_id=wrong_id,
-        attribution=attribution, max_rows=max_rows, progress=progress, device=device)
     facts = subject.facts()
     settings = run_settings(subject, config, facts, **RECORDS_NOTHING, clean=vars(clean), corrupt=vars(corrupt),
                             last_k=last_k, wrong_token=wrong_token, attribution=attribution)
+    if resumes_complete_store(out, settings, PATCHING.name, resume=resume):
+        return out
+    partial = open_partial(out, {"settings": settings, "batch_size": batch_size,
+                                 "rows": [[str(task), int(example)] for task, example in zip(pairs["task"],
+                                                                                             pairs["example"])]},
+                           resume=resume)
+    columns, group_names, head_group_names = patch_pairs(
+        lm.model, pairs, subject.prediction_offset, batch_size=batch_size, last_k=last_k, wrong_id=wrong_id,
+        attribution=attribution, max_rows=max_rows, progress=progress, device=device, partial=partial)
     dims = {"directions": len(DIRECTIONS), "layers": subject.n_layers, "heads": subject.n_heads,
             "groups": len(group_names), "head_groups": len(head_group_names)}
     attrs = {"directions": list(DIRECTIONS), "position_groups": group_names, "head_groups": head_group_names}
-    return write_results(out, PATCHING, columns, dims=dims, provenance=provenance(subject, config, facts, command_line),
-                         settings=settings, attrs=attrs, overwrite=overwrite)
+    written = write_results(out, PATCHING, columns, dims=dims,
+                            provenance=provenance(subject, config, facts, command_line), settings=settings,
+                            attrs=attrs, overwrite=overwrite or resume)
+    partial.remove()
+    return written

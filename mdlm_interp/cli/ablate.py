@@ -30,7 +30,14 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--control-draws", type=int, default=10, help="random head sets of the control (default 10)")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (default 8)")
     parser.add_argument("--out", default="ablate.h5", help="output HDF5 ablation store (default ablate.h5)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    existing = parser.add_mutually_exclusive_group()
+    existing.add_argument("--resume", action="store_true",
+                          help="continue an interrupted run of --out: the batches it completed (kept in .NAME.batches "
+                          "beside it) are taken, the rest computed; the settings and --batch-size must be the same. "
+                          "A complete store written with the same settings is left as it is")
+    existing.add_argument("--overwrite", action="store_true",
+                          help="replace an existing output (and discard the batches of an interrupted run); the old "
+                          "store stays until the new one is complete")
     parser.add_argument("--figure", default=None, metavar="FILE.png", help="also draw the accuracies into a PNG file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -43,10 +50,13 @@ def run(args) -> int:
     from mdlm_interp.errors import UsageError
     from mdlm_interp.outputs import claim_outputs
     from mdlm_interp.plan import PromptPlan
+    from mdlm_interp.store.partial import check_partial
     from mdlm_interp.store.writer import check_writable
 
-    check_writable(args.out, overwrite=args.overwrite)
-    claim_outputs({"--out": args.out, "--figure": args.figure}, [args.model], overwrite=args.overwrite)
+    check_writable(args.out, resume=args.resume, overwrite=args.overwrite)
+    check_partial(args.out, resume=args.resume, overwrite=args.overwrite)
+    claim_outputs({"--out": args.out, "--figure": args.figure}, [args.model],
+                  overwrite=args.overwrite or args.resume)
     unknown = set(args.modes) - set(MODES)
     if unknown or not args.modes:
         raise UsageError(f"unknown ablation mode(s) {sorted(unknown)}; choose from {', '.join(MODES)}")
@@ -62,7 +72,8 @@ def run(args) -> int:
     lm = load_model_from(args)
     out = run_ablation(lm, plan, args.heads, out=args.out, modes=args.modes,
                        control_draws=args.control_draws if args.control == "random" else 0,
-                       batch_size=args.batch_size, overwrite=args.overwrite, progress=not args.no_progress,
+                       batch_size=args.batch_size, overwrite=args.overwrite, resume=args.resume,
+                       progress=not args.no_progress,
                        command_line=args.command_line)
     print(report(out, figure=args.figure))
     return 0

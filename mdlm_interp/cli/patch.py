@@ -40,7 +40,14 @@ def add_parser(subparsers) -> None:
                         help="most sequences (patched variants x pairs) in one forward pass; lower it to save "
                         "memory (default 512)")
     parser.add_argument("--out", default="patch.h5", help="output HDF5 patching store (default patch.h5)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    existing = parser.add_mutually_exclusive_group()
+    existing.add_argument("--resume", action="store_true",
+                          help="continue an interrupted run of --out: the batches it completed (kept in .NAME.batches "
+                          "beside it) are taken, the rest computed; the settings and --batch-size must be the same. "
+                          "A complete store written with the same settings is left as it is")
+    existing.add_argument("--overwrite", action="store_true",
+                          help="replace an existing output (and discard the batches of an interrupted run); the old "
+                          "store stays until the new one is complete")
     parser.add_argument("--figures", default=None, metavar="DIR",
                         help="also write heatmaps (layer x position group, layer x head) as PNG files into DIR")
     parser.add_argument("--min-gap", type=float, default=1.0, metavar="LOGITS",  # analyses.patching.MIN_GAP
@@ -57,13 +64,15 @@ def run(args) -> int:
     from mdlm_interp.errors import UsageError
     from mdlm_interp.outputs import claim_outputs
     from mdlm_interp.plan import Condition, PromptPlan
+    from mdlm_interp.store.partial import check_partial
     from mdlm_interp.store.writer import check_writable
 
     if not args.min_gap >= 0 or args.min_gap == float("inf"):
         raise UsageError(f"--min-gap must be a finite number of logits, at least 0; got {args.min_gap}")
-    check_writable(args.out, overwrite=args.overwrite)
-    claim_outputs({"--out": args.out, "--figures": args.figures}, [args.model], overwrite=args.overwrite,
-                  folders={"--figures"})
+    check_writable(args.out, resume=args.resume, overwrite=args.overwrite)
+    check_partial(args.out, resume=args.resume, overwrite=args.overwrite)
+    claim_outputs({"--out": args.out, "--figures": args.figures}, [args.model],
+                  overwrite=args.overwrite or args.resume, folders={"--figures"})
     clean_masks = args.clean_masks if args.clean_masks is not None else (args.corrupt_masks if args.clean_filler else 1)
     plan = PromptPlan(**plan_fields(args), masks=(clean_masks, args.corrupt_masks), filler=args.filler)
     placement = one_placement(plan, "patch")
@@ -77,7 +86,7 @@ def run(args) -> int:
     lm = load_model_from(args)
     out = run_patching(lm, plan, clean, corrupt, out=args.out, batch_size=args.batch_size, last_k=args.last_k,
                        wrong_token=args.wrong_token, attribution=not args.no_attribution, max_rows=args.max_rows,
-                       overwrite=args.overwrite, progress=not args.no_progress,
+                       overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress,
                        command_line=args.command_line)
     print(report(out, lm.tokenizer, figures=args.figures, min_gap=args.min_gap))
     return 0

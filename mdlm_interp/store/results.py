@@ -8,7 +8,8 @@ tables that docs/store.md carries verbatim (a test keeps them equal). After chan
 (and the same for ``ABLATION``) into docs/store.md.
 
 Result stores are written whole, once the experiment is done: to a temporary file in the output's
-folder, renamed over the output at the end, so an interrupted run leaves nothing half-written.
+folder, renamed over the output at the end, so an interrupted run leaves nothing half-written. The
+batches of a long run are committed meanwhile by ``store.partial``, so a killed run can resume.
 """
 
 import json
