@@ -25,7 +25,8 @@ from mdlm_interp.models.hook_names import hook_name
 from mdlm_interp.plan import RECORDS_NOTHING, Condition, PromptPlan, plan_prompts
 from mdlm_interp.record import tqdm_or_none
 from mdlm_interp.resources import check_fits
-from mdlm_interp.store.results import ABLATION, write_results
+from mdlm_interp.circuits.schemas import ABLATION
+from mdlm_interp.store.results import write_results
 from mdlm_interp.store.writer import check_writable
 from mdlm_interp.subject import provenance, run_settings, subject_from
 
