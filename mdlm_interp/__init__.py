@@ -4,10 +4,14 @@ Heavy submodules load on first use, so ``import mdlm_interp`` (and ``mdlm-interp
 ``mdlm_interp.record`` is the module of the recording loop (``RecordConfig``, ``record``); the
 function that records the task suite into a store is exported here as ``record_store``, a name no
 submodule takes, so importing ``mdlm_interp.record`` can never shadow it.
+
+Importing the package registers the toolkit's own result kinds (``mdlm_interp.circuits.schemas``: pure
+data, no torch, no h5py), so every reader of result stores knows them without importing the experiments.
 """
 
 import importlib
 
+import mdlm_interp.circuits.schemas  # noqa: F401  (registers the patching and ablation result kinds)
 from mdlm_interp.version import __version__
 
 

@@ -2,8 +2,9 @@
 
 import numpy as np
 
+from mdlm_interp.circuits.schemas import ABLATION, PATCHING
 from mdlm_interp.store import Provenance
-from mdlm_interp.store.results import ABLATION, PATCHING, write_results
+from mdlm_interp.store.results import write_results
 
 LAYERS, HEADS = 1, 2
 GROUPS, HEAD_GROUPS = ["all", "answer"], ["answer", "all"]

@@ -149,6 +149,50 @@ def test_each_rule_catches_its_violation(tmp_path, relative, text, expected):
     assert len(found) == 1 and expected in found[0], found
 
 
+EXPERIMENT_KINDS = ("patching", "ablation")  # result kinds the experiments own (circuits/schemas.py)
+
+
+def experiment_mentions(store_root: Path) -> list[str]:
+    """Return one line per string literal (docstrings aside) or name in the store's modules that names an
+    experiment's result kind: the store holds generic machinery, the experiments register their schemas."""
+    found = []
+    for file in sorted(store_root.rglob("*.py")):
+        tree = ast.parse(file.read_text(encoding="utf-8"))
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and node.body
+                      and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                text = node.value
+            elif isinstance(node, (ast.Name, ast.FunctionDef, ast.ClassDef, ast.Attribute, ast.alias)):
+                text = getattr(node, "id", None) or getattr(node, "name", None) or getattr(node, "attr", "")
+            else:
+                continue
+            for kind in EXPERIMENT_KINDS:
+                if kind in text.lower():
+                    found.append(f"{file.relative_to(store_root.parent)}:{node.lineno}: {text!r} names {kind}")
+    return found
+
+
+def test_the_store_names_no_experiment_and_the_experiments_register_their_kinds():
+    from mdlm_interp.circuits import schemas
+    from mdlm_interp.store import results
+
+    assert experiment_mentions(PACKAGE / "store") == []
+    assert not {"PATCHING", "ABLATION", "SITES", "KINDS"} & set(vars(results))
+    assert results.registered_kind("patching") is schemas.PATCHING
+    assert results.registered_kind("ablation") is schemas.ABLATION
+
+
+@pytest.mark.parametrize("text", ['KIND = "patching"\n', "from mdlm_interp.circuits.schemas import ABLATION\n",
+                                  "def describe_patching(path):\n    return path\n"])
+def test_an_experiment_named_in_the_store_is_caught(tmp_path, text):
+    write(tmp_path / "mdlm_interp", "store/results.py", '"""Result stores: patching, ablation (a docstring may say so)."""\n')
+    assert experiment_mentions(tmp_path / "mdlm_interp" / "store") == []
+    write(tmp_path / "mdlm_interp", "store/results.py", text)
+    assert len(experiment_mentions(tmp_path / "mdlm_interp" / "store")) == 1
+
+
 BENCHMARKS = PACKAGE.parent / "benchmarks"
 
 

@@ -18,7 +18,9 @@ from mdlm_interp.analyses.plotting import new_figure
 from mdlm_interp.analyses.registry import Analysis, FigureOut
 from mdlm_interp.analyses.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, recovery, resample_weights, wilson_interval
 from mdlm_interp.store.identity import read_identity
-from mdlm_interp.store.results import SITES, open_results
+from mdlm_interp.store.results import open_results, registered_kind
+
+SITES = registered_kind("patching").names("attribution", "_logit_diff")  # read from the registered schema
 
 RESIDUAL_SITES = ("resid_pre", "attn_out", "mlp_out")
 MIN_GAP = 1.0  # logits: under this clean - corrupt gap, recovery is undefined

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from mdlm_interp.batching import collate
+from mdlm_interp.circuits.schemas import ABLATION
 from mdlm_interp.errors import UsageError
 from mdlm_interp.hooks.interventions import remove_attention_to_keys, replace_head_output
 from mdlm_interp.hooks.recorders import AttentionRecorder, PredictionRecorder
@@ -26,7 +27,7 @@ from mdlm_interp.plan import RECORDS_NOTHING, Condition, PromptPlan, plan_prompt
 from mdlm_interp.record import tqdm_or_none
 from mdlm_interp.resources import check_fits
 from mdlm_interp.store.partial import check_partial, open_partial, resumes_complete_store
-from mdlm_interp.store.results import ABLATION, write_results
+from mdlm_interp.store.results import write_results
 from mdlm_interp.store.writer import check_writable
 from mdlm_interp.subject import provenance, run_settings, subject_from
 

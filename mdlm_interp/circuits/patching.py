@@ -25,13 +25,14 @@ import numpy as np
 import torch
 
 from mdlm_interp.circuits.pairs import PromptPair, answer_metrics, make_pair, pair_prompts, top_wrong_ids
+from mdlm_interp.circuits.schemas import PATCHING, SITES
 from mdlm_interp.errors import UsageError
 from mdlm_interp.hooks.interventions import patch_positions
 from mdlm_interp.models.hook_names import hook_name
 from mdlm_interp.plan import RECORDS_NOTHING, Condition, PromptPlan
 from mdlm_interp.record import tqdm_or_none
 from mdlm_interp.store.partial import check_partial, open_partial, resumes_complete_store
-from mdlm_interp.store.results import PATCHING, SITES, write_results
+from mdlm_interp.store.results import write_results
 from mdlm_interp.store.writer import check_writable
 from mdlm_interp.subject import provenance, run_settings, subject_from
 
@@ -229,7 +230,7 @@ def patch_batch(model, pair: PromptPair, *, last_k: int = 5, wrong_id: int | Non
                 max_rows: int = 512) -> tuple[dict, list, list]:
     """Run clean and corrupt, then exact (and attribution) patching in both directions, for one batch of
     pairs; return (columns, position group names, head group names), the columns being the store
-    columns of these rows (``store.results.PATCHING`` paths but /pairs example and task -> numpy arrays).
+    columns of these rows (``circuits.schemas.PATCHING`` paths but /pairs example and task -> numpy arrays).
 
     ``wrong_id``: the wrong token of the logit difference for every pair (default: each pair's corrupt
     run's most probable token other than the answer). ``last_k``: how many single positions before the

@@ -112,7 +112,8 @@ def report(path, tokenizer=None, figures=None, top: int = 5, min_gap: float = 1.
         strongest,
     )
     from mdlm_interp.analyses.plotting import save
-    from mdlm_interp.store.results import SITES, open_results
+    from mdlm_interp.circuits.schemas import SITES
+    from mdlm_interp.store.results import open_results
 
     with open_results(path, "patching") as store:
         cells = patching_cells(store, min_gap=min_gap)

@@ -6,6 +6,7 @@ from mdlm_interp.analyses.grouped import slug
 from mdlm_interp.analyses.patching import (
     DIRECTION_TITLES,
     RESIDUAL_SITES,
+    SITES,
     cell_values,
     head_heatmaps,
     heatmap,
@@ -16,7 +17,7 @@ from mdlm_interp.analyses.plotting import new_figure
 from mdlm_interp.analyses.registry import FigureOut
 from mdlm_interp.analyses.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, recovery, resample_weights
 from mdlm_interp.compare.pairing import mismatch, prompt_keys
-from mdlm_interp.store.results import SITES, open_results
+from mdlm_interp.store.results import open_results
 
 def paired_cells(cells, reference: dict, other: dict, seed: int = BOOTSTRAP_SEED,
                  resamples: int = BOOTSTRAP_RESAMPLES):

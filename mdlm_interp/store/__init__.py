@@ -1,20 +1,28 @@
 """HDF5 store of recorded rows: versioned schema, resumable writer, reader, summary and shard merge.
 
-The layout is documented in docs/store.md, generated from ``schema.DATA`` and ``schema.ATTRS``.
+The layout is documented in docs/store.md, generated from ``schema.DATA`` and ``schema.ATTRS``. The names
+below load their modules (and h5py) on first use, so the schemas as data (``store.schema``,
+``store.results``) stay light to import.
 """
 
-from mdlm_interp.store.merge import merge_stores
-from mdlm_interp.store.reader import Store, open_store
-from mdlm_interp.store.schema import SCHEMA_VERSION
-from mdlm_interp.store.writer import Provenance, StoreWriter, check_writable, open_writer
+import importlib
 
-__all__ = [
-    "SCHEMA_VERSION",
-    "Provenance",
-    "Store",
-    "StoreWriter",
-    "check_writable",
-    "merge_stores",
-    "open_store",
-    "open_writer",
-]
+_EXPORTS = {
+    "SCHEMA_VERSION": "schema",
+    "Provenance": "writer",
+    "Store": "reader",
+    "StoreWriter": "writer",
+    "check_writable": "writer",
+    "merge_stores": "merge",
+    "open_store": "reader",
+    "open_writer": "writer",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"mdlm_interp.store.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'mdlm_interp.store' has no attribute {name!r}")
+
+
+__all__ = list(_EXPORTS)

@@ -3,8 +3,9 @@
 A ``FileKind`` recognises its files from their root attributes and groups (``matches``), checks a
 file's layout once when it is opened (``check``: root attributes as a dict, or a one-line
 ``UsageError`` naming the file and what is wrong), and says what the file holds (``describe``: lines
-of text for ``mdlm-interp summary``, or a JSON-ready dict). Record stores, patching and ablation
-result stores and decode traces are registered here; a later kind adds itself with ``register``.
+of text for ``mdlm-interp summary``, or a JSON-ready dict). Record stores and decode traces are
+registered here, every result kind registered with ``store.results.register_result_kind`` (the
+experiments' own schemas) is added from that registry, and a later kind adds itself with ``register``.
 """
 
 from collections.abc import Callable
@@ -30,6 +31,7 @@ class FileKind:
 
 
 _KINDS: list[FileKind] = []
+_FROM_RESULTS: dict = {}  # result kind name -> the (StoreKind, describe) its FileKind was built from
 
 
 class UnknownKind(UsageError):
@@ -43,8 +45,9 @@ def register(kind: FileKind) -> FileKind:
 
 
 def kinds() -> list[FileKind]:
-    """Return the registered kinds (record, patching, ablation, trace and any added later)."""
+    """Return the registered kinds (record, trace, the registered result kinds and any added later)."""
     _register_builtin()
+    _register_result_kinds()
     return list(_KINDS)
 
 
@@ -93,17 +96,25 @@ def _register_builtin() -> None:
         return
     from mdlm_interp.store import summary
     from mdlm_interp.store.integrity import check_store
-    from mdlm_interp.store.layout import result_layout
-    from mdlm_interp.store.results import KINDS as RESULT_KINDS
 
     register(FileKind("record", lambda f: "store_kind" not in f.attrs and "n_rows_done" in f.attrs,
                       check_store, summary.describe_record))
-    for name, kind in RESULT_KINDS.items():
+    register(FileKind("trace", _is_trace, lambda file, path: check_layout(file, path, TRACE), summary.describe_trace))
+
+
+def _register_result_kinds() -> None:
+    """Add (or renew) a FileKind for every kind in ``store.results``' registry: each claims the files whose
+    ``store_kind`` is its name, checks them against its schema and describes them with its describer."""
+    from mdlm_interp.store.layout import result_layout
+    from mdlm_interp.store.results import result_kinds
+
+    for name, entry in result_kinds().items():
+        if _FROM_RESULTS.get(name) == entry:
+            continue
+        kind, describe = _FROM_RESULTS[name] = entry
         layout = result_layout(kind)
         register(FileKind(name, lambda f, name=name: _text(f.attrs.get("store_kind")) == name,
-                          lambda file, path, layout=layout: check_layout(file, path, layout),
-                          summary.DESCRIBERS[name]))
-    register(FileKind("trace", _is_trace, lambda file, path: check_layout(file, path, TRACE), summary.describe_trace))
+                          lambda file, path, layout=layout: check_layout(file, path, layout), describe))
 
 
 def _text(value) -> str | None:

@@ -1,11 +1,12 @@
-"""Result stores of the circuit experiments (patching, ablation): schemas as data, writer, reader.
+"""Result stores of experiments: the generic machinery (kinds as data, writer, reader) and the registry of kinds.
 
 A result store is one HDF5 file whose root attribute ``store_kind`` names its kind. Like the record
 store (``schema``), every dataset has one row per experiment unit along its first axis and the
 other axes are named dimensions (``dims``) or literal sizes; ``StoreKind.markdown()`` renders the
-tables that docs/store.md carries verbatim (a test keeps them equal). After changing a kind, paste
-``python -c "from mdlm_interp.store import results; print(results.PATCHING.markdown(), end='')"``
-(and the same for ``ABLATION``) into docs/store.md.
+tables that docs/store.md carries verbatim (a test keeps them equal). The store names no experiment:
+each experiment owns its kind's schema and registers it with ``register_result_kind`` (the circuit
+experiments' in ``circuits/schemas.py``, which ``import mdlm_interp`` loads), and every reader
+(``open_results``, ``result_kind``, ``store.kinds``) looks kinds up here.
 
 Result stores are written whole, once the experiment is done: to a temporary file in the output's
 folder, renamed over the output at the end, so an interrupted run leaves nothing half-written. The
@@ -17,16 +18,14 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
-
-import h5py
-import numpy as np
+from typing import TYPE_CHECKING
 
 from mdlm_interp.errors import UsageError
-from mdlm_interp.outputs import staged_path
-from mdlm_interp.store.identity import write_identity
 from mdlm_interp.store.schema import Attr, Field
-from mdlm_interp.store.writer import Provenance, as_rows, check_writable
 from mdlm_interp.version import __version__
+
+if TYPE_CHECKING:  # the writer loads h5py; the kinds as data stay light to import
+    from mdlm_interp.store.writer import Provenance
 
 RESULTS_SCHEMA_VERSION = 1
 
@@ -54,6 +53,11 @@ class StoreKind:
                 return f
         raise KeyError(f"{path!r} is not a dataset of a {self.name} store; known: {[f.path for f in self.data]}")
 
+    def names(self, group: str, suffix: str = "") -> tuple:
+        """Return the names of ``group``'s datasets that end with ``suffix``, without it, in schema order
+        (e.g. the sites a patching store covers: ``names("attribution", "_logit_diff")``)."""
+        return tuple(f.name.removesuffix(suffix) for f in self.data if f.group == group and f.name.endswith(suffix))
+
     @property
     def json_attrs(self) -> tuple:
         """Return the names of the root attributes stored as JSON strings."""
@@ -75,12 +79,8 @@ class StoreKind:
         return "\n".join(lines) + "\n"
 
 
-def _f(group, name, dtype, shape, doc):
-    return Field(group, name, dtype, ("rows",) + tuple(shape), doc)
-
-
 COMMON_ATTRS = (
-    Attr("store_kind", "str", 'what the store holds: "patching" or "ablation"'),
+    Attr("store_kind", "str", "what the store holds: the name of its kind, whose schema this is"),
     Attr("schema_version", "int", f"layout version of this kind (this toolkit writes {RESULTS_SCHEMA_VERSION})"),
     Attr("toolkit_version", "str", "mdlm_interp.__version__ that created the store"),
     Attr("command_line", "str", "the command that created the store"),
@@ -96,119 +96,29 @@ COMMON_ATTRS = (
     Attr("created", "str", "creation time, ISO 8601 UTC"),
 )
 
-SITES = ("resid_pre", "attn_out", "mlp_out", "z")
-SITE_SHAPES = {
-    "resid_pre": ("directions", "layers+1", "groups"),
-    "attn_out": ("directions", "layers", "groups"),
-    "mlp_out": ("directions", "layers", "groups"),
-    "z": ("directions", "layers", "heads", "head_groups"),
-}
-SITE_DOCS = {
-    "resid_pre": "the residual stream entering block l (hook_resid_pre; index layers: the final residual, "
-                 "before ln_final) patched over a position group",
-    "attn_out": "the attention output of block l (hook_attn_out) patched over a position group",
-    "mlp_out": "the MLP output of block l (hook_mlp_out) patched over a position group",
-    "z": "one head's output before the output projection (attn.hook_z) patched at the answer slot, at "
-         "every position with a counterpart, or at the readout position (Dream)",
-}
-
-_PAIR_FIELDS = (
-    _f("pairs", "example", "int64", (), "example index (task index * n + i): the same prompt in both runs"),
-    _f("pairs", "task", "str", (), "task name"),
-    _f("pairs", "answer_id", "int32", (), "token id of the correct answer"),
-    _f("pairs", "wrong_id", "int32", (), "the wrong token of the logit difference (default: the corrupt run's most "
-                                         "probable token other than the answer)"),
-    _f("pairs", "answer_position", "int32", (), "index of the answer slot (the same in both runs)"),
-    _f("pairs", "clean_length", "int32", (), "tokens in the clean run's input"),
-    _f("pairs", "corrupt_length", "int32", (), "tokens in the corrupt run's input"),
-)
-_RUN_FIELDS = tuple(
-    _f("pairs", f"{run}_{name}", dtype, (), f"{doc} in the {run} run")
-    for run in ("clean", "corrupt")
-    for name, dtype, doc in (
-        ("logit_diff", "float32", "logit(answer) - logit(wrong) at the readout position"),
-        ("p_answer", "float32", "p(answer)"),
-        ("predicted_id", "int32", "argmax prediction for the answer slot"),
-        ("correct", "bool", "predicted_id == answer_id"),
-    )
-)
-
-PATCHING = StoreKind(
-    name="patching",
-    rows="prompt pair (the same prompt as a clean and a corrupt run, e.g. 1 against 50 masks)",
-    groups=("pairs", "patching", "attribution"),
-    dims={
-        "directions": "2: clean activations patched into the corrupt run, then corrupt into clean (attribute "
-                      "directions)",
-        "layers": "transformer blocks",
-        "heads": "attention (query) heads per block",
-        "groups": "position groups of the residual sites (attribute position_groups)",
-        "head_groups": "the answer slot, every position with a counterpart, and where the prediction is read "
-                       "before the slot (Dream) the readout position (attribute head_groups)",
-    },
-    data=_PAIR_FIELDS + _RUN_FIELDS + tuple(
-        _f("patching", f"{site}_{metric}", "float32", SITE_SHAPES[site],
-           f"{SITE_DOCS[site]}: {doc} of the patched run" if metric == "logit_diff" else f"{doc} of the patched run")
-        for site in SITES
-        for metric, doc in (("logit_diff", "logit(answer) - logit(wrong) at the readout"), ("p_answer", "p(answer)"))
-    ) + tuple(
-        _f("attribution", f"{site}_logit_diff", "float32", SITE_SHAPES[site],
-           "attribution patching's estimate of patching/" + f"{site}_logit_diff: the receiving run's logit "
-           "difference plus the sum over the group of (donor - receiver activation) . gradient")
-        for site in SITES
-    ),
-    attrs=(
-        Attr("directions", "JSON str", '["clean_into_corrupt", "corrupt_into_clean"]'),
-        Attr("position_groups", "JSON str", 'names along groups: "all", "relevant", "distractor", "query", '
-                                            '"answer", "appended" (only when both runs have tokens after the '
-                                            'slot), "last:1" .. "last:k", "readout" (only where the prediction is '
-                                            'read before the slot, Dream: the readout position)'),
-        Attr("head_groups", "JSON str", '["answer", "all"], then "readout" where the prediction is read before '
-                                        'the slot (Dream)'),
-    ),
-)
-
-_ABLATION_RESULTS = (
-    ("predicted_id", "int32", "argmax prediction for the answer slot"),
-    ("p_answer", "float32", "p(answer)"),
-    ("correct", "bool", "predicted_id == answer_id"),
-)
-
-ABLATION = StoreKind(
-    name="ablation",
-    rows="(example, mask count)",
-    groups=("examples", "ablated", "control"),
-    dims={
-        "modes": 'ablation modes (attribute modes): "attention" (no attention to the masks after the answer slot, '
-                 'renormalised), "zero", "mean" (the head output replaced)',
-        "draws": "random head sets of the control (0 without a control)",
-    },
-    data=(
-        _f("examples", "example", "int64", (),
-           "example index (task index * n + i): the same prompt at every mask count"),
-        _f("examples", "task", "str", (), "task name"),
-        _f("examples", "masks", "int32", (), "n masks at the answer slot (the slot and n - 1 after it)"),
-        _f("examples", "answer_id", "int32", (), "token id of the correct answer"),
-        _f("examples", "input_length", "int32", (), "tokens in the model input"),
-    ) + tuple(_f("examples", name, dtype, (), f"{doc}, without ablation") for name, dtype, doc in _ABLATION_RESULTS)
-    + tuple(_f("ablated", name, dtype, ("modes",), f"{doc}, with the chosen heads ablated")
-            for name, dtype, doc in _ABLATION_RESULTS)
-    + tuple(_f("control", name, dtype, ("draws", "modes"), f"{doc}, with the random heads of each draw ablated")
-            for name, dtype, doc in _ABLATION_RESULTS),
-    attrs=(
-        Attr("heads", "JSON str", 'the ablated heads as "layer.head" strings'),
-        Attr("head_selection", "str", 'how they were chosen: "top:K" or the explicit list'),
-        Attr("ranking", "JSON str", "[layers][heads] mean attention mass from the answer slot on the masks after it "
-                                    "that ranked the heads for top:K (null for an explicit list)"),
-        Attr("modes", "JSON str", "names along modes"),
-        Attr("control_heads", "JSON str", "per draw, the random heads (as many as chosen, none of them)"),
-    ),
-)
-
-KINDS = {kind.name: kind for kind in (PATCHING, ABLATION)}
+_KINDS: dict = {}  # name -> (StoreKind, describe)
 
 
-def write_results(path, kind: StoreKind, columns: dict, *, dims: dict, provenance: Provenance, settings: dict,
+def register_result_kind(kind: StoreKind, describe) -> StoreKind:
+    """Register ``kind`` (replacing one of the same name) with ``describe(path) -> {"kind", "header",
+    "conditions"}``, what ``mdlm-interp summary`` says about a store of it; return the kind."""
+    _KINDS[kind.name] = (kind, describe)
+    return kind
+
+
+def result_kinds() -> dict:
+    """Return the registered result kinds as {name: (StoreKind, describe)}, in registration order."""
+    return dict(_KINDS)
+
+
+def registered_kind(name: str) -> StoreKind:
+    """Return the registered ``StoreKind`` called ``name``; KeyError naming the registered ones otherwise."""
+    if name not in _KINDS:
+        raise KeyError(f"no result kind {name!r} is registered; registered: {sorted(_KINDS)}")
+    return _KINDS[name][0]
+
+
+def write_results(path, kind: StoreKind, columns: dict, *, dims: dict, provenance: "Provenance", settings: dict,
                   attrs: dict, overwrite: bool = False) -> Path:
     """Write a complete result store of ``kind`` to ``path``; return the path.
 
@@ -217,6 +127,13 @@ def write_results(path, kind: StoreKind, columns: dict, *, dims: dict, provenanc
     attributes (JSON ones as Python values). The file is written under a temporary name and renamed
     over ``path`` when complete. Raises ValueError for malformed columns, UsageError for an unusable path.
     """
+    import h5py
+    import numpy as np
+
+    from mdlm_interp.outputs import staged_path
+    from mdlm_interp.store.identity import write_identity
+    from mdlm_interp.store.writer import as_rows, check_writable
+
     path = check_writable(path, overwrite=overwrite)
     expected = {f.path for f in kind.data}
     if set(columns) != expected:
@@ -260,6 +177,8 @@ def write_results(path, kind: StoreKind, columns: dict, *, dims: dict, provenanc
 def result_kind(path) -> str | None:
     """Return the ``store_kind`` of the result store at ``path``, or None for anything else (a record store,
     a file that is not HDF5, a missing path), which ``open_store`` then judges."""
+    import h5py
+
     path = Path(path)
     if not path.is_file() or not h5py.is_hdf5(path):
         return None
@@ -277,6 +196,8 @@ def open_results(path, kind: str | None = None) -> "ResultStore":
     Raises UsageError (one line) for a missing file, a file that is not HDF5, not a result store,
     of another kind or schema version, or missing a dataset of its kind.
     """
+    import h5py
+
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"no store at {path}")
@@ -290,20 +211,20 @@ def open_results(path, kind: str | None = None) -> "ResultStore":
         found = file.attrs.get("store_kind")
         if found is None:
             what = "a record store" if "n_rows_done" in file.attrs else "not an mdlm-interp result store"
-            raise UsageError(f"{path} is {what}; expected a {kind or 'patching or ablation'} store")
+            raise UsageError(f"{path} is {what}; expected a {kind or 'result'} store")
         found = str(found)
-        if found not in KINDS or (kind is not None and found != kind):
+        if found not in _KINDS or (kind is not None and found != kind):
             raise UsageError(f"{path} is a {found} store; expected a {kind} store")
         if int(file.attrs["schema_version"]) != RESULTS_SCHEMA_VERSION:
             raise UsageError(f"{path} has {found} schema version {file.attrs['schema_version']}; this toolkit reads "
                              f"{RESULTS_SCHEMA_VERSION}")
-        for field in KINDS[found].data:
+        for field in _KINDS[found][0].data:
             if field.path not in file:
                 raise UsageError(f"{path} is damaged: {field.path} is missing")
     except BaseException:
         file.close()
         raise
-    return ResultStore(file, path, KINDS[found])
+    return ResultStore(file, path, _KINDS[found][0])
 
 
 class ResultStore:
@@ -313,7 +234,7 @@ class ResultStore:
     n_rows: rows per dataset.
     """
 
-    def __init__(self, file: h5py.File, path: Path, kind: StoreKind):
+    def __init__(self, file, path: Path, kind: StoreKind):
         self.file = file
         self.path = path
         self.kind = kind
@@ -322,7 +243,7 @@ class ResultStore:
         self.dims = self.attrs["dims"]
         self.n_rows = int(self.attrs["n_rows"])
 
-    def array(self, name: str) -> np.ndarray:
+    def array(self, name: str) -> "numpy.ndarray":
         """Return dataset "group/name" as a numpy array [rows, ...] (str datasets: an object array of str)."""
         field = self.kind.field(name)
         dataset = self.file[name]
@@ -337,7 +258,7 @@ class ResultStore:
 
     @cached_property
     def examples(self):
-        """Return the per-row DataFrame: /pairs of a patching store, /examples of an ablation store."""
+        """Return the per-row DataFrame: the datasets of the kind's first group (one row per unit)."""
         return self.frame(self.kind.groups[0])
 
     def close(self) -> None:
@@ -352,4 +273,6 @@ class ResultStore:
 
 
 def _plain(value):
+    import numpy as np
+
     return value.item() if isinstance(value, np.generic) else value

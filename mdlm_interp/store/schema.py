@@ -8,8 +8,6 @@ docs/store.md carries verbatim (a test keeps the two equal); after changing them
 
 from dataclasses import dataclass
 
-import h5py
-import numpy as np
 
 SCHEMA_VERSION = 1
 
@@ -53,8 +51,10 @@ class Field:
         return self.dtype.startswith("vlen ")
 
     @property
-    def numpy_dtype(self) -> np.dtype:
+    def numpy_dtype(self) -> "numpy.dtype":
         """Return the numpy dtype of one element (of the per-row arrays for vlen; object for str)."""
+        import numpy as np
+
         if self.dtype == "str":
             return np.dtype(object)
         return np.dtype(self.dtype.removeprefix("vlen "))
@@ -62,6 +62,8 @@ class Field:
     @property
     def h5_dtype(self):
         """Return the dtype to create the HDF5 dataset with (h5py special dtypes for str and vlen)."""
+        import h5py
+
         if self.dtype == "str":
             return h5py.string_dtype("utf-8")
         if self.vlen:

@@ -5,8 +5,9 @@ import pytest
 
 from mdlm_interp.analyses.ablation import ablation_effects
 from mdlm_interp.analyses.stats import wilson_interval
+from mdlm_interp.circuits.schemas import ABLATION
 from mdlm_interp.store import Provenance
-from mdlm_interp.store.results import ABLATION, open_results, write_results
+from mdlm_interp.store.results import open_results, write_results
 
 
 def write(path, base, chosen, control):

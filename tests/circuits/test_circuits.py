@@ -26,11 +26,12 @@ from mdlm_interp.circuits.ablation import (
     run_ablation,
 )
 from mdlm_interp.circuits.patching import run_patching
+from mdlm_interp.circuits.schemas import ABLATION, PATCHING
 from mdlm_interp.errors import UsageError
 from mdlm_interp.hooks.interventions import patch_positions, remove_attention_to_keys, replace_head_output
 from mdlm_interp.record import Condition, RecordConfig, plan_prompts, record, subject_from
 from mdlm_interp.store import Provenance, open_store
-from mdlm_interp.store.results import ABLATION, PATCHING, open_results, write_results
+from mdlm_interp.store.results import open_results, write_results
 from mdlm_interp.tasks import PromptConfig, sample_prompt, single_token_words, tokenize_prompt
 
 from cli_run import run_cli

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from mdlm_interp.analyses.patching import attribution_agreement, patching
+from mdlm_interp.circuits.schemas import PATCHING
 from mdlm_interp.store import Provenance
-from mdlm_interp.store.results import PATCHING, open_results, write_results
+from mdlm_interp.store.results import open_results, write_results
 
 DIMS = {"directions": 2, "layers": 2, "heads": 2, "groups": 2, "head_groups": 2}
 CLEAN, CORRUPT = [2.0, 4.0], [1.0, -1.0]  # means 3 and 0: recovery = patched / 3

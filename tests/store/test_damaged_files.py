@@ -14,10 +14,10 @@ from cli_run import run_cli
 from synthetic_stores import write_store
 from synthetic_results import BASE, ablation_store, patching_store
 
+from mdlm_interp.circuits.schemas import ABLATION, PATCHING
 from mdlm_interp.store import schema
 from mdlm_interp.store.kinds import TRACE
 from mdlm_interp.store.layout import result_layout
-from mdlm_interp.store.results import ABLATION, PATCHING
 
 def trace_file(path):
     """Write a decode trace as ``generate --trace`` does: 3 steps, 2 prompts, 6 positions."""
