@@ -7,7 +7,7 @@ import numpy as np
 from mdlm_interp.analyses.data import SETTING, Skip
 from mdlm_interp.analyses.decode import token_text, tokenizer_for
 from mdlm_interp.analyses.grouped import clean_types, masks_text, slug
-from mdlm_interp.analyses.plotting import new_figure
+from mdlm_interp.analyses.plotting import figure_title, new_figure
 from mdlm_interp.analyses.registry import Analysis, FigureOut
 from mdlm_interp.analyses.stats import wilson_interval
 
@@ -116,7 +116,7 @@ def figures(tables: dict) -> list:
         ax.set_title(model, fontsize=10)
         ax.legend(fontsize=6.5, loc="lower left")
     axes[0, 0].set_ylabel("share of prompts")
-    figure.suptitle(f"What the model predicts, {n_relevant} relevant + {n_distractor} distractor, {placement}")
+    figure.suptitle(figure_title(models, "what the model predicts", n_relevant, n_distractor, placement, kinds["n"]))
     return [FigureOut(
         f"wrong_predictions_r{n_relevant}_d{n_distractor}_{slug(placement)}", figure,
         f"Share of prompts answered correctly and of the most frequent wrong predictions (decoded) at each number "
