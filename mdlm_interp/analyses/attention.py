@@ -163,11 +163,17 @@ def figure_layers(layers, condition) -> FigureOut:
 
 
 def figures(tables: dict) -> list:
-    """Heatmaps at the main condition's largest mask count and per-layer curves against masks."""
+    """Heatmaps at the main condition's largest mask count and per-layer curves against masks (only with two
+    counts above 1 at least: no axis around a single x value)."""
     condition = main_condition(tables["attention_summary"])
     if condition is None:
         return []
-    return [figure_heads(tables["attention_heads"], condition), figure_layers(tables["attention_layers"], condition)]
+    summary = tables["attention_summary"]
+    n_relevant, n_distractor, placement, _ = condition
+    counts = summary.loc[(summary["n_relevant"] == n_relevant) & (summary["n_distractor"] == n_distractor)
+                         & (summary["placement"] == placement) & (summary["masks"] > 1), "masks"].nunique()
+    drawn = [figure_heads(tables["attention_heads"], condition)]
+    return drawn + ([figure_layers(tables["attention_layers"], condition)] if counts >= 2 else [])
 
 
 def paragraph(tables: dict) -> str:

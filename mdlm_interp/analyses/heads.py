@@ -32,8 +32,9 @@ def head_ranking(recordings, masks: int | None = None, seed: int = BOOTSTRAP_SEE
 
     Columns: the keys, masks (the count ranked at: ``masks``, default the largest recorded above 1),
     rank (1 = most mass), head_label ("L.H"), layer, head, n (prompts paired with masks 1), mask_mass
-    (attention from the readout position on the masks after the answer slot) with mask_mass_low / mask_mass_high (95% bootstrap over prompts), filler_mass (NaN without the
-    filler control), rho (Spearman of mass with p(answer at 1 mask) - p(answer at ``masks``)) with
+    (attention from the readout position on the masks after the answer slot) with mask_mass_low /
+    mask_mass_high (95% bootstrap over prompts), filler_mass (NaN without the filler control), rho
+    (Spearman of mass with p(answer at 1 mask) - p(answer at ``masks``)) with
     rho_low / rho_high (bootstrap), p_permutation (two-sided, ``resamples`` shuffles) and p_adjusted
     (``stats.holm`` over the heads of the group). Raises ``Skip`` when no group has rows at masks 1 and
     at a larger count on the same prompts.
@@ -133,9 +134,10 @@ def ranking_figure(ranking, top: int | None = None) -> FigureOut:
     name = (f"head_ranking_{slug(str(first['model']))}_r{first['n_relevant']}_d{first['n_distractor']}_"
             f"{slug(first['placement'])}_m{first['masks']}")
     caption = (f"Heads of {first['model']} ordered by the attention mass the readout position ({READOUT_WHERE}) "
-               f"puts on the masks after the answer slot at {first['masks']} masks (bars, 95% bootstrap intervals; grey: the same head on the fillers of the "
-               f"filler control), and the rank correlation across prompts of that mass with the loss of p(answer) "
-               f"against 1 mask on the same prompt (dots, 95% bootstrap intervals).")
+               f"puts on the masks after the answer slot at {first['masks']} masks (bars, 95% bootstrap intervals; "
+               f"grey: the same head on the fillers of the filler control), and the rank correlation across prompts "
+               f"of that mass with the loss of p(answer) against 1 mask on the same prompt (dots, 95% bootstrap "
+               f"intervals).")
     return FigureOut(name, figure, caption)
 
 

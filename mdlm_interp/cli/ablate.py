@@ -10,10 +10,10 @@ def add_parser(subparsers) -> None:
         help="ablate the heads that attend to the masks and compare with random heads",
         description="Evaluate the task prompts at each mask count without ablation and with the chosen heads "
         "ablated: 'attention' removes attention to the masks after the answer slot (from every query, or with "
-        "--positions readout only from the readout position) and renormalises over the remaining keys; 'zero' and 'mean' replace the head's output (hook_z) by zeros or "
-        "by its mean over the evaluated prompts. The control ablates as many random heads (among the others), "
-        "over several seeded draws. Writes an HDF5 ablation store (docs/store.md) and prints accuracy with 95% "
-        "intervals and p(answer) per setting.",
+        "--positions readout only from the readout position) and renormalises over the remaining keys; 'zero' "
+        "and 'mean' replace the head's output (hook_z) by zeros or by its mean over the evaluated prompts. The "
+        "control ablates as many random heads (among the others), over several seeded draws. Writes an HDF5 "
+        "ablation store (docs/store.md) and prints accuracy with 95% intervals and p(answer) per setting.",
     )
     add_model_flags(parser, diffusion_only=True)
     add_plan_flags(parser, n=10, n_help="prompts per task (default 10)",
@@ -66,7 +66,8 @@ def run(args) -> int:
     lm = load_model_from(args)
     out = run_ablation(lm, plan, args.heads, out=args.out, modes=args.modes,
                        control_draws=args.control_draws if args.control == "random" else 0,
-                       batch_size=args.batch_size, positions=args.positions, overwrite=args.overwrite, progress=not args.no_progress,
+                       batch_size=args.batch_size, positions=args.positions, overwrite=args.overwrite,
+                       progress=not args.no_progress,
                        command_line=args.command_line)
     print(report(out, figure=args.figure))
     return 0

@@ -97,6 +97,9 @@ def test_attention_figures_on_a_dream_store_name_the_readout_position_and_intege
     # masks 3 and 6 only above 1: two x values are points, not a line
     assert lined(layers_figure.figure) == []
     assert any("readout position" in name for name in shown(tables))
+    # one count above 1 (masks 1 and 6): no per-layer curves around a single x value
+    one = ANALYSIS.figures(ANALYSIS.tables(load([dream_store(tmp_path, "one.h5", rows(masks=(1, 6)))])))
+    assert [f.name for f in one] == ["attention_heads_r2_d4_random_m6"]
 
 
 def test_attribution_lens_and_wrong_prediction_titles_name_model_n_and_condition(tmp_path):

@@ -84,7 +84,8 @@ def test_readout_positions_on_organism_llada_equal_removing_at_the_answer_slot_b
              for name, hooks in (("readout", readout), ("hand", hand), ("none", []),
                                  ("everywhere", ablation_hooks("attention", heads, masks)))}
     torch.testing.assert_close(final["readout"], final["hand"], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(predict(lm.model, batch, readout)["p_answer"], predict(lm.model, batch, hand)["p_answer"])
+    torch.testing.assert_close(predict(lm.model, batch, readout)["p_answer"],
+                               predict(lm.model, batch, hand)["p_answer"])
     # an intervention that did something, and not the same as removing it from every query
     assert not torch.allclose(final["readout"], final["none"], atol=1e-4)
     assert not torch.allclose(final["readout"], final["everywhere"], atol=1e-4)
