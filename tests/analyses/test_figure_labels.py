@@ -20,7 +20,7 @@ def rows(masks=(1, 3, 6), n=4, **extra):
         for prompt in range(n):
             for m in masks:
                 out.append({"task": task, "prompt": prompt, "masks": m, "correct": m == 1 or prompt % 2 == 0,
-                            "p_answer": 0.9 - 0.1 * m + 0.01 * prompt,
+                            "p_answer": 0.9 - 0.1 * m + 0.01 * prompt, "grad_mask": 0.1 + 0.05 * prompt,
                             "from_answer": np.full((LAYERS, HEADS), 0.05 * m + 0.01 * prompt), **extra})
     return out
 
@@ -120,9 +120,13 @@ def test_two_mask_counts_draw_no_attribution_line_and_lens_lines_span_the_layers
     attribution, lens = modules("attribution", "lens")
 
     recordings = load([dream_store(tmp_path, store_rows=rows(masks=(1, 6)))])
-    drawn = attribution.ANALYSIS.figures(attribution.ANALYSIS.tables(recordings))
+    table = attribution.ANALYSIS.tables(recordings)["attribution"].sort_values("masks")
+    drawn = attribution.ANALYSIS.figures({"attribution": table})
     assert drawn and lined(drawn[0].figure) == []
-    assert any(container.has_yerr for ax in drawn[0].figure.axes for container in ax.containers)
+    # the bars are the 95% interval of the mean (not the sd), read back from the drawn segments
+    container = next(c for c in drawn[0].figure.axes[0].containers if c.get_label() == "mask tokens")
+    bounds = np.array([[segment[0][1], segment[1][1]] for segment in container.lines[2][0].get_segments()])
+    np.testing.assert_allclose(bounds, table[["mask_low", "mask_high"]].to_numpy(float), rtol=1e-6)
     lens_figure = lens.ANALYSIS.figures(lens.ANALYSIS.tables(recordings))[0]
     joined = lined(lens_figure.figure)
     assert joined and all(len(line.get_xdata()) == LAYERS + 1 for line in joined)  # embeddings + each block
