@@ -116,6 +116,18 @@ def test_attribution_lens_and_wrong_prediction_titles_name_model_n_and_condition
             assert "n = 8 per condition" in text
 
 
+def test_wrong_predictions_carry_the_wilson_interval_of_the_share_correct(tmp_path):
+    from mdlm_interp.analyses.stats import wilson_interval
+
+    (wrong_predictions,) = modules("wrong_predictions")
+    drawn = wrong_predictions.ANALYSIS.figures(wrong_predictions.ANALYSIS.tables(load([dream_store(tmp_path)])))
+    (container,) = [c for c in drawn[0].figure.axes[0].containers if getattr(c, "has_yerr", False)]
+    bounds = np.array([[segment[0][1], segment[1][1]] for segment in container.lines[2][0].get_segments()])
+    # masks 1: all 8 correct; masks 3 and 6: the 4 even prompts
+    expected = np.stack(wilson_interval(np.array([8, 4, 4]), np.array([8, 8, 8])), 1)
+    np.testing.assert_allclose(bounds, expected, atol=1e-9)
+
+
 def test_two_mask_counts_draw_no_attribution_line_and_lens_lines_span_the_layers(tmp_path):
     attribution, lens = modules("attribution", "lens")
 
