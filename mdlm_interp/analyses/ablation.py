@@ -10,13 +10,16 @@ ablation a paired bootstrap over the same prompts.
 import numpy as np
 
 from mdlm_interp.analyses.grouped import masks_text, slug
-from mdlm_interp.analyses.plotting import error_bars, new_figure
+from mdlm_interp.analyses.plotting import error_bars, figure_title, new_figure
 from mdlm_interp.analyses.registry import Analysis, FigureOut
 from mdlm_interp.analyses.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, resample_weights, wilson_interval
 from mdlm_interp.store.identity import read_identity
 from mdlm_interp.store.results import open_results
 
 COLOURS = {"none": "black", "chosen": "tab:red", "control": "tab:grey"}
+POSITION_TEXT = {"all": "from every query",
+                 "readout": "from the readout position only (the answer slot for LLaDA, the position before it "
+                            "for Dream)"}
 LABELS = {"chosen": "chosen heads", "control": "random heads, pooled over draws"}
 
 
@@ -27,7 +30,9 @@ def ablation_effects(store, seed: int = BOOTSTRAP_SEED, resamples: int = BOOTSTR
     pooled over draws). Columns: masks, setting, mode, heads, n, accuracy with ci_low / ci_high
     (Wilson; for the control over its n x draws answers), p_answer,
     delta_accuracy (against "none" on the same prompts) with delta_low / delta_high (95% paired
-    bootstrap), and for the control draw_min and draw_max (the lowest and highest single-draw accuracy).
+    bootstrap), for the control draw_min and draw_max (the lowest and highest single-draw accuracy), and
+    positions: the queries whose attention to the masks mode "attention" removed ("all", or "readout": only
+    the readout position, the answer slot for LLaDA and the position before it for Dream).
     """
     import pandas as pd
 
@@ -37,6 +42,7 @@ def ablation_effects(store, seed: int = BOOTSTRAP_SEED, resamples: int = BOOTSTR
     control = {name: store.array(f"control/{name}") for name in ("correct", "p_answer")}
     n_draws = store.dims["draws"]
     chosen = ",".join(store.attrs["heads"])
+    positions = store.attrs["settings"].get("positions", "all")
     rows = []
     for masks in sorted(set(examples["masks"])):
         selected = np.flatnonzero(examples["masks"].to_numpy() == masks)
@@ -54,7 +60,7 @@ def ablation_effects(store, seed: int = BOOTSTRAP_SEED, resamples: int = BOOTSTR
                          "delta_accuracy": accuracy - float(base.mean()), "delta_low": float(np.percentile(delta, 2.5)),
                          "delta_high": float(np.percentile(delta, 97.5)),
                          "draw_min": np.nan if draws is None else float(draws.min()),
-                         "draw_max": np.nan if draws is None else float(draws.max())})
+                         "draw_max": np.nan if draws is None else float(draws.max()), "positions": positions})
 
         row("none", "-", "", base, examples["p_answer"].to_numpy()[selected])
         for m, mode in enumerate(modes):
@@ -84,8 +90,10 @@ def ablation(paths) -> dict:
 def ablation_figure(frame, model: str = "", selection: str = "") -> FigureOut:
     """Return accuracy (95% intervals) per ablation mode, one panel per mask count, for one store's ``frame``
     (``ablation_effects``): no ablation (band), the chosen heads, and the random heads pooled over draws
-    (a thin line: the range of single draws); ``model`` and ``selection`` label it."""
-    title = f" ({model}, {selection})" if model else ""
+    (a thin line: the range of single draws); ``model`` and ``selection`` label it, the title says from which
+    queries mode "attention" removed the attention to the masks (``frame``'s positions)."""
+    title = f" ({selection})" if selection else ""
+    positions = frame["positions"].iloc[0] if "positions" in frame else "all"
     masks = sorted(set(frame["masks"]))
     modes = [m for m in dict.fromkeys(frame["mode"]) if m != "-"]
     figure, axes = new_figure(1, len(masks), width=1.8 + 1.3 * len(modes), height=3.8, sharey=True)
@@ -113,11 +121,13 @@ def ablation_figure(frame, model: str = "", selection: str = "") -> FigureOut:
     axes[0, 0].set_ylabel("accuracy")
     axes[0, 0].legend(fontsize=7)
     heads = part["heads"][part["setting"] == "chosen"].iloc[0] if (part["setting"] == "chosen").any() else ""
-    figure.suptitle(f"Ablating heads {heads}{title} against random heads")
+    where = f"'attention' removes attention to the masks {POSITION_TEXT[positions]}"
+    figure.suptitle(figure_title([model] if model else [], f"ablating heads {heads}{title} against random heads",
+                                 n=frame["n"], per="mask count") + f"\n({where})", fontsize=10)
     caption = (f"Accuracy with heads {heads} ablated (red) and with as many random heads (grey, pooled over draws; "
                f"thin line: the range of single draws), per ablation mode: 'attention' removes attention to the masks "
-               f"after the answer slot (renormalised), 'zero' and 'mean' replace the head's output; the band is "
-               f"accuracy without ablation. 95% intervals.")
+               f"after the answer slot {POSITION_TEXT[positions]} (renormalised), 'zero' and 'mean' replace the "
+               f"head's output; the band is accuracy without ablation. 95% intervals.")
     return FigureOut(f"ablation_{slug(model)}_{slug(selection)}" if model else "ablation", figure, caption)
 
 

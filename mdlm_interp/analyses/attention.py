@@ -1,6 +1,7 @@
-"""Attention to masks per layer x head: the attention mass that the answer position and the context
-put on the masks after the answer slot (or, in the filler control, on the fillers), and how the
-answer position's attention to the relevant examples changes against 1 mask (paired by prompt).
+"""Attention to masks per layer x head: the attention mass that the readout position (the row that
+predicts the answer: the answer slot for LLaDA, the position before it for Dream) and the context put
+on the masks after the answer slot (or, in the filler control, on the fillers), and how the readout
+position's attention to the relevant examples changes against 1 mask (paired by prompt).
 
 At 1 mask no token follows the answer slot, so mass on masks is 0 there by definition; the change
 against 1 mask is therefore measured on what the masks take attention away from: the relevant examples.
@@ -10,7 +11,8 @@ import numpy as np
 
 from mdlm_interp.analyses.data import PAIR, SETTING, Skip
 from mdlm_interp.analyses.grouped import clean_types, matching, slug
-from mdlm_interp.analyses.plotting import FILLER_STYLE, masks_axis, new_figure
+from mdlm_interp.analyses.plotting import (FILLER_STYLE, MASK_STYLE, figure_title, integer_head_axes, line_with_band,
+                                          masks_axis, new_figure)
 from mdlm_interp.analyses.registry import Analysis, FigureOut
 from mdlm_interp.analyses.stats import bootstrap_mean
 
@@ -28,8 +30,8 @@ def attention(recordings) -> dict:
     """Return {"attention_heads", "attention_layers", "attention_summary"}: one row per condition (KEYS) and
     per layer x head, per layer (mean over heads), or overall (mean over layers and heads).
 
-    Columns: n, then for from_answer (mass from the answer readout position on the tokens after the answer
-    slot), from_context (the same from each context position, averaged), relevant (mass from the answer
+    Columns: n, then for from_answer (mass from the readout position on the tokens after the answer
+    slot), from_context (the same from each context position, averaged), relevant (mass from the readout
     position on the relevant examples) and relevant_delta (relevant minus relevant at 1 mask on the same
     prompt; n_pairs prompts) the mean with bootstrap bounds ``<name>_low`` / ``<name>_high``.
     Diffusion models only (masks >= 1); layers count from 0."""
@@ -115,18 +117,21 @@ def figure_heads(heads, condition) -> FigureOut:
             ax.set_title(f"{model}\n{title}" if j == 0 else title, fontsize=8)
             ax.set_xlabel("head")
             ax.set_ylabel("layer")
+            integer_head_axes(ax, grid.shape[0], grid.shape[1])
             figure.colorbar(image, ax=ax, shrink=0.8, label="attention mass" if not delta else "change in mass")
-    figure.suptitle(f"Attention at {masks} masks ({n_relevant} relevant + {n_distractor} distractor, {placement})")
+    figure.suptitle(figure_title(models, f"attention at {masks} masks", n_relevant, n_distractor, placement,
+                                 rows["n"]))
     return FigureOut(
         f"attention_heads_r{n_relevant}_d{n_distractor}_{slug(placement)}_m{masks}", figure,
-        f"Attention mass per layer (rows) and head (columns) at {masks} masks: from the answer position and "
+        f"Attention mass per layer (rows) and head (columns) at {masks} masks: from the readout position (the "
+        f"answer slot for LLaDA, the position before it for Dream) and "
         f"(averaged) from the context positions onto the masks after the answer slot, the same onto the fillers of "
-        f"the filler control, and the change of the answer position's attention to the relevant examples against "
+        f"the filler control, and the change of the readout position's attention to the relevant examples against "
         f"1 mask on the same prompts (red: more, blue: less).")
 
 
 def figure_layers(layers, condition) -> FigureOut:
-    """Mass from the answer position on the masks (mean over heads) against masks, a line per layer."""
+    """Mass from the readout position on the masks (mean over heads) against masks, a line per layer."""
     n_relevant, n_distractor, placement, _ = condition
     rows = layers[(layers["n_relevant"] == n_relevant) & (layers["n_distractor"] == n_distractor)
                   & (layers["placement"] == placement) & (layers["masks"] > 1)]
@@ -140,29 +145,35 @@ def figure_layers(layers, condition) -> FigureOut:
         for (layer, filler), group in rows[rows["model"] == model].groupby(["layer", "filler"]):
             group = group.sort_values("masks")
             color = cmap(layer / max(n_layers - 1, 1))
-            ax.plot(group["masks"], group["from_answer"], FILLER_STYLE if filler else "-", color=color,
-                    marker="s" if filler else "o", markersize=3, label=f"layer {layer}" if not filler else None)
-            ax.fill_between(group["masks"], group["from_answer_low"], group["from_answer_high"], color=color,
-                            alpha=0.12, linewidth=0)
+            line_with_band(ax, group["masks"], group["from_answer"], group["from_answer_low"],
+                           group["from_answer_high"], color, style=FILLER_STYLE if filler else MASK_STYLE,
+                           marker="s" if filler else "o", label=f"layer {layer}" if not filler else None)
         masks_axis(ax, sorted(rows["masks"].unique()))
         ax.set_title(model, fontsize=10)
         ax.grid(alpha=0.3)
         if n_layers <= 12:
             ax.legend(fontsize=6.5, title="solid: masks, dashed: fillers", title_fontsize=6.5)
-    axes[0, 0].set_ylabel("attention from the answer position\non the tokens after it (mean over heads)")
+    axes[0, 0].set_ylabel("attention from the readout position\non the tokens after the answer slot\n(mean over heads)")
+    figure.suptitle(figure_title(models, "attention per layer", n_relevant, n_distractor, placement, rows["n"]))
     return FigureOut(
         f"attention_layers_r{n_relevant}_d{n_distractor}_{slug(placement)}", figure,
-        f"Attention mass from the answer position onto the masks after the answer slot (solid) or onto the "
+        f"Attention mass from the readout position onto the masks after the answer slot (solid) or onto the "
         f"fillers (dashed), mean over heads, against the number of masks, one line per layer "
         f"({n_relevant} relevant + {n_distractor} distractor, {placement}); bands are bootstrap 95% intervals.")
 
 
 def figures(tables: dict) -> list:
-    """Heatmaps at the main condition's largest mask count and per-layer curves against masks."""
+    """Heatmaps at the main condition's largest mask count and per-layer curves against masks (only with two
+    counts above 1 at least: no axis around a single x value)."""
     condition = main_condition(tables["attention_summary"])
     if condition is None:
         return []
-    return [figure_heads(tables["attention_heads"], condition), figure_layers(tables["attention_layers"], condition)]
+    summary = tables["attention_summary"]
+    n_relevant, n_distractor, placement, _ = condition
+    counts = summary.loc[(summary["n_relevant"] == n_relevant) & (summary["n_distractor"] == n_distractor)
+                         & (summary["placement"] == placement) & (summary["masks"] > 1), "masks"].nunique()
+    drawn = [figure_heads(tables["attention_heads"], condition)]
+    return drawn + ([figure_layers(tables["attention_layers"], condition)] if counts >= 2 else [])
 
 
 def paragraph(tables: dict) -> str:
@@ -177,7 +188,7 @@ def paragraph(tables: dict) -> str:
     parts = []
     for model, group in pick(summary).groupby("model", sort=False):
         plain = group[~group["filler"]].iloc[0]
-        text = (f"{model}: the answer position puts {fmt(plain, 'from_answer')} of its attention (mean over layers "
+        text = (f"{model}: the readout position puts {fmt(plain, 'from_answer')} of its attention (mean over layers "
                 f"and heads) on the masks")
         filler = group[group["filler"]]
         if len(filler):
@@ -211,7 +222,7 @@ def shown(tables: dict) -> dict:
     top = heads.sort_values("from_answer", ascending=False).groupby("model", sort=False).head(10)
     columns = SETTING + ["placement", "masks", "layer", "head", "n", "from_answer", "from_context", "relevant_delta"]
     return {"Mean over layers and heads": summary,
-            "The ten heads per model that put most attention from the answer position on masks": top[columns]}
+            "The ten heads per model that put most attention from the readout position on masks": top[columns]}
 
 
 ANALYSIS = Analysis(

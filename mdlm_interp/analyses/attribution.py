@@ -5,7 +5,7 @@ mean and sd over prompts, per model and mask count."""
 
 from mdlm_interp.analyses.data import SETTING, Skip
 from mdlm_interp.analyses.grouped import clean_types, slug
-from mdlm_interp.analyses.plotting import masks_axis, new_figure
+from mdlm_interp.analyses.plotting import MIN_TREND, error_bars, figure_title, masks_axis, new_figure
 from mdlm_interp.analyses.registry import Analysis, FigureOut
 from mdlm_interp.analyses.stats import bootstrap_mean
 
@@ -77,7 +77,9 @@ def figures(tables: dict) -> list:
                         continue
                     x = part["masks"].clip(lower=1)
                     label = f"{title}" + (" (filler control)" if filler else "")
-                    ax.errorbar(x, part[span], yerr=part[f"{span}_sd"], linestyle=SPAN_STYLES[column],
+                    trend = x.nunique() >= MIN_TREND  # fewer x values are points, not a line
+                    ax.errorbar(x, part[span], yerr=error_bars(part[span], part[f"{span}_low"], part[f"{span}_high"]),
+                                linestyle=SPAN_STYLES[column] if trend else "none",
                                 marker="s" if filler else "o", markersize=3.5, capsize=2, label=label,
                                 color=SPAN_COLORS[column], alpha=0.45 if filler else 1.0)
             ax.set_yscale("log")
@@ -87,11 +89,13 @@ def figures(tables: dict) -> list:
             ax.set_title(model, fontsize=10)
             ax.grid(alpha=0.3, which="both")
             ax.legend(fontsize=6.5)
-        axes[0, 0].set_ylabel("normalised gradient per token (mean ± sd)")
-        figure.suptitle(f"Gradient attribution, {n_relevant} relevant + {n_distractor} distractor, {placement}")
+        axes[0, 0].set_ylabel("normalised gradient per token\n(mean, 95% interval)")
+        figure.suptitle(figure_title(models, "gradient attribution", n_relevant, n_distractor, placement,
+                                     setting["n"]))
         out.append(FigureOut(
             f"attribution_r{n_relevant}_d{n_distractor}_{slug(placement)}", figure,
-            f"Mean normalised gradient per token (error bars: sd over prompts; log scale) on the mask tokens, the "
+            f"Mean normalised gradient per token (error bars: bootstrap 95% interval of the mean; the sd over prompts "
+            f"is in the table; log scale) on the mask tokens, the "
             f"last 50 non-mask tokens and all non-mask tokens against the number of masks ({n_relevant} relevant + "
             f"{n_distractor} distractor, {placement}); faded: the filler control, whose fillers take the masks' "
             f"place."))

@@ -6,7 +6,7 @@ import numpy as np
 
 from mdlm_interp.analyses.data import PAIR, Skip
 from mdlm_interp.analyses.grouped import clean_types, masks_text
-from mdlm_interp.analyses.plotting import error_bars, masks_axis, model_colors, new_figure
+from mdlm_interp.analyses.plotting import error_bars, figure_title, line_with_band, masks_axis, model_colors, new_figure
 from mdlm_interp.analyses.registry import Analysis, FigureOut
 from mdlm_interp.analyses.stats import bootstrap_correlation, independent_difference, paired_difference
 
@@ -107,8 +107,7 @@ def figures(tables: dict) -> list:
                              label=f"{model}, {masks_text(masks)}")
             line = correlation[(correlation["model"] == model) & (correlation["n_relevant"] == n_relevant)
                                & (correlation["n_distractor"] == n_distractor)].sort_values("masks")
-            trend.plot(line["masks"], line["pearson"], "-o", markersize=3.5, color=colors[model], label=model)
-            trend.fill_between(line["masks"], line["low"], line["high"], color=colors[model], alpha=0.15, linewidth=0)
+            line_with_band(trend, line["masks"], line["pearson"], line["low"], line["high"], colors[model], label=model)
         scatter.set_xlabel("context benefit: accuracy with - without\nrelevant examples (1 mask)")
         scatter.set_ylabel("mask drop: accuracy at 1 mask - at M masks")
         scatter.axhline(0, color="grey", linewidth=0.6)
@@ -121,7 +120,8 @@ def figures(tables: dict) -> list:
         trend.set_ylim(-1.05, 1.05)
         trend.grid(alpha=0.3)
         trend.legend(fontsize=7)
-        figure.suptitle(f"Context benefit against mask drop, {n_relevant} relevant + {n_distractor} distractor")
+        figure.suptitle(figure_title(colors, "context benefit against mask drop", n_relevant, n_distractor, BASELINE,
+                                     setting["n_with"], per="task"))
         out.append(FigureOut(
             f"context_benefit_r{n_relevant}_d{n_distractor}", figure,
             f"Left: per task, the accuracy gained from {n_relevant} relevant examples (against none, {n_distractor} "

@@ -1,7 +1,8 @@
-"""Head ranking: which heads look at the masks from the answer slot, and does that go with the loss?
+"""Head ranking: which heads look at the masks from the readout position, and does that go with the loss?
 
 Record stores with attention at masks 1 and at a larger count. Per model, setting and placement,
-heads are ordered by their mean attention mass from the answer readout on the masks after the answer
+heads are ordered by their mean attention mass from the readout position (the row that predicts the
+answer: the answer slot for LLaDA, the position before it for Dream) on the masks after the answer
 slot (``attention/mask_mass_from_answer``) at the largest mask count (or the one asked for). Per
 head, the Spearman rank correlation across prompts between that mass and the loss of p(answer)
 against the same prompt at masks 1 (paired by the pairing key) says whether the prompts on which a
@@ -20,7 +21,8 @@ from mdlm_interp.analyses.plotting import error_bars, new_figure
 from mdlm_interp.analyses.registry import Analysis, FigureOut
 from mdlm_interp.analyses.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, holm, spearman
 
-MASS = "attention/mask_mass_from_answer"
+MASS = "attention/mask_mass_from_answer"  # read from the readout position (hooks/recorders.py)
+READOUT_WHERE = "the answer slot for LLaDA, the position before it for Dream"
 KEYS = SETTING + ["placement"]
 
 
@@ -30,8 +32,9 @@ def head_ranking(recordings, masks: int | None = None, seed: int = BOOTSTRAP_SEE
 
     Columns: the keys, masks (the count ranked at: ``masks``, default the largest recorded above 1),
     rank (1 = most mass), head_label ("L.H"), layer, head, n (prompts paired with masks 1), mask_mass
-    with mask_mass_low / mask_mass_high (95% bootstrap over prompts), filler_mass (NaN without the
-    filler control), rho (Spearman of mass with p(answer at 1 mask) - p(answer at ``masks``)) with
+    (attention from the readout position on the masks after the answer slot) with mask_mass_low /
+    mask_mass_high (95% bootstrap over prompts), filler_mass (NaN without the filler control), rho
+    (Spearman of mass with p(answer at 1 mask) - p(answer at ``masks``)) with
     rho_low / rho_high (bootstrap), p_permutation (two-sided, ``resamples`` shuffles) and p_adjusted
     (``stats.holm`` over the heads of the group). Raises ``Skip`` when no group has rows at masks 1 and
     at a larger count on the same prompts.
@@ -118,7 +121,7 @@ def ranking_figure(ranking, top: int | None = None) -> FigureOut:
               label=f"on the masks after the answer slot ({masks_text(first['masks'])})")
     if np.isfinite(part["filler_mass"]).any():
         upper.bar(x + 0.2, part["filler_mass"], 0.4, color="grey", label="on the fillers (filler control)")
-    upper.set_ylabel("attention mass\nfrom the answer slot")
+    upper.set_ylabel("attention mass\nfrom the readout position")
     upper.legend(fontsize=8)
     rho = part["rho"].to_numpy()
     lower.errorbar(x, rho, yerr=error_bars(rho, part["rho_low"], part["rho_high"]), fmt="o", capsize=2)
@@ -130,10 +133,11 @@ def ranking_figure(ranking, top: int | None = None) -> FigureOut:
                     f"({masks_text(first['masks'])} against 1, {first['placement']} placement, n = {first['n']} prompts)")
     name = (f"head_ranking_{slug(str(first['model']))}_r{first['n_relevant']}_d{first['n_distractor']}_"
             f"{slug(first['placement'])}_m{first['masks']}")
-    caption = (f"Heads of {first['model']} ordered by the attention mass the answer slot puts on the masks after it "
-               f"at {first['masks']} masks (bars, 95% bootstrap intervals; grey: the same head on the fillers of the "
-               f"filler control), and the rank correlation across prompts of that mass with the loss of p(answer) "
-               f"against 1 mask on the same prompt (dots, 95% bootstrap intervals).")
+    caption = (f"Heads of {first['model']} ordered by the attention mass the readout position ({READOUT_WHERE}) "
+               f"puts on the masks after the answer slot at {first['masks']} masks (bars, 95% bootstrap intervals; "
+               f"grey: the same head on the fillers of the filler control), and the rank correlation across prompts "
+               f"of that mass with the loss of p(answer) against 1 mask on the same prompt (dots, 95% bootstrap "
+               f"intervals).")
     return FigureOut(name, figure, caption)
 
 
@@ -150,7 +154,7 @@ def paragraph(tables: dict) -> str:
         top = group.iloc[0]
         text = (f"{top['model']} ({top['n_relevant']} relevant + {top['n_distractor']} distractor, {top['placement']}, "
                 f"{top['masks']} masks, {top['n']} prompts): head {top['head_label']} puts {top['mask_mass']:.3f} "
-                f"[{top['mask_mass_low']:.3f}, {top['mask_mass_high']:.3f}] of the answer slot's attention on the "
+                f"[{top['mask_mass_low']:.3f}, {top['mask_mass_high']:.3f}] of the readout position's attention on the "
                 f"masks")
         if np.isfinite(top["filler_mass"]):
             text += f" ({top['filler_mass']:.3f} on the fillers)"
@@ -163,8 +167,8 @@ def paragraph(tables: dict) -> str:
                      f"[{strongest['rho_low']:.2f}, {strongest['rho_high']:.2f}], with mass "
                      f"{strongest['mask_mass']:.3f} (Holm-adjusted p = {strongest['p_adjusted']:.3f})")
         parts.append(text)
-    return ("Heads ranked by attention from the answer slot on the masks, with the rank correlation of that mass "
-            "with the per-prompt loss of p(answer) against 1 mask. " + "; ".join(parts) + ".")
+    return (f"Heads ranked by attention from the readout position ({READOUT_WHERE}) on the masks, with the rank "
+            "correlation of that mass with the per-prompt loss of p(answer) against 1 mask. " + "; ".join(parts) + ".")
 
 
 def shown(tables: dict) -> dict:
@@ -173,7 +177,7 @@ def shown(tables: dict) -> dict:
     top = ranking[ranking["rank"] <= 5]
     columns = KEYS + ["masks", "rank", "head_label", "n", "mask_mass", "filler_mass", "rho", "rho_low", "rho_high",
                       "p_permutation", "p_adjusted"]
-    return {"The five heads per model with the most attention from the answer slot on the masks": top[columns]}
+    return {"The five heads per model with the most attention from the readout position on the masks": top[columns]}
 
 
 ANALYSIS = Analysis(

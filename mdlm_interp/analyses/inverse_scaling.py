@@ -6,7 +6,8 @@ import numpy as np
 
 from mdlm_interp.analyses.data import PAIR, SETTING, Skip
 from mdlm_interp.analyses.grouped import accuracy_by, ci, clean_types, format_rows, slug, with_pooled_task
-from mdlm_interp.analyses.plotting import (FILLER_STYLE, line_with_band, masks_axis, model_colors, new_figure)
+from mdlm_interp.analyses.plotting import (FILLER_STYLE, figure_title, line_with_band, masks_axis, model_colors,
+                                          new_figure)
 from mdlm_interp.analyses.registry import Analysis, FigureOut
 from mdlm_interp.analyses.stats import paired_difference
 
@@ -123,8 +124,7 @@ def figure_ladder(frame, n_relevant: int, n_distractor: int, placement: str) -> 
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7, loc="best")
     n = int(pooled.loc[pooled["masks"] >= 1, "n"].max()) if (pooled["masks"] >= 1).any() else int(pooled["n"].max())
-    figure.suptitle(f"{', '.join(map(str, colors))}: {n_relevant} relevant + {n_distractor} distractor examples, "
-                    f"placement {placement}, n = {n} per condition")
+    figure.suptitle(figure_title(colors, "", n_relevant, n_distractor, placement, n))
     name = f"inverse_scaling_r{n_relevant}_d{n_distractor}_{slug(placement)}"
     caption = (f"Accuracy, p(answer) and entropy at the answer slot against the number of masks with "
                f"{n_relevant} relevant + {n_distractor} distractor examples, placement {placement}: solid lines with "
@@ -163,8 +163,8 @@ def figure_tasks(frame, n_relevant: int, n_distractor: int, placement: str) -> F
     for ax in axes[:, 0]:
         ax.set_ylabel("accuracy")
     axes.flat[0].legend(fontsize=6)
-    figure.suptitle(f"{', '.join(map(str, colors))}: accuracy per task, {n_relevant} relevant + {n_distractor} "
-                    f"distractor examples, placement {placement}, n = {int(rows['n'].max())} per task and condition")
+    figure.suptitle(figure_title(colors, "accuracy per task", n_relevant, n_distractor, placement,
+                                 int(rows["n"].max()), per="task and condition"))
     name = f"inverse_scaling_tasks_r{n_relevant}_d{n_distractor}_{slug(placement)}"
     caption = (f"Accuracy against the number of masks for each task separately ({n_relevant} relevant + "
                f"{n_distractor} distractor examples, placement {placement}); dashed: filler control; bands are "

@@ -13,7 +13,7 @@ import numpy as np
 
 from mdlm_interp.analyses.data import PAIR, SETTING, Skip, prompt_keys
 from mdlm_interp.analyses.grouped import ci, clean_types, masks_text, slug
-from mdlm_interp.analyses.plotting import line_with_band, masks_axis, model_colors, new_figure
+from mdlm_interp.analyses.plotting import figure_title, line_with_band, masks_axis, model_colors, new_figure
 from mdlm_interp.analyses.registry import Analysis, FigureOut
 from mdlm_interp.analyses.stats import bootstrap_mean, wilson_interval
 
@@ -172,8 +172,8 @@ def figure_accuracy(setting, n_relevant: int, n_distractor: int, placement: str)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
-    figure.suptitle(f"Iterative against one-step decoding, {n_relevant} relevant + {n_distractor} distractor, "
-                    f"{placement}", fontsize=10)
+    figure.suptitle(figure_title(setting["model"], "iterative against one-step decoding", n_relevant, n_distractor,
+                                 placement, setting["n"]), fontsize=10)
     caption = (f"Left: accuracy at the answer slot against the number of masks, read from one forward pass (dashed) "
                f"and after decoding the masks step by step with the store's sampler (solid; {n_relevant} relevant + "
                f"{n_distractor} distractor examples, {placement}; Wilson 95% bands). Right: the step from which the "
@@ -202,7 +202,8 @@ def figure_trajectory(lines, model: str, decoder: str, n_relevant: int, n_distra
     for ax in axes[0]:
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7)
-    figure.suptitle(f"{model}, {decoder}: the answer slot across the steps\n({where})", fontsize=10)
+    figure.suptitle(figure_title([model], f"the answer slot across the steps of {decoder}", n_relevant, n_distractor,
+                                 placement, lines.groupby(["masks", "steps"])["n_masked"].max()), fontsize=10)
     caption = (f"{model} decoded by {decoder} ({where}): p(answer) in the prediction for the answer slot while it is "
                f"still masked (left) and the attention from the answer readout position to the masks still left, "
                f"averaged over layers and heads (right), against the fraction of the steps done, one line per mask "

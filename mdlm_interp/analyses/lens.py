@@ -5,7 +5,7 @@ import numpy as np
 
 from mdlm_interp.analyses.data import SETTING, Skip
 from mdlm_interp.analyses.grouped import clean_types, masks_text, slug
-from mdlm_interp.analyses.plotting import FILLER_STYLE, new_figure
+from mdlm_interp.analyses.plotting import FILLER_STYLE, MASK_STYLE, figure_title, line_with_band, new_figure
 from mdlm_interp.analyses.registry import Analysis, FigureOut
 from mdlm_interp.analyses.stats import bootstrap_mean, wilson_interval
 
@@ -63,11 +63,9 @@ def figures(tables: dict) -> list:
                 color = cmap(ladder.index(masks) / max(len(ladder) - 1, 1))
                 for row, name in enumerate(("p_answer", "entropy")):
                     ax = axes[row, column]
-                    ax.plot(curve["layer"], curve[name], FILLER_STYLE if filler else "-", color=color,
-                            marker="s" if filler else "o", markersize=3,
-                            label=(masks_text(masks) + (" (filler)" if filler else "")) if row == 0 else None)
-                    ax.fill_between(curve["layer"], curve[f"{name}_low"], curve[f"{name}_high"], color=color,
-                                    alpha=0.12, linewidth=0)
+                    line_with_band(ax, curve["layer"], curve[name], curve[f"{name}_low"], curve[f"{name}_high"],
+                                   color, style=FILLER_STYLE if filler else MASK_STYLE, marker="s" if filler else "o",
+                                   label=(masks_text(masks) + (" (filler)" if filler else "")) if row == 0 else None)
             n_layers = int(group["layer"].max())
             for row in range(2):
                 ax = axes[row, column]
@@ -80,7 +78,7 @@ def figures(tables: dict) -> list:
             axes[0, column].legend(fontsize=6, ncol=2)
         axes[0, 0].set_ylabel("p(answer), logit lens")
         axes[1, 0].set_ylabel("entropy (nats)")
-        figure.suptitle(f"Logit lens, {n_relevant} relevant + {n_distractor} distractor, {placement}")
+        figure.suptitle(figure_title(models, "logit lens", n_relevant, n_distractor, placement, setting["n"]))
         out.append(FigureOut(
             f"logit_lens_r{n_relevant}_d{n_distractor}_{slug(placement)}", figure,
             f"Logit lens at the answer readout: p(answer) (top) and entropy (bottom) after the embeddings and after "

@@ -7,7 +7,7 @@ import numpy as np
 
 from mdlm_interp.analyses.data import PAIR, SETTING, Skip
 from mdlm_interp.analyses.grouped import accuracy_by, ci, clean_types, format_rows, masks_text, matching
-from mdlm_interp.analyses.plotting import line_with_band, model_colors, new_figure
+from mdlm_interp.analyses.plotting import figure_title, line_with_band, model_colors, new_figure
 from mdlm_interp.analyses.registry import Analysis, FigureOut
 from mdlm_interp.analyses.stats import paired_difference
 
@@ -107,17 +107,20 @@ def figures(tables: dict) -> list:
         moved = setting[[("query-at:" in p) for p in setting["placement"]]]
         # the same block with the query last (slot n_examples) completes each query curve
         query = pd.concat([moved, block[block["relevant_at"].isin(moved["relevant_at"].dropna().unique())]])
-        panels = [p for p in (("block", block), ("query", query)) if len(p[1])]
+        # a panel needs two slots at least: no axis around a single x value
+        panels = [p for p in (("block", block, "relevant_at"), ("query", query, "query_slot"))
+                  if p[1][p[2]].nunique() >= 2]
+        if not panels:
+            continue
         figure, axes = new_figure(1, len(panels), width=5.2, height=3.6)
         colors = model_colors(setting["model"].unique())
         masks = sorted(setting["masks"].unique())
-        for ax, (kind, rows) in zip(axes[0], panels):
+        for ax, (kind, rows, x) in zip(axes[0], panels):
             reference = setting[setting["placement"] == "random"]
             curve_keys = ["model", "masks", "filler"] + (["relevant_at"] if kind == "query" else [])
             for keys, group in rows.assign(relevant_at=rows["relevant_at"].fillna(-1)).groupby(curve_keys, sort=False):
                 model, masks_count, filler = keys[:3]
                 relevant_at = keys[3] if kind == "query" else -1
-                x = "relevant_at" if kind == "block" else "query_slot"
                 group = group.sort_values(x)
                 label = f"{model}, {masks_text(masks_count)}" + (" (filler)" if filler else "")
                 if kind == "query" and relevant_at >= 0:
@@ -139,10 +142,11 @@ def figures(tables: dict) -> list:
             ax.set_ylim(-0.02, 1.02)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=6.5)
-        figure.suptitle(f"Locality: {n_relevant} relevant + {n_distractor} distractor examples")
+        figure.suptitle(figure_title(colors, "locality", n_relevant, n_distractor, None,
+                                     pd.concat([p[1] for p in panels])["n"]))
         what = " and ".join(
             ("the first slot of the relevant block (query last; dotted: random mix)" if k == "block"
-             else "the slot of the query") for k, _ in panels)
+             else "the slot of the query") for k, _, _ in panels)
         out.append(FigureOut(f"locality_r{n_relevant}_d{n_distractor}", figure,
                              f"Accuracy against {what} with {n_relevant} relevant + {n_distractor} distractor "
                              f"examples, one colour per model and one line style per mask count; bands are Wilson "

@@ -76,6 +76,42 @@ def masks_axis(ax, masks) -> None:
     ax.set_xlabel("masks (answer slot + masks after it)")
 
 
+def figure_title(models, what: str = "", n_relevant=None, n_distractor=None, placement=None, n=None,
+                 per: str = "condition") -> str:
+    """Return a figure's title naming its models, what it shows, its condition and n, e.g.
+    "LLaDA, Dream: accuracy per task, 2 relevant + 3 distractor examples, placement random, n = 48 per
+    condition". ``n``: a count or the counts of the drawn conditions (several distinct ones read "n = 8 to
+    48"); parts given as None are left out."""
+    import numpy as np
+
+    parts = [what] if what else []
+    if n_relevant is not None:
+        parts.append(f"{n_relevant} relevant + {n_distractor} distractor examples")
+    if placement is not None:
+        parts.append(f"placement {placement}")
+    if n is not None:
+        counts = sorted({int(c) for c in np.ravel(n) if np.isfinite(c)})
+        if counts:
+            spread = str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
+            parts.append(f"n = {spread} per {per}")
+    names = ", ".join(map(str, dict.fromkeys(models)))
+    return f"{names}: {', '.join(parts)}" if names else ", ".join(parts)
+
+
+def integer_head_axes(ax, n_layers: int | None = None, n_heads: int | None = None) -> None:
+    """Put integer ticks (layers on y, heads on x, every one for up to 16, else matplotlib's integer choice)
+    on a layer x head heatmap's axes; ``None`` leaves that axis alone."""
+    from matplotlib.ticker import MaxNLocator
+
+    for count, axis in ((n_heads, ax.xaxis), (n_layers, ax.yaxis)):
+        if count is None:
+            continue
+        if count <= 16:
+            axis.set_ticks(range(count))
+        else:
+            axis.set_major_locator(MaxNLocator(integer=True))
+
+
 def stamp(command_line: str, created: str | None = None) -> str:
     """Return the provenance a PNG carries: "COMMAND | mdlm-interp VERSION | CREATED" (``created``: ISO 8601
     UTC, default now). ``command_line`` is the command that draws the figure, not the one that made its data."""

@@ -7,7 +7,7 @@ import numpy as np
 from mdlm_interp.analyses.data import SETTING, Skip
 from mdlm_interp.analyses.decode import token_text, tokenizer_for
 from mdlm_interp.analyses.grouped import clean_types, masks_text, slug
-from mdlm_interp.analyses.plotting import new_figure
+from mdlm_interp.analyses.plotting import error_bars, figure_title, new_figure
 from mdlm_interp.analyses.registry import Analysis, FigureOut
 from mdlm_interp.analyses.stats import wilson_interval
 
@@ -104,6 +104,10 @@ def figures(tables: dict) -> list:
         bottom = np.zeros(len(x))
         correct = 1 - model_kinds["n_wrong"] / model_kinds["n"]
         ax.bar(x, correct, color="#2ca02c", label="correct")
+        low, high = wilson_interval((model_kinds["n"] - model_kinds["n_wrong"]).to_numpy(int),
+                                    model_kinds["n"].to_numpy(int))
+        ax.errorbar(x, correct, yerr=error_bars(correct, low, high), fmt="none", ecolor="black", capsize=2,
+                    elinewidth=0.8)
         bottom += correct.to_numpy()
         for i, token in enumerate(leaders):
             share = [model_top[(model_top["masks"] == m) & (model_top["token"] == token)]["share_of_rows"].sum()
@@ -116,11 +120,12 @@ def figures(tables: dict) -> list:
         ax.set_title(model, fontsize=10)
         ax.legend(fontsize=6.5, loc="lower left")
     axes[0, 0].set_ylabel("share of prompts")
-    figure.suptitle(f"What the model predicts, {n_relevant} relevant + {n_distractor} distractor, {placement}")
+    figure.suptitle(figure_title(models, "what the model predicts", n_relevant, n_distractor, placement, kinds["n"]))
     return [FigureOut(
         f"wrong_predictions_r{n_relevant}_d{n_distractor}_{slug(placement)}", figure,
         f"Share of prompts answered correctly and of the most frequent wrong predictions (decoded) at each number "
-        f"of masks ({n_relevant} relevant + {n_distractor} distractor, {placement}), one panel per model.")]
+        f"of masks ({n_relevant} relevant + {n_distractor} distractor, {placement}), one panel per model; black bars: "
+        f"Wilson 95% interval of the share answered correctly.")]
 
 
 def paragraph(tables: dict) -> str:

@@ -3,8 +3,10 @@
 Three modes, each applied to the chosen heads (and, as the control, to as many random heads, over
 several seeded draws):
 
-- ``attention``: every query of the head stops attending to the masks after the answer slot; its
-  attention is renormalised over the remaining keys (``hooks.interventions.remove_attention_to_keys``);
+- ``attention``: the head's queries stop attending to the masks after the answer slot; its attention
+  is renormalised over the remaining keys (``hooks.interventions.remove_attention_to_keys``). Which
+  queries: ``positions`` "all" (every query, the default) or "readout" (only the readout position,
+  where the answer is predicted: the answer slot for LLaDA, the position before it for Dream);
 - ``zero``: the head's output (``attn.hook_z``) is zero at every position;
 - ``mean``: the head's output is its mean over every valid position of the evaluated prompts at the
   same mask count, without ablation.
@@ -32,6 +34,7 @@ from mdlm_interp.store.writer import check_writable
 from mdlm_interp.subject import provenance, run_settings, subject_from
 
 MODES = ("attention", "zero", "mean")
+POSITIONS = ("all", "readout")  # the queries whose attention to the masks mode "attention" removes
 RESULTS = ("predicted_id", "p_answer", "correct")
 
 
@@ -69,10 +72,12 @@ def head_names(heads) -> list[str]:
     return [f"{layer}.{head}" for layer, head in heads]
 
 
-def ablation_hooks(mode: str, heads, masks: torch.Tensor, means: torch.Tensor | None = None) -> list:
+def ablation_hooks(mode: str, heads, masks: torch.Tensor, means: torch.Tensor | None = None,
+                   queries: torch.Tensor | None = None) -> list:
     """Return the (hook name, function) pairs that ablate ``heads`` [(L, H), ...] in ``mode``.
 
-    ``masks`` bool [batch, pos]: the masks after the answer slot (mode "attention"); ``means``
+    ``masks`` bool [batch, pos]: the masks after the answer slot (mode "attention"); ``queries`` bool
+    [batch, pos]: the queries whose attention to them is removed (None: every query); ``means``
     [layer, head, d_head]: the heads' mean outputs (mode "mean").
     """
     by_layer = {}
@@ -81,7 +86,7 @@ def ablation_hooks(mode: str, heads, masks: torch.Tensor, means: torch.Tensor | 
     hooks = []
     for layer, chosen in sorted(by_layer.items()):
         if mode == "attention":
-            hooks.append((hook_name("attn_scores", layer), remove_attention_to_keys(chosen, masks)))
+            hooks.append((hook_name("attn_scores", layer), remove_attention_to_keys(chosen, masks, queries)))
         elif mode == "zero":
             hooks.append((hook_name("z", layer), replace_head_output(chosen, torch.zeros(len(chosen), 1))))
         elif mode == "mean":
@@ -89,6 +94,18 @@ def ablation_hooks(mode: str, heads, masks: torch.Tensor, means: torch.Tensor | 
         else:
             raise UsageError(f"unknown ablation mode {mode!r}; choose from {', '.join(MODES)}")
     return hooks
+
+
+def query_positions(positions: str, layout) -> torch.Tensor | None:
+    """Return the queries bool [batch, pos] of ``layout`` (``batching.BatchLayout``) whose attention to the
+    masks mode "attention" removes: None for "all" (every query), the readout position for "readout"."""
+    if positions == "all":
+        return None
+    if positions == "readout":
+        queries = torch.zeros_like(layout.valid, dtype=torch.bool)
+        queries[layout.rows, layout.readout.to(queries.device)] = True
+        return queries
+    raise UsageError(f"unknown --positions {positions!r}; choose from {', '.join(POSITIONS)}")
 
 
 @torch.no_grad()
@@ -153,13 +170,15 @@ def control_bytes(rows: int, n_chosen: int, draws: int, modes: int) -> float:
 
 
 def run_ablation(lm, config: PromptPlan, heads: str, *, out, modes=MODES, control_draws: int = 0,
-                 batch_size: int = 8, overwrite: bool = False, resume: bool = False, progress: bool = True,
-                 command_line: str | None = None):
+                 batch_size: int = 8, positions: str = "all", overwrite: bool = False, resume: bool = False,
+                 progress: bool = True, command_line: str | None = None):
     """Evaluate ``config``'s prompts at each of ``config.masks`` without ablation, with the chosen
     ``heads`` ("top:K" or "L.H,...") ablated in each mode, and with ``control_draws`` random head sets;
-    write an ablation store to ``out`` and return its path. Bad input raises ``UsageError`` before any work.
-    Each completed batch is committed beside ``out`` (``store.partial``); ``resume`` continues a killed run
-    with the same settings and batch size (and leaves a complete store with them as it is).
+    write an ablation store to ``out`` and return its path. ``positions`` ("all" or "readout"): the queries
+    whose attention to the masks mode "attention" removes (stored in the settings only when not "all").
+    Bad input raises ``UsageError`` before any work. Each completed batch is committed beside ``out``
+    (``store.partial``); ``resume`` continues a killed run with the same settings and batch size (and
+    leaves a complete store with them as it is).
     """
     out = check_writable(out, resume=resume, overwrite=overwrite)
     check_partial(out, resume=resume, overwrite=overwrite)
@@ -170,6 +189,8 @@ def run_ablation(lm, config: PromptPlan, heads: str, *, out, modes=MODES, contro
     unknown = set(modes) - set(MODES)
     if unknown or not modes:
         raise UsageError(f"unknown ablation mode(s) {sorted(unknown)}; choose from {', '.join(MODES)}")
+    if positions not in POSITIONS:
+        raise UsageError(f"unknown --positions {positions!r}; choose from {', '.join(POSITIONS)}")
     if control_draws < 0 or batch_size < 1:
         raise UsageError("control draws must be at least 0 and batch size at least 1")
     top_k, chosen = parse_heads(heads, subject.n_layers, subject.n_heads)
@@ -203,7 +224,7 @@ def run_ablation(lm, config: PromptPlan, heads: str, *, out, modes=MODES, contro
 
     facts = subject.facts()
     settings = run_settings(subject, config, facts, **RECORDS_NOTHING, heads=heads, modes=list(modes),
-                            control_draws=control_draws)
+                            control_draws=control_draws, **({"positions": positions} if positions != "all" else {}))
     if resumes_complete_store(out, settings, ABLATION.name, resume=resume):
         return out
     partial = open_partial(out, {"settings": settings, "batch_size": batch_size, "heads": head_names(chosen),
@@ -239,7 +260,8 @@ def run_ablation(lm, config: PromptPlan, heads: str, *, out, modes=MODES, contro
                 continue
 
             def ablated(heads_, mode):
-                result = predict(module, batch, ablation_hooks(mode, heads_, batch.layout.masks, means))
+                result = predict(module, batch, ablation_hooks(mode, heads_, batch.layout.masks, means,
+                                                               query_positions(positions, batch.layout)))
                 if bar is not None:
                     bar.update(len(batch.input_ids))
                 return result

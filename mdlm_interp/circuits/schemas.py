@@ -103,7 +103,8 @@ ABLATION = StoreKind(
     groups=("examples", "ablated", "control"),
     dims={
         "modes": 'ablation modes (attribute modes): "attention" (no attention to the masks after the answer slot, '
-                 'renormalised), "zero", "mean" (the head output replaced)',
+                 'renormalised; from every query, or from the readout position only where settings.positions is '
+                 '"readout"), "zero", "mean" (the head output replaced)',
         "draws": "random head sets of the control (0 without a control)",
     },
     data=(
@@ -121,8 +122,9 @@ ABLATION = StoreKind(
     attrs=(
         Attr("heads", "JSON str", 'the ablated heads as "layer.head" strings'),
         Attr("head_selection", "str", 'how they were chosen: "top:K" or the explicit list'),
-        Attr("ranking", "JSON str", "[layers][heads] mean attention mass from the answer slot on the masks after it "
-                                    "that ranked the heads for top:K (null for an explicit list)"),
+        Attr("ranking", "JSON str", "[layers][heads] mean attention mass from the readout position on the masks "
+                                    "after the answer slot that ranked the heads for top:K (null for an explicit "
+                                    "list)"),
         Attr("modes", "JSON str", "names along modes"),
         Attr("control_heads", "JSON str", "per draw, the random heads (as many as chosen, none of them)"),
     ),

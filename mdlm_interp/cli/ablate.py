@@ -9,11 +9,11 @@ def add_parser(subparsers) -> None:
         "ablate",
         help="ablate the heads that attend to the masks and compare with random heads",
         description="Evaluate the task prompts at each mask count without ablation and with the chosen heads "
-        "ablated: 'attention' removes attention from every query to the masks after the answer slot and "
-        "renormalises over the remaining keys; 'zero' and 'mean' replace the head's output (hook_z) by zeros or "
-        "by its mean over the evaluated prompts. The control ablates as many random heads (among the others), "
-        "over several seeded draws. Writes an HDF5 ablation store (docs/store.md) and prints accuracy with 95% "
-        "intervals and p(answer) per setting.",
+        "ablated: 'attention' removes attention to the masks after the answer slot (from every query, or with "
+        "--positions readout only from the readout position) and renormalises over the remaining keys; 'zero' "
+        "and 'mean' replace the head's output (hook_z) by zeros or by its mean over the evaluated prompts. The "
+        "control ablates as many random heads (among the others), over several seeded draws. Writes an HDF5 "
+        "ablation store (docs/store.md) and prints accuracy with 95% intervals and p(answer) per setting.",
     )
     add_model_flags(parser, diffusion_only=True)
     add_plan_flags(parser, n=10, n_help="prompts per task (default 10)",
@@ -25,6 +25,10 @@ def add_parser(subparsers) -> None:
                         help="mask count(s) n to evaluate: the answer slot and n - 1 masks after it (default 1,50)")
     parser.add_argument("--modes", default=["attention", "zero", "mean"], type=name_list,
                         help="comma-separated ablation modes: attention, zero, mean (default all three)")
+    parser.add_argument("--positions", default="all", choices=["all", "readout"],
+                        help="queries whose attention to the masks mode 'attention' removes: all (default) or "
+                        "readout, only the position that predicts the answer (the answer slot for LLaDA, the "
+                        "position before it for Dream)")
     parser.add_argument("--control", default="random", choices=["random", "none"],
                         help="control: as many random heads, or none (default random)")
     parser.add_argument("--control-draws", type=int, default=10, help="random head sets of the control (default 10)")
@@ -72,7 +76,8 @@ def run(args) -> int:
     lm = load_model_from(args)
     out = run_ablation(lm, plan, args.heads, out=args.out, modes=args.modes,
                        control_draws=args.control_draws if args.control == "random" else 0,
-                       batch_size=args.batch_size, overwrite=args.overwrite, resume=args.resume,
+                       batch_size=args.batch_size, positions=args.positions, overwrite=args.overwrite,
+                       resume=args.resume,
                        progress=not args.no_progress,
                        command_line=args.command_line)
     print(report(out, figure=args.figure))
@@ -83,6 +88,7 @@ def report(path, figure=None) -> str:
     """Return the text table of an ablation store; with ``figure``, also draw it into that PNG file."""
     from mdlm_interp.analyses.ablation import ablation_effects, ablation_figure
     from mdlm_interp.analyses.plotting import save
+    from mdlm_interp.store.identity import read_identity
     from mdlm_interp.store.results import open_results
 
     with open_results(path, "ablation") as store:
@@ -90,11 +96,13 @@ def report(path, figure=None) -> str:
         heads = ", ".join(store.attrs["heads"])
         selection = store.attrs["head_selection"]
         stamp = store.attrs["command_line"]
+        model = read_identity(store.attrs).label
     if figure is not None:
-        save(ablation_figure(frame).figure, figure, stamp)
+        save(ablation_figure(frame, model, selection).figure, figure, stamp)
     columns = {"masks": "masks", "setting": "heads", "mode": "mode", "n": "n", "accuracy": "accuracy",
                "ci_low": "low", "ci_high": "high", "delta_accuracy": "change", "delta_low": "change low",
                "delta_high": "change high", "p_answer": "p(answer)", "draw_min": "worst draw", "draw_max": "best draw"}
     table = frame[list(columns)].rename(columns=columns)
-    return (f"wrote {path}: ablated heads {heads} ({selection})\n"
+    where = "" if frame["positions"].iloc[0] == "all" else "; attention removed from the readout position only"
+    return (f"wrote {path}: ablated heads {heads} ({selection}){where}\n"
             + table.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-"))

@@ -20,7 +20,7 @@ outputs (in --out DIR):
   tables/locality_contrast.csv    nearest minus farthest relevant block, paired by prompt
   tables/attribution.csv          normalised gradient on mask tokens (mask), the last 50 non-mask tokens
                                   (last50) and all non-mask tokens (nonmask): mean, _sd, _low, _high
-  tables/attention_heads.csv      per layer x head: attention mass from the answer position (from_answer)
+  tables/attention_heads.csv      per layer x head: attention mass from the readout position (from_answer)
   tables/attention_layers.csv     and from the context (from_context) on the tokens after the answer slot
   tables/attention_summary.csv    (masks or fillers), on the relevant examples (relevant), and its change
                                   against 1 mask on the same prompts (relevant_delta); per layer (mean

@@ -9,7 +9,7 @@ def add_parser(subparsers) -> None:
         "filler control) with Wilson 95% intervals, split into held-in and held-out categories where --held-in or an "
         "adapter's training config names them; each model's "
         "change against the first (the reference) on the same prompts with bootstrap intervals; the attribution "
-        "table; attention from the answer position to the masks per layer x head and its change. Given patching "
+        "table; attention from the readout position to the masks per layer x head and its change. Given patching "
         "stores (`patch`, one per model), it shows every model's patching maps (recovery per layer x position "
         "group and per layer x head) side by side and their change against the reference on the same prompt "
         "pairs, in recovery and in logits, with paired bootstrap intervals; given ablation stores (`ablate`), "

@@ -5,9 +5,10 @@ def add_parser(subparsers) -> None:
     """Register the ``heads`` subcommand."""
     parser = subparsers.add_parser(
         "heads",
-        help="rank heads by attention from the answer slot to the masks, with the rank correlation to the loss",
+        help="rank heads by attention from the readout position to the masks, with the rank correlation to the loss",
         description="Reads a store from `mdlm-interp record` (with attention, at masks 1 and a larger count). "
-        "Orders heads by their mean attention mass from the answer readout on the masks after the answer slot, "
+        "Orders heads by their mean attention mass from the readout position (the row that predicts the answer: "
+        "the answer slot for LLaDA, the position before it for Dream) on the masks after the answer slot, "
         "and gives per head the Spearman rank correlation, across examples, between that mass and the loss of "
         "p(answer) against the same example at masks 1 (paired by example id), with 95% bootstrap intervals, "
         "a permutation p-value, and the same head's mass on the fillers where the filler control was recorded.",
@@ -61,7 +62,8 @@ def run(args) -> int:
     for _, group in shown.groupby(KEYS + ["masks"], sort=False):
         first = group.iloc[0]
         print(f"{first['model']} ({first['n_relevant']} relevant + {first['n_distractor']} distractor, "
-              f"{first['placement']}): {first['n']} prompts paired between masks 1 and masks {first['masks']}")
+              f"{first['placement']}): {first['n']} prompts paired between masks 1 and masks {first['masks']}; "
+              f"mask mass: attention from the readout position on the masks after the answer slot")
         print(group[list(columns)].rename(columns=columns).to_string(
             index=False, float_format=lambda v: f"{v:.3f}", na_rep="-"))
     return 0

@@ -38,7 +38,7 @@ def change_table(recordings):
 
 def attention_change(recordings):
     """Return per model but the reference, layer and head the paired change of the attention mass from the
-    answer position on the masks after the answer slot, at the most masks recorded with attention (random
+    readout position on the masks after the answer slot, at the most masks recorded with attention (random
     placement when there is one, no filler): n_pairs, delta, delta_low, delta_high."""
     import pandas as pd
 
@@ -112,7 +112,7 @@ def accuracy_figure(accuracy, reference: str):
 
 
 def change_figure(change, reference: str):
-    """Heatmaps layer x head of the paired change in attention from the answer position to the masks, one
+    """Heatmaps layer x head of the paired change in attention from the readout position to the masks, one
     per model against the reference. Returns a matplotlib Figure."""
     models = list(dict.fromkeys(change["model"]))
     figure, axes = new_figure(1, len(models), width=3.2, height=2.8)
@@ -129,8 +129,8 @@ def change_figure(change, reference: str):
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
         figure.colorbar(image, ax=ax, shrink=0.8, label="change in mass")
-    figure.suptitle(f"Attention from the answer position to the masks after it:\nchange against {reference} "
-                    f"at {int(change['masks'].iloc[0])} masks (paired by prompt)")
+    figure.suptitle(f"Attention from the readout position to the masks after the answer slot:\nchange against "
+                    f"{reference} at {int(change['masks'].iloc[0])} masks (paired by prompt)")
     return figure
 
 
@@ -163,10 +163,10 @@ def findings(models: list, accuracy, change, heads, heads_change, attributions) 
         for model in models:
             part = at[(at["model"] == model) & at["from_answer"].notna()]
             if part.empty:
-                lines.append(f"- {model}: no attention mass from the answer position is a number (NaN in the store).")
+                lines.append(f"- {model}: no attention mass from the readout position is a number (NaN in the store).")
                 continue
             top = part.loc[part["from_answer"].idxmax()]
-            text = (f"- {model}: attention from the answer position to the {int(top['masks']) - 1} masks after it, "
+            text = (f"- {model}: attention from the readout position to the {int(top['masks']) - 1} masks after it, "
                     f"mean over heads {part['from_answer'].mean():.3f}; strongest head L{top['layer']}.H{top['head']} "
                     f"{top['from_answer']:.3f} [{top['from_answer_low']:.3f}, {top['from_answer_high']:.3f}]")
             mine = (heads_change[(heads_change["model"] == model) & heads_change["delta"].notna()]

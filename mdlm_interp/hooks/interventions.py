@@ -39,13 +39,14 @@ def patch_positions(source: torch.Tensor, where: torch.Tensor):
     return hook
 
 
-def remove_attention_to_keys(heads, keys: torch.Tensor):
+def remove_attention_to_keys(heads, keys: torch.Tensor, queries: torch.Tensor | None = None):
     """Return a hook for ``blocks.{l}.attn.hook_attn_scores`` [batch, head, query, key].
 
-    In the heads listed in ``heads`` (head indices of that layer), every query's score for the keys
-    marked in ``keys`` bool [batch, key] becomes -inf, so the softmax gives those keys zero weight and
-    renormalises over the remaining keys: the new weight of a remaining key k is
-    p_k / sum over remaining keys of p. Other heads are untouched.
+    In the heads listed in ``heads`` (head indices of that layer), the score of every query (or only of
+    the queries marked in ``queries`` bool [batch, query]) for the keys marked in ``keys`` bool
+    [batch, key] becomes -inf, so the softmax gives those keys zero weight and renormalises over the
+    remaining keys: the new weight of a remaining key k is p_k / sum over remaining keys of p. Other
+    heads and queries are untouched.
     """
     heads = sorted(set(int(h) for h in heads))
 
@@ -53,6 +54,8 @@ def remove_attention_to_keys(heads, keys: torch.Tensor):
         chosen = torch.zeros(scores.shape[1], dtype=torch.bool, device=scores.device)
         chosen[heads] = True
         dropped = chosen[None, :, None, None] & keys.to(scores.device)[:, None, None, :]
+        if queries is not None:
+            dropped = dropped & queries.to(scores.device)[:, None, :, None]
         return scores.masked_fill(dropped, float("-inf"))
 
     return hook

@@ -75,4 +75,6 @@ def test_sweep_command_writes_one_report_comparing_the_models(tiny_checkpoint, t
     assert f"report: {tmp_path / 's' / 'report.md'}" in result.stdout
     assert llada.name in report and llama.name in report
     assert (tmp_path / "s" / "figures" / "inverse_scaling_r2_d2_random.png").exists()
-    assert (tmp_path / "s" / "figures" / "locality_r2_d2.png").exists()
+    # one slot per locality panel in this grid: the table, but no figure around a single x value
+    assert (tmp_path / "s" / "tables" / "locality.csv").exists()
+    assert not (tmp_path / "s" / "figures" / "locality_r2_d2.png").exists()
