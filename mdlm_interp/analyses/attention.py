@@ -172,8 +172,12 @@ def figures(tables: dict) -> list:
     n_relevant, n_distractor, placement, _ = condition
     counts = summary.loc[(summary["n_relevant"] == n_relevant) & (summary["n_distractor"] == n_distractor)
                          & (summary["placement"] == placement) & (summary["masks"] > 1), "masks"].nunique()
-    drawn = [figure_heads(tables["attention_heads"], condition)]
-    return drawn + ([figure_layers(tables["attention_layers"], condition)] if counts >= 2 else [])
+    heads = figure_heads(tables["attention_heads"], condition)
+    if counts >= 2:
+        return [heads, figure_layers(tables["attention_layers"], condition)]
+    return [heads, FigureOut(f"attention_layers_r{n_relevant}_d{n_distractor}_{slug(placement)}", None,
+                             "attention against the number of masks needs two mask counts above 1; the table "
+                             "attention_layers holds the one count there is.")]
 
 
 def paragraph(tables: dict) -> str:

@@ -111,6 +111,9 @@ def figures(tables: dict) -> list:
         panels = [p for p in (("block", block, "relevant_at"), ("query", query, "query_slot"))
                   if p[1][p[2]].nunique() >= 2]
         if not panels:
+            out.append(FigureOut(f"locality_r{n_relevant}_d{n_distractor}", None,
+                                 "no placement of this setting moves the relevant block or the query over two slots "
+                                 "or more (no axis around a single x value); the table locality holds the numbers."))
             continue
         figure, axes = new_figure(1, len(panels), width=5.2, height=3.6)
         colors = model_colors(setting["model"].unique())

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class FigureOut:
-    """One figure of a report: file stem (figures/NAME.png), a matplotlib Figure, one caption sentence."""
+    """One figure of a report: file stem (figures/NAME.png), a matplotlib Figure, one caption sentence.
+    A figure an analysis does not draw (e.g. one x value only) has ``figure`` None and says why in
+    ``caption``; the report turns it into a note."""
 
     name: str
     figure: object

@@ -77,6 +77,9 @@ def save_figures(figures: list, folder: Path, provenance: str, notes: list) -> l
     cannot be written is left out with a note in ``notes``."""
     saved = []
     for figure in figures:
+        if figure.figure is None:
+            notes.append(f"Figure {figure.name} is not drawn: {figure.caption}")
+            continue
         try:
             save(figure.figure, folder / f"{figure.name}.png", provenance)
             saved.append(figure)

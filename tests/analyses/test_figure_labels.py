@@ -99,7 +99,9 @@ def test_attention_figures_on_a_dream_store_name_the_readout_position_and_intege
     assert any("readout position" in name for name in shown(tables))
     # one count above 1 (masks 1 and 6): no per-layer curves around a single x value
     one = ANALYSIS.figures(ANALYSIS.tables(load([dream_store(tmp_path, "one.h5", rows(masks=(1, 6)))])))
-    assert [f.name for f in one] == ["attention_heads_r2_d4_random_m6"]
+    assert [(f.name, f.figure is None) for f in one] == [("attention_heads_r2_d4_random_m6", False),
+                                                          ("attention_layers_r2_d4_random", True)]
+    assert "two mask counts above 1" in one[1].caption  # the report's note says why it is not drawn
 
 
 def test_attribution_lens_and_wrong_prediction_titles_name_model_n_and_condition(tmp_path):
@@ -149,7 +151,8 @@ def test_locality_skips_a_single_slot_and_points_two(tmp_path):
     (locality,) = modules("locality")
 
     single = rows(masks=(1,), placement="relevant-at:0") + rows(masks=(1,), placement="random")
-    assert locality.ANALYSIS.figures(locality.ANALYSIS.tables(load([dream_store(tmp_path, "a.h5", single)]))) == []
+    skipped = locality.ANALYSIS.figures(locality.ANALYSIS.tables(load([dream_store(tmp_path, "a.h5", single)])))
+    assert [(f.name, f.figure) for f in skipped] == [("locality_r2_d4", None)] and "single x value" in skipped[0].caption
     two = single + rows(masks=(1,), placement="relevant-at:4")
     drawn = locality.ANALYSIS.figures(locality.ANALYSIS.tables(load([dream_store(tmp_path, "b.h5", two)])))
     assert len(drawn) == 1 and lined(drawn[0].figure) == []

@@ -78,3 +78,4 @@ def test_sweep_command_writes_one_report_comparing_the_models(tiny_checkpoint, t
     # one slot per locality panel in this grid: the table, but no figure around a single x value
     assert (tmp_path / "s" / "tables" / "locality.csv").exists()
     assert not (tmp_path / "s" / "figures" / "locality_r2_d2.png").exists()
+    assert "Figure locality_r2_d2 is not drawn" in (tmp_path / "s" / "report.md").read_text()  # a note says why
