@@ -15,8 +15,9 @@ def add_parser(subparsers) -> None:
         "position before the slot), and every head's output (hook_z) at the answer slot, over all positions and "
         "(Dream) at the readout position. The metric is logit(answer) - logit(wrong) at the answer readout: the "
         "clean - corrupt gap is printed first, then each patch's effect in logits and its recovery (patched - "
-        "corrupt) / (clean - corrupt), undefined where the gap is under --min-gap, with p(answer) beside it. Attribution patching (gradient x activation difference) estimates the same grid. Writes an "
-        "HDF5 patching store (docs/store.md) and prints the cells that recover most.",
+        "corrupt) / (clean - corrupt), undefined where the gap is under --min-gap, with p(answer) beside it. "
+        "Attribution patching (gradient x activation difference) estimates the same grid. Writes an HDF5 "
+        "patching store (docs/store.md) and prints the cells that recover most.",
     )
     add_model_flags(parser, diffusion_only=True)
     add_plan_flags(parser, n=4, n_help="prompts (pairs) per task (default 4)",
