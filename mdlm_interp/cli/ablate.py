@@ -3,7 +3,7 @@
 
 def add_parser(subparsers) -> None:
     """Register the ``ablate`` subcommand."""
-    from mdlm_interp.cli.common import add_model_flags, add_plan_flags, int_list, name_list
+    from mdlm_interp.cli.common import add_model_flags, add_plan_flags, add_result_output_flags, int_list, name_list
 
     parser = subparsers.add_parser(
         "ablate",
@@ -34,14 +34,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--control-draws", type=int, default=10, help="random head sets of the control (default 10)")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (default 8)")
     parser.add_argument("--out", default="ablate.h5", help="output HDF5 ablation store (default ablate.h5)")
-    existing = parser.add_mutually_exclusive_group()
-    existing.add_argument("--resume", action="store_true",
-                          help="continue an interrupted run of --out: the batches it completed (kept in .NAME.batches "
-                          "beside it) are taken, the rest computed; the settings and --batch-size must be the same. "
-                          "A complete store written with the same settings is left as it is")
-    existing.add_argument("--overwrite", action="store_true",
-                          help="replace an existing output (and discard the batches of an interrupted run); the old "
-                          "store stays until the new one is complete")
+    add_result_output_flags(parser)
     parser.add_argument("--figure", default=None, metavar="FILE.png", help="also draw the accuracies into a PNG file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -50,17 +43,11 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     """Check the request, load the model, ablate, write the store, print the table."""
     from mdlm_interp.circuits.ablation import MODES
-    from mdlm_interp.cli.common import load_model_from, one_placement, plan_fields
+    from mdlm_interp.cli.common import claim_result_outputs, load_model_from, one_placement, plan_fields
     from mdlm_interp.errors import UsageError
-    from mdlm_interp.outputs import claim_outputs
     from mdlm_interp.plan import PromptPlan
-    from mdlm_interp.store.partial import check_partial
-    from mdlm_interp.store.writer import check_writable
 
-    check_writable(args.out, resume=args.resume, overwrite=args.overwrite)
-    check_partial(args.out, resume=args.resume, overwrite=args.overwrite)
-    claim_outputs({"--out": args.out, "--figure": args.figure}, [args.model],
-                  overwrite=args.overwrite or args.resume)
+    claim_result_outputs(args, {"--figure": args.figure})
     unknown = set(args.modes) - set(MODES)
     if unknown or not args.modes:
         raise UsageError(f"unknown ablation mode(s) {sorted(unknown)}; choose from {', '.join(MODES)}")

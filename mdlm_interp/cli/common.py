@@ -81,3 +81,30 @@ def one_placement(plan, command: str) -> str:
     if len(plan.placements) != 1:
         raise UsageError(f"{command} takes one placement")
     return plan.placements[0]
+
+
+def add_result_output_flags(parser) -> None:
+    """Add --resume and --overwrite (exclusive) for a command that writes a result store batch by batch
+    (patch, ablate)."""
+    existing = parser.add_mutually_exclusive_group()
+    existing.add_argument("--resume", action="store_true",
+                          help="continue an interrupted run of --out: the batches it completed (kept in .NAME.batches "
+                          "beside it) are taken, the rest computed; the settings and --batch-size must be the same. "
+                          "A complete store written with the same settings is left as it is")
+    existing.add_argument("--overwrite", action="store_true",
+                          help="replace an existing output (and discard the batches of an interrupted run); the old "
+                          "store stays until the new one is complete")
+
+
+def claim_result_outputs(args, outputs: dict, folders=()) -> None:
+    """Check and claim a result store command's outputs before any work: ``args.out`` (a store that may be
+    resumed) plus ``outputs`` (flag -> path, e.g. figures; ``folders`` names the flags that are folders).
+    One-line ``UsageError`` for anything the output policy refuses."""
+    from mdlm_interp.outputs import claim_outputs
+    from mdlm_interp.store.partial import check_partial
+    from mdlm_interp.store.writer import check_writable
+
+    check_writable(args.out, resume=args.resume, overwrite=args.overwrite)
+    check_partial(args.out, resume=args.resume, overwrite=args.overwrite)
+    claim_outputs({"--out": args.out, **outputs}, [args.model], overwrite=args.overwrite or args.resume,
+                  folders=set(folders))

@@ -3,7 +3,7 @@
 
 def add_parser(subparsers) -> None:
     """Register the ``patch`` subcommand."""
-    from mdlm_interp.cli.common import add_model_flags, add_plan_flags
+    from mdlm_interp.cli.common import add_model_flags, add_plan_flags, add_result_output_flags
 
     parser = subparsers.add_parser(
         "patch",
@@ -41,14 +41,7 @@ def add_parser(subparsers) -> None:
                         help="most sequences (patched variants x pairs) in one forward pass; lower it to save "
                         "memory (default 512)")
     parser.add_argument("--out", default="patch.h5", help="output HDF5 patching store (default patch.h5)")
-    existing = parser.add_mutually_exclusive_group()
-    existing.add_argument("--resume", action="store_true",
-                          help="continue an interrupted run of --out: the batches it completed (kept in .NAME.batches "
-                          "beside it) are taken, the rest computed; the settings and --batch-size must be the same. "
-                          "A complete store written with the same settings is left as it is")
-    existing.add_argument("--overwrite", action="store_true",
-                          help="replace an existing output (and discard the batches of an interrupted run); the old "
-                          "store stays until the new one is complete")
+    add_result_output_flags(parser)
     parser.add_argument("--figures", default=None, metavar="DIR",
                         help="also write heatmaps (layer x position group, layer x head) as PNG files into DIR")
     parser.add_argument("--min-gap", type=float, default=1.0, metavar="LOGITS",  # analyses.patching.MIN_GAP
@@ -61,19 +54,13 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     """Check the request, load the model, patch, write the store, print the strongest cells."""
-    from mdlm_interp.cli.common import load_model_from, one_placement, plan_fields
+    from mdlm_interp.cli.common import claim_result_outputs, load_model_from, one_placement, plan_fields
     from mdlm_interp.errors import UsageError
-    from mdlm_interp.outputs import claim_outputs
     from mdlm_interp.plan import Condition, PromptPlan
-    from mdlm_interp.store.partial import check_partial
-    from mdlm_interp.store.writer import check_writable
 
     if not args.min_gap >= 0 or args.min_gap == float("inf"):
         raise UsageError(f"--min-gap must be a finite number of logits, at least 0; got {args.min_gap}")
-    check_writable(args.out, resume=args.resume, overwrite=args.overwrite)
-    check_partial(args.out, resume=args.resume, overwrite=args.overwrite)
-    claim_outputs({"--out": args.out, "--figures": args.figures}, [args.model],
-                  overwrite=args.overwrite or args.resume, folders={"--figures"})
+    claim_result_outputs(args, {"--figures": args.figures}, folders={"--figures"})
     clean_masks = args.clean_masks if args.clean_masks is not None else (args.corrupt_masks if args.clean_filler else 1)
     plan = PromptPlan(**plan_fields(args), masks=(clean_masks, args.corrupt_masks), filler=args.filler)
     placement = one_placement(plan, "patch")
