@@ -477,10 +477,12 @@ QWEN3 = replace(
 def a2d(spec: FamilySpec, model_type: str, architecture: str) -> FamilySpec:
     """Return the A2D conversion of the causal family ``spec`` (ZHZisZZ/dllm, pipelines/a2d): the same
     weights and config read bidirectionally (a 2-D padding mask only), trained as a masked diffusion
-    model with ``<|mask|>`` added to the tokenizer; logits are not shifted (the MDLM sampler's
-    ``right_shift_logits`` is off) and it decodes with the LLaDA-style low-confidence sampler."""
+    model with ``<|mask|>`` added to the tokenizer and EOS as padding (dllm's tokenizer setup); logits are
+    not shifted (the MDLM sampler's ``right_shift_logits`` is off) and it decodes with the LLaDA-style
+    low-confidence sampler."""
+    tokens = {**spec.special_tokens, "pad": spec.special_tokens["eos"], "mask": "<|mask|>"}
     return replace(spec, family=model_type, model_types=(model_type,), architecture=architecture, causal=False,
-                   prediction_offset=0, sampler="llada", special_tokens={**spec.special_tokens, "mask": "<|mask|>"})
+                   prediction_offset=0, sampler="llada", special_tokens=tokens)
 
 
 A2D_QWEN3 = a2d(QWEN3, "a2d-qwen3", "A2DQwen3LMHeadModel")
