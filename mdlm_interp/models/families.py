@@ -71,6 +71,8 @@ class FamilySpec:
     mlp_ratio_key: str | None = None  # when config_keys["d_mlp"] are absent: d_mlp = config[key] (default 4) * d_model
     lora_targets: tuple[str, ...] = PROJECTIONS  # modules LoRA adapts by default (a subset of PROJECTIONS)
     sampler: str | None = None  # the family's own iterative sampler (mdlm_interp.decoding); None for causal families
+    alternative_tokens: dict[str, tuple[str, ...]] = field(default_factory=dict)  # role -> other tokens a
+    # checkpoint's config.json id may name instead (models.tokenizer.check_special_ids)
     block_length: int | None = None  # block diffusion (LLaDA2): the sampler's default block length; None otherwise
     fixed_fields: dict[str, object] = field(default_factory=dict)  # DecoderConfig fields the family fixes
     config_defaults: dict[str, object] = field(default_factory=dict)  # config.json key -> value when absent
@@ -412,6 +414,8 @@ DREAM = FamilySpec(
     extra_config=HF_EXTRA_CONFIG,
     qkv_bias=True,
     sampler="dream",
+    # Dream-Coder-v0-*-7B name <|beginoftext|> (151665) as bos_token_id; Dream-v0 and DiffuCoder name <|endoftext|>
+    alternative_tokens={"bos": ("<|beginoftext|>",)},
 )
 
 def causal_twin(spec: FamilySpec, **changes) -> FamilySpec:
@@ -428,6 +432,7 @@ QWEN2 = causal_twin(
     architecture="Qwen2ForCausalLM",
     special_tokens={"eos": "<|endoftext|>", "im_start": "<|im_start|>", "im_end": "<|im_end|>"},
     special_id_keys={"eos": "eos_token_id"},
+    alternative_tokens={},
 )
 
 # Llama: the Hugging Face layout of Qwen2 with Llama 3's tokens, RoPE base and norm epsilon, no q/k/v bias

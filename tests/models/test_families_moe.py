@@ -239,3 +239,24 @@ def test_commands_run_unchanged_on_every_new_family(family, tiny_checkpoint, tmp
     sampler = ("--sampler", "llada") if family == "llada2" else ()  # the block sampler lives on another branch
     generated = run_cli("generate", "--model", model, "--prompt", " big", "--gen-length", "4", *sampler)
     assert generated.returncode == 0 and generated.stdout.strip(), generated.stderr
+
+
+def test_dream_coder_names_its_own_bos_and_loads_as_dream(tiny_checkpoint, tmp_path):
+    """Dream-Coder-v0's config.json gives bos_token_id 151665 (<|beginoftext|>), Dream-v0's 151643
+    (<|endoftext|>); everything else is Dream's (docs/models.md)."""
+    from mdlm_interp import load_model
+
+    coder = copy_checkpoint(tiny_checkpoint("dream"), tmp_path / "coder")
+    tokenizer_config = json.loads((coder / "tokenizer_config.json").read_text())
+    bos_id = max(int(i) for i in tokenizer_config["added_tokens_decoder"]) + 1
+    tokenizer_config["added_tokens_decoder"][str(bos_id)] = {
+        "content": "<|beginoftext|>", "special": True, "lstrip": False, "rstrip": False, "normalized": False}
+    (coder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    config = json.loads((coder / "config.json").read_text())
+    (coder / "config.json").write_text(json.dumps({**config, "bos_token_id": bos_id}))
+    lm = load_model(coder)
+    assert lm.spec.family == "dream" and lm.spec.special_tokens["bos"] == "<|beginoftext|>"
+    assert lm.tokenizer.bos_token_id == bos_id and lm.spec.prediction_offset == -1
+    (coder / "config.json").write_text(json.dumps({**config, "bos_token_id": lm.mask_token_id}))
+    result = run_cli("model", "info", coder)
+    assert result.returncode == 2 and "bos_token_id" in result.stderr and len(result.stderr.strip().splitlines()) == 1
