@@ -260,3 +260,22 @@ def test_dream_coder_names_its_own_bos_and_loads_as_dream(tiny_checkpoint, tmp_p
     (coder / "config.json").write_text(json.dumps({**config, "bos_token_id": lm.mask_token_id}))
     result = run_cli("model", "info", coder)
     assert result.returncode == 2 and "bos_token_id" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_sharded_bfloat16_llada2_checkpoint_loads_strictly(tiny_model, tmp_path):
+    from mdlm_interp import load_model
+    from mdlm_interp.models.random_checkpoint import write_random_checkpoint
+    from mdlm_interp.tasks import tokenizer_corpus
+
+    path = write_random_checkpoint("llada2", tmp_path / "bf16", tokenizer_corpus(), dtype=torch.bfloat16,
+                                   max_shard_bytes=200_000)
+    index = json.loads((path / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1
+    lm = load_model(path, dtype="bfloat16")
+    reference = tiny_model("llada2").model  # the same seed in float32
+    for name, param in lm.model.named_parameters():
+        assert param.dtype == torch.bfloat16
+        torch.testing.assert_close(param.float(), reference.get_parameter(name).bfloat16().float(), atol=0, rtol=0)
+    ids = torch.randint(0, 200, (1, 12), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        assert torch.isfinite(lm.model(ids).float()).all()
