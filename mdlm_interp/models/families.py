@@ -79,6 +79,7 @@ class FamilySpec:
     # (the official configuration class's default)
     moe_layers_key: str | None = None  # "moe_layer_freq" (per-layer list, 0 = dense) or "first_k_dense_replace"
     routing_keys: tuple[str, ...] = ()  # further routing fields of the official config (known, not used)
+    zero_is_default: tuple[str, ...] = ()  # DecoderConfig fields whose config.json value 0 means the default
     preset_fields: dict[str, object] = field(default_factory=dict)  # DecoderConfig fields of a new model
     # ("n_dense_layers": how many first layers stay dense; "n_shared_experts": shared experts of d_expert each)
 
@@ -159,7 +160,9 @@ class FamilySpec:
         if rope_type != "default":
             raise UsageError(f"config.json asks for rope scaling '{rope_type}', which is not supported")
         qkv_bias = self.qkv_bias if self.qkv_bias is not None else bool(get("qkv_bias", False))
-        n_kv_heads = int(get("n_kv_heads", n_heads)) or n_heads  # LLaDA2.1: 0 means one per query head
+        n_kv_heads = int(get("n_kv_heads", n_heads))
+        if n_kv_heads == 0 and "n_kv_heads" in self.zero_is_default:
+            n_kv_heads = n_heads
         fields = dict(
             **moe,
             qk_norm=bool(get("qk_norm", False)),
@@ -614,6 +617,7 @@ LLADA2 = FamilySpec(
     moe_layers_key="first_k_dense_replace",
     routing_keys=("norm_topk_prob", "moe_router_enable_expert_bias", "output_router_logits", "router_aux_loss_coef"),
     fixed_fields={"router": "sigmoid_grouped", "router_bias": True},
+    zero_is_default=("n_kv_heads",),  # LLaDA2.1's configuration class: num_key_value_heads 0 = one per query head
     preset_fields={"qk_norm": True, "partial_rotary_factor": 0.5, "n_experts": 8, "n_experts_per_tok": 2,
                    "n_group": 4, "topk_group": 2, "routed_scaling_factor": 2.5, "n_shared_experts": 1,
                    "n_dense_layers": 1},
