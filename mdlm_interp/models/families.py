@@ -615,7 +615,10 @@ LLADA2 = FamilySpec(
     extra_config={"hidden_act": "silu", "score_function": "sigmoid", "moe_router_enable_expert_bias": True,
                   "norm_topk_prob": True, "router_dtype": "fp32", "norm_head": False, "output_router_logits": False},
     moe_layers_key="first_k_dense_replace",
-    routing_keys=("norm_topk_prob", "moe_router_enable_expert_bias", "output_router_logits", "router_aux_loss_coef"),
+    # (Ling 2.0's moe_shared_expert_intermediate_size is ignored by the official code, which sizes the
+    # shared experts as moe_intermediate_size x num_shared_experts)
+    routing_keys=("norm_topk_prob", "moe_router_enable_expert_bias", "output_router_logits", "router_aux_loss_coef",
+                  "moe_shared_expert_intermediate_size"),
     fixed_fields={"router": "sigmoid_grouped", "router_bias": True},
     zero_is_default=("n_kv_heads",),  # LLaDA2.1's configuration class: num_key_value_heads 0 = one per query head
     preset_fields={"qk_norm": True, "partial_rotary_factor": 0.5, "n_experts": 8, "n_experts_per_tok": 2,
