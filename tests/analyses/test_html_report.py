@@ -36,7 +36,7 @@ def report(tiny_model, tiny_checkpoint, tmp_path_factory):
     result = run_cli("generate", "--model", tiny_checkpoint("llada"), "--prompt", "Input: dog, 3\nOutput:",
                      "--prompt", "Input: 7\nOutput:", "--gen-length", "5", "--trace", trace)
     assert result.returncode == 0, result.stderr
-    write_report([store, root / "patch.h5", trace], root / "report")
+    write_report([store, root / "patch.h5", trace], root / "report", only=["inverse_scaling", "patching"])
     return root / "report", store, trace, lm
 
 
