@@ -133,7 +133,7 @@ def line_plot(name: str, frame, x: str, value: str) -> dict:
     for key, part in (frame.groupby(by, sort=False, dropna=False) if by else [((), frame)]):
         key = key if isinstance(key, tuple) else (key,)
         part = part.sort_values(x)
-        label = ", ".join(f"{c} {v}" for c, v in zip(by, key)) or value
+        label = ", ".join(f"{c} {number(v)}" for c, v in zip(by, key)) or value
         hover = []
         for _, row in part.iterrows():
             text = f"{x} {number(row[x])}: {value} {number(row[value])}"

@@ -165,3 +165,18 @@ def test_the_scrubber_at_step_k_shows_the_traces_masked_positions(page, report):
         masked = opened.locator("#trace-tokens .tok").evaluate_all("els => els.map(e => e.dataset.masked === 'true')")
         assert masked == (ids[step] == lm.mask_token_id).tolist()
     assert any(ids[2] == lm.mask_token_id) and not any(ids[-1] == lm.mask_token_id)
+
+
+def test_the_attention_viewer_embeds_whole_examples_within_its_budget(report):
+    from mdlm_interp.analyses.data import load
+    from mdlm_interp.analyses.html_report import attention_examples
+
+    recordings = load([report[1]])
+    everything, notes = attention_examples(recordings)
+    rows = everything["stores"][0]["rows"]
+    assert notes == [] and [(r["example"], r["masks"], r["filler"]) for r in rows] == \
+        [(0, 1, False), (0, 4, False), (0, 4, True), (2, 1, False), (2, 4, False), (2, 4, True)]
+    first_example = sum(len(r["weights"]) for r in rows[:3])
+    kept, notes = attention_examples(recordings, budget=first_example + 10)
+    assert [r["example"] for r in kept["stores"][0]["rows"]] == [0, 0, 0]
+    assert len(notes) == 1 and "leaves out 3 kept rows" in notes[0]
