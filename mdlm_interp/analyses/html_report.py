@@ -41,6 +41,7 @@ LINE_PLOTS = {
     "iterative_accuracy": ("masks", ["one_step_accuracy", "iterative_accuracy", "unmask_fraction"]),
     "decode_trajectory": ("step", ["p_answer", "mask_attention"]),
     "accuracy": ("masks", ["accuracy"]),
+    "accuracy_change": ("masks", ["difference"]),
 }
 POOLED = {"task": "all"}  # rows kept for plots when a table has the column (per-task rows stay in the tables)
 

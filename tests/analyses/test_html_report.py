@@ -180,3 +180,17 @@ def test_the_attention_viewer_embeds_whole_examples_within_its_budget(report):
     kept, notes = attention_examples(recordings, budget=first_example + 10)
     assert [r["example"] for r in kept["stores"][0]["rows"]] == [0, 0, 0]
     assert len(notes) == 1 and "leaves out 3 kept rows" in notes[0]
+
+
+
+def test_line_plots_show_the_tables_values_with_their_intervals_on_hover():
+    from mdlm_interp.analyses.html_report import plots_of
+
+    frame = pd.DataFrame({"model": ["m", "m", "m"], "task": ["all", "all", "t"], "filler": [False, False, False],
+                          "masks": [5, 1, 1], "n": [20, 20, 10], "accuracy": [0.5, 0.75, 0.1],
+                          "ci_low": [0.3, 0.55, 0.0], "ci_high": [0.7, 0.9, 0.4]})
+    plot = next(p for p in plots_of("inverse_scaling", frame) if p["id"] == "plot-inverse_scaling-accuracy")
+    (trace,) = plot["data"]  # one series: per-task rows stay in the table
+    assert trace["x"] == [1, 5] and trace["y"] == [0.75, 0.5]
+    assert trace["error_y"]["arrayminus"] == pytest.approx([0.2, 0.2])
+    assert trace["customdata"][0] == "masks 1: accuracy 0.750 [0.550, 0.900] (n 20)"
