@@ -26,6 +26,7 @@ import numpy as np
 
 ATTENTION_BUDGET = 10_000_000  # bytes of encoded attention rows in one report.html
 TRACE_BUDGET = 1_000_000  # bytes of decode-trace data in one report.html
+DECODED_ROWS = 2  # rows per store and condition of record --decode stores in the scrubber
 MAX_HTML_ROWS = 400  # longer tables are cut in the page (the CSV keeps every row)
 SERIES = ["model", "comparison", "n_relevant", "n_distractor", "task", "decoder", "placement", "filler", "direction",
           "site", "masks", "steps", "group"]
@@ -77,6 +78,7 @@ def write_html(path, *, title: str, provenance: dict, sections: list, recordings
         notes += found
         data["traces"], found = decode_traces(recordings.results.get("trace", []))
         notes += found
+        data["traces"] += recorded_decodes(recordings)
     page = render_page(title, provenance, sections, data, notes, plotly.offline.get_plotlyjs())
     Path(path).write_text(page, encoding="utf-8")
     return notes
@@ -344,6 +346,39 @@ def decode_traces(paths, budget: int = TRACE_BUDGET) -> tuple[list, list]:
                                           for step in confidence[:, row]],
                            "unmask_step": unmask_step.tolist(), "tokens": {str(k): v for k, v in texts.items()}})
     return traces, notes
+
+
+def recorded_decodes(recordings, per_condition: int = DECODED_ROWS) -> list[dict]:
+    """Return the scrubber's entries for stores recorded with ``record --decode``: the first ``per_condition``
+    rows of each condition, per step the masks left among the answer slot and the tokens after it, and,
+    while the slot is masked, its proposed token and p(answer) (a store keeps no other position's state)."""
+    from mdlm_interp.store import open_store
+
+    entries = []
+    for index, info in enumerate(recordings.stores):
+        if "decode" not in info.groups:
+            continue
+        rows = recordings.rows[recordings.rows["store"] == index]
+        picked = rows.groupby(["placement", "filler", "masks"], sort=False).head(per_condition)
+        with open_store(info.path) as store:
+            decode = {name: store.decode[name] for name in ("steps", "unmask_step", "masks_left", "step_predicted_id",
+                                                            "step_p_answer", "predicted_id", "confidence")}
+        ids = []
+        for _, row in picked.iterrows():
+            i, steps = int(row["row_in_store"]), int(decode["steps"][int(row["row_in_store"])])
+            proposed = decode["step_predicted_id"][i][:steps].tolist()
+            ids += [int(row["answer_id"]), int(decode["predicted_id"][i]), *(p for p in proposed if p >= 0)]
+            condition = f"{int(row['masks'])} masks" + (" (filler)" if row["filler"] else "")
+            entries.append({"kind": "record", "label": f"{info.path.name} {row['task']} prompt {int(row['prompt'])}, "
+                            f"{condition}, {row['placement']}", "masks": int(row["masks"]),
+                            "masks_left": decode["masks_left"][i][:steps].tolist(), "proposed": proposed,
+                            "p_answer": jsonable(np.round(decode["step_p_answer"][i][:steps].astype(float), 4)),
+                            "unmask_step": int(decode["unmask_step"][i]), "decoded": int(decode["predicted_id"][i]),
+                            "confidence": round(float(decode["confidence"][i]), 4), "answer": int(row["answer_id"])})
+        texts = {str(k): v for k, v in token_texts(info.model_id, ids).items()}
+        for entry in entries:
+            entry.setdefault("tokens", texts)
+    return entries
 
 
 def html_table(frame) -> str:

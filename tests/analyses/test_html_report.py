@@ -29,7 +29,8 @@ def report(tiny_model, tiny_checkpoint, tmp_path_factory):
     root = tmp_path_factory.mktemp("html")
     lm = tiny_model("llada")
     store = record(lm, out=root / "record.h5", tasks=[TASK, "verb+smallest"], masks=[1, 4], filler=" .", n=2,
-                   n_relevant=2, n_distractor=2, record=("attention",), keep_examples=KEEP, progress=False)
+                   n_relevant=2, n_distractor=2, record=("attention",), keep_examples=KEEP, decode="llada",
+                   progress=False)
     patching_store(root / "patch.h5", {"examples": [(0, 0), (0, 1), (1, 0)], "clean": [3.0, 3.0, 4.0],
                                        "corrupt": [0.0, 1.0, 0.0], "patched": [1.0, 2.5, 2.0]})
     trace = root / "trace.h5"
@@ -194,3 +195,24 @@ def test_line_plots_show_the_tables_values_with_their_intervals_on_hover():
     assert trace["x"] == [1, 5] and trace["y"] == [0.75, 0.5]
     assert trace["error_y"]["arrayminus"] == pytest.approx([0.2, 0.2])
     assert trace["customdata"][0] == "masks 1: accuracy 0.750 [0.550, 0.900] (n 20)"
+
+
+def test_the_scrubber_over_a_record_decode_row_shows_its_answer_slot_and_masks_left(page, report):
+    from mdlm_interp.store import open_store
+
+    opened, _, _ = page
+    _, path, _, _ = report
+    labels = opened.locator("#trace-select option").all_text_contents()
+    index = next(i for i, label in enumerate(labels) if label.startswith("record.h5") and "4 masks," in label)
+    opened.select_option("#trace-select", index=index)
+    task, prompt = re.match(r"record.h5 (\S+) prompt (\d+)", labels[index]).groups()
+    with open_store(path) as store:
+        examples = store.examples
+        row = examples[(examples["task"] == task) & (examples["masks"] == 4) & ~examples["filler"]].index[int(prompt)]
+        masks_left, unmask = store.decode["masks_left"][row], int(store.decode["unmask_step"][row])
+    for step in range(int(opened.locator("#trace-step").get_attribute("max")) + 1):
+        opened.locator("#trace-step").evaluate(f"el => {{ el.value = '{step}'; el.dispatchEvent(new Event('input')); }}")
+        slot = opened.locator("#trace-tokens .tok")
+        assert slot.get_attribute("data-masked") == ("true" if step <= unmask and step < 4 else "false")
+        left = masks_left[step] if step < 4 else 0
+        assert f"Before step {step}: {left} of the 4 tokens" in opened.locator("#trace-status").text_content()

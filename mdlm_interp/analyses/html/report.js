@@ -143,8 +143,37 @@
     const box = document.getElementById("trace-tokens"), label = document.getElementById("trace-step-label");
     DATA.traces.forEach((t, i) => option(select, i, t.label));
 
+    function drawRecorded(trace, k) {  // a record --decode row: the answer slot and the count of masks left
+      const steps = trace.proposed.length, still = k <= trace.unmask_step && k < steps;
+      const span = document.createElement("span");
+      span.className = "tok answer" + (still ? " masked" : "") + (k === trace.unmask_step ? " new" : "");
+      span.dataset.position = "answer slot";
+      span.dataset.masked = still ? "true" : "false";
+      if (still) {
+        const proposal = trace.tokens[String(trace.proposed[k])], p = trace.p_answer[k];
+        span.dataset.proposed = proposal;
+        span.textContent = "▒ ";
+        const small = document.createElement("small");
+        small.textContent = shown(proposal);
+        span.appendChild(small);
+        span.title = `answer slot: masked; proposes ${shown(proposal)}, p(answer) ` + (p === null ? "-" : p.toFixed(3));
+        if (p !== null) shade(span, p);
+      } else {
+        span.textContent = shown(trace.tokens[String(trace.decoded)]);
+        span.title = `answer slot: decoded at step ${trace.unmask_step} with confidence ${trace.confidence.toFixed(3)}`;
+      }
+      box.replaceChildren(span);
+      const left = k < steps ? trace.masks_left[k] : 0;
+      label.textContent = `step ${k} of ${steps}`;
+      slider.setAttribute("aria-valuetext", `step ${k} of ${steps}, ${left} masks left`);
+      document.getElementById("trace-status").textContent = `Before step ${k}: ${left} of the ${trace.masks} ` +
+        `tokens from the answer slot on are still masks (a record store keeps the answer slot's proposal and ` +
+        `p(answer), shaded, not the other positions').`;
+    }
+
     function drawStep() {
       const trace = DATA.traces[Number(select.value)], k = Number(slider.value);
+      if (trace.kind === "record") return drawRecorded(trace, k);
       const steps = trace.proposed.length, canvas = trace.ids[k];
       box.replaceChildren();
       let masked = 0;
