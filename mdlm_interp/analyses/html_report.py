@@ -66,11 +66,19 @@ def write_html(path, *, title: str, provenance: dict, sections: list, recordings
     ``recordings.results["trace"]`` the decoding scrubber); return notes on what was left out (sentences)."""
     import plotly.offline
 
+    from mdlm_interp.store.layout import first_line
+
     notes = []
     data = {"plots": [], "attention": None, "traces": []}
     for index, section in enumerate(sections):
         for name, frame in section.tables.items():
-            for plot in plots_of(name, frame):
+            try:
+                plots = plots_of(name, frame)
+            except (KeyError, ValueError, TypeError, IndexError) as error:  # one table's plots never cost the page
+                notes.append(f"The plots of tables/{name}.csv could not be drawn ({type(error).__name__}: "
+                             f"{first_line(error)}); the table holds the numbers.")
+                continue
+            for plot in plots:
                 plot["section"] = index
                 data["plots"].append(plot)
     if recordings is not None:
@@ -283,15 +291,15 @@ def attention_examples(recordings, budget: int = ATTENTION_BUDGET) -> tuple[dict
             continue
         rows = recordings.rows[recordings.rows["store"] == index]
         with open_store(info.path) as store:
-            lengths = store.array("attention_rows/from_readout")
-            kept = [i for i in rows["row_in_store"] if len(lengths[i])]
+            stored = store.array("attention_rows/from_readout")  # per row: [token, layer, head] flattened, or empty
+            kept = [i for i in rows["row_in_store"] if len(stored[i])]
             examples = store.examples
             spans = store.array("examples/relevant_spans")
             offset = FAMILIES[info.family].prediction_offset if info.family in FAMILIES else 0
             entries = []
             for example_index in dict.fromkeys(int(examples.loc[i, "example"]) for i in kept):
                 of_example = [i for i in kept if int(examples.loc[i, "example"]) == example_index]
-                size = sum(math.ceil(len(lengths[i]) * 2 / 3) * 4 for i in of_example)
+                size = sum(math.ceil(len(stored[i]) * 2 / 3) * 4 for i in of_example)  # base64 of uint16
                 if used + size > budget:
                     left_out += len(of_example)
                     continue
@@ -299,7 +307,7 @@ def attention_examples(recordings, budget: int = ATTENTION_BUDGET) -> tuple[dict
                 for i in of_example:
                     example = {**examples.loc[i].to_dict(), "relevant_spans": spans[i]}
                     n = int(example["input_length"])
-                    weights = np.asarray(lengths[i], dtype=np.float32).reshape(n, info.dims["layers"], info.dims["heads"])
+                    weights = np.asarray(stored[i], dtype=np.float32).reshape(n, info.dims["layers"], info.dims["heads"])
                     entries.append({
                         "example": example_index, "task": str(example["task"]), "masks": int(example["masks"]),
                         "filler": bool(example["filler"]), "placement": str(example["placement"]),

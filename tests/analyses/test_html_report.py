@@ -158,7 +158,7 @@ def test_the_scrubber_at_step_k_shows_the_traces_masked_positions(page, report):
     opened, _, _ = page
     _, _, trace, lm = report
     with h5py.File(trace) as file:
-        start, ids = int(file.attrs["prompt_length"]), file["ids"][:, 1, int(file.attrs["prompt_length"]):]
+        ids = file["ids"][:, 1, int(file.attrs["prompt_length"]):]  # the generated region of prompt 1, per step
     opened.select_option("#trace-select", index=1)
     for step in (0, 2, len(ids) - 1):
         opened.locator("#trace-step").evaluate(
