@@ -24,7 +24,8 @@ from mdlm_interp.batching import BatchLayout, collate
 from mdlm_interp.decoding import DecodeConfig
 from mdlm_interp.errors import UsageError
 from mdlm_interp.hooks.decode_trace import AnswerSlotTrace
-from mdlm_interp.hooks.recorders import AttentionRecorder, GradientRecorder, LensRecorder, PredictionRecorder
+from mdlm_interp.hooks.recorders import (AttentionRecorder, AttentionRowRecorder, GradientRecorder, LensRecorder,
+                                         PredictionRecorder)
 from mdlm_interp.plan import MAX_PLANNED_ROWS, Condition, PromptPlan, as_tuple, check_context, plan_prompts
 from mdlm_interp.store import schema
 from mdlm_interp.store.writer import check_writable, open_writer
@@ -43,6 +44,7 @@ RECORDERS = {
 }
 RECORDABLE = tuple(RECORDERS)
 LAST_NONMASK = 50  # the attribution table's "last 50 non-mask tokens"
+MAX_KEEP_EXAMPLES = 32  # --keep-examples bound: each kept row costs 4 bytes x tokens x layers x heads
 FIELDS = {f.path: f for f in schema.DATA}
 
 
@@ -54,7 +56,8 @@ class RecordConfig(PromptPlan):
     n_distractor, seed, chat); besides them: ``record``: any of attention, gradients, lens (the one-step
     prediction is always recorded); ``top_k`` token ids kept per row; ``decode``: also decode the answer
     slot and the masks after it iteratively (a ``decoding.DecodeConfig`` or its command-line form, e.g.
-    "llada:steps=10"; None: no decoding). Values are normalised on construction and checked: a bad value
+    "llada:steps=10"; None: no decoding); ``keep_examples`` K: keep the full attention rows from the readout
+    position for the first K examples of each condition (``kept``; group attention_rows; 0: none). Values are normalised on construction and checked: a bad value
     raises ``UsageError`` naming it. The config as a dict is the store's ``settings`` (with the model's
     facts; ``decode`` only when set), compared field by field on resume.
     """
@@ -62,6 +65,7 @@ class RecordConfig(PromptPlan):
     record: tuple = RECORDABLE
     top_k: int = 10
     decode: DecodeConfig | None = None
+    keep_examples: int = 0
 
     def __post_init__(self):
         super().__post_init__()
@@ -71,6 +75,8 @@ class RecordConfig(PromptPlan):
             raise UsageError(f"unknown --record item(s) {sorted(unknown)}; choose from {', '.join(RECORDABLE)}")
         if self.top_k < 1:
             raise UsageError("top-k must be at least 1")
+        if not 0 <= self.keep_examples <= MAX_KEEP_EXAMPLES:
+            raise UsageError(f"--keep-examples must be between 0 and {MAX_KEEP_EXAMPLES}")
         decode = DecodeConfig.parse(self.decode) if isinstance(self.decode, str) else self.decode
         if decode is not None:
             decode.check(self.masks)
@@ -83,7 +89,14 @@ class RecordConfig(PromptPlan):
         settings = {**super().settings(), "record": list(self.record), "top_k": self.top_k}
         if self.decode is not None:
             settings["decode"] = self.decode.settings()
+        if self.keep_examples:
+            settings["keep_examples"] = self.keep_examples
         return settings
+
+    def kept(self, row) -> bool:
+        """Return whether ``row`` (a ``plan.PlanRow``) keeps its attention rows: one of the first
+        ``keep_examples`` of its condition, taking prompt 0 of every task in turn, then prompt 1, ..."""
+        return row.prompt * len(self.tasks) + row.task < self.keep_examples
 
     def decode_steps(self) -> int:
         """Return the most denoising steps any condition takes (the store's ``steps`` dimension); 0 without decode."""
@@ -130,7 +143,8 @@ def record(model, tokenizer=None, *, out, config: RecordConfig | None = None, ma
     settings = run_settings(subject, config, facts, batch_size=batch_size, **({"shard": [rank, world]} if shard else {}))
     dims = {"k": config.top_k, "relevant": max(config.n_relevant, 1), "layers": subject.n_layers,
             "heads": subject.n_heads, **({"steps": config.decode_steps()} if config.decode is not None else {})}
-    groups = ("examples", "tokens", *config.record, *(("decode",) if config.decode is not None else ()))
+    groups = ("examples", "tokens", *config.record, *(("decode",) if config.decode is not None else ()),
+              *(("attention_rows",) if config.keep_examples else ()))
     first, stop = len(plan) * rank // world, len(plan) * (rank + 1) // world
     with open_writer(out, settings=settings, provenance=provenance(subject, config, facts, command_line),
                      groups=groups, dims=dims, n_planned=stop - first, resume=resume, overwrite=overwrite) as writer:
@@ -141,7 +155,8 @@ def record(model, tokenizer=None, *, out, config: RecordConfig | None = None, ma
         resume_at = first + (writer.n_rows_done // batch_size) * batch_size if done < stop else stop
         for begin in range(resume_at, stop, batch_size):
             rows = range(begin, min(begin + batch_size, stop))
-            batch = record_batch(subject, [prompts[r] for r in rows], config)
+            batch = record_batch(subject, [prompts[r] for r in rows], config,
+                                 recorder_factories(config, kept=[config.kept(plan[r]) for r in rows]))
             batch.update(plan_columns(config, subject.causal, [plan[r] for r in rows], rows))
             skip = max(0, done - begin)  # rows of this batch that the interrupted run committed
             writer.append({path: values[skip:] for path, values in batch.items()})
@@ -182,11 +197,13 @@ def tqdm_or_none(enabled: bool, **kwargs):
     return tqdm(**{"unit": "row", "desc": "recording", **kwargs})
 
 
-def recorder_factories(config: RecordConfig) -> dict:
+def recorder_factories(config: RecordConfig, kept: list | None = None) -> dict:
     """Return store group -> recorder factory ``(module, layout) -> Recorder`` for ``config``: the
-    prediction (group "examples") and every recorder of ``config.record``."""
+    prediction (group "examples"), every recorder of ``config.record`` and, with ``config.keep_examples``,
+    the attention rows of the batch rows flagged in ``kept`` (one bool per row; default none)."""
+    kept_rows = {"attention_rows": partial(AttentionRowRecorder, kept=kept or [])} if config.keep_examples else {}
     return {"examples": partial(PredictionRecorder, top_k=config.top_k),
-            **{name: RECORDERS[name] for name in config.record}}
+            **{name: RECORDERS[name] for name in config.record}, **kept_rows}
 
 
 def record_batch(subject: Subject, prompts: list, config: RecordConfig, factories: dict | None = None) -> dict:
@@ -204,13 +221,14 @@ def record_batch(subject: Subject, prompts: list, config: RecordConfig, factorie
     with torch.set_grad_enabled(any(recorder.needs_grad for recorder in recorders.values())):
         logits = subject.module.run_with_hooks(batch.input_ids, attention_mask=batch.attention_mask, fwd_hooks=hooks,
                                                **kwargs)
-        results = {f"{group}/{name}": value.detach().cpu() for group, recorder in recorders.items()
-                   for name, value in recorder.results(logits).items()}
+        results = {f"{group}/{name}": value.detach().cpu() if isinstance(value, torch.Tensor) else value
+                   for group, recorder in recorders.items() for name, value in recorder.results(logits).items()}
     if config.decode is not None:
         decoded = decode_batch(subject, batch, config, [Condition.of(tp) for tp in prompts])
         results.update({f"decode/{name}": value.cpu() for name, value in decoded.items()})
     valid = batch.layout.valid.cpu()
-    columns = {path: [row[keep].numpy() for row, keep in zip(value, valid)] if FIELDS[path].vlen else value.numpy()
+    columns = {path: value if isinstance(value, list)  # per-row arrays a recorder trimmed itself
+               else [row[keep].numpy() for row, keep in zip(value, valid)] if FIELDS[path].vlen else value.numpy()
                for path, value in results.items()}
     columns.update(prompt_columns(prompts, max(config.n_relevant, 1)))
     return columns

@@ -130,7 +130,8 @@ def load(paths) -> Recordings:
 
     Every file is checked first (``checks.check_file``: its layout against its kind's schema, its
     settings); ``UsageError`` (one line) for a path that is not a readable, whole store, before
-    reading any rows. A file of a kind without rows (a decode trace) is left out with a note.
+    reading any rows. A file of a kind without rows (a decode trace) is left out with a note (its path
+    goes to ``results["trace"]``, for report.html's decoding scrubber).
     """
     import pandas as pd
 
@@ -147,7 +148,10 @@ def load(paths) -> Recordings:
                 identities[path] = read_identity(store.attrs)
             results.setdefault(kind, []).append(path)
         else:
-            skipped.append(f"{path} is a {kind} file, which holds no rows to analyse; it is left out.")
+            skipped.append(f"{path} is a {kind} file, which holds no rows to analyse; it is left out"
+                           + (" (report.html shows its steps)." if kind == "trace" else "."))
+            if kind == "trace":
+                results.setdefault("trace", []).append(path)
     stores = [_info(path) for path in record_paths]
     labels = model_labels([s.identity for s in stores] + list(identities.values()))
     stores = [replace(s, model=label) for s, label in zip(stores, labels)]

@@ -171,8 +171,9 @@ def write_report(stores, out, *, command_line: str = "", only=None) -> Path:
     """Analyse ``stores`` (paths to stores or folders of stores) into folder ``out``; return report.md's path.
 
     Writes tables/NAME.csv for every table, figures/NAME.png for every figure (provenance in the PNG
-    metadata), provenance.json and report.md (provenance, every table, every figure with its caption,
-    and a note for every analysis that was skipped and why). Raises ``UsageError`` before writing
+    metadata), provenance.json, report.md (provenance, every table, every figure with its caption,
+    and a note for every analysis that was skipped and why) and report.html (``html_report``: the same
+    tables as interactive plots, the attention viewer and the decoding scrubber). Raises ``UsageError`` before writing
     anything if a path is not a readable store.
     """
     recordings = load(stores)
@@ -197,9 +198,25 @@ def write_report(stores, out, *, command_line: str = "", only=None) -> Path:
                 frame.to_csv(out / "tables" / f"{name}.csv", index=False, float_format="%.6g")
             outcome.figures = save_figures(outcome.figures, out / "figures",
                                            stamp(command_line, provenance["created"]), outcome.notes)
+        html_notes = write_page(out / "report.html", recordings, outcomes, provenance)
         path = out / "report.md"
-        path.write_text(render(recordings, outcomes, provenance))
+        path.write_text(render(recordings, outcomes, provenance) + "".join(f"\n- {note}" for note in html_notes))
     return path
+
+
+def write_page(path: Path, recordings, outcomes, provenance: dict) -> list[str]:
+    """Write report.html (``html_report.write_html``) from the outcomes; return notes for report.md (what
+    the page leaves out, or why it could not be written: the page is never worth the report)."""
+    from mdlm_interp.analyses.html_report import Section, write_html
+
+    sections = [Section(o.title, o.paragraph, o.notes, o.tables, o.shown, o.skipped) for o in outcomes]
+    try:
+        notes = write_html(path, title="mdlm-interp report", provenance=provenance, sections=sections,
+                           recordings=recordings)
+    except Exception as error:  # e.g. plotly missing; the Markdown report stands
+        path.unlink(missing_ok=True)
+        return [f"report.html could not be written ({type(error).__name__}: {first_line(error)})."]
+    return [f"report.html: {note}" for note in notes]
 
 
 def render(recordings, outcomes, provenance) -> str:

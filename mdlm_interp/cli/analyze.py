@@ -5,6 +5,10 @@ outputs (in --out DIR):
   report.md                       every table below (long ones cut at 400 rows) and every figure, one
                                   sentence per figure, the stores analysed, and a note for each analysis
                                   a store could not feed (e.g. no /gradients) and why
+  report.html                     one self-contained page (no network request; plotly.js embedded): the
+                                  tables and interactive plots of them (hover: value and interval), patching
+                                  heatmaps, an attention viewer (stores recorded with --keep-examples) and a
+                                  decoding scrubber (generate --trace files given as STORE)
   provenance.json                 command, toolkit version, time, interval methods, and per store its path,
                                   model, weights fingerprint, seed, setting, rows and command
   tables/inverse_scaling.csv      per model, n_relevant, n_distractor, task ("all" = pooled), placement,
@@ -87,7 +91,7 @@ def add_parser(subparsers) -> None:
         "with masks and the filler control, locality, gradient attribution, attention to masks per layer x head, "
         "logit lens, what the model predicts instead, context benefit against mask drop, heads ranked by "
         "attention to the masks, and, from `patch` and `ablate` stores, patching heatmaps and ablation effects. "
-        "Writes DIR/report.md, "
+        "Writes DIR/report.md, DIR/report.html (interactive), "
         "DIR/tables/*.csv, DIR/figures/*.png and DIR/provenance.json, then prints the pooled inverse-scaling table.",
         epilog=OUTPUTS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -122,4 +126,6 @@ def run(args) -> int:
     report = write_report(args.stores, args.out, command_line=args.command_line, only=only)
     print(console_table(report.parent))
     print(f"report: {report}")
+    if (report.parent / "report.html").exists():
+        print(f"interactive report: {report.parent / 'report.html'}")
     return 0

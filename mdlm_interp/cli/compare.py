@@ -15,7 +15,8 @@ def add_parser(subparsers) -> None:
         "pairs, in recovery and in logits, with paired bootstrap intervals; given ablation stores (`ablate`), "
         "accuracy with the heads ablated and its change. A model is the store's model id plus its adapter "
         "(--adapter); record stores of one model pool their rows. A store of another kind, or one that cannot be "
-        "paired with the reference's, is left out with a note. Writes DIR/report.md, DIR/tables/*.csv, "
+        "paired with the reference's, is left out with a note. Writes DIR/report.md, DIR/report.html (the "
+        "tables as interactive plots, the patching heatmaps, the attention viewer), DIR/tables/*.csv, "
         "DIR/figures/*.png and DIR/provenance.json.")
     parser.add_argument("stores", nargs="+", metavar="STORE",
                         help="HDF5 stores written by `mdlm-interp record`, `patch` or `ablate` (or folders searched "
@@ -52,4 +53,6 @@ def run(args) -> int:
         print(f"note: {note}")
     print(report.read_text().split("## Findings\n\n", 1)[1].split("\n\n", 1)[0])
     print(f"report: {report}")
+    if (report.parent / "report.html").exists():
+        print(f"interactive report: {report.parent / 'report.html'}")
     return 0

@@ -35,6 +35,12 @@ def add_parser(subparsers) -> None:
                         "guidance C), 'dream' or 'dream:steps=K,alg=A,eps=E' (Dream's sampler, A one of "
                         "maskgit_plus, topk_margin, entropy). steps and block default to the number of masks "
                         "(steps=masks: one step per mask); diffusion models only")
+    parser.add_argument("--keep-examples", type=int, default=0, metavar="K",
+                        help="also keep the full attention rows from the readout position (every layer, head and "
+                        "input token) for the first K examples of each condition (prompt 0 of every task in turn, "
+                        "then prompt 1, ...; the same prompts in every condition), for the attention viewer of "
+                        "analyze's report.html (store group attention_rows; 4 bytes x tokens x layers x heads per "
+                        "kept row, at most 32 per condition; default 0: none)")
     parser.add_argument("--top-k", type=int, default=10, help="top-k token ids and probabilities kept per row (default 10)")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (default 8)")
     parser.add_argument("--out", default="record.h5", help="output HDF5 store (default record.h5)")
@@ -63,7 +69,8 @@ def run(args) -> int:
     # everything that needs no model is checked before loading one
     check_writable(args.out, resume=args.resume, overwrite=args.overwrite)
     config = RecordConfig(**plan_fields(args), masks=args.masks, filler=args.filler, chat=args.chat,
-                          record=args.record, top_k=args.top_k, decode=args.decode)
+                          record=args.record, top_k=args.top_k, decode=args.decode,
+                          keep_examples=args.keep_examples)
     if args.batch_size < 1:
         raise UsageError("batch size must be at least 1")
 

@@ -172,8 +172,25 @@ def write_comparison(paths, out, *, held_in=None, command_line: str = "") -> Pat
                    for key, value in figures.items()}
         (out / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
         report = out / "report.md"
-        report.write_text(render(provenance, tables, lines, figures))
+        report.write_text(render(provenance, tables, lines, figures)
+                          + "".join(f"\n- {note}" for note in comparison_page(out, provenance, tables, notes, recordings)))
     return report
+
+
+def comparison_page(out, provenance: dict, tables: dict, notes: list, recordings) -> list[str]:
+    """Write OUT/report.html (``analyses.html_report``): the comparison's tables as tables and interactive
+    plots, the patching heatmaps and the attention viewer; return notes for report.md on what it leaves out
+    or why it could not be written."""
+    from mdlm_interp.analyses.html_report import Section, write_html
+
+    try:
+        found = write_html(out / "report.html", title="mdlm-interp comparison", provenance=provenance,
+                           sections=[Section("Comparison", notes=list(notes), tables=tables, shown=tables)],
+                           recordings=recordings)
+    except Exception as error:  # the Markdown report stands without the page
+        (out / "report.html").unlink(missing_ok=True)
+        return [f"report.html could not be written ({type(error).__name__}: {first_line(error)})."]
+    return [f"report.html: {note}" for note in found]
 
 
 def result_provenance(path, model: str) -> dict:

@@ -204,3 +204,47 @@ class GradientRecorder(Recorder):
             "last50_mean": mean_over(lay.last_context).detach(),
             "nonmask_mean": mean_over(lay.context).detach(),
         }
+
+
+class AttentionRowRecorder(Recorder):
+    """Full attention rows from the readout position, every layer and head, for the batch rows in ``kept``.
+
+    Hooks each layer's ``hook_pattern`` only when some row is kept (the pattern path is slower than the
+    fused kernel, so batches without a kept row run as before). ``results`` gives per row a 1-D array,
+    ``[valid pos, layer, head]`` flattened, for kept rows and an empty one for the others.
+    """
+
+    def __init__(self, module, layout: BatchLayout, kept):
+        self.layout = layout
+        self.n_layers = len(module.blocks)
+        self.kept = torch.as_tensor(kept, dtype=torch.bool)
+        self.per_layer: dict[int, torch.Tensor] = {}
+
+    def fwd_hooks(self) -> list:
+        """Return [(hook name, fn)] on every layer's ``attn.hook_pattern``; none when no row is kept."""
+        if not bool(self.kept.any()):
+            return []
+        return [(hook_name("pattern", layer), self._hook(layer)) for layer in range(self.n_layers)]
+
+    def _hook(self, layer: int):
+        def keep_row(pattern: torch.Tensor, hook) -> None:
+            lay = self.layout
+            self.per_layer[layer] = pattern.detach()[lay.rows, :, lay.readout].float().cpu()  # [batch, head, key]
+
+        return keep_row
+
+    def results(self, logits: torch.Tensor) -> dict[str, list]:
+        """Return from_readout: one float32 numpy array per row, [valid pos, layer, head] flattened for kept
+        rows, empty for the others."""
+        import numpy as np
+        from einops import rearrange
+
+        valid = self.layout.valid.cpu()
+        out = []
+        for row, kept in enumerate(self.kept.tolist()):
+            if not kept:
+                out.append(np.zeros(0, dtype=np.float32))
+                continue
+            stacked = torch.stack([self.per_layer[l][row] for l in range(self.n_layers)])  # [layer, head, key]
+            out.append(rearrange(stacked[..., valid[row]], "l h k -> (k l h)").numpy())
+        return {"from_readout": out}

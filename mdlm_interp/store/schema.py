@@ -12,7 +12,7 @@ from dataclasses import dataclass
 SCHEMA_VERSION = 1
 
 # examples is always present; the others only when recorded.
-GROUPS = ("examples", "tokens", "attention", "gradients", "lens", "decode")
+GROUPS = ("examples", "tokens", "attention", "gradients", "lens", "decode", "attention_rows")
 
 DIMS = {
     "k": "top-k size of examples/topk_ids and topk_probs",
@@ -31,7 +31,9 @@ class Field:
 
     dtype is one of "bool", "int32", "int64", "float32", "str" (UTF-8, variable length),
     "vlen int32", "vlen float32" (one 1-D array of any length per row).
-    Shape entries after "rows" are names in DIMS, "layers+1", or literal ints.
+    Shape entries after "rows" are names in DIMS, "layers+1", or literal ints. A vlen row holds
+    input_length values, times the DIMS named in ``per_token`` (e.g. ("layers", "heads")); with
+    ``may_be_empty`` a row may hold none instead.
     """
 
     group: str
@@ -39,6 +41,14 @@ class Field:
     dtype: str
     shape: tuple
     doc: str
+    per_token: tuple = ()
+    may_be_empty: bool = False
+
+    def vlen_length(self, input_length: int, dims: dict) -> int:
+        """Return the values a full row of this vlen dataset holds for a row of ``input_length`` tokens."""
+        import math
+
+        return input_length * math.prod(dims[name] for name in self.per_token)
 
     @property
     def path(self) -> str:
@@ -84,11 +94,11 @@ class Field:
 
     def dim_names(self) -> set:
         """Return the names in DIMS that this dataset's shape uses."""
-        return {e.removesuffix("+1") for e in self.shape[1:] if isinstance(e, str)}
+        return {e.removesuffix("+1") for e in self.shape[1:] if isinstance(e, str)} | set(self.per_token)
 
 
-def _f(group, name, dtype, shape, doc):
-    return Field(group, name, dtype, ("rows",) + tuple(shape), doc)
+def _f(group, name, dtype, shape, doc, **vlen):
+    return Field(group, name, dtype, ("rows",) + tuple(shape), doc, **vlen)
 
 
 DATA = (
@@ -184,6 +194,11 @@ DATA = (
     _f("decode", "mask_mass_from_answer", "float32", ("steps", "layers", "heads"), f"at each step, attention weight "
        f"from {READOUT} summed over the positions in [masks_start, masks_end) that are still masks; the first step "
        "equals attention/mask_mass_from_answer when no filler is used"),
+    _f("attention_rows", "from_readout", "vlen float32", (), f"record --keep-examples K only: for the first K "
+       "examples of each condition (prompt 0 of every task in turn, then prompt 1, ...), the attention weights "
+       f"from {READOUT} to every input token in every layer and head, flattened [input_length, layers, heads] "
+       "(4 bytes x input_length x layers x heads per kept row); empty for the other rows",
+       per_token=("layers", "heads"), may_be_empty=True),
 )
 
 

@@ -368,8 +368,10 @@ class StoreWriter:
             raise ValueError(f"batch fields have different row counts: {sizes}")
         lengths = arrays["examples/input_length"]
         for field in self.fields:
-            if field.vlen and any(len(a) != n for a, n in zip(arrays[field.path], lengths)):
-                raise ValueError(f"{field.path}: per-row lengths differ from examples/input_length")
+            if field.vlen and any(len(a) != field.vlen_length(n, self.dims) and not (field.may_be_empty and len(a) == 0)
+                                  for a, n in zip(arrays[field.path], lengths)):
+                raise ValueError(f"{field.path}: per-row lengths differ from examples/input_length"
+                                 + (f" x {' x '.join(field.per_token)}" if field.per_token else ""))
         return arrays
 
     def _commit(self, n_rows: int) -> None:

@@ -74,6 +74,8 @@ def test_compare_pairs_patching_stores_by_prompt_and_reports_the_change(stores):
     assert {f"patching_{value}_1vs6masks_{direction}.png" for value in ("change", "effect")
             for direction in ("clean_into_corrupt", "corrupt_into_clean")} <= figures
     assert sum(name.startswith("patching_positions_") for name in figures) == 4  # 2 models x 2 directions
+    # the interactive page: per model and direction a heatmap per site (3) and per head group of z (2)
+    assert (root / "report" / "report.html").read_text().count('"kind":"patching"') == 2 * 2 * (3 + 2)
     text = report.read_text()
     assert "![patching_change_1vs6masks_clean_into_corrupt]" in text and "(no record store)" in text
     assert "organism+organism-ma against organism, 1 vs 6 masks, clean_into_corrupt" in text

@@ -46,7 +46,8 @@ def make_rows(start: int, stop: int, groups=schema.GROUPS) -> dict:
             elif field.dtype == "str":
                 values.append(f"{field.name}-{r % 3}-é")
             elif field.vlen:
-                values.append(rng.random(length) * 100 if "float" in field.dtype else rng.integers(0, 9999, length))
+                size = 0 if field.may_be_empty and r % 2 else field.vlen_length(length, DIMS)
+                values.append(rng.random(size) * 100 if "float" in field.dtype else rng.integers(0, 9999, size))
             elif field.dtype == "bool":
                 values.append(rng.random(shape) < 0.5)
             elif field.dtype.startswith("int"):
