@@ -4,7 +4,7 @@ position groups streamed into an activation store."""
 
 def add_parser(subparsers) -> None:
     """Register the ``activations`` subcommand."""
-    from mdlm_interp.cli.common import add_model_flags, add_plan_flags, int_list, name_list
+    from mdlm_interp.cli.common import add_intervention_flags, add_model_flags, add_plan_flags, int_list, name_list
     from mdlm_interp.representations.activations import DTYPES
     from mdlm_interp.representations.collect import POSITION_GROUPS
 
@@ -43,6 +43,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted store written with the same settings and --batch-size")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_intervention_flags(parser)
     parser.epilog = ("Sharded over processes: torchrun --nproc-per-node N -m mdlm_interp activations --n-prompts P "
                      "...; each rank writes a contiguous block of prompts into OUT.shardR-of-N.h5 and rank 0 "
                      "merges them into OUT (HDF5 virtual datasets; keep the shards next to it).")
@@ -74,7 +75,7 @@ def expand_sites(entries, n_layers: int) -> list[str]:
 
 def run(args) -> int:
     """Check the request, load the model, export (sharded under torchrun), print what was written."""
-    from mdlm_interp.cli.common import load_model_from, plan_fields
+    from mdlm_interp.cli.common import apply_interventions, load_model_from, plan_fields
     from mdlm_interp.cli.record import distributed_setup
     from mdlm_interp.models.loader import parse_device
     from mdlm_interp.plan import PromptPlan
@@ -89,10 +90,12 @@ def run(args) -> int:
     rank, world, device = distributed_setup(args.device)
     lm = load_model_from(args, device)
     sites = expand_sites(args.sites, lm.config.n_layers)
+    interventions = apply_interventions(args, lm, plan, quiet=rank != 0)
     out = export_activations(lm, out=args.out, plan=plan, sites=sites, groups=args.positions,
                              dtype=args.store_dtype, batch_size=args.batch_size, chunk_rows=args.chunk_rows, resume=args.resume,
                              progress=not args.no_progress and rank == 0, command_line=args.command_line,
-                             shard=(rank, world) if world > 1 else None)
+                             shard=(rank, world) if world > 1 else None,
+                             extra_provenance={"interventions": interventions} if interventions else None)
     if world > 1:
         import torch.distributed as dist
 
