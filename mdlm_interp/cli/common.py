@@ -123,7 +123,8 @@ def add_intervention_flags(parser, *, steer: bool = False) -> None:
 
     parser.add_argument("--steer", action="append", default=[], metavar="FILE:SITE:SCALE",
                         help="add SCALE x the direction saved for SITE in FILE (safetensors, e.g. probe's "
-                        "directions.safetensors) to the activation at SITE in every forward pass (repeatable)")
+                        "directions.safetensors) to the activation at SITE in every forward pass; SCALE shift=D adds "
+                        "D x w / ||w||^2, which moves a linear probe's reading x @ w by D (repeatable)")
     parser.add_argument("--steer-positions", default="all", choices=list(STEER_POSITIONS),
                         help="where --steer adds its direction: all positions, every mask token, the answer slot (the "
                         "first mask) or the readout position (default all)")

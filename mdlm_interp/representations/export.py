@@ -9,7 +9,8 @@ joins complete shards into one store of HDF5 virtual datasets (the shards stay n
 
 Each row carries the labels ``LABELS``: masks (n), mask_ratio (n / prompt length in tokens), filler
 (1 for the filler control), prompt_length, correct (the readout's argmax is the answer, 0 / 1) and
-answer_loss (cross-entropy of the answer at the readout, nats) of its prompt.
+answer_loss (cross-entropy of the answer at the readout, nats) of its prompt, and token_id (the token
+at the row's position).
 """
 
 import json
@@ -31,7 +32,7 @@ from mdlm_interp.representations.splice import site_width
 from mdlm_interp.store.writer import building_path, check_writable
 from mdlm_interp.subject import provenance, run_settings, subject_from
 
-LABELS = ("masks", "mask_ratio", "filler", "prompt_length", "correct", "answer_loss")
+LABELS = ("masks", "mask_ratio", "filler", "prompt_length", "correct", "answer_loss", "token_id")
 
 
 def condition_label(condition) -> str:
@@ -105,7 +106,10 @@ def export_activations(model, *, out, plan: PromptPlan, sites, groups, dtype: st
                       "filler": [int(row.condition.filler) for row in planned], "prompt_length": lengths,
                       "correct": collected["correct"].float().tolist(), "answer_loss": collected["answer_loss"].tolist()}
             keys = [prompt_key(plan.seed, plan.tasks[row.task], plan.example(row), plan.n) for row in planned]
-            writer.append(**store_rows(collected, keys, [condition_label(row.condition) for row in planned], labels))
+            appended = store_rows(collected, keys, [condition_label(row.condition) for row in planned], labels)
+            appended["labels"]["token_id"] = [prompts[r].input_ids[p] for r, p in
+                                              zip(collected["row"].tolist(), collected["position"].tolist())]
+            writer.append(**appended)
             if bar is not None:
                 bar.update(len(planned))
         writer.finish()

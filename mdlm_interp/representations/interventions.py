@@ -40,16 +40,19 @@ def parse_sae_spec(text: str) -> tuple[Path, str | None]:
     return path, site
 
 
-def parse_steer_spec(text: str) -> tuple[Path, str, float]:
-    """Return (directions file, site, scale) of "FILE:SITE:SCALE"."""
+def parse_steer_spec(text: str) -> tuple[Path, str, float | str]:
+    """Return (directions file, site, scale) of "FILE:SITE:SCALE"; a SCALE "shift=D" stays a string
+    (``build_interventions`` turns it into the scale that moves a linear probe's reading by D)."""
     parts = text.rsplit(":", 2)
     if len(parts) != 3:
         raise UsageError(f"--steer {text}: expected FILE:SITE:SCALE, e.g. probes/directions.safetensors:"
                          "blocks.2.hook_resid_post:1.0")
+    number = parts[2].removeprefix("shift=")
     try:
-        scale = float(parts[2])
+        float(number)
     except ValueError:
-        raise UsageError(f"--steer {text}: the scale {parts[2]!r} is not a number") from None
+        raise UsageError(f"--steer {text}: the scale {parts[2]!r} is not a number or shift=NUMBER") from None
+    scale = parts[2] if parts[2].startswith("shift=") else float(number)
     if not Path(parts[0]).is_file():
         raise UsageError(f"--steer {text}: {parts[0]} is not a file")
     return Path(parts[0]), parts[1], scale
@@ -148,6 +151,8 @@ def build_interventions(model, *, saes=(), steers=(), steer_positions: str = "al
         result.watch = TokenWatch(model, mask_token_id, prediction_offset)
     for path, site, scale in steers:
         direction = load_direction(path, site)
+        if isinstance(scale, str):  # shift=D: D / ||w||^2 moves the probe's reading x @ w by D
+            scale = float(scale.removeprefix("shift=")) / float(direction @ direction)
         width = site_width(model, site)
         if direction.numel() != width:
             raise UsageError(f"the direction in {path} has width {direction.numel()} but {site} has width {width}")
