@@ -95,7 +95,7 @@ def run(args) -> int:
                              dtype=args.store_dtype, batch_size=args.batch_size, chunk_rows=args.chunk_rows, resume=args.resume,
                              progress=not args.no_progress and rank == 0, command_line=args.command_line,
                              shard=(rank, world) if world > 1 else None,
-                             extra_provenance={"interventions": interventions} if interventions else None)
+                             interventions=interventions)
     if world > 1:
         import torch.distributed as dist
 

@@ -55,7 +55,7 @@ def check_groups(groups) -> tuple:
 def export_activations(model, *, out, plan: PromptPlan, sites, groups, dtype: str = "float16",
                        batch_size: int = 8, chunk_rows: int = 256, resume: bool = False, progress: bool = True,
                        command_line: str | None = None, shard: tuple[int, int] | None = None,
-                       extra_provenance: dict | None = None) -> Path:
+                       interventions: dict | None = None) -> Path:
     """Export the activations of ``plan``'s rows at ``sites`` (TransformerLens hook names) and position
     ``groups`` into the activation store ``out`` (a shard of it with ``shard``); return its path.
 
@@ -64,7 +64,9 @@ def export_activations(model, *, out, plan: PromptPlan, sites, groups, dtype: st
     ``LABELS``. ``dtype``: the stored dtype (float32, float16, bfloat16). ``batch_size`` prompts per
     forward pass (a setting: a resume must use the same); ``chunk_rows``: rows per HDF5 chunk and per
     commit (``activations``). Bad input (an unknown site or group, a
-    causal model given masks) is a one-line UsageError before anything is written.
+    causal model given masks) is a one-line UsageError before anything is written. ``interventions``:
+    the report of the SAEs / steering put into the model (``cli.common.apply_interventions``): its list
+    goes into the settings (a resume must have the same), the whole report into the provenance.
     """
     groups = check_groups(groups)
     rank, world = shard or (0, 1)
@@ -82,8 +84,10 @@ def export_activations(model, *, out, plan: PromptPlan, sites, groups, dtype: st
     first, stop = len(rows) * rank // world, len(rows) * (rank + 1) // world
     facts = subject.facts()
     settings = run_settings(subject, plan, facts, sites=sites, positions=list(groups), batch_size=batch_size,
-                            **({"shard": [rank, world]} if shard else {}))
-    meta = {**asdict(provenance(subject, plan, facts, command_line)), **(extra_provenance or {})}
+                            **({"shard": [rank, world]} if shard else {}),
+                            **({"interventions": interventions["interventions"]} if interventions else {}))
+    meta = {**asdict(provenance(subject, plan, facts, command_line)),
+            **({"interventions": interventions} if interventions else {})}
     writer = open_activation_writer(path, sites=widths, dtype=dtype, labels=LABELS, settings=settings,
                                     provenance=json.loads(json.dumps(meta, default=str)), chunk_rows=chunk_rows,
                                     resume=resume)

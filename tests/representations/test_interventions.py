@@ -107,3 +107,16 @@ def test_an_unknown_steering_group_is_refused(files):
     lm, folder = files
     with pytest.raises(UsageError, match="unknown steering positions"):
         build_interventions(lm.model, steers=[(folder / "directions.safetensors", SITE, 1.0)], steer_positions="x")
+
+
+def test_activations_with_an_sae_keep_it_in_settings_and_provenance(files, tmp_path):
+    from mdlm_interp.representations.activation_reader import open_activations
+
+    lm, folder = files
+    result = run_cli("activations", "--model", lm.source, "--task", "adjective+largest", "--n", "2", "--n-relevant", "2",
+                     "--n-distractor", "3", "--sites", SITE, "--sae", folder / "lossless", "--no-progress",
+                     "--out", tmp_path / "a.h5")
+    assert result.returncode == 0, result.stderr
+    with open_activations(tmp_path / "a.h5") as store:
+        assert store.settings["interventions"][0]["site"] == SITE
+        assert store.provenance["interventions"]["loss_with"] == pytest.approx(store.provenance["interventions"]["loss"], abs=1e-4)
