@@ -155,6 +155,8 @@ def run_features(args) -> int:
         raise UsageError("--ablate must be at least 0 and --control-draws at least 1")
     sae, config = load_sae(args.sae)
     site = config.get("metadata", {}).get("hook_name")
+    if not site:
+        raise UsageError(f"{args.sae}/cfg.json names no hook (metadata.hook_name): which site does it read?")
     with open_activations(args.stores[0]) as store:
         model_id = store.provenance.get("model_id")
         lm = tokenizer = None
