@@ -3,7 +3,8 @@
 
 def add_parser(subparsers) -> None:
     """Register the ``ablate`` subcommand."""
-    from mdlm_interp.cli.common import add_model_flags, add_plan_flags, add_result_output_flags, int_list, name_list
+    from mdlm_interp.cli.common import (add_intervention_flags, add_model_flags, add_plan_flags,
+                                        add_result_output_flags, int_list, name_list)
 
     parser = subparsers.add_parser(
         "ablate",
@@ -35,6 +36,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (default 8)")
     parser.add_argument("--out", default="ablate.h5", help="output HDF5 ablation store (default ablate.h5)")
     add_result_output_flags(parser)
+    add_intervention_flags(parser)
     parser.add_argument("--figure", default=None, metavar="FILE.png", help="also draw the accuracies into a PNG file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -43,7 +45,8 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     """Check the request, load the model, ablate, write the store, print the table."""
     from mdlm_interp.circuits.ablation import MODES
-    from mdlm_interp.cli.common import claim_result_outputs, load_model_from, one_placement, plan_fields
+    from mdlm_interp.cli.common import (apply_interventions, claim_result_outputs, load_model_from, one_placement,
+                                        plan_fields)
     from mdlm_interp.errors import UsageError
     from mdlm_interp.plan import PromptPlan
 
@@ -61,12 +64,17 @@ def run(args) -> int:
     from mdlm_interp.circuits.ablation import run_ablation
 
     lm = load_model_from(args)
+    interventions = apply_interventions(args, lm, plan)
     out = run_ablation(lm, plan, args.heads, out=args.out, modes=args.modes,
                        control_draws=args.control_draws if args.control == "random" else 0,
                        batch_size=args.batch_size, positions=args.positions, overwrite=args.overwrite,
                        resume=args.resume,
                        progress=not args.no_progress,
                        command_line=args.command_line)
+    if interventions:
+        from mdlm_interp.representations.interventions import write_interventions
+
+        write_interventions(out, interventions)
     print(report(out, figure=args.figure))
     return 0
 

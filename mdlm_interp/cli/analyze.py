@@ -103,6 +103,18 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--only", default=None, metavar="NAMES",
                         help="comma-separated analyses to run (default all): inverse_scaling, locality, attribution, "
                         "attention, logit_lens, wrong_predictions, context_benefit, head_ranking, patching, ablation")
+    features = parser.add_argument_group("SAE features (activation stores from `mdlm-interp activations`)")
+    features.add_argument("--sae", default=None, metavar="DIR",
+                          help="read the one STORE, an activation store, with this SAE (from train-sae): features "
+                          "specific to masks against context tokens, answer-slot features that change most from the "
+                          "fewest to the most masks, their top activating examples decoded, and the pre-registered "
+                          "feature ablation (DIR/tables/features_*.csv, DIR/features.md)")
+    features.add_argument("--ablate", type=int, default=10, metavar="K",
+                          help="latents in the pre-registered set: the K whose answer-slot activation grows most with "
+                          "the masks on one half of the prompts, removed on the other half at the most masks (0: no "
+                          "ablation, no model loaded; default 10)")
+    features.add_argument("--control-draws", type=int, default=10, help="random feature sets of the control (default 10)")
+    features.add_argument("--seed", type=int, default=0, help="seed of the prompt split, control draws and bootstrap")
     parser.set_defaults(func=run)
 
 
@@ -115,6 +127,8 @@ def run(args) -> int:
     from mdlm_interp.prompt_checks import check_prompts
 
     claim_outputs({"--out": args.out}, overwrite=True, folders={"--out"})  # files in it are replaced
+    if args.sae is not None:
+        return run_features(args)
     only = None
     if args.only:
         only = [name.strip() for name in args.only.split(",") if name.strip()]
@@ -128,4 +142,53 @@ def run(args) -> int:
     print(f"report: {report}")
     if (report.parent / "report.html").exists():
         print(f"interactive report: {report.parent / 'report.html'}")
+    return 0
+
+
+def run_features(args) -> int:
+    """Write the SAE feature tables of one activation store (``representations.features.feature_report``)
+    and print them."""
+    from pathlib import Path
+
+    from mdlm_interp.errors import UsageError
+    from mdlm_interp.representations.activation_reader import open_activations
+    from mdlm_interp.representations.features import feature_report
+    from mdlm_interp.representations.sae_format import load_sae
+
+    if len(args.stores) != 1:
+        raise UsageError("--sae reads one activation store")
+    if args.ablate < 0 or args.control_draws < 1:
+        raise UsageError("--ablate must be at least 0 and --control-draws at least 1")
+    sae, config = load_sae(args.sae)
+    site = config.get("metadata", {}).get("hook_name")
+    if not site:
+        raise UsageError(f"{args.sae}/cfg.json names no hook (metadata.hook_name): which site does it read?")
+    with open_activations(args.stores[0]) as store:
+        model_id = store.provenance.get("model_id")
+        lm = tokenizer = None
+        if model_id:
+            from mdlm_interp.models import load_model
+
+            if args.ablate:
+                lm = load_model(model_id)
+                tokenizer = lm.tokenizer
+            else:
+                from mdlm_interp.models.checkpoint import read_config, resolve_checkpoint
+                from mdlm_interp.models.families import family_for_config
+                from mdlm_interp.models.tokenizer import load_tokenizer
+
+                path = resolve_checkpoint(model_id)
+                tokenizer = load_tokenizer(path, family_for_config(read_config(path)))
+        tables = feature_report(store, site, sae, tokenizer=tokenizer, lm=lm, ablate=args.ablate,
+                                control_draws=args.control_draws, seed=args.seed)
+    folder = Path(args.out) / "tables"
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [f"# SAE features of {args.stores[0]} at {site} ({args.sae})", ""]
+    for name, table in tables.items():
+        table.to_csv(folder / f"features_{name}.csv", index=False)
+        text = table.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+        lines += [f"## {name}", "", "```", text, "```", ""]
+        print(f"{name}:\n{text}\n")
+    (Path(args.out) / "features.md").write_text("\n".join(lines))
+    print(f"report: {Path(args.out) / 'features.md'}")
     return 0

@@ -108,3 +108,67 @@ def claim_result_outputs(args, outputs: dict, folders=()) -> None:
     check_partial(args.out, resume=args.resume, overwrite=args.overwrite)
     claim_outputs({"--out": args.out, **outputs}, [args.model], overwrite=args.overwrite or args.resume,
                   folders=set(folders))
+
+
+def add_intervention_flags(parser, *, steer: bool = False) -> None:
+    """Add --sae (and with ``steer`` --steer, --steer-positions, --steer-control) to a command that runs
+    the model; ``apply_interventions`` puts what they name into the loaded model."""
+    parser.add_argument("--sae", action="append", default=[], metavar="DIR[:SITE]",
+                        help="splice in the SAE saved in DIR (SAELens format, e.g. from train-sae): its reconstruction "
+                        "replaces the activation at its hook (cfg.json's hook name, or SITE) in every forward pass; the "
+                        "answer's loss with and without it is printed and kept in the output (repeatable)")
+    if not steer:
+        return
+    from mdlm_interp.representations.interventions import STEER_POSITIONS
+
+    parser.add_argument("--steer", action="append", default=[], metavar="FILE:SITE:SCALE",
+                        help="add SCALE x the direction saved for SITE in FILE (safetensors, e.g. probe's "
+                        "directions.safetensors) to the activation at SITE in every forward pass; SCALE shift=D adds "
+                        "D x w / ||w||^2, which moves a linear probe's reading x @ w by D (repeatable)")
+    parser.add_argument("--steer-positions", default="all", choices=list(STEER_POSITIONS),
+                        help="where --steer adds its direction: all positions, every mask token, the answer slot (the "
+                        "first mask) or the readout position (default all)")
+    parser.add_argument("--steer-control", default=None, metavar="random[:SEED]",
+                        help="the control: add a random direction of each --steer direction's norm instead (seeded, "
+                        "default seed 0)")
+
+
+def apply_interventions(args, lm, plan=None, quiet: bool = False) -> dict | None:
+    """Put the SAEs and steering directions the intervention flags name into ``lm``'s model (permanent
+    hooks); return their report {"interventions": [...], "loss", "accuracy", "loss_with", "accuracy_with",
+    "prompts"}, measured on up to 16 prompts of ``plan`` (a ``plan.PromptPlan``; default 2 prompts per
+    task at 1 mask) and printed unless ``quiet``; None when no flag asks for anything."""
+    from mdlm_interp.errors import UsageError
+    from mdlm_interp.representations import interventions as iv
+
+    steers = getattr(args, "steer", [])
+    if not args.sae and not steers:
+        return None
+    control = getattr(args, "steer_control", None)
+    seed = None
+    if control is not None:
+        kind, _, value = control.partition(":")
+        if kind != "random" or (value and not value.isdigit()):
+            raise UsageError(f"--steer-control {control}: expected random or random:SEED")
+        seed = int(value or 0)
+    built = iv.build_interventions(lm.model, saes=[iv.parse_sae_spec(s) for s in args.sae],
+                                   steers=[iv.parse_steer_spec(s) for s in steers],
+                                   steer_positions=getattr(args, "steer_positions", "all"), steer_control=seed,
+                                   mask_token_id=lm.mask_token_id, prediction_offset=lm.spec.prediction_offset)
+    from mdlm_interp.batching import collate
+    from mdlm_interp.plan import PromptPlan
+    from mdlm_interp.subject import subject_from
+
+    subject = subject_from(lm)
+    prompts = iv.evaluation_prompts(subject, plan or PromptPlan(n=2))
+    batch = collate(prompts, subject.prediction_offset, device=next(lm.model.parameters()).device)
+    report = {"interventions": built.described, **iv.loss_with_interventions(lm.model, batch, built),
+              "prompts": len(prompts)}
+    built.install(lm.model)
+    if not quiet:
+        names = "; ".join(f"{d['kind']} {d['site']}" + (f" x{d['scale']:g}" if d["kind"] == "steer" else "")
+                          + (" (random control)" if d.get("control_seed") is not None else "") for d in built.described)
+        print(f"interventions: {names}. Answer loss at the readout without / with them: {report['loss']:.4f} / "
+              f"{report['loss_with']:.4f} nats, accuracy {report['accuracy']:.3f} / {report['accuracy_with']:.3f} "
+              f"(on {len(prompts)} task prompts)")
+    return report

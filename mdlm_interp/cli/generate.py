@@ -5,6 +5,7 @@ DEFAULT_MODEL = "organism-llada"
 
 def add_parser(subparsers) -> None:
     """Register the ``generate`` subcommand."""
+    from mdlm_interp.cli.common import add_intervention_flags
     from mdlm_interp.models.families import DTYPE_NAMES
 
     parser = subparsers.add_parser(
@@ -34,6 +35,7 @@ def add_parser(subparsers) -> None:
                         help="replace an existing --trace file (the new one replaces it only once complete)")
     parser.add_argument("--dtype", default="float32", choices=list(DTYPE_NAMES), help="model dtype (default float32)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    add_intervention_flags(parser, steer=True)
     parser.epilog = ("Example: mdlm-interp generate --model organism-llada --gen-length 8 --prompt \"Input: return, "
                      "merry, bell\\nOutput: merry\\nInput: 7, big, 3\\nOutput:\"")
     parser.set_defaults(func=run)
@@ -103,11 +105,13 @@ def run(args) -> int:
     import torch
 
     from mdlm_interp.decoding import StepTrace, generate_text, write_trace
+    from mdlm_interp.cli.common import apply_interventions
     from mdlm_interp.models import load_model
     from mdlm_interp.subject import subject_from
     from mdlm_interp.version import __version__
 
     lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    interventions = apply_interventions(args, lm)
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
     trace = StepTrace() if args.trace is not None or args.show_steps else None
     generation = generate_text(lm, args.prompt, sampler=args.sampler, chat=args.chat, steps=args.steps,
@@ -129,6 +133,10 @@ def run(args) -> int:
             "seed": args.seed, "prompts": args.prompt, "chat": args.chat,
             "settings": {"sampler": sampler, "steps": args.steps or gen_length, "gen_length": gen_length, **options},
         })
+        if interventions:
+            from mdlm_interp.representations.interventions import write_interventions
+
+            write_interventions(args.trace, interventions)
         print(f"wrote {len(trace.steps['ids'])} steps to {args.trace}", file=sys.stderr)
     return 0
 

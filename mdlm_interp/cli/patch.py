@@ -3,7 +3,8 @@
 
 def add_parser(subparsers) -> None:
     """Register the ``patch`` subcommand."""
-    from mdlm_interp.cli.common import add_model_flags, add_plan_flags, add_result_output_flags
+    from mdlm_interp.cli.common import (add_intervention_flags, add_model_flags, add_plan_flags,
+                                        add_result_output_flags)
 
     parser = subparsers.add_parser(
         "patch",
@@ -42,6 +43,7 @@ def add_parser(subparsers) -> None:
                         "memory (default 512)")
     parser.add_argument("--out", default="patch.h5", help="output HDF5 patching store (default patch.h5)")
     add_result_output_flags(parser)
+    add_intervention_flags(parser)
     parser.add_argument("--figures", default=None, metavar="DIR",
                         help="also write heatmaps (layer x position group, layer x head) as PNG files into DIR")
     parser.add_argument("--min-gap", type=float, default=1.0, metavar="LOGITS",  # analyses.patching.MIN_GAP
@@ -54,7 +56,8 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     """Check the request, load the model, patch, write the store, print the strongest cells."""
-    from mdlm_interp.cli.common import claim_result_outputs, load_model_from, one_placement, plan_fields
+    from mdlm_interp.cli.common import (apply_interventions, claim_result_outputs, load_model_from, one_placement,
+                                        plan_fields)
     from mdlm_interp.errors import UsageError
     from mdlm_interp.plan import Condition, PromptPlan
 
@@ -72,10 +75,15 @@ def run(args) -> int:
     from mdlm_interp.circuits.patching import run_patching
 
     lm = load_model_from(args)
+    interventions = apply_interventions(args, lm, plan)
     out = run_patching(lm, plan, clean, corrupt, out=args.out, batch_size=args.batch_size, last_k=args.last_k,
                        wrong_token=args.wrong_token, attribution=not args.no_attribution, max_rows=args.max_rows,
                        overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress,
                        command_line=args.command_line)
+    if interventions:
+        from mdlm_interp.representations.interventions import write_interventions
+
+        write_interventions(out, interventions)
     print(report(out, lm.tokenizer, figures=args.figures, min_gap=args.min_gap))
     return 0
 

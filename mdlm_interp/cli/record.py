@@ -3,7 +3,7 @@
 
 def add_parser(subparsers) -> None:
     """Register the ``record`` subcommand."""
-    from mdlm_interp.cli.common import add_model_flags, add_plan_flags, int_list, name_list
+    from mdlm_interp.cli.common import add_intervention_flags, add_model_flags, add_plan_flags, int_list, name_list
 
     parser = subparsers.add_parser(
         "record",
@@ -52,6 +52,7 @@ def add_parser(subparsers) -> None:
                           help="replace an existing store: the new one is written to NAME.overwrite.h5 and replaces "
                           "it only once complete (a failed or killed run leaves the old store whole)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_intervention_flags(parser, steer=True)
     parser.epilog = ("Sharded over processes: torchrun --nproc-per-node N -m mdlm_interp record --n-prompts P ...; "
                      "each rank "
                      "records a contiguous block of rows into OUT.shardR-of-N.h5 and rank 0 merges them into OUT "
@@ -61,7 +62,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     """Check the request and the output path, load the model, record, then print the summary table."""
-    from mdlm_interp.cli.common import load_model_from, plan_fields
+    from mdlm_interp.cli.common import apply_interventions, load_model_from, plan_fields
     from mdlm_interp.errors import UsageError
     from mdlm_interp.record import RecordConfig, record
     from mdlm_interp.store.writer import check_writable
@@ -81,6 +82,7 @@ def run(args) -> int:
     parse_device(args.device)
     rank, world, device = distributed_setup(args.device)
     lm = load_model_from(args, device)
+    interventions = apply_interventions(args, lm, config, quiet=rank != 0)
     out = record(
         lm, out=args.out, config=config, batch_size=args.batch_size, resume=args.resume, overwrite=args.overwrite,
         progress=not args.no_progress and rank == 0, command_line=args.command_line,
@@ -90,6 +92,10 @@ def run(args) -> int:
         out = merge_shards(args, rank, world)
     if rank != 0:
         return 0
+    if interventions:
+        from mdlm_interp.representations.interventions import write_interventions
+
+        write_interventions(out, interventions)
     with open_store(out) as store:
         print(f"wrote {store.n_rows} rows to {out}")
         print(format_table(summarize(store)))

@@ -42,8 +42,9 @@ def collect_activations(model, batch, sites, groups) -> dict:
 
     {"activations": {site: float32 [R, d]} (a [.., heads, d_head] site flattened to heads * d_head),
      "row": long [R] (batch row), "position": long [R] (position within the prompt, padding removed),
-     "group": list of R group names}. Sites are TransformerLens hook names; an unknown one is a
-    one-line UsageError.
+     "group": list of R group names, "answer_loss": float32 [batch] (cross-entropy of the correct answer
+    at the readout position, nats), "correct": bool [batch] (the readout's argmax is the answer)}. Sites
+    are TransformerLens hook names; an unknown one is a one-line UsageError.
     """
     unknown = [site for site in sites if site not in model.hook_dict]
     if unknown:
@@ -57,12 +58,15 @@ def collect_activations(model, batch, sites, groups) -> dict:
         kept[hook.name] = activation[where].detach().reshape(int(where.sum()), -1).float().cpu()
 
     with torch.no_grad():
-        model.run_with_hooks(batch.input_ids, attention_mask=batch.attention_mask_if_padded,
-                             fwd_hooks=[(site, keep) for site in sites])
+        logits = model.run_with_hooks(batch.input_ids, attention_mask=batch.attention_mask_if_padded,
+                                      fwd_hooks=[(site, keep) for site in sites])
+        readout = logits[batch.layout.rows, batch.layout.readout].float()
+        answer_loss = torch.nn.functional.cross_entropy(readout, batch.layout.answer_ids, reduction="none")
     rows, positions = where.nonzero(as_tuple=True)
     starts = torch.as_tensor(batch.starts, device=rows.device)
     return {"activations": {site: kept[site] for site in sites}, "row": rows.cpu(),
-            "position": (positions - starts[rows]).cpu(), "group": [groups[i] for i in index[where].tolist()]}
+            "position": (positions - starts[rows]).cpu(), "group": [groups[i] for i in index[where].tolist()],
+            "answer_loss": answer_loss.cpu(), "correct": (readout.argmax(-1) == batch.layout.answer_ids).cpu()}
 
 
 def store_rows(collected: dict, prompt_keys, conditions, labels: dict | None = None) -> dict:

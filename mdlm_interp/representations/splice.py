@@ -48,13 +48,16 @@ def answer_loss_with_sae(model, batch, site: str, sae, positions: torch.Tensor |
     """Return {"loss", "loss_with_sae"} (mean cross-entropy of the correct answer at the readout, nats)
     and {"accuracy", "accuracy_with_sae"} (argmax correct) of task batch ``batch``
     (``batching.PromptBatch``) without and with ``sae`` spliced in at ``site`` (at ``positions``)."""
-    layout = batch.layout
     sae.check_width(site_width(model, site), where=f"the activations at {site}")
-    results = {}
+    return answer_loss(model, batch, [], "") | answer_loss(model, batch, splice_hooks(site, sae, positions), "_with_sae")
+
+
+def answer_loss(model, batch, fwd_hooks: list, suffix: str = "") -> dict:
+    """Return {"loss" + suffix: mean cross-entropy of the correct answer at the readout (nats),
+    "accuracy" + suffix: argmax accuracy there} of task batch ``batch`` run with ``fwd_hooks``."""
+    layout = batch.layout
     with torch.no_grad():
-        for suffix, hooks in (("", []), ("_with_sae", splice_hooks(site, sae, positions))):
-            logits = model.run_with_hooks(batch.input_ids, attention_mask=batch.attention_mask_if_padded,
-                                          fwd_hooks=hooks)[layout.rows, layout.readout].float()
-            results[f"loss{suffix}"] = float(torch.nn.functional.cross_entropy(logits, layout.answer_ids))
-            results[f"accuracy{suffix}"] = float((logits.argmax(-1) == layout.answer_ids).float().mean())
-    return results
+        logits = model.run_with_hooks(batch.input_ids, attention_mask=batch.attention_mask_if_padded,
+                                      fwd_hooks=fwd_hooks)[layout.rows, layout.readout].float()
+    return {f"loss{suffix}": float(torch.nn.functional.cross_entropy(logits, layout.answer_ids)),
+            f"accuracy{suffix}": float((logits.argmax(-1) == layout.answer_ids).float().mean())}
