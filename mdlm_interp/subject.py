@@ -8,9 +8,9 @@ or from any ``HookedRootModule`` with the standard hook names plus its facts.
 Every writer (record, patch, ablate, decode traces) describes the model the same way, through this
 module: ``Subject.identity`` is the ``store.identity.ModelIdentity`` (model id, weights fingerprint,
 adapter name and fingerprint) written as the four root attributes; ``run_settings`` builds a store's
-``settings`` (the plan's settings, the model's facts, the run's own settings and the adapter's
-{"path", "fingerprint", "merged"} when there is one); ``provenance`` the ``Provenance`` root
-attributes, the identity among them.
+``settings`` (the plan's settings, the model's facts, the run's own settings, the adapter's
+{"path", "fingerprint", "merged"} when there is one and the interventions installed in the model when
+there are some); ``provenance`` the ``Provenance`` root attributes, the identity among them.
 """
 
 import hashlib
@@ -43,6 +43,7 @@ class Subject:
     max_length: int | None
     fingerprint: object  # () -> the weights fingerprint (computed once per run)
     adapter: dict | None = None  # the LoRA adapter on the weights: {"path", "fingerprint", "merged"}
+    interventions: list | None = None  # SAEs / steering installed in the module (their descriptions)
 
     @property
     def n_layers(self) -> int:
@@ -76,11 +77,13 @@ def subject_from(model, tokenizer=None, mask_token_id=None, prediction_offset=No
                  chat=False) -> Subject:
     """Return a ``Subject`` from a ``LoadedModel`` or a HookedRootModule plus its facts (``chat``: prompts
     are wrapped in the family's chat template, which needs a loaded model)."""
+    from mdlm_interp.representations.interventions import installed_interventions
+
     if isinstance(model, LoadedModel):
         return Subject(model.model, model.tokenizer, model.mask_token_id, model.spec.prediction_offset,
                        model.spec.causal, model.spec.family, model.source, dtype_name(next(model.model.parameters()).dtype),
                        model.spec.chat_template if chat else None, model.config.max_seq_len, model.fingerprint,
-                       model.adapter.facts() if model.adapter else None)
+                       model.adapter.facts() if model.adapter else None, installed_interventions(model.model) or None)
     if tokenizer is None or prediction_offset is None:
         raise UsageError("recording a bare module needs its tokenizer and prediction_offset")
     if not causal and mask_token_id is None:
@@ -90,7 +93,7 @@ def subject_from(model, tokenizer=None, mask_token_id=None, prediction_offset=No
     cfg = getattr(model, "cfg", None)
     return Subject(model, tokenizer, mask_token_id, prediction_offset, causal, "custom", type(model).__name__,
                    dtype_name(next(model.parameters()).dtype), None, getattr(cfg, "n_ctx", None),
-                   partial(module_fingerprint, model))
+                   partial(module_fingerprint, model), None, installed_interventions(model) or None)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -109,10 +112,13 @@ def module_fingerprint(module: torch.nn.Module) -> str:
 
 def run_settings(subject: Subject, plan, facts: dict, **own) -> dict:
     """Return a store's ``settings``: ``plan.settings()`` (a ``plan.PromptPlan`` or ``RecordConfig``), the
-    model's ``facts`` (``subject.facts()``), the run's ``own`` settings, and ``adapter`` ({"path",
-    "fingerprint", "merged"}) only when the model has one, so that stores without keep the settings
-    they always had."""
-    return {**plan.settings(), **facts, **own, **({"adapter": subject.adapter} if subject.adapter else {})}
+    model's ``facts`` (``subject.facts()``), the run's ``own`` settings, ``adapter`` ({"path",
+    "fingerprint", "merged"}) only when the model has one and ``interventions`` (the SAEs and steering
+    directions installed in it, ``representations.interventions``) only when it has some, so that stores
+    without keep the settings they always had. A resume compares these settings, so it must have the
+    same adapter and interventions."""
+    return {**plan.settings(), **facts, **own, **({"adapter": subject.adapter} if subject.adapter else {}),
+            **({"interventions": subject.interventions} if subject.interventions else {})}
 
 
 def provenance(subject: Subject, plan, facts: dict, command_line: str | None = None) -> Provenance:

@@ -65,8 +65,9 @@ def export_activations(model, *, out, plan: PromptPlan, sites, groups, dtype: st
     forward pass (a setting: a resume must use the same); ``chunk_rows``: rows per HDF5 chunk and per
     commit (``activations``). Bad input (an unknown site or group, a
     causal model given masks) is a one-line UsageError before anything is written. ``interventions``:
-    the report of the SAEs / steering put into the model (``cli.common.apply_interventions``): its list
-    goes into the settings (a resume must have the same), the whole report into the provenance.
+    the report of the SAEs / steering put into the model (``cli.common.apply_interventions``), kept in the
+    provenance; what is installed in the model is in the settings (``subject.run_settings``: a resume must
+    have the same).
     """
     groups = check_groups(groups)
     rank, world = shard or (0, 1)
@@ -84,8 +85,7 @@ def export_activations(model, *, out, plan: PromptPlan, sites, groups, dtype: st
     first, stop = len(rows) * rank // world, len(rows) * (rank + 1) // world
     facts = subject.facts()
     settings = run_settings(subject, plan, facts, sites=sites, positions=list(groups), batch_size=batch_size,
-                            **({"shard": [rank, world]} if shard else {}),
-                            **({"interventions": interventions["interventions"]} if interventions else {}))
+                            **({"shard": [rank, world]} if shard else {}))
     meta = {**asdict(provenance(subject, plan, facts, command_line)),
             **({"interventions": interventions} if interventions else {})}
     writer = open_activation_writer(path, sites=widths, dtype=dtype, labels=LABELS, settings=settings,

@@ -6,7 +6,9 @@ the same norm (the control).
 forms; ``build_interventions`` loads them against a model (one-line UsageErrors for an SAE or a
 direction whose width does not match its site, an unknown site, a k larger than the dictionary) and
 returns an ``Interventions``: its ``fwd_hooks()`` for ``run_with_hooks`` and ``install()`` to keep
-them in the model (TransformerLens permanent hooks) for every later forward pass of the command.
+them in the model (TransformerLens permanent hooks) for every later forward pass of the command. What
+is installed is part of the run settings of every store written from that model
+(``subject.run_settings``), so a ``--resume`` with other interventions is refused.
 
 Steering positions are read from the token ids of each forward pass, so they work in any command
 (task prompts, decoding steps, generation): ``all`` positions, ``masks`` (every mask token, the answer
@@ -23,6 +25,7 @@ import torch
 from mdlm_interp.errors import UsageError
 
 STEER_POSITIONS = ("all", "masks", "answer", "readout")
+INSTALLED = "installed_interventions"  # the module attribute listing what ``Interventions.install`` put in
 
 
 def parse_sae_spec(text: str) -> tuple[Path, str | None]:
@@ -119,9 +122,17 @@ class Interventions:
         return list(self.hooks)
 
     def install(self, module) -> None:
-        """Add the hooks to ``module`` as permanent hooks: every later forward pass runs them."""
+        """Add the hooks to ``module`` as permanent hooks: every later forward pass runs them, and every
+        store written from ``module`` has their descriptions in its settings (``installed_interventions``)."""
         for site, hook in self.hooks:
             module.add_hook(site, hook, is_permanent=True)
+        setattr(module, INSTALLED, installed_interventions(module) + self.described)
+
+
+def installed_interventions(module) -> list:
+    """Return the descriptions (``Interventions.described``, JSON-like dicts) of every intervention
+    installed in ``module``, in the order installed; [] when none is."""
+    return list(getattr(module, INSTALLED, []))
 
 
 def build_interventions(model, *, saes=(), steers=(), steer_positions: str = "all", steer_control: int | None = None,

@@ -3,11 +3,10 @@ identical to an uninterrupted run's; partial results are never silently lost or 
 
 import json
 
-import h5py
-import numpy as np
 import pytest
-
 from cli_run import run_cli
+from resume_checks import assert_identical, kill_after, one_line_refusal
+
 from mdlm_interp.circuits import patching
 from mdlm_interp.store import partial as partial_module
 from mdlm_interp.store.partial import partial_path
@@ -17,51 +16,6 @@ COMMANDS = {  # 3 batches for patch; 6 for ablate (3 at 1 mask, then 3 at 3 mask
     "patch": ("patch", *SMALL, "--corrupt-masks", "3", "--last-k", "1"),
     "ablate": ("ablate", *SMALL, "--heads", "0.1", "--masks", "1,3", "--control-draws", "2"),
 }
-IGNORED_ATTRS = {"created", "command_line"}
-
-
-def one_line_refusal(result, *messages: str) -> None:
-    assert result.returncode == 2, result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    for message in messages:
-        assert message in result.stderr, result.stderr
-
-
-def store_contents(path) -> tuple[dict, dict]:
-    """Return (every dataset as an array, every root attribute but created and command_line)."""
-    with h5py.File(path, "r") as file:
-        datasets = {}
-        file.visititems(lambda name, item: datasets.__setitem__(name, (item[()], item.dtype, item.shape))
-                        if isinstance(item, h5py.Dataset) else None)
-        attrs = {name: file.attrs[name] for name in file.attrs if name not in IGNORED_ATTRS}
-    return datasets, attrs
-
-
-def assert_identical(path, reference) -> None:
-    (data, attrs), (want_data, want_attrs) = store_contents(path), store_contents(reference)
-    assert sorted(data) == sorted(want_data)
-    for name, (value, dtype, shape) in want_data.items():
-        assert (data[name][1], data[name][2]) == (dtype, shape), name
-        assert np.array_equal(data[name][0], value, equal_nan=value.dtype.kind == "f"), name
-    assert sorted(attrs) == sorted(want_attrs)
-    for name, value in want_attrs.items():
-        assert np.array_equal(attrs[name], value), name
-
-
-def kill_after(monkeypatch, k: int) -> list:
-    """Make the run die (KeyboardInterrupt, as Ctrl-C) right after its k-th committed batch; return the list
-    of committed batch indices."""
-    committed = []
-    original = partial_module.PartialResults.commit
-
-    def commit(self, index, columns, meta=None):
-        original(self, index, columns, meta)
-        committed.append(index)
-        if len(committed) == k:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(partial_module.PartialResults, "commit", commit)
-    return committed
 
 
 @pytest.fixture(scope="module")
