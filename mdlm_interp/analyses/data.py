@@ -55,17 +55,20 @@ class Recordings:
     """Rows of several stores. ``rows``: pandas DataFrame, one row per (example, condition) of each
     store, duplicates across stores dropped. ``stores``: list of ``StoreInfo`` (``rows.store`` indexes
     it). ``notes``: sentences for the report (e.g. dropped duplicates). ``results``: the result stores
-    given beside them (``patch``, ``ablate``), kind -> list of paths. ``result_models``: path -> model
-    label of each result store (labels of record and result stores are made together, ``model_labels``).
+    given beside them (``patch``, ``ablate``; ``activations``: activation stores), kind -> list of paths.
+    ``result_models``: path -> model label of each result store (labels of record and result stores are
+    made together, ``model_labels``). ``options``: what the command line asks of analyses beyond the
+    stores (e.g. "sae": the SAE folder the feature analysis reads activation stores with).
     """
 
     def __init__(self, stores: list, rows, notes: list | None = None, results: dict | None = None,
-                 result_models: dict | None = None):
+                 result_models: dict | None = None, options: dict | None = None):
         self.stores = stores
         self.rows = rows
         self.notes = list(notes or [])
         self.results = dict(results or {})
         self.result_models = dict(result_models or {})
+        self.options = dict(options or {})
         self._arrays = {}
 
     def with_groups(self, groups) -> tuple["Recordings", list[StoreInfo]]:
@@ -73,7 +76,7 @@ class Recordings:
         keep = [i for i, s in enumerate(self.stores) if set(groups) <= set(s.groups)]
         left_out = [s for i, s in enumerate(self.stores) if i not in keep]
         subset = Recordings(self.stores, self.rows[self.rows["store"].isin(keep)], self.notes, self.results,
-                            self.result_models)
+                            self.result_models, self.options)
         subset._arrays = self._arrays
         return subset, left_out
 
@@ -131,15 +134,20 @@ def load(paths) -> Recordings:
     Every file is checked first (``checks.check_file``: its layout against its kind's schema, its
     settings); ``UsageError`` (one line) for a path that is not a readable, whole store, before
     reading any rows. A file of a kind without rows (a decode trace) is left out with a note (its path
-    goes to ``results["trace"]``, for report.html's decoding scrubber).
+    goes to ``results["trace"]``, for report.html's decoding scrubber); activation stores go to
+    ``results["activations"]`` (the feature analysis reads them).
     """
     import pandas as pd
 
     from mdlm_interp.analyses.checks import check_file
+    from mdlm_interp.representations.activation_reader import is_activation_store
 
     results, identities, skipped = {}, {}, []
     record_paths = []
     for path in find_stores(paths):
+        if is_activation_store(path):
+            results.setdefault("activations", []).append(path)
+            continue
         kind = check_file(path)[0].name  # every file's layout and attributes, before any row is read
         if kind == "record":
             record_paths.append(path)

@@ -29,7 +29,8 @@ class Analysis:
     (the findings in words and numbers); shown(tables) -> {caption: DataFrame}, compact views printed in
     report.md (default: every table as written). ``store_kind`` "record" (the default) reads record
     stores (``tables`` gets ``Recordings``); "patching" or "ablation" reads result stores of that kind
-    (``tables`` gets the list of their paths, and ``needs`` is unused).
+    (``tables`` gets the list of their paths, and ``needs`` is unused); "activations" reads activation
+    stores (``tables`` gets the whole ``Recordings``: ``results["activations"]`` and ``options``).
     """
 
     name: str
@@ -55,6 +56,7 @@ ANALYSIS_MODULES = [
     "patching",
     "ablation",
     "iterative",
+    "features",
 ]
 
 

@@ -1,6 +1,7 @@
 """Run every registered analysis on a set of stores and write DIR/report.md, DIR/tables/*.csv,
 DIR/figures/*.png and DIR/provenance.json."""
 
+import copy
 import json
 import math
 from contextlib import contextmanager
@@ -96,6 +97,11 @@ def run_analyses(recordings, only=None) -> list[Outcome]:
     for analysis in registered():
         if only and analysis.name not in only:
             continue
+        if analysis.store_kind == "activations":
+            own = copy.copy(recordings)
+            own.notes = list(recordings.notes)  # what the analysis notes goes into its section only
+            outcomes.append(tabulate(analysis, own, []))
+            continue
         if analysis.store_kind != "record":
             outcomes.append(run_on_results(analysis, recordings))
             continue
@@ -106,22 +112,28 @@ def run_analyses(recordings, only=None) -> list[Outcome]:
         notes = []
         if left_out and analysis.needs:
             notes.append(f"Stores without /{', /'.join(analysis.needs)} are left out here: {store_list(left_out)}.")
-        known = len(subset.notes)
-        try:
-            if subset.rows.empty:
-                raise Skip("the stores hold no committed rows" if len(left_out) < len(recordings.stores)
-                           else f"no store recorded /{', /'.join(analysis.needs)}")
-            tables = analysis.tables(subset)
-        except Skip as reason:
-            outcomes.append(Outcome(analysis.title, {}, [], "", {}, str(reason), notes))
+        if subset.rows.empty:
+            outcomes.append(Outcome(analysis.title, {}, [], "", {}, "the stores hold no committed rows"
+                                    if len(left_out) < len(recordings.stores)
+                                    else f"no store recorded /{', /'.join(analysis.needs)}", notes))
             continue
-        except (ValueError, TypeError, KeyError, IndexError, ZeroDivisionError) as error:  # e.g. NaN everywhere
-            outcomes.append(Outcome(analysis.title, {}, [], "", {}, f"it failed on these data "
-                                    f"({type(error).__name__}: {first_line(error)})", notes))
-            continue
-        notes += subset.notes[known:]  # what the analysis noted on the way (e.g. a tokenizer it could not load)
-        outcomes.append(finish(analysis, tables, notes))
+        outcomes.append(tabulate(analysis, subset, notes))
     return outcomes
+
+
+def tabulate(analysis, recordings, notes: list) -> Outcome:
+    """Return the Outcome of ``analysis.tables(recordings)`` (``finish``), or the reason it was skipped: its
+    ``Skip``, or the error it met on these data (e.g. NaN everywhere). ``notes``: the analysis's notes so
+    far; what it notes on the way (``recordings.notes``, e.g. a tokenizer it could not load) is added."""
+    known = len(recordings.notes)
+    try:
+        tables = analysis.tables(recordings)
+    except Skip as reason:
+        return Outcome(analysis.title, {}, [], "", {}, str(reason), notes)
+    except (ValueError, TypeError, KeyError, IndexError, ZeroDivisionError) as error:
+        return Outcome(analysis.title, {}, [], "", {}, f"it failed on these data ({type(error).__name__}: "
+                       f"{first_line(error)})", notes)
+    return finish(analysis, tables, notes + recordings.notes[known:])
 
 
 def finish(analysis, tables: dict, notes: list) -> Outcome:
@@ -167,8 +179,10 @@ def store_list(stores) -> str:
                      for model, group in by_model.items())
 
 
-def write_report(stores, out, *, command_line: str = "", only=None) -> Path:
+def write_report(stores, out, *, command_line: str = "", only=None, options: dict | None = None) -> Path:
     """Analyse ``stores`` (paths to stores or folders of stores) into folder ``out``; return report.md's path.
+    ``options``: JSON-ready values the analyses read beyond the stores (``data.Recordings.options``, e.g.
+    the feature analysis's "sae"), kept in provenance.json.
 
     Writes tables/NAME.csv for every table, figures/NAME.png for every figure (provenance in the PNG
     metadata), provenance.json, report.md (provenance, every table, every figure with its caption,
@@ -179,6 +193,7 @@ def write_report(stores, out, *, command_line: str = "", only=None) -> Path:
     recordings = load(stores)
     if not recordings.stores and not recordings.results:
         raise UsageError("no stores found in " + ", ".join(map(str, stores)))
+    recordings.options = dict(options or {})
     out = check_out(out)
     outcomes = run_analyses(recordings, only)
     provenance = {
@@ -190,6 +205,7 @@ def write_report(stores, out, *, command_line: str = "", only=None) -> Path:
                     "command_line": s.command_line} for s in recordings.stores],
         "result_stores": [{"path": str(path), "kind": kind} for kind, paths in recordings.results.items()
                           for path in paths],
+        **({"options": recordings.options} if recordings.options else {}),
     }
     with output_folder(out):
         (out / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
@@ -230,7 +246,7 @@ def render(recordings, outcomes, provenance) -> str:
                "distractor": s.n_distractor, "seed": s.seed, "rows": f"{s.n_rows}/{s.n_planned}",
                "status": s.status, "recorded": ", ".join(g for g in s.groups if g != "examples"),
                "weights": s.fingerprint[:19]} for s in recordings.stores]
-    lines += [markdown_table(stores), ""]
+    lines += [markdown_table(stores), ""] if stores else []
     if recordings.results:
         lines += ["Result stores: " + ", ".join(f"{path} ({kind})" for kind, paths in recordings.results.items()
                                                 for path in paths) + ".", ""]
@@ -286,7 +302,7 @@ def _cell(value) -> str:
             return "-"
     except (TypeError, ValueError):
         pass
-    return str(value).replace("|", "\\|")
+    return str(value).replace("|", "\\|").replace("\n", "\\n")  # a line break would end the table row
 
 
 def console_table(out) -> str:

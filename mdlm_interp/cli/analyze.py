@@ -73,6 +73,15 @@ ablation stores (`mdlm-interp ablate`):
                                   pooled control: bootstrap), p_answer, change against no ablation (paired
                                   bootstrap), range of the single random draws
   figures/ablation_*.png          accuracy per mode: chosen heads against random heads
+activation stores read with --sae DIR (`mdlm-interp activations`, `mdlm-interp train-sae`):
+  tables/features_mask_specific.csv  latents firing on the masks against context tokens: rate_masks,
+                                  rate_context, mean_masks, mean_context, specificity (rate difference)
+  tables/features_answer_shift.csv  answer-slot latents that change most from the fewest to the most masks,
+                                  paired by prompt: mean_low, mean_high, shift, shift_low, shift_high
+  tables/features_top_examples.csv  the largest activations of those latents, the token there decoded
+  tables/features_feature_selection.csv  the pre-registered set, chosen on the selection half of the prompts
+  tables/features_feature_ablation.csv  accuracy at the most masks on the evaluation half: nothing removed,
+                                  the set removed at the answer slot, random sets removed (Wilson)
 File names carry the setting: _r10_d40_random = 10 relevant + 40 distractor examples, random placement.
 Accuracies and shares have Wilson 95% intervals; means, differences and correlations a 95% percentile
 bootstrap (2000 resamples, seed 0), paired differences resampling prompts matched by (seed, task, prompt).
@@ -102,13 +111,13 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created; files in it are replaced)")
     parser.add_argument("--only", default=None, metavar="NAMES",
                         help="comma-separated analyses to run (default all): inverse_scaling, locality, attribution, "
-                        "attention, logit_lens, wrong_predictions, context_benefit, head_ranking, patching, ablation")
+                        "attention, logit_lens, wrong_predictions, context_benefit, head_ranking, patching, ablation, features (with --sae)")
     features = parser.add_argument_group("SAE features (activation stores from `mdlm-interp activations`)")
     features.add_argument("--sae", default=None, metavar="DIR",
                           help="read the one STORE, an activation store, with this SAE (from train-sae): features "
                           "specific to masks against context tokens, answer-slot features that change most from the "
                           "fewest to the most masks, their top activating examples decoded, and the pre-registered "
-                          "feature ablation (DIR/tables/features_*.csv, DIR/features.md)")
+                          "feature ablation (DIR/tables/features_*.csv, sections of DIR/report.md and DIR/report.html)")
     features.add_argument("--ablate", type=int, default=10, metavar="K",
                           help="latents in the pre-registered set: the K whose answer-slot activation grows most with "
                           "the masks on one half of the prompts, removed on the other half at the most masks (0: no "
@@ -146,49 +155,27 @@ def run(args) -> int:
 
 
 def run_features(args) -> int:
-    """Write the SAE feature tables of one activation store (``representations.features.feature_report``)
-    and print them."""
+    """Check the one activation store against the SAE, write the report of the feature analysis
+    (``analyses.features``: report.md, report.html, tables/features_*.csv) and print its tables."""
     from pathlib import Path
 
+    import pandas as pd
+
+    from mdlm_interp.analyses.features import check_features
+    from mdlm_interp.analyses.report import write_report
     from mdlm_interp.errors import UsageError
-    from mdlm_interp.representations.activation_reader import open_activations
-    from mdlm_interp.representations.features import feature_report
-    from mdlm_interp.representations.sae_format import load_sae
 
     if len(args.stores) != 1:
         raise UsageError("--sae reads one activation store")
     if args.ablate < 0 or args.control_draws < 1:
         raise UsageError("--ablate must be at least 0 and --control-draws at least 1")
-    sae, config = load_sae(args.sae)
-    site = config.get("metadata", {}).get("hook_name")
-    if not site:
-        raise UsageError(f"{args.sae}/cfg.json names no hook (metadata.hook_name): which site does it read?")
-    with open_activations(args.stores[0]) as store:
-        model_id = store.provenance.get("model_id")
-        lm = tokenizer = None
-        if model_id:
-            from mdlm_interp.models import load_model
-
-            if args.ablate:
-                lm = load_model(model_id)
-                tokenizer = lm.tokenizer
-            else:
-                from mdlm_interp.models.checkpoint import read_config, resolve_checkpoint
-                from mdlm_interp.models.families import family_for_config
-                from mdlm_interp.models.tokenizer import load_tokenizer
-
-                path = resolve_checkpoint(model_id)
-                tokenizer = load_tokenizer(path, family_for_config(read_config(path)))
-        tables = feature_report(store, site, sae, tokenizer=tokenizer, lm=lm, ablate=args.ablate,
-                                control_draws=args.control_draws, seed=args.seed)
-    folder = Path(args.out) / "tables"
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = [f"# SAE features of {args.stores[0]} at {site} ({args.sae})", ""]
-    for name, table in tables.items():
-        table.to_csv(folder / f"features_{name}.csv", index=False)
-        text = table.to_string(index=False, float_format=lambda v: f"{v:.4g}")
-        lines += [f"## {name}", "", "```", text, "```", ""]
-        print(f"{name}:\n{text}\n")
-    (Path(args.out) / "features.md").write_text("\n".join(lines))
-    print(f"report: {Path(args.out) / 'features.md'}")
+    check_features(args.stores[0], args.sae)
+    options = {"sae": str(args.sae), "ablate": args.ablate, "control_draws": args.control_draws, "seed": args.seed}
+    report = write_report(args.stores, args.out, command_line=args.command_line, only=["features"], options=options)
+    for path in sorted((report.parent / "tables").glob("features_*.csv")):
+        text = pd.read_csv(path).to_string(index=False, float_format=lambda v: f"{v:.4g}")
+        print(f"{path.stem.removeprefix('features_')}:\n{text}\n")
+    print(f"report: {report}")
+    if (report.parent / "report.html").exists():
+        print(f"interactive report: {report.parent / 'report.html'}")
     return 0

@@ -11,10 +11,23 @@ s is a pure function of (seed, s), which makes training resumable.
 import json
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from mdlm_interp.errors import UsageError
 from mdlm_interp.representations.activations import FORMAT, STRING_COLUMNS, _from_stored, _open_read
+
+
+def is_activation_store(path) -> bool:
+    """Return True when ``path`` is an HDF5 file written as an activation store (its ``format`` attribute)."""
+    path = Path(path)
+    if not path.is_file() or not h5py.is_hdf5(path):
+        return False
+    try:
+        with _open_read(path) as file:
+            return file.attrs.get("format") == FORMAT
+    except (OSError, UsageError):
+        return False
 
 
 class ActivationStore:

@@ -61,7 +61,20 @@ def test_analyze_with_an_sae_writes_the_feature_tables(store_and_sae, tmp_path):
     selection = tables["feature_selection"]
     assert list(ablation.index) == ["none", "chosen", "control"] and ablation.loc["control", "n"] == 2 * ablation.loc["none", "n"]
     assert ablation.loc["none", "n"] == selection.n_evaluation.iloc[0] and (selection["shift"] > 0).all()
-    assert (tmp_path / "report" / "features.md").exists()
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert report.count("\n## ") == 2 and "## SAE features" in report  # the stores, then the features section only
+    assert "Removing the 2 latents" in report and "[tables/features_feature_ablation.csv]" in report
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "SAE features" in page and "<th scope=\"col\">specificity</th>" in page
+    assert not (tmp_path / "report" / "features.md").exists()
+
+
+def test_a_report_without_an_sae_skips_the_features_and_says_why(store_and_sae, tmp_path):
+    from mdlm_interp.analyses.report import write_report
+
+    _, folder, _ = store_and_sae
+    report = write_report([folder / "acts.h5"], tmp_path / "report", only=["features"]).read_text()
+    assert "## SAE features" in report and "Skipped: no SAE was given" in report
 
 
 def test_analyze_with_an_sae_of_another_width_is_one_line(store_and_sae, tmp_path):
