@@ -15,9 +15,14 @@ from mdlm_interp.store.kinds import UnknownKind
 
 
 def check_prompts(paths) -> None:
-    """Check every file at ``paths`` (folders searched as ``analyze`` searches them): its layout
-    (``analyses.checks.check_file``) and, for a record store, its task configuration; UsageError otherwise."""
+    """Check every file at ``paths`` (folders searched as ``analyze`` searches them) but activation stores:
+    its layout (``analyses.checks.check_file``) and, for a record store, its task configuration;
+    UsageError otherwise."""
+    from mdlm_interp.representations.activation_reader import is_activation_store
+
     for path in find_stores(paths):
+        if is_activation_store(path):
+            continue  # no task_config: its plan is in its settings, and `analyze` reads it only with --sae
         try:
             kind, attrs = check_file(path)
         except UnknownKind:

@@ -157,8 +157,6 @@ def run(args) -> int:
 def run_features(args) -> int:
     """Check the one activation store against the SAE, write the report of the feature analysis
     (``analyses.features``: report.md, report.html, tables/features_*.csv) and print its tables."""
-    from pathlib import Path
-
     import pandas as pd
 
     from mdlm_interp.analyses.features import check_features
@@ -172,9 +170,12 @@ def run_features(args) -> int:
     check_features(args.stores[0], args.sae)
     options = {"sae": str(args.sae), "ablate": args.ablate, "control_draws": args.control_draws, "seed": args.seed}
     report = write_report(args.stores, args.out, command_line=args.command_line, only=["features"], options=options)
-    for path in sorted((report.parent / "tables").glob("features_*.csv")):
+    tables = sorted((report.parent / "tables").glob("features_*.csv"))
+    for path in tables:
         text = pd.read_csv(path).to_string(index=False, float_format=lambda v: f"{v:.4g}")
         print(f"{path.stem.removeprefix('features_')}:\n{text}\n")
+    if not tables:
+        print(f"no feature tables: the analysis was skipped ({report} says why)")
     print(f"report: {report}")
     if (report.parent / "report.html").exists():
         print(f"interactive report: {report.parent / 'report.html'}")
