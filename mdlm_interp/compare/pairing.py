@@ -24,11 +24,16 @@ def load_models(paths, held_in=None):
     column; patching and ablation stores in ``results``). ``group`` is "held-in" or "held-out" by the
     task's relevant category when categories are split (``held_in`` given, else the held-out categories
     an adapter's training config names: ``split_categories``), and "all" otherwise; the categories held
-    in are ``recordings.held_in`` (None: not split). A result store of a kind compare does not read is
-    left out with a note in ``notes``. ``UsageError`` for a path that is not a store, or when the stores
-    hold fewer than two models."""
+    in are ``recordings.held_in`` (None: not split). A result store of a kind compare does not read, or an
+    activation store, is left out with a note in ``notes``. ``UsageError`` for a path that is not a store,
+    or when the stores hold fewer than two models."""
+    from mdlm_interp.representations.activation_reader import is_activation_store
+
     usable, skipped = [], []
     for path in find_stores(paths):
+        if is_activation_store(path):
+            skipped.append(f"{path} is an activation store, which compare does not read; it is left out.")
+            continue
         kind = result_kind(path)
         if kind is not None and kind not in RESULT_KINDS:
             skipped.append(f"{path} is a {kind} store, which compare does not read; it is left out.")
