@@ -104,13 +104,14 @@ def feature_paragraph(tables: dict) -> str:
 
 
 CAPTIONS = {  # table -> its caption in report.md and report.html
-    "features_mask_specific": "Latents most specific to the masks against context tokens (share of rows where each fires)",
-    "features_answer_shift": "Answer-slot latents that change most from the fewest to the most masks (paired by prompt, "
-                             "95% bootstrap)",
+    "features_mask_specific": "Latents most specific to the masks against context tokens (share of rows where "
+                              "each fires)",
+    "features_answer_shift": "Answer-slot latents that change most from the fewest to the most masks (paired by "
+                             "prompt, 95% bootstrap)",
     "features_top_examples": "Top activating examples of those latents, the token decoded",
     "features_feature_selection": "The pre-registered latent set, chosen on the selection half of the prompts",
-    "features_feature_ablation": "Accuracy at the most masks on the evaluation half: nothing removed, the set removed at "
-                                 "the answer slot, random sets removed (Wilson 95%)",
+    "features_feature_ablation": "Accuracy at the most masks on the evaluation half: nothing removed, the set "
+                                 "removed at the answer slot, random sets removed (Wilson 95%)",
 }
 
 

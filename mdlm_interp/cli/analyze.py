@@ -111,7 +111,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created; files in it are replaced)")
     parser.add_argument("--only", default=None, metavar="NAMES",
                         help="comma-separated analyses to run (default all): inverse_scaling, locality, attribution, "
-                        "attention, logit_lens, wrong_predictions, context_benefit, head_ranking, patching, ablation, features (with --sae)")
+                        "attention, logit_lens, wrong_predictions, context_benefit, head_ranking, patching, ablation, "
+                        "features (with --sae)")
     features = parser.add_argument_group("SAE features (activation stores from `mdlm-interp activations`)")
     features.add_argument("--sae", default=None, metavar="DIR",
                           help="read the one STORE, an activation store, with this SAE (from train-sae): features "
