@@ -98,7 +98,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created; files in it are replaced)")
     parser.add_argument("--only", default=None, metavar="NAMES",
                         help="comma-separated analyses to run (default all): inverse_scaling, locality, attribution, "
-                        "attention, logit_lens, wrong_predictions, context_benefit, head_ranking, patching, ablation")
+                        "attention, logit_lens, wrong_predictions, context_benefit, head_ranking, patching, ablation, sinks, settle_steps")
     parser.set_defaults(func=run)
 
 

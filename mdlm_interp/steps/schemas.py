@@ -10,8 +10,6 @@ length, ``n_rows_done`` says how many rows are written (readers ignore the rest)
 from mdlm_interp.store.results import StoreKind, open_results, register_result_kind
 from mdlm_interp.store.schema import Attr, Field
 
-SINK_THRESHOLD = 0.3  # a key position taking more than this share of a head's attention (mean over queries) is a sink
-
 
 def _f(group, name, dtype, shape, doc):
     return Field(group, name, dtype, ("rows",) + tuple(shape), doc)
