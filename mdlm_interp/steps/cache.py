@@ -77,11 +77,12 @@ class StepsWriter:
         self.file, self.path, self.lock, self.publish_to = file, path, lock, publish_to
         self.n_done = int(file.attrs["n_rows_done"])
         self.n_planned = int(file.attrs["n_rows"])
+        self.datasets = {field.path: file[field.path] for field in STEPS.data}
 
     def write(self, row: int, values: dict) -> None:
         """Write ``values`` (dataset path -> one row) as row ``row`` and commit it (flush, then n_rows_done)."""
         for name, value in values.items():
-            self.file[name][row] = value
+            self.datasets[name][row] = value
         self.file.flush()
         self.n_done = row + 1
         self.file.attrs.modify("n_rows_done", np.int64(self.n_done))
@@ -288,7 +289,7 @@ def record_prompt(lm, trajectory, writer: StepsWriter, first_row: int, *, width:
             received[:, :, :length] = torch.stack([hooks.received[i] for i in range(len(hooks.received))]).numpy()
             values["attention/received"] = received
         if step in cache_steps:
-            cached = np.full(writer.file["cache/activations"].shape[1:], np.nan, dtype=np.float32)
+            cached = np.full(writer.datasets["cache/activations"].shape[1:], np.nan, dtype=np.float32)
             for (s, i), activation in hooks.activations.items():
                 cached[s, i, :activation.shape[0], :activation.shape[1]] = activation.numpy()
             values["cache/activations"] = cached
