@@ -185,3 +185,13 @@ def test_a_cached_step_beyond_the_steps_is_refused(tiny_checkpoint, tmp_path):
                    "--steps", "2", "--cache-steps", "5", "--out", tmp_path / "s.h5")
     assert done.returncode == 2 and "step 5 is beyond the sampler's 2 steps" in done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_docs_carry_the_step_store_tables():
+    from pathlib import Path
+
+    from mdlm_interp.steps.schemas import STEP_PATCHING, STEPS
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "store.md").read_text()
+    for kind in (STEPS, STEP_PATCHING):
+        assert kind.markdown() in docs, f"paste {kind.name}'s markdown() into docs/store.md"
