@@ -44,7 +44,8 @@ def measure(name: str, repeats: int) -> None:
     attrs = {"provenance": provenance(subject, plan, subject.facts()), "settings": {}, "sites": ["resid_post"],
              "cached_layers": layers, "position_group": "answer"}
     writer: StepsWriter = open_steps_writer(folder / "bench.h5", attrs=attrs, dims=dims, n_planned=trajectory.steps,
-                                            rows_per_prompt=trajectory.steps, resume=False, overwrite=False)
+                                            rows_per_prompt=trajectory.steps, resume=False, overwrite=False,
+                                            rows_per_commit=trajectory.steps)
 
     def plain():
         decode(lm.model, trajectory, **common)

@@ -1,12 +1,13 @@
 """Step caches: decode the plan's prompts and keep chosen hook sites at chosen steps and positions in a steps store.
 
 Each prompt (its answer slot and the n - 1 masks after it) is decoded by a sampler, one prompt at a
-time; at every step one row is written (``steps.schemas.STEPS``): the canvas before and after the step,
+time; at every step one row is made (``steps.schemas.STEPS``): the canvas before and after the step,
 which positions were masks and which were unmasked, the prediction for the answer slot, the attention
 mass every key position receives (for attention sinks; from ``attn.hook_pattern``) and the cached
-activations. Rows are committed step by step (the file is an HDF5 SWMR file, readable while written,
-with ``n_rows_done`` rows whole), so memory holds one step. ``resume`` continues a killed run with the
-same settings: the prompts whose every step was written are kept, the rest decoded again.
+activations. Rows are committed every min(steps, ``MAX_ROWS_PER_COMMIT``) steps (the file is an HDF5 SWMR
+file, readable while written, with ``n_rows_done`` rows whole), so memory holds at most that many steps.
+``resume`` continues a killed run with the same settings: the prompts whose every step was written are
+kept, the rest decoded again.
 """
 
 import json
@@ -24,6 +25,7 @@ from mdlm_interp.steps.schemas import STEPS
 from mdlm_interp.steps.trajectory import SITE_KINDS, StepClock, decode, trajectory_of
 
 CACHE_SITE_KINDS = tuple(k for k in SITE_KINDS if k != "z") + ("z",)
+MAX_ROWS_PER_COMMIT = 16  # steps written together (one HDF5 write per dataset): at most this many wait in memory
 
 
 def punctuation_ids(tokenizer, ids) -> set:
@@ -71,25 +73,44 @@ class StepRowHooks:
 
 
 class StepsWriter:
-    """Writes a steps store row by row (see the module docstring); ``open_steps_writer`` returns one."""
+    """Writes a steps store row by row (see the module docstring); ``open_steps_writer`` returns one. Rows
+    wait in memory until ``rows_per_commit`` of them are written together (``commit``), so memory holds at
+    most that many steps."""
 
-    def __init__(self, file, path: Path, lock, publish_to: Path | None):
+    def __init__(self, file, path: Path, lock, publish_to: Path | None, rows_per_commit: int = 1):
         self.file, self.path, self.lock, self.publish_to = file, path, lock, publish_to
         self.n_done = int(file.attrs["n_rows_done"])
         self.n_planned = int(file.attrs["n_rows"])
         self.datasets = {field.path: file[field.path] for field in STEPS.data}
+        self.rows_per_commit = max(1, int(rows_per_commit))
+        self.pending: list[tuple[int, dict]] = []
 
     def write(self, row: int, values: dict) -> None:
-        """Write ``values`` (dataset path -> one row) as row ``row`` and commit it (flush, then n_rows_done)."""
-        for name, value in values.items():
-            self.datasets[name][row] = value
+        """Add ``values`` (dataset path -> one row) as row ``row`` (rows come in order from ``n_done``); commit
+        once ``rows_per_commit`` rows wait."""
+        self.pending.append((row, values))
+        if len(self.pending) >= self.rows_per_commit:
+            self.commit()
+
+    def commit(self) -> None:
+        """Write the waiting rows (consecutive), flush, then move ``n_rows_done`` past them and flush again."""
+        if not self.pending:
+            return
+        start, stop = self.pending[0][0], self.pending[-1][0] + 1
+        for name in self.pending[0][1]:
+            rows = [values[name] for _, values in self.pending]
+            self.datasets[name][start:stop] = np.array(rows, dtype=object) if isinstance(rows[0], str) else np.stack(
+                [np.asarray(r) for r in rows])
         self.file.flush()
-        self.n_done = row + 1
+        self.n_done = stop
         self.file.attrs.modify("n_rows_done", np.int64(self.n_done))
         self.file.flush()
+        self.pending = []
 
     def finish(self) -> Path:
-        """Mark the store complete, close it (an overwrite run's store then replaces the old); return its path."""
+        """Commit the waiting rows, mark the store complete, close it (an overwrite run's store then replaces the
+        old); return its path."""
+        self.commit()
         self.file.attrs.modify("status", "complete")
         self.file.close()
         if self.publish_to is not None:
@@ -108,7 +129,7 @@ class StepsWriter:
 
 
 def open_steps_writer(path, *, attrs: dict, dims: dict, n_planned: int, rows_per_prompt: int, resume: bool,
-                      overwrite: bool) -> StepsWriter:
+                      overwrite: bool, rows_per_commit: int = 1) -> StepsWriter:
     """Return a ``StepsWriter`` for a new steps store at ``path`` (root ``attrs``: provenance and the kind's
     own, JSON ones as Python values), or the existing one when ``resume`` finds one written with the same
     settings, dims and plan (its rows of whole prompts kept). ``UsageError`` for anything the output policy
@@ -140,7 +161,7 @@ def open_steps_writer(path, *, attrs: dict, dims: dict, n_planned: int, rows_per
             if target == pending:
                 pending.unlink(missing_ok=True)
             file = build_swmr_file(target, lambda f: _fill(f, attrs, dims, n_planned))
-        return StepsWriter(file, target, lock, path if target == pending else None)
+        return StepsWriter(file, target, lock, path if target == pending else None, rows_per_commit)
     except BaseException:
         lock.release()
         raise
@@ -224,7 +245,8 @@ def record_steps(lm, plan, *, out, masks: int, sampler: str, options: dict, site
     attrs = {"provenance": provenance(subject, plan, facts, command_line), "settings": settings, "sites": sites,
              "cached_layers": layers, "position_group": position_group}
     writer = open_steps_writer(out, attrs=attrs, dims=dims, n_planned=len(trajectories) * steps,
-                               rows_per_prompt=steps, resume=resume, overwrite=overwrite)
+                               rows_per_prompt=steps, resume=resume, overwrite=overwrite,
+                               rows_per_commit=min(steps, MAX_ROWS_PER_COMMIT))
     try:
         if writer.n_done == writer.n_planned and resume:
             return writer.finish()
@@ -288,11 +310,10 @@ def record_prompt(lm, trajectory, writer: StepsWriter, first_row: int, *, width:
             received = np.full((len(hooks.received), hooks.received[0].shape[0], width), np.nan, dtype=np.float32)
             received[:, :, :length] = torch.stack([hooks.received[i] for i in range(len(hooks.received))]).numpy()
             values["attention/received"] = received
-        if step in cache_steps:
-            cached = np.full(writer.datasets["cache/activations"].shape[1:], np.nan, dtype=np.float32)
-            for (s, i), activation in hooks.activations.items():
-                cached[s, i, :activation.shape[0], :activation.shape[1]] = activation.numpy()
-            values["cache/activations"] = cached
+        cached = np.full(writer.datasets["cache/activations"].shape[1:], np.nan, dtype=np.float32)
+        for (s, i), activation in hooks.activations.items():  # none at a step not cached
+            cached[s, i, :activation.shape[0], :activation.shape[1]] = activation.numpy()
+        values["cache/activations"] = cached
         writer.write(first_row + step, values)
         hooks.activations, hooks.received = {}, {}
 

@@ -121,6 +121,9 @@ def test_a_killed_step_record_resumes_to_the_same_store(tiny_model, tmp_path):
         file.attrs.modify("n_rows_done", np.int64(4))
         file.attrs.modify("status", "running")
         file["rows/predicted_id"][3:] = -7
+    from mdlm_interp.steps.schemas import describe_steps
+
+    assert "steps store (running, 4 of 6 rows)" in describe_steps(killed)["header"]  # readable while written
     record_steps(lm, plan, out=killed, resume=True, **kwargs)
     with open_results(whole, "steps") as a, open_results(killed, "steps") as b:
         assert b.attrs["status"] == "complete"
