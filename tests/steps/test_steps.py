@@ -198,3 +198,24 @@ def test_docs_carry_the_step_store_tables():
     docs = (Path(__file__).resolve().parents[2] / "docs" / "store.md").read_text()
     for kind in (STEPS, STEP_PATCHING):
         assert kind.markdown() in docs, f"paste {kind.name}'s markdown() into docs/store.md"
+
+
+def test_trajectories_of_different_samplers_or_blocks_are_not_aligned(tiny_model):
+    from mdlm_interp.steps.trajectory import check_aligned
+
+    lm = tiny_model("llada")
+    llada = trajectory(lm, 4, "llada", steps=4)
+    with pytest.raises(UsageError, match="different samplers"):
+        check_aligned(llada, trajectory(lm, 4, "dream", steps=4))
+    with pytest.raises(UsageError, match="blocks"):
+        check_aligned(llada, trajectory(lm, 4, "llada", steps=4, block_length=2))
+
+
+def test_a_cached_site_or_layer_that_does_not_exist_is_refused(tiny_checkpoint, tmp_path):
+    base = ["steps", "record", "--model", tiny_checkpoint("llada"), "--task", TASK, "--n", "1", "--masks", "2",
+            "--out", tmp_path / "s.h5"]
+    for flags, message in ((["--sites", "attn"], "site 'attn' does not exist"),
+                           (["--layers", "7"], "layer 7 does not exist")):
+        done = run_cli(*base, *flags)
+        assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+        assert list(tmp_path.iterdir()) == []
