@@ -9,7 +9,10 @@ the final answer, logit(answer) - logit(wrong) at the readout position at every 
 slot is unmasked and the step its prediction settles (``trajectory.settle_step``). The wrong token is B's
 unpatched top token other than the answer at step 0 (as ``patch`` takes the corrupt run's).
 
-The exact sweep decodes B once per variant (one forward pass per step). Attribution patching estimates
+The exact sweep decodes B once per variant, but a step whose input canvas is the unpatched B's and that
+is not patched is replayed from B's own decode (``Replay``: the same canvas and draws give the same
+step), so a variant patched at step t costs one forward pass at t plus one per later step whose canvas
+the patch changed; a variant patched at every step costs one per step. Attribution patching estimates
 the logit difference at step t of every (site, t) variant from B's own decode with gradients: one forward
 and one backward pass per step give d(logit difference)/d(activation); the estimate is B's logit
 difference plus (A - B activation) . gradient summed over the patched positions.
@@ -148,6 +151,42 @@ class GradientStep:
         return logits.detach()
 
 
+class Replay:
+    """The receiver's forward passes, kept to be replayed: ``keep`` (an ``on_step`` callback of the unpatched
+    receiver's decode) keeps each step's input canvas and the logits the sampler and the readout read there
+    (the rows predicting the masked positions and the answer slot). Called as the model by a patched decode, it
+    returns those logits, without a forward pass, at every step whose input is the unpatched one's and that
+    is not ``patched_step`` (``EVERY_STEP``: none): the same canvas and the same draws give the same step."""
+
+    def __init__(self, model, trajectory: Trajectory, mask_token_id: int, prediction_offset: int, clock: StepClock):
+        self.hooked = model
+        self.trajectory, self.mask_token_id, self.offset, self.clock = trajectory, mask_token_id, prediction_offset, clock
+        self.inputs: dict = {}
+        self.rows: dict = {}
+        self.patched_step = EVERY_STEP
+        self.forward_passes = 0
+
+    def keep(self, step: int, state) -> None:
+        """Keep the unpatched step's input and logit rows (an ``on_step`` callback)."""
+        width = state.input_ids.shape[1]
+        masked = (state.input_ids[0] == self.mask_token_id).nonzero()[:, 0]
+        rows = torch.cat([masked + self.offset, torch.tensor([self.trajectory.readout(self.offset)],
+                                                             device=masked.device)]).clamp(0, width - 1).unique()
+        self.inputs[step] = state.input_ids.clone()
+        self.rows[step] = (rows, state.logits[0, rows].clone(), state.logits.shape)
+
+    def __call__(self, model_input: torch.Tensor, attention_mask=None, **kwargs) -> torch.Tensor:
+        """Return the step's logits [1, pos, vocab]: replayed where nothing differs, computed otherwise."""
+        step = self.clock.step
+        if step != self.patched_step and self.patched_step != EVERY_STEP and torch.equal(model_input, self.inputs[step]):
+            rows, values, shape = self.rows[step]
+            logits = values.new_zeros(shape)
+            logits[0, rows] = values
+            return logits
+        self.forward_passes += 1
+        return self.hooked(model_input, attention_mask=attention_mask, **kwargs)
+
+
 def attribution_estimate(site: Site, step: int, receiver_positions, donor_positions, gradient_step: GradientStep,
                          donor: dict, logit_diff: list) -> float:
     """Return attribution patching's estimate of the receiver's logit difference at ``step`` with ``site``
@@ -177,7 +216,7 @@ def patch_trajectories(model, receiver: Trajectory, donor: Trajectory, sites: li
     for step in steps:
         if not 0 <= step < receiver.steps:
             raise UsageError(f"step {step} is beyond the sampler's {receiver.steps} steps (0 .. {receiver.steps - 1})")
-    if receiver.config.__dict__.get("cfg_scale", 0) or donor.config.__dict__.get("cfg_scale", 0):
+    if getattr(receiver.config, "cfg_scale", 0) or getattr(donor.config, "cfg_scale", 0):
         raise UsageError("classifier-free guidance doubles each step's forward pass; patching across steps "
                          "decodes without it (--cfg-scale 0)")
     common = dict(mask_token_id=mask_token_id, prediction_offset=prediction_offset, seed=seed)
@@ -187,12 +226,18 @@ def patch_trajectories(model, receiver: Trajectory, donor: Trajectory, sites: li
     decode(model, donor, clock=clock, fwd_hooks=caching_hooks(hooks, clock, donor_cache), **common)
 
     watch = AnswerWatch(receiver, mask_token_id, prediction_offset)
+    replay = Replay(model, receiver, mask_token_id, prediction_offset, clock)
+
+    def unpatched_step(step, state):
+        watch(step, state)
+        replay.keep(step, state)
+
     if attribution:
         gradient_step = GradientStep(model, hooks, watch, clock)
-        final = decode(gradient_step, receiver, clock=clock, fwd_hooks=gradient_step.fwd_hooks(), on_step=watch,
-                       **common)
+        final = decode(gradient_step, receiver, clock=clock, fwd_hooks=gradient_step.fwd_hooks(),
+                       on_step=unpatched_step, **common)
     else:
-        final = decode(model, receiver, clock=clock, on_step=watch, **common)
+        final = decode(model, receiver, clock=clock, on_step=unpatched_step, **common)
     base = watch.outcome(final)
     wrong_id = watch.wrong_id
     runs = [{"site": "none", "patched_step": EVERY_STEP, "wrong_id": wrong_id, "logit_diff": watch.logit_diff[0],
@@ -202,7 +247,9 @@ def patch_trajectories(model, receiver: Trajectory, donor: Trajectory, sites: li
         for step in steps + ([EVERY_STEP] if every_step else []):
             patched = AnswerWatch(receiver, mask_token_id, prediction_offset, wrong_id=wrong_id)
             hook = patch_hook(site, receiver_positions, donor_positions, step, donor_cache, clock)
-            final = decode(model, receiver, clock=clock, fwd_hooks=[(site.hook, hook)], on_step=patched, **common)
+            replay.patched_step = step
+            final = decode(replay, receiver, clock=clock, fwd_hooks=[(site.hook, hook)], on_step=patched,
+                           **common)
             estimate = float("nan")
             if attribution and step != EVERY_STEP:
                 estimate = attribution_estimate(site, step, receiver_positions, donor_positions, gradient_step,

@@ -219,3 +219,13 @@ def test_a_cached_site_or_layer_that_does_not_exist_is_refused(tiny_checkpoint, 
         done = run_cli(*base, *flags)
         assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
         assert list(tmp_path.iterdir()) == []
+
+
+def test_steps_a_patch_leaves_unchanged_are_replayed_not_recomputed(tiny_model):
+    lm = tiny_model("llada")
+    own = trajectory(lm, 4, "llada", steps=4)
+    passes = []
+    with lm.model.hooks(fwd_hooks=[("hook_embed", lambda x, hook: passes.append(1))]):
+        patch_trajectories(lm.model, own, own, [Site("z", 0, 1)], attribution=False, **common(lm))
+    # donor 4 + receiver 4; patched at one step: 1 pass each (4 variants); patched at every step: 4
+    assert len(passes) == 4 + 4 + 4 * 1 + 4
