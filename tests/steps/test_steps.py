@@ -229,3 +229,23 @@ def test_steps_a_patch_leaves_unchanged_are_replayed_not_recomputed(tiny_model):
         patch_trajectories(lm.model, own, own, [Site("z", 0, 1)], attribution=False, **common(lm))
     # donor 4 + receiver 4; patched at one step: 1 pass each (4 variants); patched at every step: 4
     assert len(passes) == 4 + 4 + 4 * 1 + 4
+
+
+def test_a_steps_store_is_readable_while_its_writer_holds_it(tmp_path):
+    from mdlm_interp.steps.cache import open_steps_writer
+    from mdlm_interp.steps.schemas import STEPS, describe_steps
+    from mdlm_interp.store.writer import Provenance
+
+    dims = {"layers": 1, "heads": 1, "width": 3, "sites": 1, "cached_layers": 1, "positions": 1, "d": 2}
+    attrs = {"provenance": Provenance("test", "m", "llada", "float32", "f", {}, 0), "settings": {"sampler": "llada"},
+             "sites": ["resid_post"], "cached_layers": [0], "position_group": "answer"}
+    writer = open_steps_writer(tmp_path / "s.h5", attrs=attrs, dims=dims, n_planned=4, rows_per_prompt=2,
+                               resume=False, overwrite=False, rows_per_commit=2)
+    row = {f.path: "t" if f.dtype == "str" else np.zeros(f.row_shape(dims), dtype=f.numpy_dtype) for f in STEPS.data}
+    try:
+        writer.write(0, row)
+        assert "(running, 0 of 4 rows)" in describe_steps(tmp_path / "s.h5")["header"]  # not committed yet
+        writer.write(1, row)
+        assert "(running, 2 of 4 rows)" in describe_steps(tmp_path / "s.h5")["header"]
+    finally:
+        writer.close()
