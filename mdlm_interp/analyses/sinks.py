@@ -2,8 +2,9 @@
 
 Reads steps stores (``mdlm-interp steps record``; ``attention/received``: the attention weight each key
 position receives from every query, averaged over the queries). A sink of a head at a step is a key
-position receiving more than ``SINK_THRESHOLD`` (0.05, about 30 times the uniform share in a task prompt of ~600 tokens) of that head's attention. Each sink is classed by
-what it holds at that step, first match wins: "answer slot" (the answer slot), "mask" (a mask token),
+position receiving more than ``SINK_THRESHOLD`` (0.05, about 30 times the uniform share in a task
+prompt of ~600 tokens) of that head's attention. Each sink is classed by what it holds at that step,
+first match wins: "answer slot" (the answer slot), "mask" (a mask token),
 "first token" (position 0), "punctuation" (a token that is punctuation or whitespace only), "other".
 """
 

@@ -24,7 +24,6 @@ from mdlm_interp.models.hook_names import hook_name
 from mdlm_interp.steps.schemas import STEPS
 from mdlm_interp.steps.trajectory import SITE_KINDS, StepClock, decode, trajectory_of
 
-CACHE_SITE_KINDS = tuple(k for k in SITE_KINDS if k != "z") + ("z",)
 MAX_ROWS_PER_COMMIT = 16  # steps written together (one HDF5 write per dataset): at most this many wait in memory
 
 
@@ -190,7 +189,8 @@ def _fill(file, attrs: dict, dims: dict, n_planned: int) -> None:
         floating = field.dtype == "float32"
         fill = np.nan if floating else (-1 if field.dtype.startswith("int") else None)
         big = int(np.prod(shape[1:])) > 1
-        file.create_dataset(field.path, shape=shape, dtype=field.h5_dtype, chunks=(1 if big else max(1, min(64, n_planned)), *shape[1:]),
+        rows_per_chunk = 1 if big else max(1, min(64, n_planned))
+        file.create_dataset(field.path, shape=shape, dtype=field.h5_dtype, chunks=(rows_per_chunk, *shape[1:]),
                             fillvalue=fill, compression="gzip" if big else None)
 
 
@@ -200,7 +200,7 @@ def record_steps(lm, plan, *, out, masks: int, sampler: str, options: dict, site
     """Decode every prompt of ``plan`` (placement: its first) at ``masks`` masks with ``sampler`` (``options``:
     its config fields, e.g. steps, block_length, alg) and write a steps store to ``out``; return its path.
 
-    ``sites``: hook kinds cached (``CACHE_SITE_KINDS``; "z" flattened over heads); ``layers``: which (default
+    ``sites``: hook kinds cached (``SITE_KINDS``; "z" flattened over heads); ``layers``: which (default
     all); ``position_group``: where (``trajectory.POSITION_GROUPS``); ``cache_steps``: which steps (default
     all); ``attention``: record the attention each position receives (for sinks). Bad input raises
     ``UsageError`` before any work (a step beyond the sampler's steps, a site or layer the model lacks).
@@ -215,8 +215,8 @@ def record_steps(lm, plan, *, out, masks: int, sampler: str, options: dict, site
     n_layers, n_heads = subject.n_layers, subject.n_heads
     sites = list(dict.fromkeys(sites))
     for site in sites:
-        if site not in CACHE_SITE_KINDS:
-            raise UsageError(f"site {site!r} does not exist; cache one of {', '.join(CACHE_SITE_KINDS)}")
+        if site not in SITE_KINDS:
+            raise UsageError(f"site {site!r} does not exist; cache one of {', '.join(SITE_KINDS)}")
     layers = list(range(n_layers)) if layers is None else [int(layer) for layer in layers]
     for layer in layers:
         if not 0 <= layer < n_layers:

@@ -160,7 +160,8 @@ class Replay:
 
     def __init__(self, model, trajectory: Trajectory, mask_token_id: int, prediction_offset: int, clock: StepClock):
         self.hooked = model
-        self.trajectory, self.mask_token_id, self.offset, self.clock = trajectory, mask_token_id, prediction_offset, clock
+        self.trajectory, self.mask_token_id, self.offset = trajectory, mask_token_id, prediction_offset
+        self.clock = clock
         self.inputs: dict = {}
         self.rows: dict = {}
         self.patched_step = EVERY_STEP
@@ -178,7 +179,8 @@ class Replay:
     def __call__(self, model_input: torch.Tensor, attention_mask=None, **kwargs) -> torch.Tensor:
         """Return the step's logits [1, pos, vocab]: replayed where nothing differs, computed otherwise."""
         step = self.clock.step
-        if step != self.patched_step and self.patched_step != EVERY_STEP and torch.equal(model_input, self.inputs[step]):
+        replayable = step != self.patched_step and self.patched_step != EVERY_STEP
+        if replayable and torch.equal(model_input, self.inputs[step]):
             rows, values, shape = self.rows[step]
             logits = values.new_zeros(shape)
             logits[0, rows] = values
