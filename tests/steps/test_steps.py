@@ -249,3 +249,23 @@ def test_a_steps_store_is_readable_while_its_writer_holds_it(tmp_path):
         assert "(running, 2 of 4 rows)" in describe_steps(tmp_path / "s.h5")["header"]
     finally:
         writer.close()
+
+
+def test_a_head_set_to_copy_the_first_token_is_a_first_token_sink_at_every_step(tiny_model, tmp_path):
+    from mdlm_interp.analyses.sinks import sink_table
+
+    lm = tiny_model("llada")
+
+    def copy_first_token(pattern, hook):  # layer 0, head 1: every query attends to position 0 only
+        pattern = pattern.clone()
+        pattern[:, 1] = 0.0
+        pattern[:, 1, :, 0] = 1.0
+        return pattern
+
+    with lm.model.hooks(fwd_hooks=[("blocks.0.attn.hook_pattern", copy_first_token)]):
+        out = record_steps(lm, small_plan(masks=(3,), n=1), out=tmp_path / "s.h5", masks=3, sampler="llada",
+                           options={"steps": 3}, progress=False)
+    sinks = sink_table([out])["sinks"]
+    head = sinks[(sinks["layer"] == 0) & (sinks["head"] == 1)]
+    assert head["step"].tolist() == [0, 1, 2] and set(head["position"]) == {0}
+    assert set(head["kind"]) == {"first token"} and np.allclose(head["mass"], 1.0)
