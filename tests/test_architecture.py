@@ -24,6 +24,7 @@ RULES = [
     ("analyses", ("tasks", "hooks", "batching", "record", "training", "sweep", "circuits", "decoding", "cli")),
     ("plan", ("models", "store", "hooks", "record", "circuits", "training", "cli")),
     ("subject", ("tasks", "hooks", "record", "training", "cli")),
+    ("steps", ("training", "sweep", "compare", "analyses", "cli")),
 ]
 
 # Layers that may import from models only these public modules (no rotary, norm, attention or block internals).

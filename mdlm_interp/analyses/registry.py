@@ -55,6 +55,8 @@ ANALYSIS_MODULES = [
     "patching",
     "ablation",
     "iterative",
+    "sinks",
+    "settle_steps",
 ]
 
 

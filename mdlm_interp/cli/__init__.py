@@ -14,7 +14,7 @@ from mdlm_interp.outputs import release_claims
 
 SUBCOMMAND_MODULES = ["model", "tasks", "pretrain", "record", "summary", "analyze", "sweep", "train_ma", "compare",
                       "patch", "heads", "ablate", "generate",
-                      "activations", "train_sae", "probe"]
+                      "activations", "train_sae", "probe", "steps"]
 
 
 class CommandLineParser(argparse.ArgumentParser):
