@@ -108,3 +108,20 @@ def claim_result_outputs(args, outputs: dict, folders=()) -> None:
     check_partial(args.out, resume=args.resume, overwrite=args.overwrite)
     claim_outputs({"--out": args.out, **outputs}, [args.model], overwrite=args.overwrite or args.resume,
                   folders=set(folders))
+
+
+def sharded(command):
+    """Return ``run(args)`` for a heavy command ``command(args, shard, device)``: under torchrun it joins the
+    process group and runs as one rank (``sharding.joined``: ``shard`` is this process's ``sharding.Shard``,
+    ``device`` its own GPU for --device cuda); without torchrun as the one rank of one. A failure in any rank
+    stops every rank, with the failing rank's one-line error."""
+    import functools
+
+    @functools.wraps(command)
+    def run(args) -> int:
+        from mdlm_interp.sharding import joined
+
+        with joined(args.device) as (shard, device):
+            return command(args, shard, device)
+
+    return run
