@@ -45,10 +45,6 @@ class Shard:
         """Return this rank's contiguous block of ``range(n)`` (blocks in rank order, sizes differing by at most 1)."""
         return range(n * self.rank // self.world, n * (self.rank + 1) // self.world)
 
-    def owner(self, index: int, n: int) -> int:
-        """Return the rank whose ``block(n)`` holds ``index``."""
-        return next(rank for rank in range(self.world) if n * (rank + 1) // self.world > index)
-
     def exchange(self, value=None) -> list:
         """Meet every rank and return each rank's ``value`` (picklable), in rank order. Raises ``PeerFailed``
         if another rank announced a failure at this meeting (or the group is gone)."""
