@@ -7,8 +7,9 @@ commands, in turns, so that machine noise hits all alike: one process with one t
 process with as many threads as the machine has cores (the fair single-process rival on a small
 machine); `torchrun --nproc-per-node 2`, one thread per process. Wall times include starting the
 processes (importing torch and the toolkit, about 5 CPU-seconds a process), which the two-process run
-pays twice. Prints the medians, the speed-up of two processes over one, and whether the two stores
-are the same (they must be: same datasets and attributes but the command line and the time).
+pays twice. Prints the medians of wall time and of CPU time (all processes together), the speed-up of
+two processes over one, and whether the two stores are the same (they must be: the same datasets
+and attributes but the command line and the time).
 
 On 2 shared cores expect little speed-up: the two processes share the cores that the threads of one
 process would use, and every other job on the machine takes from both. Sharding pays off with one
@@ -17,6 +18,7 @@ process per GPU.
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -28,6 +30,12 @@ from pathlib import Path
 from mdlm_interp.store.compare import file_difference
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def children_cpu() -> float:
+    """Return the CPU seconds (user + system) of every finished child process so far, their children included."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -49,16 +57,17 @@ def main() -> None:
         f"1 process, {cores} threads": ([sys.executable], cores, folder / "threads.h5"),
         "2 processes (torchrun, gloo), 1 thread each": (torchrun, 1, folder / "two.h5"),
     }
-    times = {name: [] for name in variants}
+    times, cpu = {name: [] for name in variants}, {name: [] for name in variants}
     try:
         for _ in range(repeats):
             for name, (launcher, threads, out) in variants.items():
                 environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
                                "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-                start = time.perf_counter()
+                start, used = time.perf_counter(), children_cpu()
                 subprocess.run([*launcher, "-m", "mdlm_interp", *command, "--out", str(out)], env=environment,
                                check=True, stdout=subprocess.DEVNULL)
                 times[name].append(time.perf_counter() - start)
+                cpu[name].append(children_cpu() - used)
         difference = file_difference(folder / "one.h5", folder / "two.h5")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -67,10 +76,10 @@ def main() -> None:
     base = medians["1 process, 1 thread"]
     print(f"patch, {args.model}, 1 vs 50 masks, {2 * pairs} pairs in batches of 1, {cores} cores; "
           f"medians of {repeats} whole commands (process start included)")
-    print("| variant | s | speed-up vs 1 process, 1 thread |")
-    print("| --- | --- | --- |")
+    print("| variant | wall s | speed-up vs 1 process, 1 thread | CPU s (all processes) |")
+    print("| --- | --- | --- | --- |")
     for name, seconds in medians.items():
-        print(f"| {name} | {seconds:.1f} | {base / seconds:.2f}x |")
+        print(f"| {name} | {seconds:.1f} | {base / seconds:.2f}x | {statistics.median(cpu[name]):.1f} |")
     two = medians["2 processes (torchrun, gloo), 1 thread each"]
     print(f"2 processes against 1: {base / two:.2f}x faster; the stores are "
           + ("identical (datasets and attributes but time and command line)" if difference is None
