@@ -12,8 +12,9 @@ two processes over one, and whether the two stores are the same (they must be: t
 and attributes but the command line and the time).
 
 On 2 shared cores expect little speed-up: the two processes share the cores that the threads of one
-process would use, and every other job on the machine takes from both. Sharding pays off with one
-process per GPU.
+process would use, and every other job on the machine takes from both (on a busy machine two
+processes win wall time only by taking a larger share of it; the CPU time says what they cost).
+Sharding pays off with one process per GPU.
 """
 
 import argparse
