@@ -172,3 +172,29 @@ def apply_interventions(args, lm, plan=None, quiet: bool = False) -> dict | None
               f"{report['loss_with']:.4f} nats, accuracy {report['accuracy']:.3f} / {report['accuracy_with']:.3f} "
               f"(on {len(prompts)} task prompts)")
     return report
+
+
+def sharded_epilog(command: str) -> str:
+    """Return the --help epilog of a result store command (patch, ablate) on running it under torchrun."""
+    return (f"Sharded over processes: torchrun --nproc-per-node N -m mdlm_interp {command} --n-prompts P ...; each "
+            "rank computes a contiguous block of the batches (committed to .OUT.batches beside --out) and rank 0 "
+            "alone claims the outputs, writes the one store (the same as one process writes with the same "
+            "--batch-size) and prints. --resume continues a run with any number of processes; a failure in one "
+            "rank stops all of them with that rank's error.")
+
+
+def sharded(command):
+    """Return ``run(args)`` for a heavy command ``command(args, shard, device)``: under torchrun it joins the
+    process group and runs as one rank (``sharding.joined``: ``shard`` is this process's ``sharding.Shard``,
+    ``device`` its own GPU for --device cuda); without torchrun as the one rank of one. A failure in any rank
+    stops every rank, with the failing rank's one-line error."""
+    import functools
+
+    @functools.wraps(command)
+    def run(args) -> int:
+        from mdlm_interp.sharding import joined
+
+        with joined(args.device) as (shard, device):
+            return command(args, shard, device)
+
+    return run
