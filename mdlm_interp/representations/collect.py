@@ -15,6 +15,7 @@ pass runs, so memory holds the rows, never a whole [batch, pos, d] cache.
 import torch
 
 from mdlm_interp.errors import UsageError
+from mdlm_interp.models.readout import run_reading
 
 POSITION_GROUPS = ("answer", "readout", "masks", "relevant", "query", "last_context", "context")
 
@@ -57,8 +58,12 @@ def collect_activations(model, batch, sites, groups) -> dict:
         kept[hook.name] = activation[where].detach().reshape(int(where.sum()), -1).float().cpu()
 
     with torch.no_grad():
-        model.run_with_hooks(batch.input_ids, attention_mask=batch.attention_mask_if_padded,
-                             fwd_hooks=[(site, keep) for site in sites])
+        hooks = [(site, keep) for site in sites]
+        if any(site.startswith("ln_final.") for site in sites):  # the final norm's hooks need every position
+            model.run_with_hooks(batch.input_ids, attention_mask=batch.attention_mask_if_padded, fwd_hooks=hooks)
+        else:  # the logits are not read: unembed only the readout positions
+            run_reading(model, batch.input_ids, batch.layout.readout[:, None], hooks,
+                        attention_mask=batch.attention_mask_if_padded)
     rows, positions = where.nonzero(as_tuple=True)
     starts = torch.as_tensor(batch.starts, device=rows.device)
     return {"activations": {site: kept[site] for site in sites}, "row": rows.cpu(),

@@ -10,6 +10,7 @@ with and without the SAE.
 import torch
 
 from mdlm_interp.errors import UsageError
+from mdlm_interp.models.readout import logits_at_index, run_reading
 
 
 def site_width(model, site: str) -> int:
@@ -53,8 +54,8 @@ def answer_loss_with_sae(model, batch, site: str, sae, positions: torch.Tensor |
     results = {}
     with torch.no_grad():
         for suffix, hooks in (("", []), ("_with_sae", splice_hooks(site, sae, positions))):
-            logits = model.run_with_hooks(batch.input_ids, attention_mask=batch.attention_mask_if_padded,
-                                          fwd_hooks=hooks)[layout.rows, layout.readout].float()
+            logits = logits_at_index(run_reading(model, batch.input_ids, layout.readout[:, None], hooks,
+                                                 attention_mask=batch.attention_mask_if_padded), layout.readout).float()
             results[f"loss{suffix}"] = float(torch.nn.functional.cross_entropy(logits, layout.answer_ids))
             results[f"accuracy{suffix}"] = float((logits.argmax(-1) == layout.answer_ids).float().mean())
     return results
