@@ -3,7 +3,8 @@
 
 def add_parser(subparsers) -> None:
     """Register the ``record`` subcommand."""
-    from mdlm_interp.cli.common import add_model_flags, add_plan_flags, int_list, name_list
+    from mdlm_interp.cli.common import add_model_flags, add_plan_flags, batch_size_type, int_list, name_list
+    from mdlm_interp.resources import SAFETY_MARGIN
 
     parser = subparsers.add_parser(
         "record",
@@ -36,7 +37,10 @@ def add_parser(subparsers) -> None:
                         "maskgit_plus, topk_margin, entropy). steps and block default to the number of masks "
                         "(steps=masks: one step per mask); diffusion models only")
     parser.add_argument("--top-k", type=int, default=10, help="top-k token ids and probabilities kept per row (default 10)")
-    parser.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (default 8)")
+    parser.add_argument("--batch-size", type=batch_size_type, default=8,
+                        help="prompts per forward pass (default 8), or 'auto': the largest batch whose estimated "
+                        "memory fits the device's free memory (the machine's available memory on the CPU) with the "
+                        f"model loaded, keeping {100 * SAFETY_MARGIN:.0f}%% of it free")
     parser.add_argument("--out", default="record.h5", help="output HDF5 store (default record.h5)")
     existing = parser.add_mutually_exclusive_group()
     existing.add_argument("--resume", action="store_true",
@@ -55,8 +59,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     """Check the request and the output path, load the model, record, then print the summary table."""
-    from mdlm_interp.cli.common import load_model_from, plan_fields
-    from mdlm_interp.errors import UsageError
+    from mdlm_interp.cli.common import load_model_from, plan_fields, resolve_batch_size
     from mdlm_interp.record import RecordConfig, record
     from mdlm_interp.store.writer import check_writable
 
@@ -64,8 +67,6 @@ def run(args) -> int:
     check_writable(args.out, resume=args.resume, overwrite=args.overwrite)
     config = RecordConfig(**plan_fields(args), masks=args.masks, filler=args.filler, chat=args.chat,
                           record=args.record, top_k=args.top_k, decode=args.decode)
-    if args.batch_size < 1:
-        raise UsageError("batch size must be at least 1")
 
     from mdlm_interp.models.loader import parse_device
     from mdlm_interp.store import open_store
@@ -74,8 +75,9 @@ def run(args) -> int:
     parse_device(args.device)
     rank, world, device = distributed_setup(args.device)
     lm = load_model_from(args, device)
+    batch_size = resolve_batch_size(args.batch_size, lm, config, device, needs_grad="gradients" in config.record)
     out = record(
-        lm, out=args.out, config=config, batch_size=args.batch_size, resume=args.resume, overwrite=args.overwrite,
+        lm, out=args.out, config=config, batch_size=batch_size, resume=args.resume, overwrite=args.overwrite,
         progress=not args.no_progress and rank == 0, command_line=args.command_line,
         shard=(rank, world) if world > 1 else None,
     )
