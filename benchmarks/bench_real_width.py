@@ -69,9 +69,14 @@ def build_model(family: str, shape: dict, dtype: torch.dtype, device: str):
     cfg = FAMILIES[family].preset_config("tiny", shape["d_vocab"], overrides=dict(
         d_model=shape["d_model"], n_layers=LAYERS, n_heads=shape["n_heads"], n_kv_heads=shape["n_kv_heads"],
         d_mlp=shape["d_mlp"], max_seq_len=4096))
-    with torch.device("meta"):
-        model = HookedDecoder(cfg)
-    model = model.to_empty(device=device).to(dtype)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # the parameters are allocated in their dtype by to_empty
+    try:
+        with torch.device("meta"):
+            model = HookedDecoder(cfg)
+        model = model.to_empty(device=device)
+    finally:
+        torch.set_default_dtype(default)
     generator = torch.Generator(device=device).manual_seed(0)
     with torch.no_grad():
         for name, param in model.named_parameters():
