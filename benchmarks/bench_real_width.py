@@ -22,10 +22,12 @@ logits kept). Each is timed once (after one warm-up forward pass): CPU times at 
 minutes, not a benchmark of speed but of what a run costs.
 
 The first table lists the measurements (``ratio``: peak / the plain forward's peak, both with the
-weights). The second extrapolates ``record`` with every recorder and the plain forward to the full
-32-layer LLaDA-8B and 28-layer Dream-7B at batch sizes 1-16: weights from the real shapes, activations
-per prompt from the measurements (runs that keep a graph grow with the layers, the others do not),
-and compares with ``resources.activation_bytes_per_prompt``, the estimate behind ``--batch-size auto``.
+weights and the process's own memory). The second extrapolates them to the full 32-layer LLaDA-8B and
+28-layer Dream-7B at batch sizes 1-16: weights from the real shapes, activations per prompt from the
+measurements (runs that keep a graph, gradients and attribution, grow with the layers: their 2-layer
+activations times layers / 2, an upper figure; the others hold one block at a time and do not), and
+compares with ``resources.activation_bytes_per_prompt``, the estimate behind ``--batch-size auto``
+(above 1: the estimate is on the safe side).
 ``--scale K`` divides every width by K (a smoke run of the script, as the tests do).
 """
 
@@ -101,13 +103,19 @@ def prompts_of(family: str, masks: int, tokens: int):
     with tempfile.TemporaryDirectory() as tmp:
         tiny = load_model(write_random_checkpoint(family, Path(tmp) / "tiny", tokenizer_corpus(), seed=0))
     subject = subject_from(tiny)
-    distractors = 4
-    while True:
+
+    def prompt_with(distractors: int):
         plan = PromptPlan(tasks=("adjective+largest",), masks=(masks,), n=1, n_relevant=4, n_distractor=distractors)
-        prompt = plan_prompts(subject, plan, plan.rows([Condition(masks, False, "random")]))[0]
-        if len(prompt.input_ids) >= tokens or distractors > 400:
-            return subject, [prompt], plan
-        distractors += max(1, (tokens - len(prompt.input_ids)) // 8)
+        return plan, plan_prompts(subject, plan, plan.rows([Condition(masks, False, "random")]))[0]
+
+    _, first = prompt_with(4)
+    per_example = (len(first.input_ids) - masks) / 8  # 4 relevant + 4 distractor examples and the query
+    distractors = max(1, int((tokens - masks) / per_example) - 8)
+    plan, prompt = prompt_with(distractors)
+    while len(prompt.input_ids) < tokens and distractors < 1000:
+        distractors += 1
+        plan, prompt = prompt_with(distractors)
+    return subject, [prompt], plan
 
 
 def measurements(subject, prompts, plan, masks: int) -> dict:
@@ -253,7 +261,7 @@ def tables(rows: list, scale: int) -> str:
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     names = {"llada": "LLaDA-8B", "dream": "Dream-7B"}
     for r in rows:
-        if r["what"] not in ("forward", "record: all"):
+        if r["what"] in ("forward, readout logits", "record: prediction", "record: all, full logits"):
             continue
         shape = shape_of(r["family"], scale)
         layers = shape["full_layers"]
@@ -265,7 +273,7 @@ def tables(rows: list, scale: int) -> str:
             tokens=r["tokens"], d_model=shape["d_model"], d_mlp=shape["d_mlp"], n_heads=shape["n_heads"],
             n_kv_heads=shape["n_kv_heads"], d_head=shape["d_model"] // shape["n_heads"], n_layers=LAYERS,
             d_vocab=shape["d_vocab"], dtype_bytes=dtype_bytes, needs_grad=r["what"] in GRAPH_KEEPING,
-            logit_rows=None if r["what"] == "forward" else 1)
+            logit_rows=None if r["what"] in ("forward", "ablation run") else 1)
         cells = " | ".join(f"{(weights + b * per_prompt) / GIB:.1f}" for b in (1, 2, 4, 8, 16))
         lines.append(f"| {names[r['family']]} ({layers} layers) | {r['dtype']} | {r['masks']} | {r['what']} | "
                      f"{weights / GIB:.1f} | {cells} | {estimate / max(measured, 1):.2f} |")

@@ -53,16 +53,17 @@ def activation_bytes_per_prompt(*, tokens: int, d_model: int, d_mlp: int, n_head
     """Return an upper estimate of the activation memory of one prompt of ``tokens`` tokens in bytes.
 
     Without a graph, only one block's tensors live at a time: the residual stream and its norms, the
-    queries, keys and values, attention scores and pattern (float32, as a kernel without a fused path
-    holds them), the MLP's three hidden tensors; plus the logits (``logit_rows`` rows, default every
-    token, in float32 as they are read). With ``needs_grad`` (embedding gradients, attribution
+    queries, keys and values, one attention pattern in float32 (as a kernel without a fused path holds
+    it), the MLP's three hidden tensors; plus the logits (``logit_rows`` rows read in float32, or
+    None: every token's, in the model's dtype). With ``needs_grad`` (embedding gradients, attribution
     patching) every block keeps about that much for the backward pass, so the estimate grows with
-    ``n_layers``. benchmarks/bench_real_width.py compares it with measured peaks.
+    ``n_layers``. benchmarks/bench_real_width.py compares it with measured peaks (1.6-1.9x above them
+    at LLaDA-8B's widths in bfloat16).
     """
     kv = n_kv_heads * d_head
     block = tokens * dtype_bytes * (6 * d_model + 2 * kv + n_heads * d_head + 3 * d_mlp)
-    block += 2 * n_heads * tokens * tokens * 4
-    logits = (tokens if logit_rows is None else logit_rows) * d_vocab * 4
+    block += n_heads * tokens * tokens * 4
+    logits = tokens * d_vocab * dtype_bytes if logit_rows is None else logit_rows * d_vocab * 4
     return int(block * (n_layers if needs_grad else 0) + block + logits)
 
 
