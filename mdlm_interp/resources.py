@@ -57,8 +57,8 @@ def activation_bytes_per_prompt(*, tokens: int, d_model: int, d_mlp: int, n_head
     it), the MLP's three hidden tensors; plus the logits (``logit_rows`` rows read in float32, or
     None: every token's, in the model's dtype). With ``needs_grad`` (embedding gradients, attribution
     patching) every block keeps about that much for the backward pass, so the estimate grows with
-    ``n_layers``. benchmarks/bench_real_width.py compares it with measured peaks (1.6-1.9x above them
-    at LLaDA-8B's widths in bfloat16).
+    ``n_layers``. benchmarks/bench_real_width.py compares it with measured peaks (1.2-2.9x above them
+    at LLaDA-8B's and Dream-7B's widths).
     """
     kv = n_kv_heads * d_head
     block = tokens * dtype_bytes * (6 * d_model + 2 * kv + n_heads * d_head + 3 * d_mlp)
