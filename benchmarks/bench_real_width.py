@@ -31,7 +31,7 @@ compares with ``resources.activation_bytes_per_prompt``, the estimate behind ``-
 ``--scale K`` divides every width by K (a smoke run of the script).
 
 Cost on one CPU core: about 2.5 minutes of CPU per (family, dtype, masks) at the real widths (20 minutes
-for the default 8; ``--quick``: one, with 7 of the 11 measurements), and about 6 GiB of memory at most
+for the default 8; ``--quick``: one, with 7 of the 11 measurements), and about 7 GiB of memory at most
 (Dream's widths in float32); on a GPU, seconds each.
 """
 
