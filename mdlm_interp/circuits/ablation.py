@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from mdlm_interp.batching import collate
+from mdlm_interp.circuits.pairs import run_to_readout
 from mdlm_interp.circuits.schemas import ABLATION
 from mdlm_interp.errors import UsageError
 from mdlm_interp.hooks.interventions import remove_attention_to_keys, replace_head_output
@@ -118,8 +119,7 @@ def rank_heads(module, batches, shard: Shard | None = None) -> torch.Tensor:
     sums = []  # per batch of this rank's block: (attention mass summed over its rows [layer, head], rows)
     for batch in (batches[index] for index in shard.block(len(batches))):
         recorder = AttentionRecorder(module, batch.layout)
-        logits = module.run_with_hooks(batch.input_ids, attention_mask=batch.attention_mask_if_padded,
-                                       fwd_hooks=recorder.fwd_hooks(), **recorder.forward_kwargs())
+        logits = run_to_readout(module, batch, recorder.fwd_hooks(), **recorder.forward_kwargs())
         sums.append((recorder.results(logits)["mask_mass_from_answer"].sum(0).cpu(), len(batch.input_ids)))
     total, count = 0.0, 0
     for mass, rows in (pair for block in shard.exchange(sums) for pair in block):
@@ -130,8 +130,7 @@ def rank_heads(module, batches, shard: Shard | None = None) -> torch.Tensor:
 @torch.no_grad()
 def predict(module, batch, hooks=()) -> dict:
     """Return predicted_id, p_answer, correct [batch] (on the CPU) of one forward pass with ``hooks``."""
-    logits = module.run_with_hooks(batch.input_ids, attention_mask=batch.attention_mask_if_padded,
-                                   fwd_hooks=list(hooks))
+    logits = run_to_readout(module, batch, hooks)
     results = PredictionRecorder(module, batch.layout, top_k=1).results(logits)
     return {name: results[name].cpu() for name in RESULTS}
 

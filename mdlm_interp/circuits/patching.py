@@ -25,7 +25,8 @@ from functools import partial as partial_function
 import numpy as np
 import torch
 
-from mdlm_interp.circuits.pairs import PromptPair, answer_metrics, make_pair, pair_prompts, top_wrong_ids
+from mdlm_interp.circuits.pairs import (PromptPair, answer_metrics, make_pair, pair_prompts, run_to_readout,
+                                       top_wrong_ids)
 from mdlm_interp.circuits.schemas import PATCHING, SITES
 from mdlm_interp.errors import UsageError
 from mdlm_interp.hooks.interventions import patch_positions
@@ -61,7 +62,9 @@ def all_site_hooks(n_layers: int) -> list[str]:
 
 
 def capture(model, batch, names: list[str], with_grad: bool) -> tuple[torch.Tensor, dict]:
-    """Run ``batch`` through ``model``, keeping the activations at ``names``; return (logits, {name: activation}).
+    """Run ``batch`` through ``model``, keeping the activations at ``names``; return (logits, {name: activation}),
+    the logits unembedded at the readout only where the model can (``pairs.run_to_readout``; read them with
+    ``pairs.readout_logits``).
 
     With ``with_grad`` the activations stay in an autograd graph that starts at the embeddings (the
     parameters are not part of it), ready for ``torch.autograd.grad``.
@@ -76,7 +79,7 @@ def capture(model, batch, names: list[str], with_grad: bool) -> tuple[torch.Tens
 
     hooks = [(name, keep) for name in names] + ([(hook_name("embed"), leaf)] if with_grad else [])
     with torch.set_grad_enabled(with_grad):
-        logits = model.run_with_hooks(batch.input_ids, attention_mask=batch.attention_mask_if_padded, fwd_hooks=hooks)
+        logits = run_to_readout(model, batch, hooks)
     return logits, kept
 
 
