@@ -7,7 +7,6 @@ logit difference at the patched step and at the step the slot is unmasked, and a
 mean estimate (95% bootstrap over prompts).
 """
 
-import numpy as np
 
 from mdlm_interp.analyses.plotting import figure_title, new_figure
 from mdlm_interp.analyses.registry import Analysis, FigureOut
