@@ -12,6 +12,7 @@ data, no torch, no h5py), so every reader of result stores knows them without im
 import importlib
 
 import mdlm_interp.circuits.schemas  # noqa: F401  (registers the patching and ablation result kinds)
+import mdlm_interp.steps.schemas  # noqa: F401  (registers the steps and step_patching kinds)
 from mdlm_interp.version import __version__
 
 

@@ -26,6 +26,7 @@ from mdlm_interp.errors import UsageError
 from mdlm_interp.hooks.decode_trace import AnswerSlotTrace
 from mdlm_interp.hooks.recorders import (AttentionRecorder, AttentionRowRecorder, GradientRecorder, LensRecorder,
                                          PredictionRecorder)
+from mdlm_interp.models.readout import run_reading
 from mdlm_interp.plan import MAX_PLANNED_ROWS, Condition, PromptPlan, as_tuple, check_context, plan_prompts
 from mdlm_interp.store import schema
 from mdlm_interp.store.writer import check_writable, open_writer
@@ -219,8 +220,9 @@ def record_batch(subject: Subject, prompts: list, config: RecordConfig, factorie
     hooks = [hook for recorder in recorders.values() for hook in recorder.fwd_hooks()]
     kwargs = {k: v for recorder in recorders.values() for k, v in recorder.forward_kwargs().items()}
     with torch.set_grad_enabled(any(recorder.needs_grad for recorder in recorders.values())):
-        logits = subject.module.run_with_hooks(batch.input_ids, attention_mask=batch.attention_mask, fwd_hooks=hooks,
-                                               **kwargs)
+        # recorders read the logits at the readout only
+        logits = run_reading(subject.module, batch.input_ids, batch.layout.readout[:, None], hooks,
+                             attention_mask=batch.attention_mask, **kwargs)
         results = {f"{group}/{name}": value.detach().cpu() if isinstance(value, torch.Tensor) else value
                    for group, recorder in recorders.items() for name, value in recorder.results(logits).items()}
     if config.decode is not None:
@@ -280,7 +282,8 @@ def decode_batch(subject: Subject, batch, config: RecordConfig, conditions: list
             decoded = config.decode.run(subject.module, batch.input_ids[rows, :width], mask_token_id=mask_id,
                                         prediction_offset=subject.prediction_offset, gen_start=slot[rows],
                                         gen_length=key[0], on_step=trace.on_step, forward_kwargs=trace.forward_kwargs,
-                                        attention_mask=None if bool(attention_mask.all()) else attention_mask)
+                                        attention_mask=None if bool(attention_mask.all()) else attention_mask,
+                                        keep_logits=group.readout[:, None])
         parts.append((rows, trace.results(decoded)))
     out = {}
     for name, value in parts[0][1].items():

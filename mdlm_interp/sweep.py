@@ -14,11 +14,13 @@ its stores and sweep.json replace OUT's only once all are complete, so a kill ke
 
 import json
 import shutil
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mdlm_interp.errors import UsageError
 from mdlm_interp.outputs import OutputLock, output_path, replace_dir, staged_file
+from mdlm_interp.sharding import Shard
 
 ALL_RECORDERS = ("attention", "gradients", "lens")
 N_TASKS = 16
@@ -173,20 +175,23 @@ def foreign_files(out, paths) -> list[Path]:
 
 def run_sweep(grid_name: str, models: list, *, n: int, out, seed: int = 0, batch_size: int = 8,
               device: str = "cpu", dtype: str = "float32", overwrite: bool = False, progress: bool = True,
-              command_line: str = "") -> list[Path]:
+              command_line: str = "", shard: Shard | None = None) -> list[Path]:
     """Record grid ``grid_name`` for every model into OUT/stores (resuming what a killed run left) and return
     the store paths. One progress bar counts the rows of the whole sweep.
 
     Bad input (unknown grid, model or device, n < 1, an OUT that names no folder or holds another sweep, a
     complete store there with other settings, another sweep writing OUT) raises ``UsageError`` before any
     model is loaded or sweep.json written. ``overwrite`` records beside OUT and replaces OUT's stores and
-    sweep.json once every store is complete (see the module docstring).
+    sweep.json once every store is complete (see the module docstring). ``shard`` (``sharding.Shard``, under
+    torchrun): the leader alone locks, checks and finishes OUT; each rank records its block of the stores
+    left to record (``units_of``), each store whole, so the stores are those one process records.
     """
     from mdlm_interp.models.checkpoint import read_config, resolve_checkpoint, weights_fingerprint
     from mdlm_interp.models.families import family_for_config
     from mdlm_interp.models.loader import parse_device, parse_dtype
     from mdlm_interp.store import open_store
 
+    shard = shard or Shard()
     if grid_name not in GRIDS:
         raise UsageError(f"unknown grid '{grid_name}'; choose from {', '.join(GRIDS)}")
     if n < 1 or batch_size < 1:
@@ -198,13 +203,17 @@ def run_sweep(grid_name: str, models: list, *, n: int, out, seed: int = 0, batch
     out = output_path(out)
     causal = {m: family_for_config(read_config(resolve_checkpoint(m))).causal for m in models}
     settings = settings_of(grid_name, models, n, seed, batch_size)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)  # for the lock file next to OUT
-    except OSError as error:
-        raise UsageError(f"cannot create {out.parent}: {error.strerror or error}") from None
-    with OutputLock(out):
+    units = plan_units(models, GRIDS[grid_name], causal)
+
+    def prepare(held: ExitStack) -> tuple[Path, dict]:
+        """Lock OUT (until ``held`` closes), check it, find the stores already recorded, write sweep.json;
+        return (the folder to record into, unit -> (rows, complete) of the stores found)."""
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)  # for the lock file next to OUT
+        except OSError as error:
+            raise UsageError(f"cannot create {out.parent}: {error.strerror or error}") from None
+        held.enter_context(OutputLock(out))
         target = check_sweep(out, settings, overwrite)
-        units = plan_units(models, GRIDS[grid_name], causal)
         fingerprints = {m: weights_fingerprint(resolve_checkpoint(m)) for m in models}
         done = {}
         for unit in units:
@@ -219,14 +228,37 @@ def run_sweep(grid_name: str, models: list, *, n: int, out, seed: int = 0, batch
                 done[unit] = (rows, complete)
         with staged_file(target / "sweep.json") as handle:
             handle.write(json.dumps({"command_line": command_line, "settings": settings}, indent=2) + "\n")
-        record_units(units, done, target, n=n, seed=seed, batch_size=batch_size, device=device, dtype=dtype,
-                     progress=progress, command_line=command_line)
+        return target, done
+
+    def finish() -> None:
         if target != out:
             out.mkdir(parents=True, exist_ok=True)
             replace_dir(target / "stores", out / "stores")
             (target / "sweep.json").replace(out / "sweep.json")
             shutil.rmtree(target, ignore_errors=True)
+
+    with ExitStack() as held:
+        target, done = shard.step(lambda: prepare(held), leader_only=True)
+        shard.step(lambda: record_units(units_of(shard, units, done, n), done, target, n=n, seed=seed,
+                                        batch_size=batch_size, device=device, dtype=dtype,
+                                        progress=progress and shard.leader, command_line=command_line))
+        shard.step(finish, leader_only=True)
     return [u.path(out) for u in units]
+
+
+def units_of(shard: Shard, units: list, done: dict, n: int) -> list[Unit]:
+    """Return the stores that ``shard``'s rank records: its contiguous block of ``units`` not complete in
+    ``done`` (unit -> (rows, complete)), the blocks balanced by the rows left to record (a store goes to
+    the rank whose share of those rows holds its middle row). One rank of one records them all."""
+    left = [(unit, unit.rows(n) - done.get(unit, (0, False))[0]) for unit in units
+            if not done.get(unit, (0, False))[1]]
+    total = sum(rows for _, rows in left)
+    mine, before = [], 0
+    for unit, rows in left:
+        if min(int((before + rows / 2) * shard.world / total), shard.world - 1) == shard.rank:
+            mine.append(unit)
+        before += rows
+    return mine
 
 
 def record_units(units, done: dict, target: Path, *, n, seed, batch_size, device, dtype, progress,
@@ -240,8 +272,8 @@ def record_units(units, done: dict, target: Path, *, n, seed, batch_size, device
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=sum(u.rows(n) for u in units), initial=sum(rows for rows, _ in done.values()), unit="row",
-                   desc="sweep")
+        bar = tqdm(total=sum(u.rows(n) for u in units), initial=sum(done.get(u, (0, False))[0] for u in units),
+                   unit="row", desc="sweep")
     loaded = {}
     for unit in units:
         rows, complete = done.get(unit, (0, False))

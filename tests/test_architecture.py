@@ -24,6 +24,10 @@ RULES = [
     ("analyses", ("tasks", "hooks", "batching", "record", "training", "sweep", "circuits", "decoding", "cli")),
     ("plan", ("models", "store", "hooks", "record", "circuits", "training", "cli")),
     ("subject", ("tasks", "hooks", "record", "training", "cli")),
+    ("steps", ("training", "sweep", "compare", "analyses", "cli")),
+    # who does which part of a run, and meetings of the processes: no experiment, no model, no store
+    ("sharding", ("models", "tasks", "store", "hooks", "record", "training", "circuits", "decoding", "sweep",
+                  "analyses", "cli")),
 ]
 
 # Layers that may import from models only these public modules (no rotary, norm, attention or block internals).

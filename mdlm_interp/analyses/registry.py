@@ -56,6 +56,8 @@ ANALYSIS_MODULES = [
     "patching",
     "ablation",
     "iterative",
+    "sinks",
+    "settle_steps",
     "features",
 ]
 

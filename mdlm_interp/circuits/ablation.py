@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from mdlm_interp.batching import collate
+from mdlm_interp.circuits.pairs import run_to_readout
 from mdlm_interp.circuits.schemas import ABLATION
 from mdlm_interp.errors import UsageError
 from mdlm_interp.hooks.interventions import remove_attention_to_keys, replace_head_output
@@ -28,6 +29,7 @@ from mdlm_interp.models.hook_names import hook_name
 from mdlm_interp.plan import RECORDS_NOTHING, Condition, PromptPlan, plan_prompts
 from mdlm_interp.record import tqdm_or_none
 from mdlm_interp.resources import check_fits
+from mdlm_interp.sharding import Shard
 from mdlm_interp.store.partial import check_partial, open_partial, resumes_complete_store
 from mdlm_interp.store.results import write_results
 from mdlm_interp.store.writer import check_writable
@@ -109,24 +111,26 @@ def query_positions(positions: str, layout) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def rank_heads(module, batches) -> torch.Tensor:
+def rank_heads(module, batches, shard: Shard | None = None) -> torch.Tensor:
     """Return the mean attention mass [layer, head] from the answer readout on the masks after the answer
-    slot over the prompts of ``batches`` (``PromptBatch`` list)."""
-    total, count = 0.0, 0
-    for batch in batches:
+    slot over the prompts of ``batches`` (``PromptBatch`` list). With ``shard`` (``sharding.Shard``) each
+    rank runs its block of batches and every rank returns the same mean (the batches summed in order)."""
+    shard = shard or Shard()
+    sums = []  # per batch of this rank's block: (attention mass summed over its rows [layer, head], rows)
+    for batch in (batches[index] for index in shard.block(len(batches))):
         recorder = AttentionRecorder(module, batch.layout)
-        logits = module.run_with_hooks(batch.input_ids, attention_mask=batch.attention_mask_if_padded,
-                                       fwd_hooks=recorder.fwd_hooks(), **recorder.forward_kwargs())
-        total = total + recorder.results(logits)["mask_mass_from_answer"].sum(0)
-        count += len(batch.input_ids)
-    return (total / count).cpu()
+        logits = run_to_readout(module, batch, recorder.fwd_hooks(), **recorder.forward_kwargs())
+        sums.append((recorder.results(logits)["mask_mass_from_answer"].sum(0).cpu(), len(batch.input_ids)))
+    total, count = 0.0, 0
+    for mass, rows in (pair for block in shard.exchange(sums) for pair in block):
+        total, count = total + mass, count + rows
+    return total / count
 
 
 @torch.no_grad()
 def predict(module, batch, hooks=()) -> dict:
     """Return predicted_id, p_answer, correct [batch] (on the CPU) of one forward pass with ``hooks``."""
-    logits = module.run_with_hooks(batch.input_ids, attention_mask=batch.attention_mask_if_padded,
-                                   fwd_hooks=list(hooks))
+    logits = run_to_readout(module, batch, hooks)
     results = PredictionRecorder(module, batch.layout, top_k=1).results(logits)
     return {name: results[name].cpu() for name in RESULTS}
 
@@ -144,6 +148,18 @@ def head_output_sums(n_layers: int, sums: dict, counts: dict, valid: torch.Tenso
         return accumulate
 
     return [(hook_name("z", layer), hook_for(layer)) for layer in range(n_layers)]
+
+
+def mean_head_outputs(n_layers: int, sums: list) -> torch.Tensor:
+    """Return every head's mean output [layer, head, d_head] from ``sums``, one ({layer: output summed over
+    the batch's valid positions [head, d_head]}, {layer: positions}) per batch (``head_output_sums``), added
+    up in batch order (so that a sharded run gets the same floats as one process)."""
+    totals, counts = {}, {}
+    for batch_sums, batch_counts in sums:
+        for layer in batch_sums:
+            totals[layer] = totals.get(layer, 0) + batch_sums[layer]
+            counts[layer] = counts.get(layer, 0) + batch_counts[layer]
+    return torch.stack([totals[layer] / max(counts[layer], 1.0) for layer in range(n_layers)])
 
 
 def draw_control_heads(chosen, n_layers: int, n_heads: int, draws: int, seed: int) -> list:
@@ -171,7 +187,7 @@ def control_bytes(rows: int, n_chosen: int, draws: int, modes: int) -> float:
 
 def run_ablation(lm, config: PromptPlan, heads: str, *, out, modes=MODES, control_draws: int = 0,
                  batch_size: int = 8, positions: str = "all", overwrite: bool = False, resume: bool = False,
-                 progress: bool = True, command_line: str | None = None):
+                 progress: bool = True, command_line: str | None = None, shard: Shard | None = None):
     """Evaluate ``config``'s prompts at each of ``config.masks`` without ablation, with the chosen
     ``heads`` ("top:K" or "L.H,...") ablated in each mode, and with ``control_draws`` random head sets;
     write an ablation store to ``out`` and return its path. ``positions`` ("all" or "readout"): the queries
@@ -180,8 +196,14 @@ def run_ablation(lm, config: PromptPlan, heads: str, *, out, modes=MODES, contro
     (``store.partial``); ``resume`` continues a killed run with the same settings and batch size (and
     leaves a complete store with them as it is).
     """
-    out = check_writable(out, resume=resume, overwrite=overwrite)
-    check_partial(out, resume=resume, overwrite=overwrite)
+    shard = shard or Shard()
+
+    def check_output():
+        path = check_writable(out, resume=resume, overwrite=overwrite)
+        check_partial(path, resume=resume, overwrite=overwrite)
+        return path
+
+    out = shard.step(check_output, leader_only=True)
     subject = subject_from(lm)
     if subject.causal:
         raise UsageError("ablating attention to the masks needs a diffusion model; a causal model takes no masks")
@@ -216,7 +238,7 @@ def run_ablation(lm, config: PromptPlan, heads: str, *, out, modes=MODES, contro
         largest = max(config.masks)
         if largest < 2:
             raise UsageError("--heads top:K ranks heads by attention to the masks; give --masks with a count above 1")
-        ranking = rank_heads(module, batches(largest))
+        ranking = rank_heads(module, batches(largest), shard)
         order = sorted(((float(ranking[l, h]), -l, -h) for l in range(subject.n_layers)
                         for h in range(subject.n_heads)), reverse=True)
         chosen = sorted((-l, -h) for _, l, h in order[:top_k])
@@ -225,73 +247,85 @@ def run_ablation(lm, config: PromptPlan, heads: str, *, out, modes=MODES, contro
     facts = subject.facts()
     settings = run_settings(subject, config, facts, **RECORDS_NOTHING, heads=heads, modes=list(modes),
                             control_draws=control_draws, **({"positions": positions} if positions != "all" else {}))
-    if resumes_complete_store(out, settings, ABLATION.name, resume=resume):
+    if shard.step(lambda: resumes_complete_store(out, settings, ABLATION.name, resume=resume), leader_only=True):
         return out
-    partial = open_partial(out, {"settings": settings, "batch_size": batch_size, "heads": head_names(chosen),
-                                 "control_heads": [head_names(draw) for draw in control],
-                                 "rows": [[m, config.tasks[row.task], int(config.example(row))]
-                                          for m in config.masks for row in plan[m]]}, resume=resume)
+    key = {"settings": settings, "batch_size": batch_size, "heads": head_names(chosen),
+           "control_heads": [head_names(draw) for draw in control],
+           "rows": [[m, config.tasks[row.task], int(config.example(row))] for m in config.masks for row in plan[m]]}
+    partial = shard.step(lambda: open_partial(out, key, resume=resume), leader_only=True)
     settings_per_batch = 1 + len(modes) * (1 + control_draws)
-    bar = tqdm_or_none(progress, total=sum(len(p) for p in prompts.values()) * settings_per_batch,
+    bar = tqdm_or_none(progress and shard.leader, total=sum(len(p) for p in prompts.values()) * settings_per_batch,
                        desc="ablating", unit="run")
-    parts, first = [], 0  # first: the index of the next mask count's first batch among all batches
-    for m in config.masks:
-        mask_batches = batches(m)
-        committed = [partial.load(first + i) for i in range(len(mask_batches))]  # (columns, meta) or None
-        first += len(mask_batches)
-        if all(done is not None for done in committed):  # done before a resume: not even the baselines rerun
-            parts += [columns for columns, _ in committed]
-            if bar is not None:
-                bar.update(sum(len(batch.input_ids) for batch in mask_batches) * settings_per_batch)
-            continue
-        sums, counts = {}, {}
-        runs = []
-        for batch in mask_batches:  # every batch's baseline: the means of mode "mean" take them all
-            baseline = predict(module, batch, head_output_sums(subject.n_layers, sums, counts, batch.layout.valid))
-            runs.append((batch, baseline))
-            if bar is not None:
-                bar.update(len(batch.input_ids))
-        means = torch.stack([sums[l] / max(counts[l], 1.0) for l in range(subject.n_layers)])
-        for i, (batch, baseline) in enumerate(runs):
-            if committed[i] is not None:
-                parts.append(committed[i][0])
-                if bar is not None:
-                    bar.update(len(batch.input_ids) * (settings_per_batch - 1))
-                continue
 
-            def ablated(heads_, mode):
-                result = predict(module, batch, ablation_hooks(mode, heads_, batch.layout.masks, means,
-                                                               query_positions(positions, batch.layout)))
+    def ablate_block() -> dict:
+        """Ablate this rank's block of each mask count's batches; return {batch index: columns} of those not
+        committed before (committed now)."""
+        parts, first = {}, 0  # first: the index of the mask count's first batch among all batches
+        for m in config.masks:
+            mask_batches = batches(m)
+            indices = range(first, first + len(mask_batches))
+            first += len(mask_batches)
+            if all(partial.committed(index) for index in indices):  # done before a resume: not even the
+                if bar is not None:  # baselines rerun
+                    bar.update(len(prompts[m]) * settings_per_batch)
+                continue
+            runs, sums = {}, []
+            for i in shard.block(len(mask_batches)):  # the baselines; the means of mode "mean" take every rank's
+                batch, batch_sums, batch_counts = mask_batches[i], {}, {}
+                runs[indices[i]] = (batch, predict(module, batch, head_output_sums(
+                    subject.n_layers, batch_sums, batch_counts, batch.layout.valid)))
+                sums.append(({layer: total.cpu() for layer, total in batch_sums.items()}, batch_counts))
                 if bar is not None:
                     bar.update(len(batch.input_ids))
-                return result
+            means = mean_head_outputs(subject.n_layers, [pair for block in shard.exchange(sums) for pair in block])
+            for index, (batch, baseline) in runs.items():
+                if partial.committed(index):
+                    if bar is not None:
+                        bar.update(len(batch.input_ids) * (settings_per_batch - 1))
+                    continue
 
-            chosen_runs = [ablated(chosen, mode) for mode in modes]
-            control_runs = [[ablated(draw, mode) for mode in modes] for draw in control]
-            part = {f"examples/{name}": baseline[name].numpy() for name in RESULTS}
-            for name in RESULTS:
-                part[f"ablated/{name}"] = torch.stack([r[name] for r in chosen_runs], 1).numpy()
-                size = len(batch.input_ids)
-                part[f"control/{name}"] = (
-                    torch.stack([torch.stack([r[name] for r in draw], 1) for draw in control_runs], 1).numpy()
-                    if control_runs else np.zeros((size, 0, len(modes)), dtype=baseline[name].numpy().dtype))
-            partial.commit(first - len(runs) + i, part)
-            parts.append(part)
+                def ablated(heads_, mode):
+                    result = predict(module, batch, ablation_hooks(mode, heads_, batch.layout.masks, means,
+                                                                   query_positions(positions, batch.layout)))
+                    if bar is not None:
+                        bar.update(len(batch.input_ids))
+                    return result
+
+                chosen_runs = [ablated(chosen, mode) for mode in modes]
+                control_runs = [[ablated(draw, mode) for mode in modes] for draw in control]
+                part = {f"examples/{name}": baseline[name].numpy() for name in RESULTS}
+                for name in RESULTS:
+                    part[f"ablated/{name}"] = torch.stack([r[name] for r in chosen_runs], 1).numpy()
+                    size = len(batch.input_ids)
+                    part[f"control/{name}"] = (
+                        torch.stack([torch.stack([r[name] for r in draw], 1) for draw in control_runs], 1).numpy()
+                        if control_runs else np.zeros((size, 0, len(modes)), dtype=baseline[name].numpy().dtype))
+                partial.commit(index, part)
+                parts[index] = part
+        return parts
+
+    computed = shard.step(ablate_block)
     if bar is not None:
         bar.close()
-    columns = {path: np.concatenate([p[path] for p in parts]) for path in parts[0]}
-    rows = [row for m in config.masks for row in plan[m]]
-    columns["examples/example"] = np.array([config.example(row) for row in rows])
-    columns["examples/task"] = [config.tasks[row.task] for row in rows]
-    columns["examples/masks"] = np.array([row.condition.masks for row in rows])
-    columns["examples/answer_id"] = np.array([tp.answer_id for m in config.masks for tp in prompts[m]])
-    columns["examples/input_length"] = np.array([len(tp.input_ids) for m in config.masks for tp in prompts[m]])
 
-    attrs = {"heads": head_names(chosen), "head_selection": heads, "modes": list(modes),
-             "control_heads": [head_names(draw) for draw in control],
-             "ranking": None if ranking is None else ranking.tolist()}
-    written = write_results(out, ABLATION, columns, dims={"modes": len(modes), "draws": control_draws},
-                            provenance=provenance(subject, config, facts, command_line), settings=settings,
-                            attrs=attrs, overwrite=overwrite or resume)
-    partial.remove()
-    return written
+    def write():
+        n_batches = sum(-(-len(prompts[m]) // batch_size) for m in config.masks)
+        parts = [computed[index] if index in computed else partial.load(index)[0] for index in range(n_batches)]
+        columns = {path: np.concatenate([p[path] for p in parts]) for path in parts[0]}
+        rows = [row for m in config.masks for row in plan[m]]
+        columns["examples/example"] = np.array([config.example(row) for row in rows])
+        columns["examples/task"] = [config.tasks[row.task] for row in rows]
+        columns["examples/masks"] = np.array([row.condition.masks for row in rows])
+        columns["examples/answer_id"] = np.array([tp.answer_id for m in config.masks for tp in prompts[m]])
+        columns["examples/input_length"] = np.array([len(tp.input_ids) for m in config.masks for tp in prompts[m]])
+
+        attrs = {"heads": head_names(chosen), "head_selection": heads, "modes": list(modes),
+                 "control_heads": [head_names(draw) for draw in control],
+                 "ranking": None if ranking is None else ranking.tolist()}
+        written = write_results(out, ABLATION, columns, dims={"modes": len(modes), "draws": control_draws},
+                                provenance=provenance(subject, config, facts, command_line), settings=settings,
+                                attrs=attrs, overwrite=overwrite or resume)
+        partial.remove()
+        return written
+
+    return shard.step(write, leader_only=True)

@@ -20,6 +20,7 @@ import torch
 
 from mdlm_interp.batching import PromptBatch, collate, position_sets
 from mdlm_interp.errors import UsageError
+from mdlm_interp.models.readout import logits_at_index, run_reading
 from mdlm_interp.plan import Condition, PromptPlan, plan_prompts
 from mdlm_interp.subject import Subject
 
@@ -187,9 +188,18 @@ def make_pair(clean: list, corrupt: list, prediction_offset: int, *, padding_sid
     return PromptPair(batches, prompts, maps)
 
 
-def readout_logits(logits: torch.Tensor, batch: PromptBatch) -> torch.Tensor:
-    """Return the logits that predict the answer slot [batch, vocab] from raw logits [batch, pos, vocab]."""
-    return logits[batch.layout.rows, batch.layout.readout]
+def run_to_readout(module, batch: PromptBatch, hooks=(), **kwargs):
+    """Run ``batch`` through ``module`` with TransformerLens ``hooks`` (and forward ``kwargs``), unembedding
+    only the readout positions where the module can; return its logits for ``readout_logits``
+    (``models.readout.PartialLogits``, or the full [batch, pos, vocab])."""
+    return run_reading(module, batch.input_ids, batch.layout.readout[:, None], hooks,
+                       attention_mask=batch.attention_mask_if_padded, **kwargs)
+
+
+def readout_logits(logits, batch: PromptBatch) -> torch.Tensor:
+    """Return the logits that predict the answer slot [batch, vocab] from raw logits (the full [batch, pos,
+    vocab] or ``run_to_readout``'s)."""
+    return logits_at_index(logits, batch.layout.readout)
 
 
 def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:

@@ -20,17 +20,20 @@ difference)/d(activation).
 """
 
 from dataclasses import dataclass
+from functools import partial as partial_function
 
 import numpy as np
 import torch
 
-from mdlm_interp.circuits.pairs import PromptPair, answer_metrics, make_pair, pair_prompts, top_wrong_ids
+from mdlm_interp.circuits.pairs import (PromptPair, answer_metrics, make_pair, pair_prompts, run_to_readout,
+                                       top_wrong_ids)
 from mdlm_interp.circuits.schemas import PATCHING, SITES
 from mdlm_interp.errors import UsageError
 from mdlm_interp.hooks.interventions import patch_positions
 from mdlm_interp.models.hook_names import hook_name
 from mdlm_interp.plan import RECORDS_NOTHING, Condition, PromptPlan
 from mdlm_interp.record import tqdm_or_none
+from mdlm_interp.sharding import Shard
 from mdlm_interp.store.partial import check_partial, open_partial, resumes_complete_store
 from mdlm_interp.store.results import write_results
 from mdlm_interp.store.writer import check_writable
@@ -59,7 +62,9 @@ def all_site_hooks(n_layers: int) -> list[str]:
 
 
 def capture(model, batch, names: list[str], with_grad: bool) -> tuple[torch.Tensor, dict]:
-    """Run ``batch`` through ``model``, keeping the activations at ``names``; return (logits, {name: activation}).
+    """Run ``batch`` through ``model``, keeping the activations at ``names``; return (logits, {name: activation}),
+    the logits unembedded at the readout only where the model can (``pairs.run_to_readout``; read them with
+    ``pairs.readout_logits``).
 
     With ``with_grad`` the activations stay in an autograd graph that starts at the embeddings (the
     parameters are not part of it), ready for ``torch.autograd.grad``.
@@ -74,7 +79,7 @@ def capture(model, batch, names: list[str], with_grad: bool) -> tuple[torch.Tens
 
     hooks = [(name, keep) for name in names] + ([(hook_name("embed"), leaf)] if with_grad else [])
     with torch.set_grad_enabled(with_grad):
-        logits = model.run_with_hooks(batch.input_ids, attention_mask=batch.attention_mask_if_padded, fwd_hooks=hooks)
+        logits = run_to_readout(model, batch, hooks)
     return logits, kept
 
 
@@ -286,40 +291,50 @@ def patch_batch(model, pair: PromptPair, *, last_k: int = 5, wrong_id: int | Non
 
 def patch_pairs(model, pairs: dict, prediction_offset: int, *, batch_size: int = 8, last_k: int = 5,
                 wrong_id: int | None = None, attribution: bool = True, max_rows: int = 512, progress: bool = False,
-                device="cpu", partial=None) -> tuple[dict, list, list]:
-    """Patch every pair of ``pairs`` (from ``pair_prompts``) batch by batch; return (columns, position group
-    names, head group names), columns holding every dataset of a patching store. ``partial``
-    (``store.partial.PartialResults``): take the batches committed there, commit each batch computed."""
+                device="cpu", partial=None, batches=None) -> dict:
+    """Patch the pairs of ``pairs`` (from ``pair_prompts``) in batches of ``batch_size``; return {batch index:
+    (columns, names)}, the columns holding that batch's rows of every patching store dataset but /pairs
+    example and task, names its {"position_groups": [...], "head_groups": [...]}. ``batches``: the batch
+    indices to do (default all; a rank's block when sharded). ``partial`` (``store.partial.PartialResults``):
+    take the batches committed there, commit each batch computed."""
     n = len(pairs["clean"])
-    bar = tqdm_or_none(progress, total=n, desc="patching", unit="pair")
-    parts = []
-    for index, begin in enumerate(range(0, n, batch_size)):
-        rows = slice(begin, min(begin + batch_size, n))
-        committed = partial.load(index) if partial is not None else None
-        if committed is not None:
-            part, names = committed
-            group_names, head_group_names = names["position_groups"], names["head_groups"]
-        else:
+    batches = range(-(-n // batch_size)) if batches is None else batches
+    bar = tqdm_or_none(progress, total=sum(min(batch_size, n - i * batch_size) for i in batches), desc="patching",
+                       unit="pair")
+    done = {}
+    for index in batches:
+        rows = slice(index * batch_size, min((index + 1) * batch_size, n))
+        done[index] = partial.load(index) if partial is not None else None
+        if done[index] is None:
             pair = make_pair(pairs["clean"][rows], pairs["corrupt"][rows], prediction_offset, device=device)
             part, group_names, head_group_names = patch_batch(model, pair, last_k=last_k, wrong_id=wrong_id,
                                                              attribution=attribution, max_rows=max_rows)
+            done[index] = (part, {"position_groups": group_names, "head_groups": head_group_names})
             if partial is not None:
-                partial.commit(index, part, {"position_groups": group_names, "head_groups": head_group_names})
-        parts.append(part)
+                partial.commit(index, *done[index])
         if bar is not None:
             bar.update(rows.stop - rows.start)
     if bar is not None:
         bar.close()
-    columns = {path: np.concatenate([part[path] for part in parts]) for path in parts[0]}
+    return done
+
+
+def patching_columns(done: dict, pairs: dict) -> tuple[dict, list, list]:
+    """Return (columns, position group names, head group names) of a patching store from every batch of
+    ``patch_pairs`` (``done``) and the ``pairs`` they patched: the batches' columns concatenated in order,
+    plus /pairs example and task."""
+    parts = [done[index] for index in sorted(done)]
+    columns = {path: np.concatenate([part[path] for part, _ in parts]) for path in parts[0][0]}
     columns["pairs/example"] = np.asarray(pairs["example"])
     columns["pairs/task"] = list(pairs["task"])
-    return columns, group_names, head_group_names
+    names = parts[-1][1]
+    return columns, names["position_groups"], names["head_groups"]
 
 
 def run_patching(lm, config: PromptPlan, clean: Condition, corrupt: Condition, *, out, batch_size: int = 8,
                  last_k: int = 5, wrong_token: str | None = None, attribution: bool = True, max_rows: int = 512,
                  overwrite: bool = False, resume: bool = False, progress: bool = True,
-                 command_line: str | None = None):
+                 command_line: str | None = None, shard: Shard | None = None):
     """Patch ``config``'s prompts between the ``clean`` and ``corrupt`` conditions and write a patching
     store to ``out``; return its path.
 
@@ -327,10 +342,18 @@ def run_patching(lm, config: PromptPlan, clean: Condition, corrupt: Condition, *
     the wrong token of every logit difference (default: each corrupt run's top wrong token). Bad input
     raises ``UsageError`` before any work. Each completed batch is committed beside ``out``
     (``store.partial``); ``resume`` continues a killed run with the same settings and batch size (and
-    leaves a complete store with them as it is).
+    leaves a complete store with them as it is). ``shard`` (``sharding.Shard``, under torchrun): this rank
+    patches its block of batches (committed beside ``out``) and the leader alone checks ``out`` and writes
+    the store, the same store as one process writes.
     """
-    out = check_writable(out, resume=resume, overwrite=overwrite)
-    check_partial(out, resume=resume, overwrite=overwrite)
+    shard = shard or Shard()
+
+    def check_output():
+        path = check_writable(out, resume=resume, overwrite=overwrite)
+        check_partial(path, resume=resume, overwrite=overwrite)
+        return path
+
+    out = shard.step(check_output, leader_only=True)
     if batch_size < 1 or last_k < 0 or max_rows < 1:
         raise UsageError("batch size and max rows must be at least 1, last-k at least 0")
     subject = subject_from(lm)
@@ -350,20 +373,27 @@ def run_patching(lm, config: PromptPlan, clean: Condition, corrupt: Condition, *
     facts = subject.facts()
     settings = run_settings(subject, config, facts, **RECORDS_NOTHING, clean=vars(clean), corrupt=vars(corrupt),
                             last_k=last_k, wrong_token=wrong_token, attribution=attribution)
-    if resumes_complete_store(out, settings, PATCHING.name, resume=resume):
+    if shard.step(lambda: resumes_complete_store(out, settings, PATCHING.name, resume=resume), leader_only=True):
         return out
-    partial = open_partial(out, {"settings": settings, "batch_size": batch_size,
-                                 "rows": [[str(task), int(example)] for task, example in zip(pairs["task"],
-                                                                                             pairs["example"])]},
-                           resume=resume)
-    columns, group_names, head_group_names = patch_pairs(
-        lm.model, pairs, subject.prediction_offset, batch_size=batch_size, last_k=last_k, wrong_id=wrong_id,
-        attribution=attribution, max_rows=max_rows, progress=progress, device=device, partial=partial)
-    dims = {"directions": len(DIRECTIONS), "layers": subject.n_layers, "heads": subject.n_heads,
-            "groups": len(group_names), "head_groups": len(head_group_names)}
-    attrs = {"directions": list(DIRECTIONS), "position_groups": group_names, "head_groups": head_group_names}
-    written = write_results(out, PATCHING, columns, dims=dims,
-                            provenance=provenance(subject, config, facts, command_line), settings=settings,
-                            attrs=attrs, overwrite=overwrite or resume)
-    partial.remove()
-    return written
+    key = {"settings": settings, "batch_size": batch_size,
+           "rows": [[str(task), int(example)] for task, example in zip(pairs["task"], pairs["example"])]}
+    partial = shard.step(lambda: open_partial(out, key, resume=resume), leader_only=True)
+    patch = partial_function(patch_pairs, lm.model, pairs, subject.prediction_offset, batch_size=batch_size,
+                             last_k=last_k, wrong_id=wrong_id, attribution=attribution, max_rows=max_rows,
+                             device=device, partial=partial)
+    n_batches = -(-len(pairs["clean"]) // batch_size)
+    done = shard.step(lambda: patch(progress=progress and shard.leader, batches=shard.block(n_batches)))
+
+    def write():
+        done.update(patch(batches=[index for index in range(n_batches) if index not in done]))  # other ranks'
+        columns, group_names, head_group_names = patching_columns(done, pairs)
+        dims = {"directions": len(DIRECTIONS), "layers": subject.n_layers, "heads": subject.n_heads,
+                "groups": len(group_names), "head_groups": len(head_group_names)}
+        attrs = {"directions": list(DIRECTIONS), "position_groups": group_names, "head_groups": head_group_names}
+        written = write_results(out, PATCHING, columns, dims=dims,
+                                provenance=provenance(subject, config, facts, command_line), settings=settings,
+                                attrs=attrs, overwrite=overwrite or resume)
+        partial.remove()
+        return written
+
+    return shard.step(write, leader_only=True)

@@ -9,12 +9,12 @@ import argparse
 import os
 import sys
 
-from mdlm_interp.errors import UsageError
+from mdlm_interp.errors import PeerFailed, UsageError
 from mdlm_interp.outputs import release_claims
 
 SUBCOMMAND_MODULES = ["model", "tasks", "pretrain", "record", "summary", "analyze", "sweep", "train_ma", "compare",
                       "patch", "heads", "ablate", "generate",
-                      "activations", "train_sae", "probe"]
+                      "activations", "train_sae", "probe", "steps"]
 
 
 class CommandLineParser(argparse.ArgumentParser):
@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         result = args.func(args)
     except UsageError as error:
         return fail(str(error))
+    except PeerFailed:  # another torchrun process failed and printed its own one-line error
+        return 2
     except BrokenPipeError:  # e.g. `mdlm-interp tasks list | head -1`: the reader left, nothing to say
         try:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit

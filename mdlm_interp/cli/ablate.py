@@ -1,10 +1,12 @@
 """``mdlm-interp ablate``: ablate heads (their attention to the masks, or their output) against random heads."""
 
+from mdlm_interp.cli.common import sharded
+
 
 def add_parser(subparsers) -> None:
     """Register the ``ablate`` subcommand."""
     from mdlm_interp.cli.common import (add_intervention_flags, add_model_flags, add_plan_flags,
-                                        add_result_output_flags, int_list, name_list)
+                                        add_result_output_flags, int_list, name_list, sharded_epilog)
 
     parser = subparsers.add_parser(
         "ablate",
@@ -17,7 +19,8 @@ def add_parser(subparsers) -> None:
         "ablation store (docs/store.md) and prints accuracy with 95% intervals and p(answer) per setting.",
     )
     add_model_flags(parser, diffusion_only=True)
-    add_plan_flags(parser, n=10, n_help="prompts per task (default 10)",
+    add_plan_flags(parser, n=10, n_aliases=("--n-prompts",),
+                   n_help="prompts per task (default 10); spell it --n-prompts under torchrun",
                    seed_help="seed of the prompts and of the random heads (default 0)")
     parser.add_argument("--heads", required=True,
                         help="top:K (the K heads with the most attention from the answer slot to the masks at the "
@@ -39,18 +42,22 @@ def add_parser(subparsers) -> None:
     add_intervention_flags(parser)
     parser.add_argument("--figure", default=None, metavar="FILE.png", help="also draw the accuracies into a PNG file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.epilog = sharded_epilog("ablate")
     parser.set_defaults(func=run)
 
 
-def run(args) -> int:
-    """Check the request, load the model, ablate, write the store, print the table."""
+@sharded
+def run(args, shard, device: str) -> int:
+    """Check the request, load the model, ablate, write the store, print the table. Under torchrun (``shard``:
+    this process's ``sharding.Shard``) each rank ablates its block of batches; rank 0 claims the outputs,
+    writes the store and prints."""
     from mdlm_interp.circuits.ablation import MODES
     from mdlm_interp.cli.common import (apply_interventions, claim_result_outputs, load_model_from, one_placement,
                                         plan_fields)
     from mdlm_interp.errors import UsageError
     from mdlm_interp.plan import PromptPlan
 
-    claim_result_outputs(args, {"--figure": args.figure})
+    shard.step(lambda: claim_result_outputs(args, {"--figure": args.figure}), leader_only=True)
     unknown = set(args.modes) - set(MODES)
     if unknown or not args.modes:
         raise UsageError(f"unknown ablation mode(s) {sorted(unknown)}; choose from {', '.join(MODES)}")
@@ -63,14 +70,16 @@ def run(args) -> int:
 
     from mdlm_interp.circuits.ablation import run_ablation
 
-    lm = load_model_from(args)
-    interventions = apply_interventions(args, lm, plan)
+    lm = load_model_from(args, device)
+    interventions = apply_interventions(args, lm, plan, quiet=not shard.leader)
     out = run_ablation(lm, plan, args.heads, out=args.out, modes=args.modes,
                        control_draws=args.control_draws if args.control == "random" else 0,
                        batch_size=args.batch_size, positions=args.positions, overwrite=args.overwrite,
                        resume=args.resume,
                        progress=not args.no_progress,
-                       command_line=args.command_line)
+                       command_line=args.command_line, shard=shard)
+    if not shard.leader:
+        return 0
     if interventions:
         from mdlm_interp.representations.interventions import write_interventions
 

@@ -1,6 +1,8 @@
 """``mdlm-interp activations``: task prompts run through a model, activations at chosen sites and
 position groups streamed into an activation store."""
 
+from mdlm_interp.cli.common import sharded
+
 
 def add_parser(subparsers) -> None:
     """Register the ``activations`` subcommand."""
@@ -73,10 +75,11 @@ def expand_sites(entries, n_layers: int) -> list[str]:
     return sites
 
 
-def run(args) -> int:
-    """Check the request, load the model, export (sharded under torchrun), print what was written."""
+@sharded
+def run(args, shard, device: str) -> int:
+    """Check the request, load the model, export, print what was written. Under torchrun (``shard``: this
+    process's ``sharding.Shard``) each rank exports its block of rows into a shard store and rank 0 merges them."""
     from mdlm_interp.cli.common import apply_interventions, load_model_from, plan_fields
-    from mdlm_interp.cli.record import distributed_setup
     from mdlm_interp.models.loader import parse_device
     from mdlm_interp.plan import PromptPlan
     from mdlm_interp.representations.activation_reader import open_activations
@@ -87,25 +90,19 @@ def run(args) -> int:
     check_writable(args.out, resume=args.resume)
     plan = PromptPlan(**plan_fields(args), masks=args.masks, filler=args.filler, chat=args.chat)
     parse_device(args.device)
-    rank, world, device = distributed_setup(args.device)
     lm = load_model_from(args, device)
     sites = expand_sites(args.sites, lm.config.n_layers)
-    interventions = apply_interventions(args, lm, plan, quiet=rank != 0)
-    out = export_activations(lm, out=args.out, plan=plan, sites=sites, groups=args.positions,
-                             dtype=args.store_dtype, batch_size=args.batch_size, chunk_rows=args.chunk_rows, resume=args.resume,
-                             progress=not args.no_progress and rank == 0, command_line=args.command_line,
-                             shard=(rank, world) if world > 1 else None,
-                             interventions=interventions)
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-        if rank == 0:
-            out = merge_activation_stores([shard_path(args.out, r, world) for r in range(world)], args.out,
-                                          overwrite=args.resume)
-        dist.barrier()
-        dist.destroy_process_group()
-    if rank == 0:
+    interventions = apply_interventions(args, lm, plan, quiet=not shard.leader)
+    out = shard.step(lambda: export_activations(
+        lm, out=args.out, plan=plan, sites=sites, groups=args.positions, dtype=args.store_dtype,
+        batch_size=args.batch_size, chunk_rows=args.chunk_rows, resume=args.resume,
+        progress=not args.no_progress and shard.leader, command_line=args.command_line,
+        shard=(shard.rank, shard.world) if shard.world > 1 else None, interventions=interventions))
+    if shard.world > 1:
+        out = shard.step(lambda: merge_activation_stores([shard_path(args.out, r, shard.world)
+                                                          for r in range(shard.world)], args.out,
+                                                         overwrite=args.resume), leader_only=True)
+    if shard.leader:
         with open_activations(out) as store:
             print(f"wrote {store.n_rows} rows of {len(store.sites)} site(s) ({store.dtype}) to {out}")
     return 0

@@ -82,6 +82,18 @@ activation stores read with --sae DIR (`mdlm-interp activations`, `mdlm-interp t
   tables/features_feature_selection.csv  the pre-registered set, chosen on the selection half of the prompts
   tables/features_feature_ablation.csv  accuracy at the most masks on the evaluation half: nothing removed,
                                   the set removed at the answer slot, random sets removed (Wilson)
+steps stores (`mdlm-interp steps record`):
+  tables/sinks.csv                every head and position taking more than 0.05 of a head's attention (mean
+                                  over queries) at a step: model, prompt, step, masks_left, layer, head,
+                                  position, relative (to the answer slot), kind (answer slot, mask, first
+                                  token, punctuation, other), mass
+  tables/sink_kinds.csv           sinks per prompt of each kind per step (bootstrap), their mean mass
+  figures/sinks_*.png             sinks per prompt by kind against the step, masks left dotted
+step patching stores (`mdlm-interp steps patch`):
+  tables/settle_steps.csv         per site and patched step (-1: every step; site none: unpatched): accuracy
+                                  and share changed (Wilson), settle step, logit difference at the patched
+                                  step and when the slot is unmasked, attribution estimate (bootstrap)
+  figures/settle_*.png            settle step and logit difference against the patched step
 File names carry the setting: _r10_d40_random = 10 relevant + 40 distractor examples, random placement.
 Accuracies and shares have Wilson 95% intervals; means, differences and correlations a 95% percentile
 bootstrap (2000 resamples, seed 0), paired differences resampling prompts matched by (seed, task, prompt).
@@ -99,20 +111,21 @@ def add_parser(subparsers) -> None:
         description="Analyse one or more stores side by side (one line or panel per model): inverse scaling "
         "with masks and the filler control, locality, gradient attribution, attention to masks per layer x head, "
         "logit lens, what the model predicts instead, context benefit against mask drop, heads ranked by "
-        "attention to the masks, and, from `patch` and `ablate` stores, patching heatmaps and ablation effects. "
+        "attention to the masks, from `patch` and `ablate` stores, patching heatmaps and ablation effects, and from "
+        "`steps record` and `steps patch` stores, attention sinks per step and when the answer settles. "
         "Writes DIR/report.md, DIR/report.html (interactive), "
         "DIR/tables/*.csv, DIR/figures/*.png and DIR/provenance.json, then prints the pooled inverse-scaling table.",
         epilog=OUTPUTS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("stores", nargs="+", metavar="STORE",
-                        help="HDF5 stores written by `mdlm-interp record`, `patch` or `ablate` (or folders searched "
+                        help="HDF5 stores written by `mdlm-interp record`, `patch`, `ablate` or `steps` (or folders searched "
                         "for .h5 stores, e.g. a sweep's output)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created; files in it are replaced)")
     parser.add_argument("--only", default=None, metavar="NAMES",
                         help="comma-separated analyses to run (default all): inverse_scaling, locality, attribution, "
                         "attention, logit_lens, wrong_predictions, context_benefit, head_ranking, patching, ablation, "
-                        "features (with --sae)")
+                        "sinks, settle_steps, features (with --sae)")
     features = parser.add_argument_group("SAE features (activation stores from `mdlm-interp activations`)")
     features.add_argument("--sae", default=None, metavar="DIR",
                           help="read the one STORE, an activation store, with this SAE (from train-sae): features "

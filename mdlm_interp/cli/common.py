@@ -172,3 +172,71 @@ def apply_interventions(args, lm, plan=None, quiet: bool = False) -> dict | None
               f"{report['loss_with']:.4f} nats, accuracy {report['accuracy']:.3f} / {report['accuracy_with']:.3f} "
               f"(on {len(prompts)} task prompts)")
     return report
+
+
+def sharded_epilog(command: str) -> str:
+    """Return the --help epilog of a result store command (patch, ablate) on running it under torchrun."""
+    return (f"Sharded over processes: torchrun --nproc-per-node N -m mdlm_interp {command} --n-prompts P ...; each "
+            "rank computes a contiguous block of the batches (committed to .OUT.batches beside --out) and rank 0 "
+            "alone claims the outputs, writes the one store (the same as one process writes with the same "
+            "--batch-size) and prints. --resume continues a run with any number of processes; a failure in one "
+            "rank stops all of them with that rank's error.")
+
+
+def sharded(command):
+    """Return ``run(args)`` for a heavy command ``command(args, shard, device)``: under torchrun it joins the
+    process group and runs as one rank (``sharding.joined``: ``shard`` is this process's ``sharding.Shard``,
+    ``device`` its own GPU for --device cuda); without torchrun as the one rank of one. A failure in any rank
+    stops every rank, with the failing rank's one-line error."""
+    import functools
+
+    @functools.wraps(command)
+    def run(args) -> int:
+        from mdlm_interp.sharding import joined
+
+        with joined(args.device) as (shard, device):
+            return command(args, shard, device)
+
+    return run
+
+
+def batch_size_type(text: str):
+    """Parse --batch-size: a positive integer, or "auto" (``resolve_batch_size`` picks it once the model is loaded)."""
+    import argparse
+
+    if text.strip() == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"batch size must be at least 1, got {value}")
+    return value
+
+
+def resolve_batch_size(batch_size, lm, plan, device: str, *, needs_grad: bool) -> int:
+    """Return ``batch_size``, or for "auto" the largest batch of ``plan``'s prompts (a ``plan.PromptPlan``) whose
+    estimated activations fit the free memory of ``device`` with the model ``lm`` loaded, keeping
+    ``resources.SAFETY_MARGIN`` of it free (``resources.auto_batch_size``; ``needs_grad``: the run keeps a
+    graph). The choice is printed to standard error (a resume must give that number)."""
+    if batch_size != "auto":
+        return batch_size
+    import sys
+
+    from mdlm_interp.plan import plan_prompts
+    from mdlm_interp.resources import SAFETY_MARGIN, activation_bytes_per_prompt, auto_batch_size, free_memory_bytes
+    from mdlm_interp.subject import subject_from
+
+    subject = subject_from(lm)
+    prompts = plan_prompts(subject, plan, plan.rows(plan.conditions(subject.causal)))
+    cfg = lm.config
+    per_prompt = activation_bytes_per_prompt(
+        tokens=max(len(tp.input_ids) for tp in prompts), d_model=cfg.d_model, d_mlp=cfg.d_mlp, n_heads=cfg.n_heads,
+        n_kv_heads=cfg.n_kv_heads, d_head=cfg.d_head, n_layers=cfg.n_layers, d_vocab=cfg.d_vocab,
+        dtype_bytes=next(lm.model.parameters()).element_size(), needs_grad=needs_grad, logit_rows=1)
+    free = free_memory_bytes(device)
+    size = auto_batch_size(free, per_prompt)
+    print(f"--batch-size auto: {size} (about {per_prompt / 2**20:,.0f} MiB per prompt, {free / 2**30:,.1f} GiB free "
+          f"on {device}, {SAFETY_MARGIN:.0%} kept free)", file=sys.stderr)
+    return size

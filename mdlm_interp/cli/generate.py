@@ -41,10 +41,10 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def add_sampler_flags(parser) -> None:
+def add_sampler_flags(parser, *, length: bool = True) -> None:
     """Add one flag per option of the samplers' config dataclasses (``decoding.config``): an option every
-    sampler has (and the generation length) once, the others in a group per sampler; help texts,
-    choices and types come from the fields."""
+    sampler has (and the generation length, unless ``length`` is False) once, the others in a group per
+    sampler; help texts, choices and types come from the fields."""
     from dataclasses import fields
 
     from mdlm_interp.decoding.config import LENGTH_FLAG, SAMPLER_CONFIGS, option_label, option_type
@@ -56,7 +56,7 @@ def add_sampler_flags(parser) -> None:
     for name, cls in SAMPLER_CONFIGS.items():
         for item in fields(cls):
             flag = option_label(cls, item.name)
-            if flag in added:
+            if flag in added or (flag == LENGTH_FLAG and not length):
                 continue
             added.add(flag)
             group = parser if flag in shared else groups[name]

@@ -1,10 +1,12 @@
 """``mdlm-interp patch``: activation and attribution patching between two mask configurations."""
 
+from mdlm_interp.cli.common import sharded
+
 
 def add_parser(subparsers) -> None:
     """Register the ``patch`` subcommand."""
     from mdlm_interp.cli.common import (add_intervention_flags, add_model_flags, add_plan_flags,
-                                        add_result_output_flags)
+                                        add_result_output_flags, sharded_epilog)
 
     parser = subparsers.add_parser(
         "patch",
@@ -21,7 +23,8 @@ def add_parser(subparsers) -> None:
         "patching store (docs/store.md) and prints the cells that recover most.",
     )
     add_model_flags(parser, diffusion_only=True)
-    add_plan_flags(parser, n=4, n_help="prompts (pairs) per task (default 4)",
+    add_plan_flags(parser, n=4, n_aliases=("--n-prompts",),
+                   n_help="prompts (pairs) per task (default 4); spell it --n-prompts under torchrun",
                    seed_help="seed of the prompts (default 0; the same seed gives the prompts of `record`)")
     parser.add_argument("--clean-masks", type=int, default=None,
                         help="n masks of the clean run: the answer slot and n - 1 masks after it (default 1; with "
@@ -51,11 +54,15 @@ def add_parser(subparsers) -> None:
                         "gap of the mean logit differences is under this many logits in size; each patch's effect "
                         "in logits is shown either way (default 1.0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.epilog = sharded_epilog("patch")
     parser.set_defaults(func=run)
 
 
-def run(args) -> int:
-    """Check the request, load the model, patch, write the store, print the strongest cells."""
+@sharded
+def run(args, shard, device: str) -> int:
+    """Check the request, load the model, patch, write the store, print the strongest cells. Under torchrun
+    (``shard``: this process's ``sharding.Shard``) each rank patches its block of batches; rank 0 claims the
+    outputs, writes the store and prints."""
     from mdlm_interp.cli.common import (apply_interventions, claim_result_outputs, load_model_from, one_placement,
                                         plan_fields)
     from mdlm_interp.errors import UsageError
@@ -63,7 +70,8 @@ def run(args) -> int:
 
     if not args.min_gap >= 0 or args.min_gap == float("inf"):
         raise UsageError(f"--min-gap must be a finite number of logits, at least 0; got {args.min_gap}")
-    claim_result_outputs(args, {"--figures": args.figures}, folders={"--figures"})
+    shard.step(lambda: claim_result_outputs(args, {"--figures": args.figures}, folders={"--figures"}),
+               leader_only=True)
     clean_masks = args.clean_masks if args.clean_masks is not None else (args.corrupt_masks if args.clean_filler else 1)
     plan = PromptPlan(**plan_fields(args), masks=(clean_masks, args.corrupt_masks), filler=args.filler)
     placement = one_placement(plan, "patch")
@@ -74,12 +82,14 @@ def run(args) -> int:
 
     from mdlm_interp.circuits.patching import run_patching
 
-    lm = load_model_from(args)
-    interventions = apply_interventions(args, lm, plan)
+    lm = load_model_from(args, device)
+    interventions = apply_interventions(args, lm, plan, quiet=not shard.leader)
     out = run_patching(lm, plan, clean, corrupt, out=args.out, batch_size=args.batch_size, last_k=args.last_k,
                        wrong_token=args.wrong_token, attribution=not args.no_attribution, max_rows=args.max_rows,
                        overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress,
-                       command_line=args.command_line)
+                       command_line=args.command_line, shard=shard)
+    if not shard.leader:
+        return 0
     if interventions:
         from mdlm_interp.representations.interventions import write_interventions
 

@@ -1,9 +1,13 @@
 """``mdlm-interp record``: run the task suite through a model with recorder hooks into an HDF5 store."""
 
+from mdlm_interp.cli.common import sharded
+
 
 def add_parser(subparsers) -> None:
     """Register the ``record`` subcommand."""
-    from mdlm_interp.cli.common import add_intervention_flags, add_model_flags, add_plan_flags, int_list, name_list
+    from mdlm_interp.cli.common import (add_intervention_flags, add_model_flags, add_plan_flags, batch_size_type, int_list,
+                                        name_list)
+    from mdlm_interp.resources import SAFETY_MARGIN
 
     parser = subparsers.add_parser(
         "record",
@@ -42,7 +46,10 @@ def add_parser(subparsers) -> None:
                         "analyze's report.html (store group attention_rows; 4 bytes x tokens x layers x heads per "
                         "kept row, at most 32 per condition; default 0: none)")
     parser.add_argument("--top-k", type=int, default=10, help="top-k token ids and probabilities kept per row (default 10)")
-    parser.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (default 8)")
+    parser.add_argument("--batch-size", type=batch_size_type, default=8,
+                        help="prompts per forward pass (default 8), or 'auto': the largest batch whose estimated "
+                        "memory fits the device's free memory (the machine's available memory on the CPU) with the "
+                        f"model loaded, keeping {100 * SAFETY_MARGIN:.0f}%% of it free")
     parser.add_argument("--out", default="record.h5", help="output HDF5 store (default record.h5)")
     existing = parser.add_mutually_exclusive_group()
     existing.add_argument("--resume", action="store_true",
@@ -60,11 +67,17 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args) -> int:
-    """Check the request and the output path, load the model, record, then print the summary table."""
-    from mdlm_interp.cli.common import apply_interventions, load_model_from, plan_fields
-    from mdlm_interp.errors import UsageError
-    from mdlm_interp.record import RecordConfig, record
+@sharded
+def run(args, shard, device: str) -> int:
+    """Check the request and the output path, load the model, record, then print the summary table. Under
+    torchrun (``shard``: this process's ``sharding.Shard``) each rank records its block of rows into a shard
+    store and rank 0 merges them."""
+    from mdlm_interp.cli.common import apply_interventions, load_model_from, plan_fields, resolve_batch_size
+    from mdlm_interp.models.loader import parse_device
+    from mdlm_interp.record import RecordConfig, record, shard_path
+    from mdlm_interp.store import open_store
+    from mdlm_interp.store.merge import merge_stores
+    from mdlm_interp.store.summary import format_table, summarize
     from mdlm_interp.store.writer import check_writable
 
     # everything that needs no model is checked before loading one
@@ -72,25 +85,18 @@ def run(args) -> int:
     config = RecordConfig(**plan_fields(args), masks=args.masks, filler=args.filler, chat=args.chat,
                           record=args.record, top_k=args.top_k, decode=args.decode,
                           keep_examples=args.keep_examples)
-    if args.batch_size < 1:
-        raise UsageError("batch size must be at least 1")
-
-    from mdlm_interp.models.loader import parse_device
-    from mdlm_interp.store import open_store
-    from mdlm_interp.store.summary import format_table, summarize
-
     parse_device(args.device)
-    rank, world, device = distributed_setup(args.device)
     lm = load_model_from(args, device)
-    interventions = apply_interventions(args, lm, config, quiet=rank != 0)
-    out = record(
-        lm, out=args.out, config=config, batch_size=args.batch_size, resume=args.resume, overwrite=args.overwrite,
-        progress=not args.no_progress and rank == 0, command_line=args.command_line,
-        shard=(rank, world) if world > 1 else None,
-    )
-    if world > 1:
-        out = merge_shards(args, rank, world)
-    if rank != 0:
+    interventions = apply_interventions(args, lm, config, quiet=not shard.leader)
+    batch_size = resolve_batch_size(args.batch_size, lm, config, device, needs_grad="gradients" in config.record)
+    out = shard.step(lambda: record(
+        lm, out=args.out, config=config, batch_size=batch_size, resume=args.resume, overwrite=args.overwrite,
+        progress=not args.no_progress and shard.leader, command_line=args.command_line,
+        shard=(shard.rank, shard.world) if shard.world > 1 else None))
+    if shard.world > 1:
+        out = shard.step(lambda: merge_stores([shard_path(args.out, r, shard.world) for r in range(shard.world)],
+                                              args.out, overwrite=args.resume or args.overwrite), leader_only=True)
+    if not shard.leader:
         return 0
     if interventions:
         from mdlm_interp.representations.interventions import write_interventions
@@ -100,37 +106,3 @@ def run(args) -> int:
         print(f"wrote {store.n_rows} rows to {out}")
         print(format_table(summarize(store)))
     return 0
-
-
-def distributed_setup(device: str) -> tuple[int, int, str]:
-    """Under torchrun (WORLD_SIZE > 1) join the process group; return (rank, world size, device).
-
-    A CUDA device becomes this process's local GPU.
-    """
-    import os
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1, device
-    import torch.distributed as dist
-
-    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    if device.startswith("cuda"):
-        device = f"cuda:{os.environ['LOCAL_RANK']}"
-    return dist.get_rank(), world, device
-
-
-def merge_shards(args, rank: int, world: int):
-    """Wait for every rank; rank 0 merges the shard stores into ``args.out``. Returns that path."""
-    import torch.distributed as dist
-
-    from mdlm_interp.record import shard_path
-    from mdlm_interp.store.merge import merge_stores
-
-    dist.barrier()
-    if rank == 0:
-        shards = [shard_path(args.out, r, world) for r in range(world)]
-        merge_stores(shards, args.out, overwrite=args.resume or args.overwrite)
-    dist.barrier()
-    dist.destroy_process_group()
-    return args.out

@@ -12,11 +12,13 @@ def add_parser(subparsers) -> None:
         "where recorded the mean attention mass on the masks after the answer slot and the three normalised "
         "gradient means. Patching stores (`patch`): the clean and corrupt runs' accuracy and logit difference. "
         "Ablation stores (`ablate`): accuracy per mask count without ablation and per ablation mode. Decode "
-        "traces (`generate --trace`): steps, positions unmasked and text per prompt. A damaged file is one line, "
+        "traces (`generate --trace`): steps, positions unmasked and text per prompt. Steps stores (`steps record`): "
+        "prompts, steps and decoded accuracy per mask count, while written too; step patching stores (`steps "
+        "patch`): accuracy, share changed and settle step per site and patched step. A damaged file is one line, "
         "exit 2.",
     )
     parser.add_argument("store", metavar="FILE",
-                        help="an HDF5 file written by `mdlm-interp record`, `patch`, `ablate` or `generate --trace`")
+                        help="an HDF5 file written by `mdlm-interp record`, `patch`, `ablate`, `steps` or `generate --trace`")
     parser.add_argument("--json", action="store_true",
                         help='print {"kind": ..., "conditions": [{...}, ...]} instead of a table')
     parser.set_defaults(func=run)

@@ -1,5 +1,7 @@
 """``mdlm-interp sweep paper --model M [--model M2 ...] --n N --out DIR``: record the paper's grid, then analyse it."""
 
+from mdlm_interp.cli.common import sharded
+
 
 def grid_help() -> str:
     """The parts of every grid, for --help."""
@@ -31,13 +33,19 @@ def add_parser(subparsers) -> None:
         "same command after a kill continues where it stopped (complete stores are kept, a partial one is "
         "resumed); DIR/sweep.json keeps the settings, and a rerun with others is refused. Causal models take "
         "no masks and no query-at placements (those stores are left out for them).",
-        epilog=grid_help() + "\nMeasured: --n 12 on the three organisms (23,616 rows) took 23.4 CPU-minutes on 1 thread.",
+        epilog=grid_help() + "\nMeasured: --n 12 on the three organisms (23,616 rows) took 23.4 CPU-minutes on 1 thread."
+        "\n\nSharded over processes:\n  torchrun --nproc-per-node N -m mdlm_interp sweep paper --n-prompts P ...\n"
+        "each rank records its contiguous block of the stores left to record (balanced by rows), each\n"
+        "store whole, so the stores are those one process records; rank 0 alone locks and checks DIR,\n"
+        "swaps an --overwrite sweep in and writes the report. A failure in one rank stops all of them\n"
+        "with that rank's error.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("grid", choices=["paper"], help="the grid to record (paper: see below)")
     parser.add_argument("--model", action="append", required=True, metavar="M",
                         help="checkpoint directory, organism-NAME or cached hub id; repeat for several models")
-    parser.add_argument("--n", type=int, required=True, help="prompts per task and condition (16 tasks)")
+    parser.add_argument("--n", "--n-prompts", dest="n", type=int, required=True,
+                        help="prompts per task and condition (16 tasks); spell it --n-prompts under torchrun")
     parser.add_argument("--out", required=True, metavar="DIR", help="sweep folder (stores, report, tables, figures)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prompts (default 0)")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (default 8)")
@@ -52,8 +60,11 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args) -> int:
-    """Record the grid (resuming), then write the report and print its pooled inverse-scaling table."""
+@sharded
+def run(args, shard, device: str) -> int:
+    """Record the grid (resuming), then write the report and print its pooled inverse-scaling table. Under
+    torchrun (``shard``: this process's ``sharding.Shard``) each rank records its block of the stores and
+    rank 0 writes the report."""
     import sys
     from pathlib import Path
 
@@ -61,8 +72,10 @@ def run(args) -> int:
 
     command_line = args.command_line
     paths = run_sweep(args.grid, args.model, n=args.n, out=args.out, seed=args.seed, batch_size=args.batch_size,
-                      device=args.device, dtype=args.dtype, overwrite=args.overwrite, progress=not args.no_progress,
-                      command_line=command_line)
+                      device=device, dtype=args.dtype, overwrite=args.overwrite, progress=not args.no_progress,
+                      command_line=command_line, shard=shard)
+    if not shard.leader:
+        return 0
     foreign = foreign_files(args.out, paths)
     if foreign:
         print(f"left out {len(foreign)} file(s) under {Path(args.out) / 'stores'} that are no store of this sweep, "

@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from mdlm_interp.analyses.data import Skip
 from mdlm_interp.analyses.grouped import accuracy_by, clean_types, masks_text
 from mdlm_interp.analyses.plotting import FILLER_STYLE, line_with_band, masks_axis, model_colors, new_figure
 from mdlm_interp.analyses.stats import bootstrap_mean, paired_difference

@@ -23,6 +23,9 @@ logits). Every random choice draws from ``generator``. ``on_step(step, state)`` 
 ``DecodeStep``; hooks attached with ``model.hooks(...)`` fire once per step (one forward pass per step;
 with classifier-free guidance that pass holds 2 x batch rows). ``forward_kwargs(model_input)`` adds
 keyword arguments to each step's forward pass (e.g. attention probes on the masks that are left).
+``keep_logits`` [batch, j] (logit indices, or None for every position): each step unembeds only the
+positions the sampler reads (its candidate masks, through the prediction offset) and these; the step's
+``DecodeStep.logits`` are then ``models.readout.PartialLogits`` (read them through ``models.readout``).
 
 ``llada_generate`` / ``dream_generate`` append the masks to a prompt; the lower-level ``llada_unmask``
 and ``dream_unmask`` decode a given canvas (any tokens, masks anywhere), which ``record --decode`` uses.
@@ -36,7 +39,7 @@ import torch.nn.functional as F
 
 from mdlm_interp.decoding.config import DreamSamplerConfig, LLaDASamplerConfig
 from mdlm_interp.errors import UsageError
-from mdlm_interp.models.readout import logits_where
+from mdlm_interp.models.readout import PartialLogits, kept_positions, logit_request, logits_where, received
 
 ENTROPY_EPS = 1e-10  # Dream's entropy confidence: sum p * log(p + 1e-10)
 
@@ -48,7 +51,8 @@ class DecodeStep:
     step: the step's index over the whole decode (0 .. steps - 1); block: LLaDA's block (0 for Dream).
     input_ids [batch, pos]: the canvas the forward pass read; ids [batch, pos]: the canvas after the step.
     logits [batch, pos, vocab]: the step's raw logits, not shifted (under classifier-free guidance the
-    guided mixture); ``logits[:, i + prediction_offset]`` predicts the token at i.
+    guided mixture); ``logits[:, i + prediction_offset]`` predicts the token at i (with ``keep_logits``:
+    ``models.readout.PartialLogits``, read through ``models.readout``).
     proposed [batch, pos]: the token the sampler proposed at each position it scored (elsewhere the
     current token). confidence [batch, pos] float: the score it ranked those positions by (-inf
     elsewhere; for Dream's "origin", the proposal's probability at the positions it revealed).
@@ -134,8 +138,10 @@ def append_masks(lm, prompt_ids: torch.Tensor, n: int, attention_mask) -> tuple[
 def llada_unmask(module, canvas: torch.Tensor, config: LLaDASamplerConfig | None = None, *, mask_token_id: int,
                  gen_start, attention_mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
                  prediction_offset: int = 0, on_step: OnStep | None = None,
-                 forward_kwargs: ForwardKwargs | None = None, **options) -> torch.Tensor:
-    """Run LLaDA's sampler on ``canvas`` [batch, pos]; return the decoded ids [batch, pos].
+                 forward_kwargs: ForwardKwargs | None = None, keep_logits: torch.Tensor | None = None,
+                 **options) -> torch.Tensor:
+    """Run LLaDA's sampler on ``canvas`` [batch, pos]; return the decoded ids [batch, pos] (``keep_logits``:
+    see the module docstring).
 
     ``config``: a ``LLaDASamplerConfig`` or its fields as keywords. The generated region of row b is
     [gen_start[b], gen_start[b] + gen_length) (``gen_start`` an int or a [batch] tensor), cut into
@@ -159,15 +165,16 @@ def llada_unmask(module, canvas: torch.Tensor, config: LLaDASamplerConfig | None
         transfer_counts = tokens_per_step(((x == mask_token_id) & in_block).sum(1), steps_per_block)
         for i in range(steps_per_block):
             masked = x == mask_token_id
+            candidates = masked & (columns < block_end)
+            read = read_positions(candidates, prediction_offset, keep_logits)
             if cfg_scale > 0:
                 unconditional = x.masked_fill(prompt, mask_token_id)
                 both = torch.cat([x, unconditional])
                 both_mask = None if attention_mask is None else torch.cat([attention_mask, attention_mask])
-                conditional, unconditional = _forward(module, both, both_mask, forward_kwargs).chunk(2)
-                logits = unconditional + (cfg_scale + 1) * (conditional - unconditional)
+                both_read = None if read is None else read.repeat(2, 1)
+                logits = guided(_forward(module, both, both_mask, forward_kwargs, both_read), cfg_scale)
             else:
-                logits = _forward(module, x, attention_mask, forward_kwargs)
-            candidates = masked & (columns < block_end)
+                logits = _forward(module, x, attention_mask, forward_kwargs, read)
             rows, cols = candidates.nonzero(as_tuple=True)
             scores = logits_where(logits, rows, cols, prediction_offset, clamp=True)  # [candidates, vocab]
             if temperature > 0:  # Gumbel-max in float64: argmax of exp(logits) / (-log u) ** temperature
@@ -212,9 +219,10 @@ def tokens_per_step(mask_counts: torch.Tensor, steps: int) -> torch.Tensor:
 def dream_unmask(module, canvas: torch.Tensor, config: DreamSamplerConfig | None = None, *, mask_token_id: int,
                  attention_mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
                  prediction_offset: int = -1, on_step: OnStep | None = None,
-                 forward_kwargs: ForwardKwargs | None = None, **options) -> torch.Tensor:
+                 forward_kwargs: ForwardKwargs | None = None, keep_logits: torch.Tensor | None = None,
+                 **options) -> torch.Tensor:
     """Run Dream's sampler on ``canvas`` [batch, pos] (every mask in it is decoded; ``config.max_new_tokens``
-    is not read); return the ids [batch, pos].
+    is not read); return the ids [batch, pos] (``keep_logits``: see the module docstring).
 
     ``config``: a ``DreamSamplerConfig`` or its fields as keywords. As in the official code, the number
     of positions revealed per step comes from the batch's mean number of masks (rows with equal mask
@@ -230,7 +238,8 @@ def dream_unmask(module, canvas: torch.Tensor, config: DreamSamplerConfig | None
     timesteps = torch.linspace(1, config.eps, steps + 1, device=x.device)
     for i in range(steps):
         masked = x == mask_token_id
-        logits = _forward(module, x, attention_mask, forward_kwargs)
+        read = read_positions(masked, prediction_offset, keep_logits)
+        logits = _forward(module, x, attention_mask, forward_kwargs, read)
         rows, cols = masked.nonzero(as_tuple=True)  # row-major: the order of logits[mask_index]
         scores = logits_where(logits, rows, cols, prediction_offset, clamp=True)  # [masks, vocab]
         t, s = timesteps[i], timesteps[i + 1]
@@ -313,6 +322,30 @@ def top_k_filter(logits: torch.Tensor, top_k: int) -> torch.Tensor:
     return logits.masked_fill(logits < kth, torch.finfo(logits.dtype).min)
 
 
-def _forward(module, model_input: torch.Tensor, attention_mask, forward_kwargs) -> torch.Tensor:
+def read_positions(candidates: torch.Tensor, prediction_offset: int, keep: torch.Tensor | None) -> torch.Tensor | None:
+    """Return the logit indices [batch, k] a step reads: those predicting the ``candidates`` (bool [batch,
+    pos]; clamped to the sequence, as ``logits_where`` reads them) and ``keep`` [batch, j]; None (every
+    position) when ``keep`` is None."""
+    if keep is None:
+        return None
+    rows, cols = candidates.nonzero(as_tuple=True)
+    needed = torch.zeros_like(candidates, dtype=torch.bool)
+    needed[rows, (cols + prediction_offset).clamp(0, candidates.shape[1] - 1)] = True
+    return kept_positions(needed.scatter(1, keep.to(needed.device), True))
+
+
+def guided(logits, cfg_scale: float):
+    """Return classifier-free guidance's mixture of ``logits``' halves (conditional rows first, then
+    unconditional), unconditional + (cfg_scale + 1) * (conditional - unconditional), in kind (a tensor or
+    ``PartialLogits``)."""
+    partial = isinstance(logits, PartialLogits)
+    conditional, unconditional = (logits.values if partial else logits).chunk(2)
+    mixed = unconditional + (cfg_scale + 1) * (conditional - unconditional)
+    return PartialLogits(mixed, logits.positions.chunk(2)[0], logits.width) if partial else mixed
+
+
+def _forward(module, model_input: torch.Tensor, attention_mask, forward_kwargs, read: torch.Tensor | None = None):
     extra = forward_kwargs(model_input) if forward_kwargs is not None else {}
-    return module(model_input, attention_mask=attention_mask, **extra)
+    request = {} if read is None else logit_request(module, read)
+    return received(module(model_input, attention_mask=attention_mask, **extra, **request), request,
+                    model_input.shape[1])

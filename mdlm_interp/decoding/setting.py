@@ -131,12 +131,13 @@ class DecodeConfig:
 
     def run(self, module, canvas: torch.Tensor, *, mask_token_id: int, prediction_offset: int, gen_start,
             gen_length: int, attention_mask=None, on_step: OnStep | None = None,
-            forward_kwargs: ForwardKwargs | None = None) -> torch.Tensor:
+            forward_kwargs: ForwardKwargs | None = None, keep_logits: torch.Tensor | None = None) -> torch.Tensor:
         """Decode ``canvas`` [batch, pos] whose rows have ``gen_length`` positions (the answer slot and the
-        masks after it) from ``gen_start`` (int or [batch]); return the ids [batch, pos]."""
+        masks after it) from ``gen_start`` (int or [batch]); return the ids [batch, pos]. ``keep_logits``
+        [batch, j]: unembed only what the sampler reads and these logit indices (see ``samplers``)."""
         config = self.sampler_config(gen_length)
         common = dict(mask_token_id=mask_token_id, attention_mask=attention_mask, prediction_offset=prediction_offset,
-                      on_step=on_step, forward_kwargs=forward_kwargs)
+                      on_step=on_step, forward_kwargs=forward_kwargs, keep_logits=keep_logits)
         if self.sampler == "llada":
             return llada_unmask(module, canvas, config, gen_start=gen_start, **common)
         return dream_unmask(module, canvas, config, **common)

@@ -17,6 +17,7 @@ from einops import einsum, repeat
 from mdlm_interp.batching import BatchLayout
 from mdlm_interp.hooks.recorders import supports_probes
 from mdlm_interp.models.hook_names import hook_name
+from mdlm_interp.models.readout import logits_at_index
 
 
 def supports_query_rows(module) -> bool:
@@ -98,7 +99,7 @@ class AnswerSlotTrace:
         lay = self.layout
         slot = self.answer_position
         masked_slot = state.input_ids[lay.rows, slot] == self.mask_token_id
-        log_probs = state.logits[lay.rows, lay.readout].float().log_softmax(-1)
+        log_probs = logits_at_index(state.logits, lay.readout).float().log_softmax(-1)
         self.masks_left[:, step] = ((state.input_ids == self.mask_token_id) & lay.appended).sum(-1)
         self.predicted[:, step] = torch.where(masked_slot, log_probs.argmax(-1), -1)
         p_answer = log_probs.gather(-1, lay.answer_ids[:, None])[:, 0].exp()

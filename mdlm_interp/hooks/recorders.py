@@ -7,6 +7,9 @@ Every recorder follows one protocol. It is built for one batch as ``Recorder(mod
 - ``fwd_hooks()``: TransformerLens ``(hook name, function)`` pairs for ``run_with_hooks``;
 - ``forward_kwargs()``: extra keyword arguments of the forward pass (attention probes);
 - ``results(logits)``: after the forward pass, a dict of plain names -> tensors, one row per batch row.
+  ``logits`` are the full [batch, pos, vocab] or, when the caller asked the forward pass for the readout
+  positions only (``layout.readout[:, None]``, see ``models.readout.logit_request``), ``PartialLogits``;
+  recorders read them through ``models.readout``.
 
 Where the results go (store paths) is the caller's business (``record.py``). Recorders need only
 the standard hook names, so they work with the toolkit's ``HookedDecoder`` and with any
@@ -19,6 +22,7 @@ from einops import einsum
 
 from mdlm_interp.batching import BatchLayout
 from mdlm_interp.models.hook_names import hook_name
+from mdlm_interp.models.readout import logits_at_index
 
 
 def supports_probes(module) -> bool:
@@ -58,7 +62,7 @@ class PredictionRecorder(Recorder):
     def results(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
         """Return predicted_id, p_answer, entropy, correct [batch] and topk_ids, topk_probs [batch, k]."""
         lay = self.layout
-        answer_logits = logits.detach()[lay.rows, lay.readout].float()
+        answer_logits = logits_at_index(logits, lay.readout).detach().float()
         stats = distribution_stats(answer_logits, lay.answer_ids)
         top = answer_logits.softmax(-1).topk(self.top_k, dim=-1)
         predicted = answer_logits.argmax(-1)
@@ -184,11 +188,12 @@ class GradientRecorder(Recorder):
     def results(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
         """Return norms [batch, pos] (0 on padding) and mask_mean, last50_mean, nonmask_mean [batch].
 
-        ``logits`` is the raw output [batch, pos, vocab] of the forward pass that ran this recorder's
-        hook. Rows are independent, so one backward pass of the summed answer logits serves them all.
+        ``logits`` is the raw output of the forward pass that ran this recorder's hook (full or at the
+        readout positions). Rows are independent, so one backward pass of the summed answer logits serves
+        them all.
         """
         lay = self.layout
-        target = logits[lay.rows, lay.readout, lay.answer_ids].sum()
+        target = logits_at_index(logits, lay.readout).gather(-1, lay.answer_ids[:, None]).sum()
         (grad,) = torch.autograd.grad(target, self.embeddings)
         norms = grad.float().norm(dim=-1) * lay.valid  # [batch, pos]
         share = norms / norms.sum(-1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)

@@ -38,6 +38,8 @@ from mdlm_interp.models.config import RUNTIME_SETTINGS, DecoderConfig  # noqa: F
 from mdlm_interp.models.norm import RMSNorm
 from mdlm_interp.models.rotary import apply_rotary, rotary_tables  # noqa: F401 (re-exported)
 
+MIN_UNEMBED_ROWS = 16  # see HookedDecoder.kept_logits
+
 __all__ = ["Attention", "Block", "DecoderConfig", "HookedDecoder", "MLP", "RMSNorm", "RUNTIME_SETTINGS",
            "apply_rotary", "future_keys", "has_hooks", "rotary_tables"]
 
@@ -102,8 +104,13 @@ class HookedDecoder(HookedRootModule):
         *,
         start_at_layer: int | None = None,
         stop_at_layer: int | None = None,
+        logit_positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Return raw logits [batch, pos, vocab] for ``input`` (token ids [batch, pos]).
+
+        ``logit_positions`` [batch, k] (logit indices of each row): only those positions go through
+        ``ln_final`` and the unembedding, and the result is [batch, k, vocab] (as transformers'
+        ``logits_to_keep``; read it with ``models.readout``: ``logit_request``, ``received``).
 
         ``attention_mask`` [batch, pos] marks valid tokens with 1 and padding with 0.
         ``attention_probes`` [batch, pos, probe]: key weights whose attention-weighted sums are
@@ -127,12 +134,31 @@ class HookedDecoder(HookedRootModule):
             x = block(x, cos, sin, allowed, attention_probes)
         if stop_at_layer is not None:
             return x
-        return self.unembed(self.ln_final(x))
+        if logit_positions is not None:
+            if logit_positions.dim() != 2 or logit_positions.shape[0] != batch:
+                raise UsageError(f"logit_positions must be [batch, k] with batch {batch}; got "
+                                 f"{list(logit_positions.shape)}")
+            return self.kept_logits(x[torch.arange(batch, device=x.device)[:, None], logit_positions.to(x.device)])
+        return self.final_logits(x)
 
     def final_logits(self, final_residual: torch.Tensor) -> torch.Tensor:
         """Return the logits [..., vocab] of a final residual stream [..., d_model] (``ln_final``, then
         the unembedding): what ``forward`` does after the last block, for any selection of positions."""
         return self.unembed(self.ln_final(final_residual))
+
+    def kept_logits(self, kept_residual: torch.Tensor) -> torch.Tensor:
+        """Return the logits [batch, k, vocab] of the final residual at a few positions [batch, k, d_model].
+
+        Matrix libraries multiply very few rows with other kernels (matrix-vector, or split sums) than a
+        full forward pass's many, and round differently; the unembedding therefore takes at least
+        ``MIN_UNEMBED_ROWS`` rows (zeros added, their logits dropped), which on the CPU gives the full
+        pass's logits bit for bit in float32 and bfloat16."""
+        normalized = self.ln_final(kept_residual).flatten(0, 1)
+        short = MIN_UNEMBED_ROWS - normalized.shape[0]
+        if short > 0:
+            normalized = torch.cat([normalized, normalized.new_zeros(short, normalized.shape[1])])
+        return self.unembed(normalized)[: kept_residual.shape[0] * kept_residual.shape[1]].unflatten(
+            0, kept_residual.shape[:2])
 
     def run_with_cache(self, *model_args, return_cache_object: bool = True, remove_batch_dim: bool = False, **kwargs):
         """Run the model caching every hook (or ``names_filter``'s); return (logits, cache).

@@ -15,6 +15,7 @@ pass runs, so memory holds the rows, never a whole [batch, pos, d] cache.
 import torch
 
 from mdlm_interp.errors import UsageError
+from mdlm_interp.models.readout import logits_at_index, run_reading
 
 POSITION_GROUPS = ("answer", "readout", "masks", "relevant", "query", "last_context", "context")
 
@@ -58,9 +59,14 @@ def collect_activations(model, batch, sites, groups) -> dict:
         kept[hook.name] = activation[where].detach().reshape(int(where.sum()), -1).float().cpu()
 
     with torch.no_grad():
-        logits = model.run_with_hooks(batch.input_ids, attention_mask=batch.attention_mask_if_padded,
-                                      fwd_hooks=[(site, keep) for site in sites])
-        readout = logits[batch.layout.rows, batch.layout.readout].float()
+        hooks = [(site, keep) for site in sites]
+        if any(site.startswith("ln_final.") for site in sites):  # the final norm's hooks need every position
+            logits = model.run_with_hooks(batch.input_ids, attention_mask=batch.attention_mask_if_padded,
+                                          fwd_hooks=hooks)
+        else:  # unembed only the readout positions
+            logits = run_reading(model, batch.input_ids, batch.layout.readout[:, None], hooks,
+                                 attention_mask=batch.attention_mask_if_padded)
+        readout = logits_at_index(logits, batch.layout.readout).float()
         answer_loss = torch.nn.functional.cross_entropy(readout, batch.layout.answer_ids, reduction="none")
     rows, positions = where.nonzero(as_tuple=True)
     starts = torch.as_tensor(batch.starts, device=rows.device)

@@ -10,6 +10,7 @@ with and without the SAE.
 import torch
 
 from mdlm_interp.errors import UsageError
+from mdlm_interp.models.readout import logits_at_index, run_reading
 
 
 def site_width(model, site: str) -> int:
@@ -57,7 +58,7 @@ def answer_loss(model, batch, fwd_hooks: list, suffix: str = "") -> dict:
     "accuracy" + suffix: argmax accuracy there} of task batch ``batch`` run with ``fwd_hooks``."""
     layout = batch.layout
     with torch.no_grad():
-        logits = model.run_with_hooks(batch.input_ids, attention_mask=batch.attention_mask_if_padded,
-                                      fwd_hooks=fwd_hooks)[layout.rows, layout.readout].float()
+        logits = logits_at_index(run_reading(model, batch.input_ids, layout.readout[:, None], fwd_hooks,
+                                             attention_mask=batch.attention_mask_if_padded), layout.readout).float()
     return {f"loss{suffix}": float(torch.nn.functional.cross_entropy(logits, layout.answer_ids)),
             f"accuracy{suffix}": float((logits.argmax(-1) == layout.answer_ids).float().mean())}

@@ -79,6 +79,10 @@ class PartialResults:
     def _batch(self, index: int) -> Path:
         return self.folder / f"{index:05d}.npz"
 
+    def committed(self, index: int) -> bool:
+        """Return whether batch ``index`` is committed (without reading it)."""
+        return self._batch(index).exists()
+
     def load(self, index: int) -> tuple[dict, dict] | None:
         """Return the committed batch ``index`` as (columns {path: array}, meta), or None if not committed.
         UsageError (one line) if its file is damaged."""

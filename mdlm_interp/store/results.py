@@ -203,8 +203,10 @@ def open_results(path, kind: str | None = None) -> "ResultStore":
         raise UsageError(f"no store at {path}")
     if not h5py.is_hdf5(path):
         raise UsageError(f"{path} is not an HDF5 file")
+    from mdlm_interp.store.reader import open_file
+
     try:
-        file = h5py.File(path, "r")
+        file = open_file(path)  # an SWMR reader where the store is being written (a steps store)
     except OSError as error:
         raise UsageError(f"cannot open {path}: {error}") from None
     try:
