@@ -23,11 +23,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[test]"
 	touch $(STAMP)
 
-# Two test processes (pytest-xdist), one per core, each test module kept on one process so that its
-# module-scoped fixtures are built once; one OpenMP thread each so the two do not contend.
+# Two test processes (pytest-xdist), one per core, tests handed out as the processes free up (worksteal:
+# the long documentation runs go to both); one OpenMP thread each so the two do not contend.
 test: setup
 	command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || (apt-get update -qq && apt-get install -y -qq chromium)
-	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadscope --durations=10 --timeout=600 tests
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist worksteal --durations=10 --timeout=600 tests
 
 # 1 and 50 masks plus the " ." filler control, 10 prompts per task, the attention rows of 2 examples per condition;
 # analyze prints the inverse-scaling table and the paths of report.md and report.html.
