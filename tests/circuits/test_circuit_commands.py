@@ -81,7 +81,8 @@ def test_patch_on_a_vanishing_gap_prints_the_gap_and_effects_not_recovery(tmp_pa
     assert "recovery is undefined" in result.stdout
     cells = [line for line in lines if line.startswith("  z ")]
     assert cells and all("logits" in line and "[" not in line for line in cells)  # effects only, no recovery interval
-    defined = run_cli(*args, "--min-gap", "0", "--out", tmp_path / "q.h5")
+    # the report of the complete store again, through --resume (nothing recomputed), at --min-gap 0
+    defined = run_cli(*args, "--min-gap", "0", "--resume", "--out", tmp_path / "p.h5")
     assert defined.returncode == 0 and "recovery is undefined" not in defined.stdout
     assert any(line.startswith("  z ") and "[" in line and "logits)" in line for line in defined.stdout.splitlines())
     one_line_refusal(run_cli(*args, "--min-gap", "-1", "--out", tmp_path / "r.h5"), "--min-gap")
