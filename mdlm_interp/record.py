@@ -14,6 +14,7 @@ pass from its layout, while decoding needs the token ids and runs a forward pass
 with its own per-step hooks (``hooks.decode_trace``).
 """
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -33,7 +34,7 @@ from mdlm_interp.subject import Subject, dtype_name, module_fingerprint, provena
 # importable from here as before the plan and the subject had modules of their own
 __all__ = ["MAX_PLANNED_ROWS", "Condition", "PromptPlan", "Subject", "dtype_name", "module_fingerprint",
            "plan_prompts", "subject_from", "RecordConfig", "RECORDERS", "RECORDABLE", "record", "record_batch",
-           "decode_batch", "plan_columns", "prompt_columns", "recorder_factories", "shard_path", "tqdm_or_none"]
+           "decode_batch", "plan_columns", "block_columns", "with_family_blocks", "prompt_columns", "recorder_factories", "shard_path", "tqdm_or_none"]
 
 # --record item (and the store group its results fill) -> recorder class
 RECORDERS = {
@@ -43,6 +44,7 @@ RECORDERS = {
 }
 RECORDABLE = tuple(RECORDERS)
 LAST_NONMASK = 50  # the attribution table's "last 50 non-mask tokens"
+BLOCK_SAMPLER_LENGTH = 32  # LLaDA2's block length (its generate's default): record's default on such a family
 FIELDS = {f.path: f for f in schema.DATA}
 
 
@@ -54,7 +56,10 @@ class RecordConfig(PromptPlan):
     n_distractor, seed, chat); besides them: ``record``: any of attention, gradients, lens (the one-step
     prediction is always recorded); ``top_k`` token ids kept per row; ``decode``: also decode the answer
     slot and the masks after it iteratively (a ``decoding.DecodeConfig`` or its command-line form, e.g.
-    "llada:steps=10"; None: no decoding). Values are normalised on construction and checked: a bad value
+    "llada:steps=10"; None: no decoding); ``block_length``: read the answer under block attention with blocks of
+    that many positions, as LLaDA2's block sampler does (0: full attention; None: the family's own, block
+    attention of ``BLOCK_SAMPLER_LENGTH`` for a family whose sampler is LLaDA2's, resolved by ``record``).
+    Values are normalised on construction and checked: a bad value
     raises ``UsageError`` naming it. The config as a dict is the store's ``settings`` (with the model's
     facts; ``decode`` only when set), compared field by field on resume.
     """
@@ -62,6 +67,7 @@ class RecordConfig(PromptPlan):
     record: tuple = RECORDABLE
     top_k: int = 10
     decode: DecodeConfig | None = None
+    block_length: int | None = None
 
     def __post_init__(self):
         super().__post_init__()
@@ -72,6 +78,12 @@ class RecordConfig(PromptPlan):
         if self.top_k < 1:
             raise UsageError("top-k must be at least 1")
         decode = DecodeConfig.parse(self.decode) if isinstance(self.decode, str) else self.decode
+        if self.block_length is not None and (isinstance(self.block_length, bool) or not isinstance(
+                self.block_length, int) or self.block_length < 0):
+            raise UsageError(f"--block-length must be an integer >= 0 (0: full attention), got {self.block_length!r}")
+        if self.block_length and decode is not None:
+            raise UsageError("--decode runs LLaDA's or Dream's sampler, without block attention: drop --block-length "
+                             "or --decode")
         if decode is not None:
             decode.check(self.masks)
         object.__setattr__(self, "record", record)
@@ -83,6 +95,8 @@ class RecordConfig(PromptPlan):
         settings = {**super().settings(), "record": list(self.record), "top_k": self.top_k}
         if self.decode is not None:
             settings["decode"] = self.decode.settings()
+        if self.block_length:
+            settings["block_length"] = self.block_length
         return settings
 
     def decode_steps(self) -> int:
@@ -121,6 +135,9 @@ def record(model, tokenizer=None, *, out, config: RecordConfig | None = None, ma
         raise UsageError("a causal model cannot be decoded by unmasking (it reads no masks); drop --decode")
     if subject.d_vocab is not None and config.top_k > subject.d_vocab:
         raise UsageError(f"top-k {config.top_k} is larger than the vocabulary ({subject.d_vocab} tokens)")
+    config = with_family_blocks(config, subject)
+    if config.block_length and subject.causal:
+        raise UsageError("a causal model reads no masks: block attention changes nothing; drop --block-length")
     plan = config.rows(config.conditions(subject.causal))
     check_context(subject, config)
     prompts = plan_prompts(subject, config, plan)
@@ -130,7 +147,8 @@ def record(model, tokenizer=None, *, out, config: RecordConfig | None = None, ma
     settings = run_settings(subject, config, facts, batch_size=batch_size, **({"shard": [rank, world]} if shard else {}))
     dims = {"k": config.top_k, "relevant": max(config.n_relevant, 1), "layers": subject.n_layers,
             "heads": subject.n_heads, **({"steps": config.decode_steps()} if config.decode is not None else {})}
-    groups = ("examples", "tokens", *config.record, *(("decode",) if config.decode is not None else ()))
+    groups = ("examples", "tokens", *config.record, *(("decode",) if config.decode is not None else ()),
+              *(("blocks",) if config.block_length else ()))
     first, stop = len(plan) * rank // world, len(plan) * (rank + 1) // world
     with open_writer(out, settings=settings, provenance=provenance(subject, config, facts, command_line),
                      groups=groups, dims=dims, n_planned=stop - first, resume=resume, overwrite=overwrite) as writer:
@@ -151,6 +169,33 @@ def record(model, tokenizer=None, *, out, config: RecordConfig | None = None, ma
         if bar is not None:
             bar.close()
     return out
+
+
+def with_family_blocks(config: RecordConfig, subject: Subject) -> RecordConfig:
+    """Return ``config`` with its block length resolved: a given one stays (0: full attention, stored as
+    None); None becomes ``BLOCK_SAMPLER_LENGTH`` for a family decoded by LLaDA2's block sampler."""
+    from dataclasses import replace
+
+    from mdlm_interp.models.families import FAMILIES
+
+    length = config.block_length
+    if length is None:
+        spec = FAMILIES.get(subject.family)
+        length = BLOCK_SAMPLER_LENGTH if spec is not None and spec.sampler == "llada2" else None
+    return replace(config, block_length=length or None)
+
+
+def block_columns(prompts: list, block_length: int, mask_token_id: int) -> dict:
+    """Return the /blocks columns: per row the first position of the answer slot's block of ``block_length``
+    positions and how many of the n masks (the answer slot's mask and the masks after it) lie in it."""
+    starts, counts = [], []
+    for tp in prompts:
+        start = tp.answer_position // block_length * block_length
+        block = tp.input_ids[start:start + block_length]
+        starts.append(start)
+        counts.append(sum(1 for i, token in enumerate(block, start) if token == mask_token_id
+                          and i >= tp.answer_position))
+    return {"blocks/block_start": starts, "blocks/masks_in_block": counts}
 
 
 def plan_columns(config: RecordConfig, causal: bool, planned: list, rows) -> dict:
@@ -201,7 +246,8 @@ def record_batch(subject: Subject, prompts: list, config: RecordConfig, factorie
     recorders = {group: make(subject.module, batch.layout) for group, make in (factories or recorder_factories(config)).items()}
     hooks = [hook for recorder in recorders.values() for hook in recorder.fwd_hooks()]
     kwargs = {k: v for recorder in recorders.values() for k, v in recorder.forward_kwargs().items()}
-    with torch.set_grad_enabled(any(recorder.needs_grad for recorder in recorders.values())):
+    blocks = subject.module.block_attention(config.block_length) if config.block_length else nullcontext()
+    with torch.set_grad_enabled(any(recorder.needs_grad for recorder in recorders.values())), blocks:
         logits = subject.module.run_with_hooks(batch.input_ids, attention_mask=batch.attention_mask, fwd_hooks=hooks,
                                                **kwargs)
         results = {f"{group}/{name}": value.detach().cpu() for group, recorder in recorders.items()
@@ -213,6 +259,8 @@ def record_batch(subject: Subject, prompts: list, config: RecordConfig, factorie
     columns = {path: [row[keep].numpy() for row, keep in zip(value, valid)] if FIELDS[path].vlen else value.numpy()
                for path, value in results.items()}
     columns.update(prompt_columns(prompts, max(config.n_relevant, 1)))
+    if config.block_length:
+        columns.update(block_columns(prompts, config.block_length, subject.mask_token_id))
     return columns
 
 

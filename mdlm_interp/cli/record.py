@@ -35,6 +35,12 @@ def add_parser(subparsers) -> None:
                         "guidance C), 'dream' or 'dream:steps=K,alg=A,eps=E' (Dream's sampler, A one of "
                         "maskgit_plus, topk_margin, entropy). steps and block default to the number of masks "
                         "(steps=masks: one step per mask); diffusion models only")
+    parser.add_argument("--block-length", type=int, default=None, metavar="N",
+                        help="read the answer under block attention, as a block-diffusion sampler (LLaDA2's) sees it: "
+                        "bidirectional inside blocks of N positions counted from the first token, causal across "
+                        "them, so the answer reads only the masks of its own block (stored per row in "
+                        "blocks/masks_in_block and shown as 'masks in block'). 0: full attention. Default: 32 for "
+                        "a family decoded by LLaDA2's block sampler, full attention otherwise")
     parser.add_argument("--top-k", type=int, default=10, help="top-k token ids and probabilities kept per row (default 10)")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (default 8)")
     parser.add_argument("--out", default="record.h5", help="output HDF5 store (default record.h5)")
@@ -63,7 +69,7 @@ def run(args) -> int:
     # everything that needs no model is checked before loading one
     check_writable(args.out, resume=args.resume, overwrite=args.overwrite)
     config = RecordConfig(**plan_fields(args), masks=args.masks, filler=args.filler, chat=args.chat,
-                          record=args.record, top_k=args.top_k, decode=args.decode)
+                          record=args.record, top_k=args.top_k, decode=args.decode, block_length=args.block_length)
     if args.batch_size < 1:
         raise UsageError("batch size must be at least 1")
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 SCHEMA_VERSION = 1
 
 # examples is always present; the others only when recorded.
-GROUPS = ("examples", "tokens", "attention", "gradients", "lens", "decode")
+GROUPS = ("examples", "tokens", "attention", "gradients", "lens", "decode", "blocks")
 
 DIMS = {
     "k": "top-k size of examples/topk_ids and topk_probs",
@@ -184,6 +184,10 @@ DATA = (
     _f("decode", "mask_mass_from_answer", "float32", ("steps", "layers", "heads"), f"at each step, attention weight "
        f"from {READOUT} summed over the positions in [masks_start, masks_end) that are still masks; the first step "
        "equals attention/mask_mass_from_answer when no filler is used"),
+    _f("blocks", "block_start", "int32", (), "first position of the answer slot's block under block attention "
+       "(settings.block_length positions per block, counted from the first token)"),
+    _f("blocks", "masks_in_block", "int32", (), "how many of the n masks (the answer slot and the masks after it) "
+       "lie in the answer slot's block: the masks the answer reads under block attention"),
 )
 
 
