@@ -66,13 +66,25 @@ def describe(lm) -> dict:
         "path": str(lm.path),
         "family": lm.spec.family,
         "causal": lm.spec.causal,
+        "attention": lm.spec.attention,
         "prediction_offset": lm.spec.prediction_offset,
+        "moe": moe_facts(lm.config),
         "mask_token_id": lm.mask_token_id,
         "n_params": sum(p.numel() for p in lm.model.parameters()),
         "config": asdict(lm.config),
         "special_tokens": specials,
         "adapter": lm.adapter.facts() if lm.adapter else None,
     }
+
+
+def moe_facts(cfg) -> dict | None:
+    """Return the mixture-of-experts facts of a decoder config (None for a dense model)."""
+    if not cfg.n_experts:
+        return None
+    return {"experts": cfg.n_experts, "per_token": cfg.n_experts_per_tok, "expert_width": cfg.d_expert,
+            "shared_width": cfg.d_shared, "moe_layers": list(cfg.moe_layers), "router": cfg.router,
+            "expert_bias": cfg.router_bias, "groups": [cfg.n_group, cfg.topk_group],
+            "routed_scaling_factor": cfg.routed_scaling_factor}
 
 
 def run_info(args) -> int:
@@ -89,13 +101,21 @@ def run_info(args) -> int:
         return 0
     cfg = info["config"]
     print(f"{info['source']}  ({info['path']})")
-    print(f"family              {info['family']} ({'causal' if info['causal'] else 'bidirectional'}, "
+    print(f"family              {info['family']} ({info['attention']} attention, "
           f"prediction offset {info['prediction_offset']})")
     print(f"parameters        {info['n_params']:,}")
     print(f"shape             {cfg['n_layers']} layers, d_model {cfg['d_model']}, {cfg['n_heads']} heads "
           f"({cfg['n_kv_heads']} kv) x {cfg['d_head']}, d_mlp {cfg['d_mlp']}, vocab {cfg['d_vocab']}")
     print(f"rope              theta {cfg['rope_theta']:g}, norm eps {cfg['norm_eps']:g}, qkv bias {cfg['qkv_bias']}, "
           f"max length {cfg['max_seq_len']}")
+    if cfg["qk_norm"] or cfg["partial_rotary_factor"] != 1:
+        print(f"attention extras  QK norm {cfg['qk_norm']}, rotary dims {int(cfg['d_head'] * cfg['partial_rotary_factor'])}"
+              f" of {cfg['d_head']}, output bias {cfg['o_bias']}")
+    if info["moe"]:
+        moe = info["moe"]
+        print(f"experts           {moe['experts']} routed (top {moe['per_token']}, {moe['router']} router, groups "
+              f"{moe['groups'][1]} of {moe['groups'][0]}, scale {moe['routed_scaling_factor']:g}), width "
+              f"{moe['expert_width']}, shared width {moe['shared_width']}, MoE layers {moe['moe_layers']}")
     for role, special in info["special_tokens"].items():
         print(f"{role + ' token':<20}{special['token']} = {special['id']}")
     if info["adapter"]:

@@ -7,6 +7,7 @@ from torch import nn
 from transformer_lens.hook_points import HookPoint
 
 from mdlm_interp.models.config import DecoderConfig
+from mdlm_interp.models.norm import RMSNorm
 from mdlm_interp.models.rotary import apply_rotary
 
 
@@ -24,6 +25,10 @@ class Attention(nn.Module):
     reads key/value head h // (n_heads / n_kv_heads)). Biases ``b_Q`` [head, d_head], ``_b_K`` /
     ``_b_V`` [kv_head, d_head], ``b_K`` / ``b_V`` [head, d_head] are views where the family has
     q/k/v biases (Dream, Qwen2) and zeros elsewhere.
+
+    With ``cfg.qk_norm`` (Qwen3, LLaDA-MoE, LLaDA2) each query and key head is RMS-normalised over
+    d_head by ``q_norm`` / ``k_norm`` after ``hook_q`` / ``hook_k`` and before RoPE; with
+    ``cfg.partial_rotary_factor`` < 1 RoPE turns only the first ``cfg.rotary_dim`` dimensions of a head.
     """
 
     def __init__(self, cfg: DecoderConfig):
@@ -32,7 +37,9 @@ class Attention(nn.Module):
         self.q_proj = nn.Linear(cfg.d_model, cfg.n_heads * cfg.d_head, bias=cfg.qkv_bias)
         self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.d_head, bias=cfg.qkv_bias)
         self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.d_head, bias=cfg.qkv_bias)
-        self.o_proj = nn.Linear(cfg.n_heads * cfg.d_head, cfg.d_model, bias=False)
+        self.o_proj = nn.Linear(cfg.n_heads * cfg.d_head, cfg.d_model, bias=cfg.o_bias)
+        self.q_norm = RMSNorm(cfg.d_head, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(cfg.d_head, cfg.norm_eps) if cfg.qk_norm else None
         self.hook_q = HookPoint()  # [batch, pos, head, d_head]
         self.hook_k = HookPoint()  # [batch, pos, kv_head, d_head]
         self.hook_v = HookPoint()  # [batch, pos, kv_head, d_head]
@@ -126,6 +133,8 @@ class Attention(nn.Module):
         q = self.hook_q(rearrange(self.q_proj(x), "b t (h d) -> b t h d", d=cfg.d_head))
         k = self.hook_k(rearrange(self.k_proj(x), "b t (h d) -> b t h d", d=cfg.d_head))
         v = self.hook_v(rearrange(self.v_proj(x), "b t (h d) -> b t h d", d=cfg.d_head))
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         q = self.hook_rot_q(apply_rotary(q, cos, sin, cfg.rope_in_float32))
         k = self.hook_rot_k(apply_rotary(k, cos, sin, cfg.rope_in_float32))
         q, k, v = (rearrange(t, "b t h d -> b h t d") for t in (q, k, v))
@@ -154,7 +163,8 @@ class Attention(nn.Module):
             z = z[..., : cfg.d_head]
         z = self.hook_z(rearrange(z, "b h t d -> b t h d"))
         if self.cfg.use_attn_result:  # per-head outputs; their sum equals o_proj(z) up to rounding
-            return self.hook_result(torch.einsum("bthd,hdm->bthm", z, self.W_O)).sum(dim=2)
+            out = self.hook_result(torch.einsum("bthd,hdm->bthm", z, self.W_O)).sum(dim=2)
+            return out if self.o_proj.bias is None else out + self.o_proj.bias
         return self.o_proj(rearrange(z, "b t h d -> b t (h d)"))
 
 

@@ -18,11 +18,12 @@ class MLP(nn.Module):
     [batch, pos, d_mlp]; ``W_gate`` and ``W_in`` [d_model, d_mlp], ``W_out`` [d_mlp, d_model].
     """
 
-    def __init__(self, cfg: DecoderConfig):
+    def __init__(self, cfg: DecoderConfig, d_mlp: int | None = None):
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.d_model, cfg.d_mlp, bias=False)
-        self.up_proj = nn.Linear(cfg.d_model, cfg.d_mlp, bias=False)
-        self.down_proj = nn.Linear(cfg.d_mlp, cfg.d_model, bias=False)
+        d_mlp = cfg.d_mlp if d_mlp is None else d_mlp  # a MoE layer's shared expert has its own width
+        self.gate_proj = nn.Linear(cfg.d_model, d_mlp, bias=False)
+        self.up_proj = nn.Linear(cfg.d_model, d_mlp, bias=False)
+        self.down_proj = nn.Linear(d_mlp, cfg.d_model, bias=False)
         self.hook_pre = HookPoint()  # [batch, pos, d_mlp]
         self.hook_pre_linear = HookPoint()  # [batch, pos, d_mlp]
         self.hook_post = HookPoint()  # [batch, pos, d_mlp]
@@ -48,17 +49,19 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """One pre-norm transformer block."""
+    """One pre-norm transformer block; its MLP is a ``MoEMLP`` where ``cfg`` makes layer ``layer`` a MoE layer."""
 
     # TransformerLens' logit lens asks this: hook_resid_post is the one residual stream ln_final reads.
     hook_out_is_single_residual_stream = True
 
-    def __init__(self, cfg: DecoderConfig):
+    def __init__(self, cfg: DecoderConfig, layer: int = 0):
         super().__init__()
+        from mdlm_interp.models.moe import MoEMLP  # moe builds its shared expert from this module's MLP
+
         self.ln1 = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.attn = Attention(cfg)
         self.ln2 = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.mlp = MLP(cfg)
+        self.mlp = MoEMLP(cfg) if cfg.is_moe_layer(layer) else MLP(cfg)
         self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
         self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
         self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]

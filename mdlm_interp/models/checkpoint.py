@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -110,10 +111,19 @@ def open_safetensors(file: Path, safe_open):
         raise UsageError(f"{file}: corrupted safetensors file ({str(error).splitlines()[0]})") from error
 
 
-def expected_tensors(model: HookedDecoder, spec: FamilySpec) -> dict[str, str]:
-    """Return checkpoint tensor name -> our parameter name for every weight the model needs."""
-    names = [n for n, _ in model.named_parameters()]  # tied weights are listed once
-    return {spec.checkpoint_name(name): name for name in names}
+def expected_tensors(model: HookedDecoder, spec: FamilySpec) -> dict[str, list[str]]:
+    """Return checkpoint tensor name -> our parameter names for every weight the model needs (one name,
+    or several whose tensors the checkpoint stores concatenated along dim 0, e.g. LLaDA2's q/k/v)."""
+    expected: dict[str, list[str]] = {}
+    for name, _ in model.named_parameters():  # tied weights are listed once
+        expected.setdefault(spec.checkpoint_name(name), []).append(name)
+    return expected
+
+
+def fused_shape(parameters: dict, names: list[str]) -> tuple[int, ...]:
+    """Return the checkpoint shape of our parameters ``names`` stored as one tensor (concatenated on dim 0)."""
+    shapes = [tuple(parameters[name].shape) for name in names]
+    return (sum(shape[0] for shape in shapes), *shapes[0][1:])
 
 
 def load_weights(model: HookedDecoder, path: Path, spec: FamilySpec, dtype: torch.dtype, device) -> None:
@@ -140,14 +150,14 @@ def load_weights(model: HookedDecoder, path: Path, spec: FamilySpec, dtype: torc
     for file, names in by_file.items():
         with open_safetensors(file, safe_open) as handle:
             for name in names:
-                ours = expected[name]
-                shape = tuple(handle.get_slice(name).get_shape())
-                if shape != tuple(parameters[ours].shape):
-                    raise UsageError(
-                        f"{file.name}: tensor {name} has shape {list(shape)}, expected {list(parameters[ours].shape)}"
-                    )
+                shape, wanted = tuple(handle.get_slice(name).get_shape()), fused_shape(parameters, expected[name])
+                if shape != wanted:
+                    raise UsageError(f"{file.name}: tensor {name} has shape {list(shape)}, expected {list(wanted)}")
         for name, tensor in read_tensors(file, names):
-            set_parameter(model, expected[name], tensor.to(device=device, dtype=dtype))
+            ours = expected[name]
+            parts = tensor.split([parameters[part].shape[0] for part in ours]) if len(ours) > 1 else [tensor]
+            for part, value in zip(ours, parts):
+                set_parameter(model, part, value.to(device=device, dtype=dtype))
     if model.cfg.tie_embeddings:
         model.unembed.weight = model.embed.weight
 
@@ -220,8 +230,10 @@ def save_weights(model: HookedDecoder, spec: FamilySpec, out_dir: Path, dtype: t
     from huggingface_hub import split_torch_state_dict_into_shards
     from safetensors.torch import save_file
 
+    parameters = dict(model.named_parameters())
     tensors = {
-        spec.checkpoint_name(name): param.detach().to(dtype).contiguous() for name, param in model.named_parameters()
+        name: torch.cat([parameters[part].detach() for part in ours]).to(dtype).contiguous()
+        for name, ours in expected_tensors(model, spec).items()
     }
     out_dir = Path(out_dir)
     if max_shard_bytes is None:
@@ -239,16 +251,16 @@ def save_weights(model: HookedDecoder, spec: FamilySpec, out_dir: Path, dtype: t
 
 def config_json(spec: FamilySpec, cfg: DecoderConfig, special_ids: dict[str, int], dtype: torch.dtype) -> dict:
     """Return a config.json for ``cfg`` with the family's REAL field names and special-token ids."""
-    values = {
-        "d_model": cfg.d_model, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "n_kv_heads": cfg.n_kv_heads,
-        "d_head": cfg.d_head, "d_mlp": cfg.d_mlp, "d_vocab": cfg.d_vocab, "max_seq_len": cfg.max_seq_len,
-        "rope_theta": cfg.rope_theta, "norm_eps": cfg.norm_eps, "qkv_bias": cfg.qkv_bias,
-        "tie_embeddings": cfg.tie_embeddings,
-    }
+    values = {item.name: getattr(cfg, item.name) for item in fields(cfg)}
+    values["d_shared"] = cfg.d_shared or None  # LLaDA-MoE: null when there is no shared expert
+    values["n_shared_experts"] = cfg.d_shared // cfg.d_expert if cfg.d_expert else 0
+    values["n_dense_layers"] = cfg.n_layers - len(cfg.moe_layers)  # the first layers (first_k_dense_replace)
     config = {"architectures": [spec.architecture], "model_type": spec.model_types[0]}
     for field, keys in spec.config_keys.items():
         for key in keys:
             config[key] = values[field]
+    if spec.moe_layers_key == "moe_layer_freq":
+        config["moe_layer_freq"] = [int(layer in cfg.moe_layers) for layer in range(cfg.n_layers)]
     config.update(spec.fixed_config)
     config.update(spec.extra_config)
     for role, key in spec.special_id_keys.items():

@@ -36,6 +36,21 @@ class DecoderConfig:
     causal: bool = False
     tie_embeddings: bool = False
     rope_in_float32: bool = True
+    qk_norm: bool = False  # RMSNorm over d_head on each query and key head, before RoPE (Qwen3, LLaDA-MoE, LLaDA2)
+    o_bias: bool = False  # the attention output projection has a bias
+    partial_rotary_factor: float = 1.0  # RoPE rotates the first int(d_head * factor) dimensions of each head
+    # Mixture of experts (models.moe): n_experts 0 means every MLP is dense (d_mlp wide).
+    n_experts: int = 0  # routed experts in each MoE layer
+    n_experts_per_tok: int = 0  # experts chosen per token (k)
+    d_expert: int = 0  # hidden width of a routed expert
+    d_shared: int = 0  # hidden width of the shared expert(s) of a MoE layer (0: none)
+    moe_layers: tuple[int, ...] = ()  # the layers whose MLP is a MoE (the others are dense)
+    router: str = "softmax"  # "softmax" (top-k of softmax scores) or "sigmoid_grouped" (group-limited top-k)
+    router_bias: bool = False  # a per-expert bias added to the scores that choose the experts
+    norm_topk_prob: bool = False  # renormalise the chosen weights to sum to 1 ("sigmoid_grouped" does when k > 1)
+    n_group: int = 1  # expert groups ("sigmoid_grouped": experts are chosen from the topk_group best groups)
+    topk_group: int = 1
+    routed_scaling_factor: float = 1.0  # the chosen weights are multiplied by it
     device: str = field(default="cpu", compare=False)
     use_attn_result: bool = field(default=False, compare=False)
     explicit_attention: bool = field(default=False, compare=False)
@@ -53,6 +68,7 @@ class DecoderConfig:
     def __post_init__(self):
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
+        object.__setattr__(self, "moe_layers", tuple(self.moe_layers))  # hashable, also from a JSON list
 
     def __setattr__(self, name, value):
         if name in self.__dict__ and name not in RUNTIME_SETTINGS:
@@ -86,8 +102,12 @@ class DecoderConfig:
 
     @property
     def rotary_dim(self) -> int:
-        """Number of rotated dimensions per head: all of them."""
-        return self.d_head
+        """Number of rotated dimensions per head (all of them unless ``partial_rotary_factor`` < 1)."""
+        return int(self.d_head * self.partial_rotary_factor)
+
+    def is_moe_layer(self, layer: int) -> bool:
+        """Whether block ``layer``'s MLP is a mixture of experts."""
+        return self.n_experts > 0 and layer in self.moe_layers
 
     @property
     def attention_dir(self) -> str:
@@ -100,6 +120,11 @@ class DecoderConfig:
         attn = self.d_model * self.d_head * (2 * self.n_heads + 2 * self.n_kv_heads)
         if self.qkv_bias:
             attn += self.d_head * (self.n_heads + 2 * self.n_kv_heads)
-        block = attn + 3 * self.d_model * self.d_mlp + 2 * self.d_model
+        attn += self.d_model * self.o_bias + 2 * self.d_head * self.qk_norm
+        moe = sum(self.is_moe_layer(layer) for layer in range(self.n_layers))
+        dense_mlp = 3 * self.d_model * self.d_mlp
+        moe_mlp = (3 * self.d_model * (self.n_experts * self.d_expert + self.d_shared)
+                   + self.n_experts * (self.d_model + self.router_bias))
+        blocks = self.n_layers * (attn + 2 * self.d_model) + (self.n_layers - moe) * dense_mlp + moe * moe_mlp
         unembed = 0 if self.tie_embeddings else self.d_vocab * self.d_model
-        return self.n_layers * block + self.d_vocab * self.d_model + unembed + self.d_model
+        return blocks + self.d_vocab * self.d_model + unembed + self.d_model

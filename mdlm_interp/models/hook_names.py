@@ -14,9 +14,13 @@ _BLOCK_HOOKS = {
     "rot_q": "attn.hook_rot_q", "rot_k": "attn.hook_rot_k", "attn_scores": "attn.hook_attn_scores",
     "pattern": "attn.hook_pattern", "result": "attn.hook_result", "probe_mass": "attn.hook_probe_mass",
     "pre": "mlp.hook_pre", "pre_linear": "mlp.hook_pre_linear", "post": "mlp.hook_post",
+    # mixture-of-experts layers only (models.moe)
+    "router_logits": "mlp.hook_router_logits", "topk_indices": "mlp.hook_topk_indices",
+    "topk_weights": "mlp.hook_topk_weights", "expert_out": "mlp.hook_expert_out", "shared_out": "mlp.hook_shared_out",
     "scale_attn": "ln1.hook_scale", "normalized_attn": "ln1.hook_normalized",
     "scale_mlp": "ln2.hook_scale", "normalized_mlp": "ln2.hook_normalized",
 }
+MOE_HOOK_KINDS = ("router_logits", "topk_indices", "topk_weights", "expert_out", "shared_out")
 _MODEL_HOOKS = {"embed": "hook_embed", "scale": "ln_final.hook_scale", "normalized": "ln_final.hook_normalized"}
 _ALIASES = {"scores": "attn_scores", "attn": "pattern", "ln_final": "normalized", "final_normalized": "normalized"}
 

@@ -48,13 +48,16 @@ def write_random_checkpoint(
     return out
 
 
+NORM_WEIGHTS = ("ln1.weight", "ln2.weight", "ln_final.weight", "q_norm.weight", "k_norm.weight")
+
+
 def randomize(model: nn.Module, seed: int) -> None:
     """Fill every parameter deterministically: N(0, 0.02) matrices and biases, norm weights near 1."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
             noise = torch.randn(param.shape, generator=generator)
-            if name.endswith("ln1.weight") or name.endswith("ln2.weight") or name == "ln_final.weight":
+            if name.endswith(NORM_WEIGHTS):
                 param.copy_(1.0 + 0.1 * noise)
             else:
                 param.copy_(0.02 * noise)

@@ -61,7 +61,7 @@ class HookedDecoder(HookedRootModule):
         cfg = self.cfg
         self.embed = nn.Embedding(cfg.d_vocab, cfg.d_model)
         self.hook_embed = HookPoint()  # [batch, pos, d_model]
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layers))
         self.ln_final = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.unembed = nn.Linear(cfg.d_model, cfg.d_vocab, bias=False)
         if cfg.tie_embeddings:
@@ -126,7 +126,7 @@ class HookedDecoder(HookedRootModule):
             raise UsageError("the model got a residual stream [batch, pos, d_model]: pass start_at_layer=L with it")
         batch, n = input.shape[:2]
         allowed, positions = self.attention_mask_and_positions(attention_mask, batch, n, input.device)
-        cos, sin = rotary_tables(positions, self.cfg.d_head, self.cfg.rope_theta)
+        cos, sin = rotary_tables(positions, self.cfg.rotary_dim, self.cfg.rope_theta)
         x = self.hook_embed(self.embed(input)) if start_at_layer is None else input
         for block in self.blocks[start_at_layer:stop_at_layer]:
             x = block(x, cos, sin, allowed, attention_probes)
@@ -203,8 +203,14 @@ class HookedDecoder(HookedRootModule):
         return self.unembed.weight.new_zeros(self.cfg.d_vocab)
 
     def accumulated_bias(self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True) -> torch.Tensor:
-        """[d_model] zeros: no attention-output or MLP bias writes to the residual stream here."""
-        return self.embed.weight.new_zeros(self.cfg.d_model)
+        """[d_model]: the sum of the attention-output biases written to the residual stream before block
+        ``layer`` (and block ``layer``'s own with ``mlp_input``), as TransformerLens defines it; zeros for
+        families without an output bias. No MLP here has a bias."""
+        total = self.embed.weight.new_zeros(self.cfg.d_model)
+        for block in self.blocks[: layer + 1 if mlp_input else layer]:
+            if block.attn.o_proj.bias is not None:
+                total = total + block.attn.o_proj.bias
+        return total
 
     def tokens_to_residual_directions(self, tokens: str | int | torch.Tensor) -> torch.Tensor:
         """Return the residual direction of each token, [*tokens.shape, d_model].
