@@ -44,7 +44,6 @@ RECORDERS = {
 }
 RECORDABLE = tuple(RECORDERS)
 LAST_NONMASK = 50  # the attribution table's "last 50 non-mask tokens"
-BLOCK_SAMPLER_LENGTH = 32  # LLaDA2's block length (its generate's default): record's default on such a family
 FIELDS = {f.path: f for f in schema.DATA}
 
 
@@ -58,7 +57,7 @@ class RecordConfig(PromptPlan):
     slot and the masks after it iteratively (a ``decoding.DecodeConfig`` or its command-line form, e.g.
     "llada:steps=10"; None: no decoding); ``block_length``: read the answer under block attention with blocks of
     that many positions, as LLaDA2's block sampler does (0: full attention; None: the family's own, block
-    attention of ``BLOCK_SAMPLER_LENGTH`` for a family whose sampler is LLaDA2's, resolved by ``record``).
+    attention of the family's block length for a block-diffusion family (LLaDA2: 32), resolved by ``record``).
     Values are normalised on construction and checked: a bad value
     raises ``UsageError`` naming it. The config as a dict is the store's ``settings`` (with the model's
     facts; ``decode`` only when set), compared field by field on resume.
@@ -82,8 +81,8 @@ class RecordConfig(PromptPlan):
                 self.block_length, int) or self.block_length < 0):
             raise UsageError(f"--block-length must be an integer >= 0 (0: full attention), got {self.block_length!r}")
         if self.block_length and decode is not None:
-            raise UsageError("--decode runs LLaDA's or Dream's sampler, without block attention: drop --block-length "
-                             "or --decode")
+            raise UsageError("--decode runs LLaDA's or Dream's sampler, without block attention: record with "
+                             "--block-length 0 (full attention) to decode")
         if decode is not None:
             decode.check(self.masks)
         object.__setattr__(self, "record", record)
@@ -173,7 +172,7 @@ def record(model, tokenizer=None, *, out, config: RecordConfig | None = None, ma
 
 def with_family_blocks(config: RecordConfig, subject: Subject) -> RecordConfig:
     """Return ``config`` with its block length resolved: a given one stays (0: full attention, stored as
-    None); None becomes ``BLOCK_SAMPLER_LENGTH`` for a family decoded by LLaDA2's block sampler."""
+    None); None becomes the family's block length (``FamilySpec.block_length``: LLaDA2's sampler's 32)."""
     from dataclasses import replace
 
     from mdlm_interp.models.families import FAMILIES
@@ -181,7 +180,7 @@ def with_family_blocks(config: RecordConfig, subject: Subject) -> RecordConfig:
     length = config.block_length
     if length is None:
         spec = FAMILIES.get(subject.family)
-        length = BLOCK_SAMPLER_LENGTH if spec is not None and spec.sampler == "llada2" else None
+        length = spec.block_length if spec is not None else None
     return replace(config, block_length=length or None)
 
 

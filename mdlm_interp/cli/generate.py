@@ -21,8 +21,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--prompt", action="append", required=True, metavar="TEXT",
                         help="prompt text (repeat the flag for a batch; prompts are left-padded)")
     parser.add_argument("--chat", action="store_true", help="wrap each prompt in the family's chat template")
-    parser.add_argument("--sampler", choices=["llada", "dream", "llada2"], default=None,
-                        help="which sampler (default the family's own: llada for LLaDA, dream for Dream, llada2 "
+    parser.add_argument("--sampler", choices=["llada", "dream", "llada2_block"], default=None,
+                        help="which sampler (default the family's own: llada for LLaDA, dream for Dream, llada2_block "
                         "(block diffusion) for LLaDA2)")
     add_sampler_flags(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of the torch.Generator behind every random choice "

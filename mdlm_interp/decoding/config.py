@@ -20,7 +20,7 @@ DREAM_ALGORITHMS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 LENGTH_FLAG = "--gen-length"  # every sampler's generation length on the command line
 # the help of options two samplers share (one flag on the command line)
 BLOCK_HELP = ("block length, dividing the generation length; blocks are decoded left to right (llada: the steps split "
-              "evenly over them, default one block; llada2: block attention, positions counted from the prompt's "
+              "evenly over them, default one block; llada2_block: block attention, positions counted from the prompt's "
               "first token, default 32)")
 TEMPERATURE_HELP = ("sampling temperature (default 0: greedy); LLaDA draws with Gumbel noise in float64, Dream and "
                     "LLaDA2 from the softmax")
@@ -160,7 +160,7 @@ class LLaDA2SamplerConfig:
 
     LENGTH = "gen_length"
 
-    steps_per_block: int | None = option(None, "llada2: denoising steps per block, one forward pass each (default: "
+    steps_per_block: int | None = option(None, "llada2_block: denoising steps per block, one forward pass each (default: "
                                          "the block length), at most gen_length // minimal_topk", check="count or none")
     gen_length: int = option(32, "tokens to generate, i.e. masks after the prompt (default 32)", check="count")
     block_length: int = option(32, BLOCK_HELP, check="count")
@@ -168,9 +168,9 @@ class LLaDA2SamplerConfig:
     top_p: float | None = option(None, "nucleus sampling threshold in (0, 1] (with --temperature)",
                                  check="probability or none")
     top_k: int | None = option(None, "keep the k most likely tokens (with --temperature)", check="count or none")
-    threshold: float = option(0.95, "llada2: reveal every mask whose proposal has a probability above this when "
+    threshold: float = option(0.95, "llada2_block: reveal every mask whose proposal has a probability above this when "
                               "they are at least the step's scheduled count (default 0.95)", check="closed unit")
-    minimal_topk: int = option(1, "llada2: caps the steps per block at gen_length // minimal_topk (default 1)",
+    minimal_topk: int = option(1, "llada2_block: caps the steps per block at gen_length // minimal_topk (default 1)",
                                check="count")
 
     def __post_init__(self):
@@ -184,11 +184,11 @@ class LLaDA2SamplerConfig:
         object.__setattr__(self, "steps_per_block", min(steps, self.gen_length // self.minimal_topk))
 
 
-SAMPLER_CONFIGS = {"llada": LLaDASamplerConfig, "dream": DreamSamplerConfig, "llada2": LLaDA2SamplerConfig}
+SAMPLER_CONFIGS = {"llada": LLaDASamplerConfig, "dream": DreamSamplerConfig, "llada2_block": LLaDA2SamplerConfig}
 
 
 def config_class(sampler) -> type:
-    """Return the config dataclass of ``sampler`` ("llada", "dream" or "llada2"); ``UsageError`` for another name."""
+    """Return the config dataclass of ``sampler`` ("llada", "dream" or "llada2_block"); ``UsageError`` for another name."""
     if sampler not in SAMPLER_CONFIGS:
         raise UsageError(f"unknown sampler {sampler!r} (choose from {', '.join(SAMPLER_CONFIGS)})")
     return SAMPLER_CONFIGS[sampler]

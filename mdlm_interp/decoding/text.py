@@ -28,7 +28,7 @@ class Generation:
 
 
 def text_sampler_config(sampler: str, gen_length: int, steps: int | None = None, **options):
-    """Return the config of ``sampler`` ("llada", "dream" or "llada2") generating ``gen_length`` tokens in
+    """Return the config of ``sampler`` ("llada", "dream" or "llada2_block") generating ``gen_length`` tokens in
     ``steps`` steps (None: one per token; LLaDA2 counts its steps per block: ``steps_per_block``) with ``options`` (the sampler config's other fields; Dream's ``alg``
     defaults to "maskgit_plus" here, greedy at temperature 0). ``UsageError`` for a bad option or value."""
     cls = config_class(sampler)
@@ -40,7 +40,7 @@ def text_sampler_config(sampler: str, gen_length: int, steps: int | None = None,
 def generate_text(lm, prompts: list[str], *, sampler: str | None = None, chat: bool = False, steps: int | None = None,
                   gen_length: int = 32, generator: torch.Generator | None = None, on_step: OnStep | None = None,
                   skip_special_tokens: bool = True, **options) -> Generation:
-    """Decode ``gen_length`` tokens after each text of ``prompts`` with ``sampler`` ("llada", "dream" or "llada2";
+    """Decode ``gen_length`` tokens after each text of ``prompts`` with ``sampler`` ("llada", "dream" or "llada2_block";
     default the family's own) in ``steps`` steps (default ``gen_length``); return a ``Generation``.
 
     ``chat`` wraps each prompt in the family's chat template. ``options`` are fields of the sampler's
@@ -65,7 +65,7 @@ def generate_text(lm, prompts: list[str], *, sampler: str | None = None, chat: b
     device = next(lm.model.parameters()).device
     ids, valid = ids.to(device), valid.long().to(device)
     mask = None if bool(valid.all()) else valid
-    generate = {"llada": llada_generate, "dream": dream_generate, "llada2": llada2_generate}[sampler or lm.spec.sampler]
+    generate = {"llada": llada_generate, "dream": dream_generate, "llada2_block": llada2_generate}[sampler or lm.spec.sampler]
     out = generate(lm, ids, config, attention_mask=mask, generator=generator, on_step=on_step)
     generated = [lm.tokenizer.decode(row[ids.shape[1]:].tolist(), skip_special_tokens=skip_special_tokens)
                  for row in out.cpu()]

@@ -101,6 +101,15 @@ def test_block_sampler_matches_the_official_steps(llada, gen_length, block_lengt
     assert [state.step for state in seen] == list(range(len(seen)))
 
 
+def test_block_sampler_matches_the_official_steps_on_a_tiny_llada2(tiny_model):
+    lm = tiny_model("llada2")
+    assert lm.spec.sampler == "llada2_block"
+    prompt = encode(lm, PROMPT)
+    expected, _ = reference_llada2(lm.model, prompt, lm.mask_token_id, 8, 4, 2, threshold=0.2)
+    assert torch.equal(generate_text(lm, [PROMPT], gen_length=8, block_length=4, steps_per_block=2,
+                                     threshold=0.2).ids, expected)
+
+
 def test_block_sampler_draws_as_the_official_one(llada):
     prompt = torch.cat([encode(llada, PROMPT)] * 2)  # a batch of equal prompts: independent draws per row
     expected, _ = reference_llada2(llada.model, prompt, llada.mask_token_id, 8, 4, 4, temperature=1.0, top_k=5,
@@ -114,7 +123,7 @@ def test_block_sampler_draws_as_the_official_one(llada):
 def test_padding_on_either_side_decodes_each_prompt_as_alone(llada):
     texts = [PROMPT, " run\nOutput:"]
     alone = [llada2_generate(llada, encode(llada, text), gen_length=8, block_length=4) for text in texts]
-    generation = generate_text(llada, texts, sampler="llada2", gen_length=8, block_length=4)
+    generation = generate_text(llada, texts, sampler="llada2_block", gen_length=8, block_length=4)
     for row, single in enumerate(alone):
         assert torch.equal(generation.ids[row, -8:], single[0, -8:])
     right = torch.full((2, alone[0].shape[1] - 8), 0)
@@ -156,12 +165,12 @@ def test_config_checks_and_caps():
 def test_generate_command_uses_the_block_sampler_and_refuses_a_bad_block(tmp_path, tiny_checkpoint):
     from cli_run import run_cli
 
-    result = run_cli("generate", "--model", tiny_checkpoint("llada"), "--sampler", "llada2", "--prompt", PROMPT,
+    result = run_cli("generate", "--model", tiny_checkpoint("llada"), "--sampler", "llada2_block", "--prompt", PROMPT,
                      "--gen-length", "6", "--block-length", "4")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == ("mdlm-interp: error: block length 4 must divide the generation "
                                                       "length 6")
-    result = run_cli("generate", "--model", tiny_checkpoint("llada"), "--sampler", "llada2", "--prompt", PROMPT,
+    result = run_cli("generate", "--model", tiny_checkpoint("llada"), "--sampler", "llada2_block", "--prompt", PROMPT,
                      "--gen-length", "4", "--block-length", "2", "--steps-per-block", "1", "--threshold", "0",
                      "--keep-special")
     assert result.returncode == 0, result.stderr

@@ -45,7 +45,7 @@ def test_block_attention_reads_only_the_masks_of_the_answer_block(tmp_path, tiny
 
 def test_bad_block_lengths_are_one_line(tmp_path, tiny_checkpoint):
     for flags, message in ((["--block-length", "-1"], "--block-length must be an integer >= 0"),
-                           (["--block-length", "4", "--decode", "llada"], "drop --block-length or --decode")):
+                           (["--block-length", "4", "--decode", "llada"], "record with --block-length 0 (full attention) to decode")):
         result = run_cli("record", "--model", tiny_checkpoint("llada"), "--task", TASK, "--n", "1", "--out",
                          tmp_path / "x.h5", *flags)
         assert result.returncode == 2 and message in result.stderr
