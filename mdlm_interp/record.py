@@ -26,6 +26,7 @@ from mdlm_interp.decoding import DecodeConfig
 from mdlm_interp.errors import UsageError
 from mdlm_interp.hooks.decode_trace import AnswerSlotTrace
 from mdlm_interp.hooks.recorders import AttentionRecorder, GradientRecorder, LensRecorder, PredictionRecorder
+from mdlm_interp.hooks.routing import RoutingRecorder, n_experts
 from mdlm_interp.plan import MAX_PLANNED_ROWS, Condition, PromptPlan, as_tuple, check_context, plan_prompts
 from mdlm_interp.store import schema
 from mdlm_interp.store.writer import check_writable, open_writer
@@ -34,15 +35,16 @@ from mdlm_interp.subject import Subject, dtype_name, module_fingerprint, provena
 # importable from here as before the plan and the subject had modules of their own
 __all__ = ["MAX_PLANNED_ROWS", "Condition", "PromptPlan", "Subject", "dtype_name", "module_fingerprint",
            "plan_prompts", "subject_from", "RecordConfig", "RECORDERS", "RECORDABLE", "record", "record_batch",
-           "decode_batch", "plan_columns", "block_columns", "with_family_blocks", "prompt_columns", "recorder_factories", "shard_path", "tqdm_or_none"]
+           "decode_batch", "plan_columns", "block_columns", "with_family_blocks", "with_routing", "prompt_columns", "recorder_factories", "shard_path", "tqdm_or_none"]
 
 # --record item (and the store group its results fill) -> recorder class
 RECORDERS = {
     "attention": AttentionRecorder,
     "gradients": GradientRecorder,
     "lens": LensRecorder,
+    "routing": RoutingRecorder,
 }
-RECORDABLE = tuple(RECORDERS)
+RECORDABLE = ("attention", "gradients", "lens")  # the default; routing is added on mixture-of-experts models
 LAST_NONMASK = 50  # the attribution table's "last 50 non-mask tokens"
 FIELDS = {f.path: f for f in schema.DATA}
 
@@ -52,7 +54,7 @@ class RecordConfig(PromptPlan):
     """What a recording computes: everything that determines its rows.
 
     The prompts are a ``plan.PromptPlan`` (tasks, masks, filler, placements, n, n_relevant,
-    n_distractor, seed, chat); besides them: ``record``: any of attention, gradients, lens (the one-step
+    n_distractor, seed, chat); besides them: ``record``: any of attention, gradients, lens, routing (the one-step
     prediction is always recorded); ``top_k`` token ids kept per row; ``decode``: also decode the answer
     slot and the masks after it iteratively (a ``decoding.DecodeConfig`` or its command-line form, e.g.
     "llada:steps=10"; None: no decoding); ``block_length``: read the answer under block attention with blocks of
@@ -71,9 +73,9 @@ class RecordConfig(PromptPlan):
     def __post_init__(self):
         super().__post_init__()
         record = tuple(sorted(as_tuple(self.record)))
-        unknown = set(record) - set(RECORDABLE)
+        unknown = set(record) - set(RECORDERS)
         if unknown:
-            raise UsageError(f"unknown --record item(s) {sorted(unknown)}; choose from {', '.join(RECORDABLE)}")
+            raise UsageError(f"unknown --record item(s) {sorted(unknown)}; choose from {', '.join(RECORDERS)}")
         if self.top_k < 1:
             raise UsageError("top-k must be at least 1")
         decode = DecodeConfig.parse(self.decode) if isinstance(self.decode, str) else self.decode
@@ -134,7 +136,7 @@ def record(model, tokenizer=None, *, out, config: RecordConfig | None = None, ma
         raise UsageError("a causal model cannot be decoded by unmasking (it reads no masks); drop --decode")
     if subject.d_vocab is not None and config.top_k > subject.d_vocab:
         raise UsageError(f"top-k {config.top_k} is larger than the vocabulary ({subject.d_vocab} tokens)")
-    config = with_family_blocks(config, subject)
+    config = with_routing(with_family_blocks(config, subject), subject)
     if config.block_length and subject.causal:
         raise UsageError("a causal model reads no masks: block attention changes nothing; drop --block-length")
     plan = config.rows(config.conditions(subject.causal))
@@ -145,7 +147,8 @@ def record(model, tokenizer=None, *, out, config: RecordConfig | None = None, ma
     # batch_size is a setting: rows are padded to their batch's longest prompt, which moves floats a little
     settings = run_settings(subject, config, facts, batch_size=batch_size, **({"shard": [rank, world]} if shard else {}))
     dims = {"k": config.top_k, "relevant": max(config.n_relevant, 1), "layers": subject.n_layers,
-            "heads": subject.n_heads, **({"steps": config.decode_steps()} if config.decode is not None else {})}
+            "heads": subject.n_heads, **({"steps": config.decode_steps()} if config.decode is not None else {}),
+            **({"experts": n_experts(subject.module)} if "routing" in config.record else {})}
     groups = ("examples", "tokens", *config.record, *(("decode",) if config.decode is not None else ()),
               *(("blocks",) if config.block_length else ()))
     first, stop = len(plan) * rank // world, len(plan) * (rank + 1) // world
@@ -168,6 +171,19 @@ def record(model, tokenizer=None, *, out, config: RecordConfig | None = None, ma
         if bar is not None:
             bar.close()
     return out
+
+
+def with_routing(config: RecordConfig, subject: Subject) -> RecordConfig:
+    """Return ``config`` recording routing on a mixture-of-experts model (``hooks.routing``) whatever it
+    asked; ``UsageError`` if it asks for routing on a dense model."""
+    from dataclasses import replace
+
+    if not n_experts(subject.module):
+        if "routing" in config.record:
+            raise UsageError("--record routing needs a mixture-of-experts model (LLaDA-MoE, LLaDA2); this one is "
+                             "dense")
+        return config
+    return config if "routing" in config.record else replace(config, record=config.record + ("routing",))
 
 
 def with_family_blocks(config: RecordConfig, subject: Subject) -> RecordConfig:

@@ -55,6 +55,7 @@ ANALYSIS_MODULES = [
     "patching",
     "ablation",
     "iterative",
+    "routing",
 ]
 
 

@@ -25,8 +25,9 @@ def add_parser(subparsers) -> None:
                         "answer slot replaced by this one-token text, e.g. ' .'")
     parser.add_argument("--chat", action="store_true", help="wrap prompts in the family's chat template (instruct models)")
     parser.add_argument("--record", default=["attention", "gradients", "lens"], type=name_list,
-                        help="what to record besides the prediction: comma-separated attention, gradients, lens "
-                        "(default all three)")
+                        help="what to record besides the prediction: comma-separated attention, gradients, lens, "
+                        "routing (default the first three; routing, which experts the answer slot, the masks and "
+                        "the context are sent to per layer, is always added on mixture-of-experts models)")
     parser.add_argument("--decode", default=None, metavar="SAMPLER[:KEY=VALUE,...]",
                         help="also decode the answer slot and the masks after it iteratively, greedily, and record "
                         "per row the decoded answer, the step it was unmasked and its confidence then, and per step "
