@@ -56,6 +56,7 @@ ANALYSIS_MODULES = [
     "ablation",
     "iterative",
     "routing",
+    "blocks",
 ]
 
 

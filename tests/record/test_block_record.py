@@ -36,6 +36,12 @@ def test_block_attention_reads_only_the_masks_of_the_answer_block(tmp_path, tiny
             expected = cut.examples.set_index("example").loc[example, "p_answer"]
         got = rows[(rows["example"] == example) & (rows["masks"] == 50)]["p_answer"].item()
         assert abs(got - expected) < 1e-5
+    from mdlm_interp.analyses import data
+    from mdlm_interp.analyses.blocks import ANALYSIS
+
+    table = ANALYSIS.tables(data.load([tmp_path / "blocks.h5"]))["block_attention"].set_index("masks")
+    assert table.loc[50, "masks_in_block"] == in_block[masks == 50].mean()
+    assert "of 50 masks" in ANALYSIS.paragraph({"block_attention": table.reset_index()})
     full = record_store(tmp_path / "full.h5", checkpoint, "50", "--block-length", "0")
     assert "masks in block" not in full.stdout
     with open_store(tmp_path / "full.h5") as store:
