@@ -1,6 +1,10 @@
-"""What training a mixture-of-experts, block-diffusion organism adds: expert-bias load balancing and
-batches under block attention.
+"""What training a mixture-of-experts, block-diffusion organism adds: a start from a dense organism, expert-bias
+load balancing and batches under block attention.
 
+- ``upcycle``: the MoE model starts as a trained dense model of the same width: every parameter the two
+  share by name and shape is copied, each MoE layer's shared expert is the dense layer's MLP, the routed
+  experts start with a zero output projection (so the MoE model computes what the dense one did), and
+  token embeddings are copied by token string (the mask token's from the dense family's mask token).
 - ``ExpertBalancer``: LLaDA2's (DeepSeek-V3's) auxiliary-loss-free balancing. Each MoE layer's router
   has an ``expert_bias`` that only chooses experts; after every optimizer step it moves by ``rate``
   towards balance: up for an expert chosen less often than the layer's mean over the step's tokens,
@@ -9,9 +13,33 @@ batches under block attention.
   family's block attention for a share ``block_fraction`` of the batches, full attention otherwise.
 """
 
+import re
+
 import torch
 
+from mdlm_interp.errors import UsageError
 from mdlm_interp.models.hook_names import hook_name
+
+
+@torch.no_grad()
+def upcycle(model, source, tokenizer) -> None:
+    """Copy the dense ``source`` (a ``LoadedModel``) into the MoE ``model`` (see the module docstring);
+    ``tokenizer``: ``model``'s. ``UsageError`` when a shared parameter's shape differs."""
+    theirs = dict(source.model.named_parameters())
+    ours_vocab, their_vocab = tokenizer.get_vocab(), source.tokenizer.get_vocab()
+    for name, param in model.named_parameters():
+        shared = re.sub(r"\.mlp\.shared_expert\.", ".mlp.", name)
+        if name == "embed.weight" or name == "unembed.weight" and name in theirs:
+            rows = [(ours, their_vocab[token]) for token, ours in ours_vocab.items() if token in their_vocab]
+            rows.append((tokenizer.mask_token_id, source.mask_token_id))
+            param[torch.tensor([r[0] for r in rows])] = theirs[name][torch.tensor([r[1] for r in rows])]
+        elif re.search(r"\.experts\.\d+\.down_proj\.weight$", name):
+            param.zero_()
+        elif shared in theirs:
+            if theirs[shared].shape != param.shape:
+                raise UsageError(f"{source.path}: {shared} has shape {list(theirs[shared].shape)}, {name} needs "
+                                 f"{list(param.shape)}")
+            param.copy_(theirs[shared])
 
 
 class ExpertBalancer:

@@ -7,8 +7,9 @@ then SFT). Each step samples a fresh batch (``training.data``), applies the fami
 - llada: masked diffusion, prediction for token i at ``logits[:, i]``;
 - dream: masked diffusion with the -1 offset, prediction for token i at ``logits[:, i - 1]``;
 - llama: next-token cross-entropy;
-- llada2 (mixture of experts, block diffusion): masked diffusion as llada, a share of the batches under
-  block attention, expert biases balanced after every step (``training.moe_training``);
+- llada2 (mixture of experts, block diffusion): masked diffusion as llada, started from a dense organism
+  (upcycled), a share of the batches under block attention, expert biases balanced after every step
+  (``training.moe_training``);
 
 and takes one AdamW step (warmup then cosine decay, gradient clipping) in the shared trainer loop
 (``training.loop``, which the MA-loss trainer uses too). The run is deterministic for
@@ -34,7 +35,7 @@ from mdlm_interp.models.transformer import HookedDecoder
 from mdlm_interp.training.data import DataConfig, sample_batch
 from mdlm_interp.training.evaluate import EvalSetting, accuracy
 from mdlm_interp.training.loop import TrainLoop, deterministic, make_optimizer, warmup_cosine
-from mdlm_interp.training.moe_training import ExpertBalancer, block_length_for
+from mdlm_interp.training.moe_training import ExpertBalancer, block_length_for, upcycle
 from mdlm_interp.training.objectives import apply_masks, causal_lm_loss, mask_ratios, masked_diffusion_loss
 from mdlm_interp.training.run_folder import load_state, remove_state, resume_position, save_state
 
@@ -131,6 +132,14 @@ def load_source(init: str, tokenizer):
     return source
 
 
+def load_dense_source(init: str):
+    """Load the dense checkpoint ``init`` a mixture-of-experts organism starts from (``moe_training.upcycle``:
+    its tokens are matched by string, so its vocabulary may differ)."""
+    from mdlm_interp.models.loader import load_model
+
+    return load_model(init)
+
+
 def learning_rate(stage: StageConfig, step: int) -> float:
     """Return the learning rate at ``step`` of ``stage``: linear warmup, then cosine to ``min_lr_ratio``."""
     return warmup_cosine(stage.lr, step, stage.steps, stage.warmup, stage.min_lr_ratio)
@@ -195,7 +204,8 @@ def run_stages(config: TrainConfig, out: Path, resume: bool, dtype: torch.dtype,
 
     spec = FAMILIES[config.family]
     tokenizer = load_fast_tokenizer(spec)
-    source = load_source(config.init, tokenizer) if config.init else None
+    moe = bool(spec.preset_config(config.preset, 1, dict(config.overrides)).n_experts)
+    source = (load_dense_source(config.init) if moe else load_source(config.init, tokenizer)) if config.init else None
     overrides = dict(config.overrides)
     if source is not None:  # positions must mean what they meant to the source (Dream keeps Qwen's RoPE)
         overrides.setdefault("rope_theta", source.config.rope_theta)
@@ -203,7 +213,7 @@ def run_stages(config: TrainConfig, out: Path, resume: bool, dtype: torch.dtype,
     model = HookedDecoder(cfg)
     init_weights(model, config.seed)
     if source is not None:
-        load_init(model, source)
+        upcycle(model, source, tokenizer) if moe else load_init(model, source)
     mask_id = tokenizer.mask_token_id if spec.mask_token else None
     balancer = ExpertBalancer(model) if cfg.router_bias and cfg.n_experts else None
     monitor = EvalSetting()
