@@ -109,3 +109,40 @@ def test_ablate_experts_command(tmp_path, tiny_checkpoint, moe):
     bad = run_cli("ablate", "--model", tiny_checkpoint("llada2"), "--experts", f"{layer}.{expert}", "--modes",
                   "mean", "--out", tmp_path / "x.h5")
     assert bad.returncode == 2 and "for experts; choose from zero" in bad.stderr
+
+
+def test_patch_experts_between_mask_counts(moe):
+    from mdlm_interp.circuits.experts import patch_experts
+    from mdlm_interp.plan import Condition, PromptPlan
+
+    lm, _, layer, expert = moe
+    plan = PromptPlan(tasks=["adjective+largest"], n=2, n_distractor=4, masks=(1, 6))
+    frame = patch_experts(lm, plan, Condition(1, False, "random"), Condition(6, False, "random"),
+                          f"{layer}.{expert}")
+    assert set(frame["direction"]) == {"clean_into_corrupt", "corrupt_into_clean"}
+    receiver = frame["clean"].where(frame["direction"] == "corrupt_into_clean", frame["corrupt"])
+    moved = frame[frame["group"] == "all"]
+    assert ((moved["patched"] - receiver[moved.index]).abs() > 1e-6).any()
+    # by hand: the clean run's contribution of the expert put into the corrupt run at the answer slot
+    from mdlm_interp.circuits.pairs import pair_prompts
+    from mdlm_interp.subject import subject_from
+
+    prompts = pair_prompts(subject_from(lm), plan, Condition(1, False, "random"), Condition(6, False, "random"))
+    runs = {run: torch.tensor([prompts[run][0].input_ids]) for run in ("clean", "corrupt")}
+    slot = prompts["clean"][0].answer_position
+    kinds = [hook_name(kind, layer) for kind in ("topk_indices", "topk_weights", "expert_out")]
+    share = {run: expert_contribution(*(lm.model.run_with_cache(ids, names_filter=kinds)[1][k] for k in kinds),
+                                      [expert])[0, slot] for run, ids in runs.items()}
+
+    def swap(out, hook):
+        out = out.clone()
+        out[0, slot] += share["clean"] - share["corrupt"]
+        return out
+
+    logits = lm.model.run_with_hooks(runs["corrupt"], fwd_hooks=[(hook_name("mlp_out", layer), swap)])[0, slot]
+    cell = frame[(frame["direction"] == "clean_into_corrupt") & (frame["group"] == "answer")].iloc[0]
+    wrong = int(lm.model(runs["corrupt"])[0, slot].scatter(-1, torch.tensor([prompts["corrupt"][0].answer_id]),
+                                                            float("-inf")).argmax())
+    assert abs(cell["patched"] - float(logits[prompts["corrupt"][0].answer_id] - logits[wrong])) < 1e-4
+    with pytest.raises(UsageError, match="--experts"):
+        patch_experts(lm, plan, Condition(1, False, "random"), Condition(6, False, "random"), "0.0")
