@@ -1,7 +1,7 @@
 """``make bench``: the markdown table of recording against a plain forward pass, TransformerLens and
 nnsight (benchmarks/bench_interp.py, which takes this script's arguments), measured side by side in
 one run; then every other ``bench_*.py`` of this folder (interoperability routes, circuits, decoding,
-the MA-loss step), each printing its own side-by-side ratios (``--quick`` is passed on).
+the MA-loss step, the MoE routing hooks), each printing its own side-by-side ratios (``--quick`` is passed on).
 
 Freed tensors go back to the system (``MALLOC_MMAP_THRESHOLD_``) so that the table's peak memory
 column measures each variant. The loading benchmark (benchmarks/bench_model.py) runs on its own.

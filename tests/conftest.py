@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-FAMILY_NAMES = ["llada", "dream", "llama", "qwen2"]
+FAMILY_NAMES = ["llada", "dream", "llama", "qwen2"]  # the four original families (tests/models/test_families_moe.py: the rest)
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # also for the CLI subprocesses
 torch.set_num_threads(1)  # tiny models: threads only add overhead (and thrash on a busy machine)

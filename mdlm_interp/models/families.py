@@ -71,12 +71,15 @@ class FamilySpec:
     mlp_ratio_key: str | None = None  # when config_keys["d_mlp"] are absent: d_mlp = config[key] (default 4) * d_model
     lora_targets: tuple[str, ...] = PROJECTIONS  # modules LoRA adapts by default (a subset of PROJECTIONS)
     sampler: str | None = None  # the family's own iterative sampler (mdlm_interp.decoding); None for causal families
+    alternative_tokens: dict[str, tuple[str, ...]] = field(default_factory=dict)  # role -> other tokens a
+    # checkpoint's config.json id may name instead (models.tokenizer.check_special_ids)
     block_length: int | None = None  # block diffusion (LLaDA2): the sampler's default block length; None otherwise
     fixed_fields: dict[str, object] = field(default_factory=dict)  # DecoderConfig fields the family fixes
     config_defaults: dict[str, object] = field(default_factory=dict)  # config.json key -> value when absent
     # (the official configuration class's default)
     moe_layers_key: str | None = None  # "moe_layer_freq" (per-layer list, 0 = dense) or "first_k_dense_replace"
     routing_keys: tuple[str, ...] = ()  # further routing fields of the official config (known, not used)
+    zero_is_default: tuple[str, ...] = ()  # DecoderConfig fields whose config.json value 0 means the default
     preset_fields: dict[str, object] = field(default_factory=dict)  # DecoderConfig fields of a new model
     # ("n_dense_layers": how many first layers stay dense; "n_shared_experts": shared experts of d_expert each)
 
@@ -157,7 +160,9 @@ class FamilySpec:
         if rope_type != "default":
             raise UsageError(f"config.json asks for rope scaling '{rope_type}', which is not supported")
         qkv_bias = self.qkv_bias if self.qkv_bias is not None else bool(get("qkv_bias", False))
-        n_kv_heads = int(get("n_kv_heads", n_heads)) or n_heads  # LLaDA2.1: 0 means one per query head
+        n_kv_heads = int(get("n_kv_heads", n_heads))
+        if n_kv_heads == 0 and "n_kv_heads" in self.zero_is_default:
+            n_kv_heads = n_heads
         fields = dict(
             **moe,
             qk_norm=bool(get("qk_norm", False)),
@@ -412,6 +417,8 @@ DREAM = FamilySpec(
     extra_config=HF_EXTRA_CONFIG,
     qkv_bias=True,
     sampler="dream",
+    # Dream-Coder-v0-*-7B name <|beginoftext|> (151665) as bos_token_id; Dream-v0 and DiffuCoder name <|endoftext|>
+    alternative_tokens={"bos": ("<|beginoftext|>",)},
 )
 
 def causal_twin(spec: FamilySpec, **changes) -> FamilySpec:
@@ -428,6 +435,7 @@ QWEN2 = causal_twin(
     architecture="Qwen2ForCausalLM",
     special_tokens={"eos": "<|endoftext|>", "im_start": "<|im_start|>", "im_end": "<|im_end|>"},
     special_id_keys={"eos": "eos_token_id"},
+    alternative_tokens={},
 )
 
 # Llama: the Hugging Face layout of Qwen2 with Llama 3's tokens, RoPE base and norm epsilon, no q/k/v bias
@@ -477,10 +485,12 @@ QWEN3 = replace(
 def a2d(spec: FamilySpec, model_type: str, architecture: str) -> FamilySpec:
     """Return the A2D conversion of the causal family ``spec`` (ZHZisZZ/dllm, pipelines/a2d): the same
     weights and config read bidirectionally (a 2-D padding mask only), trained as a masked diffusion
-    model with ``<|mask|>`` added to the tokenizer; logits are not shifted (the MDLM sampler's
-    ``right_shift_logits`` is off) and it decodes with the LLaDA-style low-confidence sampler."""
+    model with ``<|mask|>`` added to the tokenizer and EOS as padding (dllm's tokenizer setup); logits are
+    not shifted (the MDLM sampler's ``right_shift_logits`` is off) and it decodes with the LLaDA-style
+    low-confidence sampler."""
+    tokens = {**spec.special_tokens, "pad": spec.special_tokens["eos"], "mask": "<|mask|>"}
     return replace(spec, family=model_type, model_types=(model_type,), architecture=architecture, causal=False,
-                   prediction_offset=0, sampler="llada", special_tokens={**spec.special_tokens, "mask": "<|mask|>"})
+                   prediction_offset=0, sampler="llada", special_tokens=tokens)
 
 
 A2D_QWEN3 = a2d(QWEN3, "a2d-qwen3", "A2DQwen3LMHeadModel")
@@ -605,8 +615,12 @@ LLADA2 = FamilySpec(
     extra_config={"hidden_act": "silu", "score_function": "sigmoid", "moe_router_enable_expert_bias": True,
                   "norm_topk_prob": True, "router_dtype": "fp32", "norm_head": False, "output_router_logits": False},
     moe_layers_key="first_k_dense_replace",
-    routing_keys=("norm_topk_prob", "moe_router_enable_expert_bias", "output_router_logits", "router_aux_loss_coef"),
+    # (Ling 2.0's moe_shared_expert_intermediate_size is ignored by the official code, which sizes the
+    # shared experts as moe_intermediate_size x num_shared_experts)
+    routing_keys=("norm_topk_prob", "moe_router_enable_expert_bias", "output_router_logits", "router_aux_loss_coef",
+                  "moe_shared_expert_intermediate_size"),
     fixed_fields={"router": "sigmoid_grouped", "router_bias": True},
+    zero_is_default=("n_kv_heads",),  # LLaDA2.1's configuration class: num_key_value_heads 0 = one per query head
     preset_fields={"qk_norm": True, "partial_rotary_factor": 0.5, "n_experts": 8, "n_experts_per_tok": 2,
                    "n_group": 4, "topk_group": 2, "routed_scaling_factor": 2.5, "n_shared_experts": 1,
                    "n_dense_layers": 1},

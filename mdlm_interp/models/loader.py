@@ -95,7 +95,7 @@ def load_model(
     spec = family_for_config(config)
     cfg = spec.decoder_config(config)
     tokenizer = load_tokenizer(path, spec)
-    check_special_ids(tokenizer, spec, config, str(path))
+    spec = check_special_ids(tokenizer, spec, config, str(path))
     mask_token_id = tokenizer.convert_tokens_to_ids(spec.mask_token) if spec.mask_token else None
     torch_dtype = parse_dtype(dtype)
     check_fits(f"the weights of {name_or_path} ({cfg.n_layers} layers, d_model {cfg.d_model})",

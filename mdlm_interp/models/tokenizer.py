@@ -1,6 +1,7 @@
 """Tokenizers from a checkpoint's own files, and the small BPE tokenizer of tiny random checkpoints."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from mdlm_interp.errors import UsageError
@@ -39,17 +40,29 @@ def load_tokenizer(path: Path, spec: FamilySpec):
     return tokenizer
 
 
-def check_special_ids(tokenizer, spec: FamilySpec, config: dict, where: str) -> None:
-    """Raise ``UsageError`` if a special-token id in config.json disagrees with the tokenizer's."""
+def check_special_ids(tokenizer, spec: FamilySpec, config: dict, where: str) -> FamilySpec:
+    """Return ``spec`` with the special tokens config.json's ids name; raise ``UsageError`` where an id in
+    config.json is neither the tokenizer's id of the family's token nor of one of its
+    ``alternative_tokens`` (e.g. Dream-Coder's BOS <|beginoftext|>). A chosen alternative also becomes
+    the tokenizer's token of that role."""
+    chosen = {}
     for role, key in spec.special_id_keys.items():
         if config.get(key) is None:
             continue
         token = spec.special_tokens[role]
         token_id = tokenizer.convert_tokens_to_ids(token)
-        if token_id != config[key]:
+        if token_id == config[key]:
+            continue
+        vocab = tokenizer.get_vocab()
+        alternative = next((t for t in spec.alternative_tokens.get(role, ()) if vocab.get(t) == config[key]), None)
+        if alternative is None:
             raise UsageError(
                 f"{where}: config.json {key}={config[key]} but the tokenizer's {token!r} is id {token_id}"
             )
+        chosen[role] = alternative
+        if role in ("bos", "eos", "pad", "mask"):
+            setattr(tokenizer, f"{role}_token", alternative)
+    return replace(spec, special_tokens={**spec.special_tokens, **chosen}) if chosen else spec
 
 
 def write_tiny_tokenizer(out_dir: Path, spec: FamilySpec, corpus: list[str], vocab_size: int) -> dict[str, int]:
