@@ -120,6 +120,7 @@ def figures(tables) -> list:
             line = line.sort_values("layer")
             line_with_band(axes[0, 0], line["layer"], line["js"], line["js_low"], line["js_high"], colors[model],
                            label=f"{masks} masks")
+        axes[0, 0].set_xticks(sorted(group["layer"].unique()))
         axes[0, 0].set_xlabel("layer")
         axes[0, 0].set_ylabel(f"JS divergence from {int(group['base_masks'].iloc[0])} mask (bits)")
         axes[0, 0].set_title("answer slot's routing")
