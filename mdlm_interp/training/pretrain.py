@@ -149,7 +149,10 @@ def training_loss(model: HookedDecoder, spec: FamilySpec, mask_token_id: int | N
                   data: DataConfig, block_fraction: float = 0.0) -> torch.Tensor:
     """Return the family's loss on ``batch`` (a scalar). See the module docstring for the objectives; a
     share ``block_fraction`` of a block-diffusion family's batches is read under its block attention."""
-    with model.block_attention(block_length_for(spec.block_length, block_fraction, generator)):
+    block_length = block_length_for(spec.block_length, block_fraction, generator)
+    if block_length is None:
+        return _family_loss(model, spec, mask_token_id, batch, generator, data)
+    with model.block_attention(block_length):
         return _family_loss(model, spec, mask_token_id, batch, generator, data)
 
 
