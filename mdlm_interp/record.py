@@ -14,6 +14,7 @@ pass from its layout, while decoding needs the token ids and runs a forward pass
 with its own per-step hooks (``hooks.decode_trace``).
 """
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -27,6 +28,7 @@ from mdlm_interp.hooks.decode_trace import AnswerSlotTrace
 from mdlm_interp.hooks.recorders import (AttentionRecorder, AttentionRowRecorder, GradientRecorder, LensRecorder,
                                          PredictionRecorder)
 from mdlm_interp.models.readout import run_reading
+from mdlm_interp.hooks.routing import RoutingRecorder, n_experts
 from mdlm_interp.plan import MAX_PLANNED_ROWS, Condition, PromptPlan, as_tuple, check_context, plan_prompts
 from mdlm_interp.store import schema
 from mdlm_interp.store.writer import check_writable, open_writer
@@ -35,15 +37,16 @@ from mdlm_interp.subject import Subject, dtype_name, module_fingerprint, provena
 # importable from here as before the plan and the subject had modules of their own
 __all__ = ["MAX_PLANNED_ROWS", "Condition", "PromptPlan", "Subject", "dtype_name", "module_fingerprint",
            "plan_prompts", "subject_from", "RecordConfig", "RECORDERS", "RECORDABLE", "record", "record_batch",
-           "decode_batch", "plan_columns", "prompt_columns", "recorder_factories", "shard_path", "tqdm_or_none"]
+           "decode_batch", "plan_columns", "block_columns", "with_family_blocks", "with_routing", "prompt_columns", "recorder_factories", "shard_path", "tqdm_or_none"]
 
 # --record item (and the store group its results fill) -> recorder class
 RECORDERS = {
     "attention": AttentionRecorder,
     "gradients": GradientRecorder,
     "lens": LensRecorder,
+    "routing": RoutingRecorder,
 }
-RECORDABLE = tuple(RECORDERS)
+RECORDABLE = ("attention", "gradients", "lens")  # the default; routing is added on mixture-of-experts models
 LAST_NONMASK = 50  # the attribution table's "last 50 non-mask tokens"
 MAX_KEEP_EXAMPLES = 32  # --keep-examples bound: each kept row costs 4 bytes x tokens x layers x heads
 FIELDS = {f.path: f for f in schema.DATA}
@@ -54,11 +57,15 @@ class RecordConfig(PromptPlan):
     """What a recording computes: everything that determines its rows.
 
     The prompts are a ``plan.PromptPlan`` (tasks, masks, filler, placements, n, n_relevant,
-    n_distractor, seed, chat); besides them: ``record``: any of attention, gradients, lens (the one-step
+    n_distractor, seed, chat); besides them: ``record``: any of attention, gradients, lens, routing (the one-step
     prediction is always recorded); ``top_k`` token ids kept per row; ``decode``: also decode the answer
     slot and the masks after it iteratively (a ``decoding.DecodeConfig`` or its command-line form, e.g.
     "llada:steps=10"; None: no decoding); ``keep_examples`` K: keep the full attention rows from the readout
-    position for the first K examples of each condition (``kept``; group attention_rows; 0: none). Values are normalised on construction and checked: a bad value
+    position for the first K examples of each condition (``kept``; group attention_rows; 0: none);
+    ``block_length``: read the answer under block attention with blocks of that many positions, as LLaDA2's
+    block sampler does (0: full attention; None: the family's own, block attention of the family's block length
+    for a block-diffusion family (LLaDA2: 32), resolved by ``record``). Values are normalised on construction
+    and checked: a bad value
     raises ``UsageError`` naming it. The config as a dict is the store's ``settings`` (with the model's
     facts; ``decode`` only when set), compared field by field on resume.
     """
@@ -67,18 +74,25 @@ class RecordConfig(PromptPlan):
     top_k: int = 10
     decode: DecodeConfig | None = None
     keep_examples: int = 0
+    block_length: int | None = None
 
     def __post_init__(self):
         super().__post_init__()
         record = tuple(sorted(as_tuple(self.record)))
-        unknown = set(record) - set(RECORDABLE)
+        unknown = set(record) - set(RECORDERS)
         if unknown:
-            raise UsageError(f"unknown --record item(s) {sorted(unknown)}; choose from {', '.join(RECORDABLE)}")
+            raise UsageError(f"unknown --record item(s) {sorted(unknown)}; choose from {', '.join(RECORDERS)}")
         if self.top_k < 1:
             raise UsageError("top-k must be at least 1")
         if not 0 <= self.keep_examples <= MAX_KEEP_EXAMPLES:
             raise UsageError(f"--keep-examples must be between 0 and {MAX_KEEP_EXAMPLES}")
         decode = DecodeConfig.parse(self.decode) if isinstance(self.decode, str) else self.decode
+        if self.block_length is not None and (isinstance(self.block_length, bool) or not isinstance(
+                self.block_length, int) or self.block_length < 0):
+            raise UsageError(f"--block-length must be an integer >= 0 (0: full attention), got {self.block_length!r}")
+        if self.block_length and decode is not None:
+            raise UsageError("--decode runs LLaDA's or Dream's sampler, without block attention: record with "
+                             "--block-length 0 (full attention) to decode")
         if decode is not None:
             decode.check(self.masks)
         object.__setattr__(self, "record", record)
@@ -92,6 +106,8 @@ class RecordConfig(PromptPlan):
             settings["decode"] = self.decode.settings()
         if self.keep_examples:
             settings["keep_examples"] = self.keep_examples
+        if self.block_length:
+            settings["block_length"] = self.block_length
         return settings
 
     def kept(self, row) -> bool:
@@ -135,6 +151,9 @@ def record(model, tokenizer=None, *, out, config: RecordConfig | None = None, ma
         raise UsageError("a causal model cannot be decoded by unmasking (it reads no masks); drop --decode")
     if subject.d_vocab is not None and config.top_k > subject.d_vocab:
         raise UsageError(f"top-k {config.top_k} is larger than the vocabulary ({subject.d_vocab} tokens)")
+    config = with_routing(with_family_blocks(config, subject), subject)
+    if config.block_length and subject.causal:
+        raise UsageError("a causal model reads no masks: block attention changes nothing; drop --block-length")
     plan = config.rows(config.conditions(subject.causal))
     check_context(subject, config)
     prompts = plan_prompts(subject, config, plan)
@@ -143,9 +162,10 @@ def record(model, tokenizer=None, *, out, config: RecordConfig | None = None, ma
     # batch_size is a setting: rows are padded to their batch's longest prompt, which moves floats a little
     settings = run_settings(subject, config, facts, batch_size=batch_size, **({"shard": [rank, world]} if shard else {}))
     dims = {"k": config.top_k, "relevant": max(config.n_relevant, 1), "layers": subject.n_layers,
-            "heads": subject.n_heads, **({"steps": config.decode_steps()} if config.decode is not None else {})}
+            "heads": subject.n_heads, **({"steps": config.decode_steps()} if config.decode is not None else {}),
+            **({"experts": n_experts(subject.module)} if "routing" in config.record else {})}
     groups = ("examples", "tokens", *config.record, *(("decode",) if config.decode is not None else ()),
-              *(("attention_rows",) if config.keep_examples else ()))
+              *(("attention_rows",) if config.keep_examples else ()), *(("blocks",) if config.block_length else ()))
     first, stop = len(plan) * rank // world, len(plan) * (rank + 1) // world
     with open_writer(out, settings=settings, provenance=provenance(subject, config, facts, command_line),
                      groups=groups, dims=dims, n_planned=stop - first, resume=resume, overwrite=overwrite) as writer:
@@ -167,6 +187,46 @@ def record(model, tokenizer=None, *, out, config: RecordConfig | None = None, ma
         if bar is not None:
             bar.close()
     return out
+
+
+def with_routing(config: RecordConfig, subject: Subject) -> RecordConfig:
+    """Return ``config`` recording routing on a mixture-of-experts model (``hooks.routing``) whatever it
+    asked; ``UsageError`` if it asks for routing on a dense model."""
+    from dataclasses import replace
+
+    if not n_experts(subject.module):
+        if "routing" in config.record:
+            raise UsageError("--record routing needs a mixture-of-experts model (LLaDA-MoE, LLaDA2); this one is "
+                             "dense")
+        return config
+    return config if "routing" in config.record else replace(config, record=config.record + ("routing",))
+
+
+def with_family_blocks(config: RecordConfig, subject: Subject) -> RecordConfig:
+    """Return ``config`` with its block length resolved: a given one stays (0: full attention, stored as
+    None); None becomes the family's block length (``FamilySpec.block_length``: LLaDA2's sampler's 32)."""
+    from dataclasses import replace
+
+    from mdlm_interp.models.families import FAMILIES
+
+    length = config.block_length
+    if length is None:
+        spec = FAMILIES.get(subject.family)
+        length = spec.block_length if spec is not None else None
+    return replace(config, block_length=length or None)
+
+
+def block_columns(prompts: list, block_length: int, mask_token_id: int) -> dict:
+    """Return the /blocks columns: per row the first position of the answer slot's block of ``block_length``
+    positions and how many of the n masks (the answer slot's mask and the masks after it) lie in it."""
+    starts, counts = [], []
+    for tp in prompts:
+        start = tp.answer_position // block_length * block_length
+        block = tp.input_ids[start:start + block_length]
+        starts.append(start)
+        counts.append(sum(1 for i, token in enumerate(block, start) if token == mask_token_id
+                          and i >= tp.answer_position))
+    return {"blocks/block_start": starts, "blocks/masks_in_block": counts}
 
 
 def plan_columns(config: RecordConfig, causal: bool, planned: list, rows) -> dict:
@@ -219,7 +279,8 @@ def record_batch(subject: Subject, prompts: list, config: RecordConfig, factorie
     recorders = {group: make(subject.module, batch.layout) for group, make in (factories or recorder_factories(config)).items()}
     hooks = [hook for recorder in recorders.values() for hook in recorder.fwd_hooks()]
     kwargs = {k: v for recorder in recorders.values() for k, v in recorder.forward_kwargs().items()}
-    with torch.set_grad_enabled(any(recorder.needs_grad for recorder in recorders.values())):
+    blocks = subject.module.block_attention(config.block_length) if config.block_length else nullcontext()
+    with torch.set_grad_enabled(any(recorder.needs_grad for recorder in recorders.values())), blocks:
         # recorders read the logits at the readout only
         logits = run_reading(subject.module, batch.input_ids, batch.layout.readout[:, None], hooks,
                              attention_mask=batch.attention_mask, **kwargs)
@@ -233,6 +294,8 @@ def record_batch(subject: Subject, prompts: list, config: RecordConfig, factorie
                else [row[keep].numpy() for row, keep in zip(value, valid)] if FIELDS[path].vlen else value.numpy()
                for path, value in results.items()}
     columns.update(prompt_columns(prompts, max(config.n_relevant, 1)))
+    if config.block_length:
+        columns.update(block_columns(prompts, config.block_length, subject.mask_token_id))
     return columns
 
 

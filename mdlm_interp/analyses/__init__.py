@@ -20,10 +20,11 @@ from mdlm_interp.analyses.locality import locality, locality_contrast
 from mdlm_interp.analyses.patching import patching
 from mdlm_interp.analyses.registry import Analysis, FigureOut, analyses
 from mdlm_interp.analyses.report import write_report
+from mdlm_interp.analyses.routing import routing_tables
 from mdlm_interp.analyses.wrong_predictions import wrong_predictions
 
 __all__ = [
     "PAIR", "Analysis", "FigureOut", "Recordings", "Skip", "ablation", "analyses", "attention", "attribution",
     "context_benefit", "filler_control", "head_ranking", "inverse_scaling", "load", "locality", "locality_contrast",
-    "logit_lens", "mask_drop", "patching", "wrong_predictions", "write_report",
+    "logit_lens", "mask_drop", "patching", "routing_tables", "wrong_predictions", "write_report",
 ]

@@ -19,7 +19,8 @@ from mdlm_interp.store.results import open_results
 COLOURS = {"none": "black", "chosen": "tab:red", "control": "tab:grey"}
 POSITION_TEXT = {"all": "from every query",
                  "readout": "from the readout position only (the answer slot for LLaDA, the position before it "
-                            "for Dream)"}
+                            "for Dream)",
+                 "masks": "at the masks after the answer slot (experts: removed there)"}
 LABELS = {"chosen": "chosen heads", "control": "random heads, pooled over draws"}
 
 

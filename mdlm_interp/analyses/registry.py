@@ -59,6 +59,8 @@ ANALYSIS_MODULES = [
     "sinks",
     "settle_steps",
     "features",
+    "routing",
+    "blocks",
 ]
 
 

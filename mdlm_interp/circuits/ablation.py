@@ -11,6 +11,10 @@ several seeded draws):
 - ``mean``: the head's output is its mean over every valid position of the evaluated prompts at the
   same mask count, without ablation.
 
+On mixture-of-experts models experts are units too: ``experts`` "L.E" pairs are removed (their top-k
+weight set to 0) at the masks after the answer slot, the readout position or everywhere, against as
+many random experts.
+
 Heads are given as "L.H" pairs or as ``top:K``: the K heads with the largest mean attention mass from
 the answer readout on the masks after the answer slot, measured on the evaluated prompts at the
 largest mask count (``rank_heads``). Random control heads are drawn among the heads not chosen.
@@ -23,7 +27,9 @@ from mdlm_interp.batching import collate
 from mdlm_interp.circuits.pairs import run_to_readout
 from mdlm_interp.circuits.schemas import ABLATION
 from mdlm_interp.errors import UsageError
+from mdlm_interp.hooks.experts import parse_experts, remove_experts
 from mdlm_interp.hooks.interventions import remove_attention_to_keys, replace_head_output
+from mdlm_interp.hooks.routing import moe_layers, n_experts
 from mdlm_interp.hooks.recorders import AttentionRecorder, PredictionRecorder
 from mdlm_interp.models.hook_names import hook_name
 from mdlm_interp.plan import RECORDS_NOTHING, Condition, PromptPlan, plan_prompts
@@ -37,6 +43,8 @@ from mdlm_interp.subject import provenance, run_settings, subject_from
 
 MODES = ("attention", "zero", "mean")
 POSITIONS = ("all", "readout")  # the queries whose attention to the masks mode "attention" removes
+EXPERT_MODES = ("zero",)  # an expert's top-k weight set to 0
+EXPERT_POSITIONS = ("masks", "readout", "all")  # where ablated experts are removed (the first is the default)
 RESULTS = ("predicted_id", "p_answer", "correct")
 
 
@@ -96,6 +104,14 @@ def ablation_hooks(mode: str, heads, masks: torch.Tensor, means: torch.Tensor | 
         else:
             raise UsageError(f"unknown ablation mode {mode!r}; choose from {', '.join(MODES)}")
     return hooks
+
+
+def expert_positions(positions: str, layout) -> torch.Tensor | None:
+    """Return the positions bool [batch, pos] of ``layout`` where ablated experts are removed: the masks
+    after the answer slot ("masks"), the readout position ("readout") or None for every position ("all")."""
+    if positions == "masks":
+        return layout.masks
+    return query_positions(positions, layout)
 
 
 def query_positions(positions: str, layout) -> torch.Tensor | None:
@@ -165,8 +181,15 @@ def mean_head_outputs(n_layers: int, sums: list) -> torch.Tensor:
 def draw_control_heads(chosen, n_layers: int, n_heads: int, draws: int, seed: int) -> list:
     """Return ``draws`` sets of len(chosen) random heads, each drawn without replacement among the heads
     not in ``chosen``, seeded. Raises ``UsageError`` when fewer than len(chosen) heads remain."""
-    check_control_pool(len(chosen), n_layers * n_heads, draws)
-    pool = [(l, h) for l in range(n_layers) for h in range(n_heads) if (l, h) not in set(chosen)]
+    return draw_control_units(chosen, [(l, h) for l in range(n_layers) for h in range(n_heads)], draws, seed)
+
+
+def draw_control_units(chosen, units: list, draws: int, seed: int) -> list:
+    """Return ``draws`` sets of len(chosen) random units (heads or experts, (layer, index) pairs), each drawn
+    without replacement among the ``units`` not in ``chosen``, seeded. Raises ``UsageError`` when fewer
+    than len(chosen) remain."""
+    check_control_pool(len(chosen), len(units), draws)
+    pool = [unit for unit in units if unit not in set(chosen)]
     rng = np.random.default_rng(seed)
     return [sorted(pool[i] for i in rng.choice(len(pool), size=len(chosen), replace=False)) for _ in range(draws)]
 
@@ -185,16 +208,24 @@ def control_bytes(rows: int, n_chosen: int, draws: int, modes: int) -> float:
     return draws * (rows * modes * 2 * (4 + 4 + 1) + 120 + 72 * n_chosen)
 
 
-def run_ablation(lm, config: PromptPlan, heads: str, *, out, modes=MODES, control_draws: int = 0,
-                 batch_size: int = 8, positions: str = "all", overwrite: bool = False, resume: bool = False,
-                 progress: bool = True, command_line: str | None = None, shard: Shard | None = None):
+def run_ablation(lm, config: PromptPlan, heads: str | None = None, *, out, experts: str | None = None, modes=None,
+                 control_draws: int = 0, batch_size: int = 8, positions: str | None = None, overwrite: bool = False,
+                 resume: bool = False, progress: bool = True, command_line: str | None = None,
+                 shard: Shard | None = None):
     """Evaluate ``config``'s prompts at each of ``config.masks`` without ablation, with the chosen
     ``heads`` ("top:K" or "L.H,...") ablated in each mode, and with ``control_draws`` random head sets;
-    write an ablation store to ``out`` and return its path. ``positions`` ("all" or "readout"): the queries
-    whose attention to the masks mode "attention" removes (stored in the settings only when not "all").
+    write an ablation store to ``out`` and return its path. ``positions`` ("all", the default, or
+    "readout"): the queries whose attention to the masks mode "attention" removes (stored in the settings
+    only when not "all"). ``modes``: default all of ``MODES``.
+
+    Or, on a mixture-of-experts model, ``experts`` ("L.E,...") instead of ``heads``: the chosen experts are
+    removed (mode "zero", the only one: their top-k weight set to 0, ``hooks.experts.remove_experts``) at
+    the ``positions`` "masks" (the masks after the answer slot, the default), "readout" or "all", against
+    as many random experts of the MoE layers; the store's settings name the ``experts``.
     Bad input raises ``UsageError`` before any work. Each completed batch is committed beside ``out``
     (``store.partial``); ``resume`` continues a killed run with the same settings and batch size (and
-    leaves a complete store with them as it is).
+    leaves a complete store with them as it is). With ``shard`` (``sharding.Shard``, under torchrun) each rank
+    ablates its block of every mask count's batches and the leader alone checks, claims and writes ``out``.
     """
     shard = shard or Shard()
 
@@ -207,17 +238,29 @@ def run_ablation(lm, config: PromptPlan, heads: str, *, out, modes=MODES, contro
     subject = subject_from(lm)
     if subject.causal:
         raise UsageError("ablating attention to the masks needs a diffusion model; a causal model takes no masks")
-    modes = tuple(dict.fromkeys(modes))
-    unknown = set(modes) - set(MODES)
+    if (heads is None) == (experts is None):
+        raise UsageError("give the heads (--heads) or the experts (--experts) to ablate, one of them")
+    units = "experts" if experts is not None else "heads"
+    allowed_modes, allowed_positions = (EXPERT_MODES, EXPERT_POSITIONS) if experts else (MODES, POSITIONS)
+    modes = tuple(dict.fromkeys(modes or allowed_modes))
+    positions = positions or allowed_positions[0]
+    unknown = set(modes) - set(allowed_modes)
     if unknown or not modes:
-        raise UsageError(f"unknown ablation mode(s) {sorted(unknown)}; choose from {', '.join(MODES)}")
-    if positions not in POSITIONS:
-        raise UsageError(f"unknown --positions {positions!r}; choose from {', '.join(POSITIONS)}")
+        raise UsageError(f"unknown ablation mode(s) {sorted(unknown)} for {units}; choose from "
+                         f"{', '.join(allowed_modes)}")
+    if positions not in allowed_positions:
+        raise UsageError(f"unknown --positions {positions!r} for {units}; choose from {', '.join(allowed_positions)}")
     if control_draws < 0 or batch_size < 1:
         raise UsageError("control draws must be at least 0 and batch size at least 1")
-    top_k, chosen = parse_heads(heads, subject.n_layers, subject.n_heads)
+    if experts is not None:
+        layers, count = moe_layers(subject.module), n_experts(subject.module)
+        top_k, chosen = None, parse_experts(experts, layers, count)
+        pool = [(layer, expert) for layer in layers for expert in range(count)]
+    else:
+        top_k, chosen = parse_heads(heads, subject.n_layers, subject.n_heads)
+        pool = [(layer, head) for layer in range(subject.n_layers) for head in range(subject.n_heads)]
     n_chosen = len(chosen) if top_k is None else top_k
-    check_control_pool(n_chosen, subject.n_layers * subject.n_heads, control_draws)
+    check_control_pool(n_chosen, len(pool), control_draws)
     rows = len(config.masks) * len(config.tasks) * config.n
     check_fits(f"--control-draws {control_draws}", control_bytes(rows, n_chosen, control_draws, len(modes)))
     if len(config.placements) != 1:
@@ -242,10 +285,11 @@ def run_ablation(lm, config: PromptPlan, heads: str, *, out, modes=MODES, contro
         order = sorted(((float(ranking[l, h]), -l, -h) for l in range(subject.n_layers)
                         for h in range(subject.n_heads)), reverse=True)
         chosen = sorted((-l, -h) for _, l, h in order[:top_k])
-    control = draw_control_heads(chosen, subject.n_layers, subject.n_heads, control_draws, config.seed)
+    control = draw_control_units(chosen, pool, control_draws, config.seed)
 
     facts = subject.facts()
-    settings = run_settings(subject, config, facts, **RECORDS_NOTHING, heads=heads, modes=list(modes),
+    selected = {"experts": experts} if experts is not None else {"heads": heads}
+    settings = run_settings(subject, config, facts, **RECORDS_NOTHING, **selected, modes=list(modes),
                             control_draws=control_draws, **({"positions": positions} if positions != "all" else {}))
     if shard.step(lambda: resumes_complete_store(out, settings, ABLATION.name, resume=resume), leader_only=True):
         return out
@@ -284,9 +328,11 @@ def run_ablation(lm, config: PromptPlan, heads: str, *, out, modes=MODES, contro
                         bar.update(len(batch.input_ids) * (settings_per_batch - 1))
                     continue
 
-                def ablated(heads_, mode):
-                    result = predict(module, batch, ablation_hooks(mode, heads_, batch.layout.masks, means,
-                                                                   query_positions(positions, batch.layout)))
+                def ablated(units_, mode):
+                    hooks = (remove_experts(units_, expert_positions(positions, batch.layout)) if experts is not None
+                             else ablation_hooks(mode, units_, batch.layout.masks, means,
+                                                 query_positions(positions, batch.layout)))
+                    result = predict(module, batch, hooks)
                     if bar is not None:
                         bar.update(len(batch.input_ids))
                     return result
@@ -319,7 +365,7 @@ def run_ablation(lm, config: PromptPlan, heads: str, *, out, modes=MODES, contro
         columns["examples/answer_id"] = np.array([tp.answer_id for m in config.masks for tp in prompts[m]])
         columns["examples/input_length"] = np.array([len(tp.input_ids) for m in config.masks for tp in prompts[m]])
 
-        attrs = {"heads": head_names(chosen), "head_selection": heads, "modes": list(modes),
+        attrs = {"heads": head_names(chosen), "head_selection": experts or heads, "modes": list(modes),
                  "control_heads": [head_names(draw) for draw in control],
                  "ranking": None if ranking is None else ranking.tolist()}
         written = write_results(out, ABLATION, columns, dims={"modes": len(modes), "draws": control_draws},

@@ -59,6 +59,13 @@ outputs (in --out DIR):
   figures/head_ranking_*.png      mass per head (fillers beside it) and rho with intervals
   figures/iterative_*.png         one-step and iterative accuracy, settle and unmask step against masks
   figures/decode_trajectory_*.png p(answer) and attention to the masks left across the decoding steps
+  tables/routing_experts.csv      mixture-of-experts stores: per condition, layer, expert: the answer slot's
+                                  routing weight, the masks' and the context's share of the top-k choices
+  tables/routing_shift.csv        per mask count and layer, paired from the fewest masks: JS divergence of
+                                  the answer slot's routing, experts kept, masks-vs-context total variation
+  figures/routing_*.png           routing divergence per layer; masks against context per expert
+  tables/block_attention.csv      "blocks": stores recorded under block attention (--block-length): accuracy,
+                                  the masks the answer slot read in its block (masks_in_block mean, min, max)
 patching stores (`mdlm-interp patch`):
   tables/patching_runs.csv        per store: the clean and corrupt runs' accuracy (Wilson), p(answer),
                                   logit difference, share of corrupt runs predicting the wrong token

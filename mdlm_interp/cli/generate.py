@@ -10,18 +10,21 @@ def add_parser(subparsers) -> None:
 
     parser = subparsers.add_parser(
         "generate",
-        help="decode text by iterative unmasking (LLaDA's or Dream's sampler); --trace stores every step",
+        help="decode text by iterative unmasking (LLaDA's, Dream's or LLaDA2's block sampler); --trace stores "
+        "every step",
         description="Append --gen-length masks to each prompt and unmask them step by step with LLaDA's sampler "
         "(blocks, low-confidence or random remasking, classifier-free guidance) or Dream's (origin, maskgit_plus, "
-        "topk_margin, entropy), as the official samplers do; print the generated text. Diffusion models only.",
+        "topk_margin, entropy) or LLaDA2's block sampler (block attention, a confidence threshold), as the official "
+        "samplers do; print the generated text. Diffusion models only.",
     )
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"checkpoint directory, organism-NAME or hub id in the local cache (default {DEFAULT_MODEL})")
     parser.add_argument("--prompt", action="append", required=True, metavar="TEXT",
                         help="prompt text (repeat the flag for a batch; prompts are left-padded)")
     parser.add_argument("--chat", action="store_true", help="wrap each prompt in the family's chat template")
-    parser.add_argument("--sampler", choices=["llada", "dream"], default=None,
-                        help="which sampler (default the family's own: llada for LLaDA, dream for Dream)")
+    parser.add_argument("--sampler", choices=["llada", "dream", "llada2_block"], default=None,
+                        help="which sampler (default the family's own: llada for LLaDA, dream for Dream, llada2_block "
+                        "(block diffusion) for LLaDA2)")
     add_sampler_flags(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of the torch.Generator behind every random choice "
                         "(default 0)")
@@ -42,14 +45,16 @@ def add_parser(subparsers) -> None:
 
 
 def add_sampler_flags(parser, *, length: bool = True) -> None:
-    """Add one flag per option of the samplers' config dataclasses (``decoding.config``): an option every
-    sampler has (and the generation length, unless ``length`` is False) once, the others in a group per
+    """Add one flag per option of the samplers' config dataclasses (``decoding.config``): an option several
+    samplers have (and the generation length, unless ``length`` is False) once, the others in a group per
     sampler; help texts, choices and types come from the fields."""
+    from collections import Counter
     from dataclasses import fields
 
     from mdlm_interp.decoding.config import LENGTH_FLAG, SAMPLER_CONFIGS, option_label, option_type
 
-    shared = set.intersection(*({option_label(cls, f.name) for f in fields(cls)} for cls in SAMPLER_CONFIGS.values()))
+    owners = Counter(option_label(cls, f.name) for cls in SAMPLER_CONFIGS.values() for f in fields(cls))
+    shared = {flag for flag, count in owners.items() if count > 1}
     groups = {name: parser.add_argument_group(f"{cls.__name__.removesuffix('SamplerConfig')}'s sampler")
               for name, cls in SAMPLER_CONFIGS.items()}
     added = set()

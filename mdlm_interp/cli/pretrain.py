@@ -11,14 +11,16 @@ def add_parser(subparsers) -> None:
         help="train a small model organism on the task suite (LLaDA, Llama twin or Dream objective)",
         description="Train a model organism on freshly sampled task-suite prompts with the family's objective "
         "(llada: masked diffusion; llama: next-token; dream: masked diffusion with the -1 prediction offset, "
-        "initialised from a trained llama twin with --init), in two stages: pretraining, then SFT on the answer. "
+        "initialised from a trained llama twin with --init; llada2: a mixture of experts upcycled from a dense "
+        "--init, half its batches under block attention), in two stages: pretraining, then SFT on the answer. "
         "Writes a checkpoint directory that load_model reads, with a model card (README.md), "
         "training_config.json and eval_results.json. Defaults are the recipe of `make organisms` "
         "(mdlm_interp.training.organisms).",
     )
     parser.add_argument("--family", required=True, choices=list(RECIPES),
-                        help="llada (masked diffusion from scratch), llama (its causal twin) or dream "
-                             "(masked diffusion with shifted predictions, from --init)")
+                        help="llada (masked diffusion from scratch), llama (its causal twin), dream "
+                             "(masked diffusion with shifted predictions, from --init) or llada2 (a LLaDA2-style "
+                             "mixture of experts with block diffusion, upcycled from a dense --init)")
     parser.add_argument("--preset", default="organism", choices=list(SHAPE_PRESETS),
                         help="shape preset (default organism; tiny for quick tests)")
     parser.add_argument("--init", default=None, metavar="DIR",

@@ -29,8 +29,9 @@ def add_parser(subparsers) -> None:
                         "answer slot replaced by this one-token text, e.g. ' .'")
     parser.add_argument("--chat", action="store_true", help="wrap prompts in the family's chat template (instruct models)")
     parser.add_argument("--record", default=["attention", "gradients", "lens"], type=name_list,
-                        help="what to record besides the prediction: comma-separated attention, gradients, lens "
-                        "(default all three)")
+                        help="what to record besides the prediction: comma-separated attention, gradients, lens, "
+                        "routing (default the first three; routing, which experts the answer slot, the masks and "
+                        "the context are sent to per layer, is always added on mixture-of-experts models)")
     parser.add_argument("--decode", default=None, metavar="SAMPLER[:KEY=VALUE,...]",
                         help="also decode the answer slot and the masks after it iteratively, greedily, and record "
                         "per row the decoded answer, the step it was unmasked and its confidence then, and per step "
@@ -45,6 +46,12 @@ def add_parser(subparsers) -> None:
                         "then prompt 1, ...; the same prompts in every condition), for the attention viewer of "
                         "analyze's report.html (store group attention_rows; 4 bytes x tokens x layers x heads per "
                         "kept row, at most 32 per condition; default 0: none)")
+    parser.add_argument("--block-length", type=int, default=None, metavar="N",
+                        help="read the answer under block attention, as a block-diffusion sampler (LLaDA2's) sees it: "
+                        "bidirectional inside blocks of N positions counted from the first token, causal across "
+                        "them, so the answer reads only the masks of its own block (stored per row in "
+                        "blocks/masks_in_block and shown as 'masks in block'). 0: full attention. Default: 32 for "
+                        "a family decoded by LLaDA2's block sampler, full attention otherwise")
     parser.add_argument("--top-k", type=int, default=10, help="top-k token ids and probabilities kept per row (default 10)")
     parser.add_argument("--batch-size", type=batch_size_type, default=8,
                         help="prompts per forward pass (default 8), or 'auto': the largest batch whose estimated "
@@ -84,7 +91,7 @@ def run(args, shard, device: str) -> int:
     check_writable(args.out, resume=args.resume, overwrite=args.overwrite)
     config = RecordConfig(**plan_fields(args), masks=args.masks, filler=args.filler, chat=args.chat,
                           record=args.record, top_k=args.top_k, decode=args.decode,
-                          keep_examples=args.keep_examples)
+                          keep_examples=args.keep_examples, block_length=args.block_length)
     parse_device(args.device)
     lm = load_model_from(args, device)
     interventions = apply_interventions(args, lm, config, quiet=not shard.leader)

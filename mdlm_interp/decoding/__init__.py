@@ -1,6 +1,7 @@
-"""Iterative unmasking: LLaDA's and Dream's samplers, their configs, text generation and step traces.
+"""Iterative unmasking: LLaDA's, Dream's and LLaDA2's samplers, their configs, text generation and step traces.
 
-- ``decoding.config``: ``LLaDASamplerConfig``, ``DreamSamplerConfig`` (one frozen dataclass per sampler,
+- ``decoding.config``: ``LLaDASamplerConfig``, ``DreamSamplerConfig``, ``LLaDA2SamplerConfig`` (one frozen
+  dataclass per sampler,
   the single source of its options and of their checks; no torch);
 - ``decoding.samplers``: ``llada_generate``, ``dream_generate`` (a prompt and n masks),
   ``llada_unmask``, ``dream_unmask`` (a given canvas), ``DecodeStep`` (what ``on_step`` sees);
@@ -15,11 +16,12 @@ first use, so that importing ``decoding.config`` (the command line's flags) does
 import importlib
 
 EXPORTS = {
-    "config": ("LLaDASamplerConfig", "DreamSamplerConfig", "SAMPLER_CONFIGS", "LLADA_REMASKING", "DREAM_ALGORITHMS",
+    "config": ("LLaDASamplerConfig", "DreamSamplerConfig", "LLaDA2SamplerConfig", "SAMPLER_CONFIGS", "LLADA_REMASKING", "DREAM_ALGORITHMS",
                "sampler_config", "config_class"),
     "samplers": ("DecodeStep", "OnStep", "ForwardKwargs", "llada_generate", "dream_generate", "llada_unmask",
                  "dream_unmask", "append_masks", "tokens_per_step", "sample_tokens", "nucleus_filter",
                  "top_k_filter"),
+    "block_sampler": ("llada2_generate", "llada2_unmask"),
     "setting": ("DecodeConfig", "GREEDY_ALGORITHMS"),
     "text": ("Generation", "generate_text", "text_sampler_config"),
     "trace": ("StepTrace", "write_trace"),

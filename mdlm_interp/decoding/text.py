@@ -1,11 +1,12 @@
 """Generation from text (``mdlm-interp generate``): prompts in, the family's sampler, texts out."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
 
 from mdlm_interp.decoding.config import config_class, sampler_config
+from mdlm_interp.decoding.block_sampler import llada2_generate
 from mdlm_interp.decoding.samplers import OnStep, dream_generate, llada_generate
 from mdlm_interp.errors import UsageError
 
@@ -27,18 +28,19 @@ class Generation:
 
 
 def text_sampler_config(sampler: str, gen_length: int, steps: int | None = None, **options):
-    """Return the config of ``sampler`` ("llada" or "dream") generating ``gen_length`` tokens in ``steps``
-    steps (None: one per token) with ``options`` (the sampler config's other fields; Dream's ``alg``
+    """Return the config of ``sampler`` ("llada", "dream" or "llada2_block") generating ``gen_length`` tokens in
+    ``steps`` steps (None: one per token; LLaDA2 counts its steps per block: ``steps_per_block``) with ``options`` (the sampler config's other fields; Dream's ``alg``
     defaults to "maskgit_plus" here, greedy at temperature 0). ``UsageError`` for a bad option or value."""
     cls = config_class(sampler)
-    return sampler_config(sampler, steps=steps, **{cls.LENGTH: gen_length}, **{**TEXT_DEFAULTS.get(sampler, {}),
-                                                                             **options})
+    given = {"steps": steps} if steps is not None or any(f.name == "steps" for f in fields(cls)) else {}
+    return sampler_config(sampler, **given, **{cls.LENGTH: gen_length}, **{**TEXT_DEFAULTS.get(sampler, {}),
+                                                                         **options})
 
 
 def generate_text(lm, prompts: list[str], *, sampler: str | None = None, chat: bool = False, steps: int | None = None,
                   gen_length: int = 32, generator: torch.Generator | None = None, on_step: OnStep | None = None,
                   skip_special_tokens: bool = True, **options) -> Generation:
-    """Decode ``gen_length`` tokens after each text of ``prompts`` with ``sampler`` ("llada" or "dream";
+    """Decode ``gen_length`` tokens after each text of ``prompts`` with ``sampler`` ("llada", "dream" or "llada2_block";
     default the family's own) in ``steps`` steps (default ``gen_length``); return a ``Generation``.
 
     ``chat`` wraps each prompt in the family's chat template. ``options`` are fields of the sampler's
@@ -63,7 +65,7 @@ def generate_text(lm, prompts: list[str], *, sampler: str | None = None, chat: b
     device = next(lm.model.parameters()).device
     ids, valid = ids.to(device), valid.long().to(device)
     mask = None if bool(valid.all()) else valid
-    generate = llada_generate if isinstance(config, config_class("llada")) else dream_generate
+    generate = {"llada": llada_generate, "dream": dream_generate, "llada2_block": llada2_generate}[sampler or lm.spec.sampler]
     out = generate(lm, ids, config, attention_mask=mask, generator=generator, on_step=on_step)
     generated = [lm.tokenizer.decode(row[ids.shape[1]:].tolist(), skip_special_tokens=skip_special_tokens)
                  for row in out.cpu()]

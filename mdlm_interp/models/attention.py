@@ -171,3 +171,10 @@ class Attention(nn.Module):
 def future_keys(n: int, device) -> torch.Tensor:
     """Return a boolean [n, n] matrix that is True ABOVE the diagonal (the keys a causal query may not see)."""
     return torch.ones(n, n, dtype=torch.bool, device=device).triu(1)
+
+
+def block_causal(positions: torch.Tensor, block_length: int) -> torch.Tensor:
+    """Return block attention's allowed keys, boolean [batch, 1, query, key]: True where the key's block
+    (position id // ``block_length``) is not after the query's. ``positions``: position ids [batch, pos]."""
+    blocks = positions // block_length
+    return blocks[:, None, None, :] <= blocks[:, None, :, None]

@@ -4,7 +4,7 @@ from dataclasses import FrozenInstanceError, dataclass, field
 from typing import ClassVar
 
 
-RUNTIME_SETTINGS = ("device", "use_attn_result", "explicit_attention")
+RUNTIME_SETTINGS = ("device", "use_attn_result", "explicit_attention", "block_length")
 
 
 @dataclass(unsafe_hash=True)
@@ -16,7 +16,9 @@ class DecoderConfig:
     ``==`` and ``hash``): ``device`` (where the weights are; ``HookedDecoder`` keeps it current),
     ``use_attn_result`` (compute per-head outputs at ``blocks.{l}.attn.hook_result``, off by default
     as in TransformerLens: it costs [batch, pos, head, d_model] per layer) and
-    ``explicit_attention`` (compute every attention pattern; see ``HookedDecoder.explicit_attention``).
+    ``explicit_attention`` (compute every attention pattern; see ``HookedDecoder.explicit_attention``) and
+    ``block_length`` (None: the family's own attention; N: block attention, bidirectional inside blocks of
+    N positions and causal across them; see ``HookedDecoder.block_attention``).
     The class attributes and properties below give TransformerLens' names for what its utilities read.
     """
 
@@ -52,6 +54,7 @@ class DecoderConfig:
     device: str = field(default="cpu", compare=False)
     use_attn_result: bool = field(default=False, compare=False)
     explicit_attention: bool = field(default=False, compare=False)
+    block_length: int | None = field(default=None, compare=False)
 
     # TransformerLens' names for what every family here is.
     normalization_type: ClassVar[str] = "RMS"  # RMSNorm with a weight and no bias, before each sublayer

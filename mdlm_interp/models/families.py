@@ -217,7 +217,7 @@ class FamilySpec:
 
         if preset not in SHAPE_PRESETS:
             raise UsageError(f"unknown preset '{preset}' (choose from {', '.join(SHAPE_PRESETS)})")
-        shape = dict(SHAPE_PRESETS[preset], **self.fixed_fields, **self.preset_fields, **(overrides or {}))
+        shape = {**SHAPE_PRESETS[preset], **self.fixed_fields, **self.preset_fields, **(overrides or {})}
         shape.setdefault("rope_theta", self.default_rope_theta)
         shape.setdefault("d_head", shape["d_model"] // shape["n_heads"])
         n_dense, n_shared = shape.pop("n_dense_layers", 0), shape.pop("n_shared_experts", 0)

@@ -32,7 +32,7 @@ from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from mdlm_interp.errors import UsageError
-from mdlm_interp.models.attention import Attention, future_keys, has_hooks  # noqa: F401 (re-exported)
+from mdlm_interp.models.attention import Attention, block_causal, future_keys, has_hooks  # noqa: F401 (re-exported)
 from mdlm_interp.models.block import MLP, Block
 from mdlm_interp.models.config import RUNTIME_SETTINGS, DecoderConfig  # noqa: F401 (re-exported)
 from mdlm_interp.models.norm import RMSNorm
@@ -83,16 +83,21 @@ class HookedDecoder(HookedRootModule):
         """Return (allowed [batch, 1, query, key] bool or None, position ids [batch, pos]).
 
         Padded keys are never attended to; position ids count valid tokens only (left or right
-        padding gives the same positions as an unpadded run). Padded query rows may see every key,
+        padding gives the same positions as an unpadded run). Under block attention
+        (``cfg.block_length``) a query sees only keys whose block (position id // block length) is
+        not after its own. Padded query rows may see every key,
         which keeps them finite; their outputs are meaningless and should be ignored.
         """
-        if attention_mask is None:
+        if attention_mask is None and not self.cfg.block_length:
             return None, torch.arange(n, device=device).expand(batch, n)
-        valid = attention_mask.to(device=device, dtype=torch.bool)
+        valid = (torch.ones(batch, n, dtype=torch.bool, device=device) if attention_mask is None
+                 else attention_mask.to(device=device, dtype=torch.bool))
         positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
         allowed = valid[:, None, None, :].expand(batch, 1, n, n)
         if self.cfg.causal:
             allowed = allowed & ~future_keys(n, device)
+        if self.cfg.block_length:
+            allowed = allowed & block_causal(positions, self.cfg.block_length)
         allowed = allowed | ~valid[:, None, :, None]
         return allowed, positions
 
@@ -190,6 +195,19 @@ class HookedDecoder(HookedRootModule):
             yield self
         finally:
             self.cfg.explicit_attention = previous
+
+    @contextmanager
+    def block_attention(self, block_length: int | None):
+        """Within the block, attention is block attention with blocks of ``block_length`` positions
+        (bidirectional inside a block, causal across blocks: what LLaDA2's block sampler uses; None or
+        0: the family's own attention). Blocks count from position id 0, so padding on either side
+        leaves them where they are. Sets ``cfg.block_length`` and restores it on exit."""
+        previous = self.cfg.block_length
+        self.cfg.block_length = block_length or None
+        try:
+            yield self
+        finally:
+            self.cfg.block_length = previous
 
     def set_use_attn_result(self, use_attn_result: bool) -> None:
         """Turn the per-head outputs at ``blocks.{l}.attn.hook_result`` on or off (TransformerLens' switch)."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 SCHEMA_VERSION = 1
 
 # examples is always present; the others only when recorded.
-GROUPS = ("examples", "tokens", "attention", "gradients", "lens", "decode", "attention_rows")
+GROUPS = ("examples", "tokens", "attention", "gradients", "lens", "decode", "attention_rows", "blocks", "routing")
 
 DIMS = {
     "k": "top-k size of examples/topk_ids and topk_probs",
@@ -20,6 +20,7 @@ DIMS = {
     "layers": "transformer blocks of the model",
     "heads": "attention (query) heads per block",
     "steps": "denoising steps of the longest decode (decode group; rows with fewer steps are padded with -1 or NaN)",
+    "experts": "routed experts per mixture-of-experts layer (routing group)",
 }
 
 READOUT = "the answer readout position (answer_position + the family's prediction offset)"
@@ -199,6 +200,15 @@ DATA = (
        f"from {READOUT} to every input token in every layer and head, flattened [input_length, layers, heads] "
        "(4 bytes x input_length x layers x heads per kept row); empty for the other rows",
        per_token=("layers", "heads"), may_be_empty=True),
+    _f("blocks", "block_start", "int32", (), "first position of the answer slot's block under block attention "
+       "(settings.block_length positions per block, counted from the first token)"),
+    _f("blocks", "masks_in_block", "int32", (), "how many of the n masks (the answer slot and the masks after it) "
+       "lie in the answer slot's block: the masks the answer reads under block attention"),
+    _f("routing", "answer_weights", "float32", ("layers", "experts"), "the answer slot's routing weights over the "
+       "experts (the chosen experts' weights, 0 for the others), normalised to sum 1; NaN for dense layers"),
+    _f("routing", "mask_share", "float32", ("layers", "experts"), "each expert's share of the top-k choices of the "
+       "masks after the answer slot (mean over those masks; NaN without masks or for dense layers)"),
+    _f("routing", "context_share", "float32", ("layers", "experts"), "the same share over the context tokens"),
 )
 
 

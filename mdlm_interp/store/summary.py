@@ -13,6 +13,7 @@ OPTIONAL_METRICS = {
     "grad_last50": "gradients/last50_mean",
     "grad_nonmask": "gradients/nonmask_mean",
     "decoded_accuracy": "decode/correct",
+    "masks_in_block": "blocks/masks_in_block",
 }
 
 COLUMNS = {  # key -> table heading, in table order
@@ -28,6 +29,7 @@ COLUMNS = {  # key -> table heading, in table order
     "grad_last50": "grad last50",
     "grad_nonmask": "grad non-mask",
     "decoded_accuracy": "decoded acc",
+    "masks_in_block": "masks in block",
 }
 
 
@@ -37,8 +39,9 @@ def summarize(store) -> list:
     Keys: masks (int), filler (bool), placement (str), n (rows), accuracy (mean of correct),
     p_answer and entropy (means), and for recorded groups mask_attention (mean over rows, layers and
     heads of attention/mask_mass_from_answer) and grad_mask, grad_last50, grad_nonmask (means of the
-    gradients/*_mean datasets) and decoded_accuracy (mean of decode/correct: accuracy after iterative
-    decoding). Means skip NaN rows; a mean with no rows left is None.
+    gradients/*_mean datasets), decoded_accuracy (mean of decode/correct: accuracy after iterative
+    decoding) and masks_in_block (mean of blocks/masks_in_block: the masks the answer reads under block
+    attention). Means skip NaN rows; a mean with no rows left is None.
     """
     frame = store.examples[list(CONDITION) + ["correct", "p_answer", "entropy"]].copy()
     for key, name in OPTIONAL_METRICS.items():
@@ -108,6 +111,10 @@ def describe_record(path) -> dict:
         attrs = store.attrs
         header = (f"{store.path}: record store, {store.n_rows} of {attrs['n_planned']} rows ({attrs['status']}), "
                   f"model {attrs['model_id']} ({attrs['family']}, {attrs['dtype']})")
+        block_length = attrs["settings"].get("block_length")
+        if block_length:
+            header += (f"; block attention, blocks of {block_length} positions (masks in block: how many of the n "
+                       "masks the answer reads)")
         return {"kind": "record", "header": header, "conditions": summarize(store)}
 
 

@@ -22,6 +22,8 @@ MIRRORS = {
     "llama": "the causal (autoregressive) twin of organism-llada, like Llama-3-8B next to LLaDA",
     "dream": "a masked diffusion model initialised from the causal twin organism-llama, with shifted "
              "predictions (the token at i is read from logits[:, i-1]), like Dream-7B from Qwen2.5-7B",
+    "llada2": "a LLaDA2-style mixture of experts (group-limited routing, a shared expert, the first layers dense) "
+              "decoded by block diffusion, upcycled from organism-llada and trained in part under block attention",
 }
 
 

@@ -107,7 +107,8 @@ def sample_sequence(rng: random.Random, config: DataConfig, spec: FamilySpec, to
         placement = "random"
     prompt = sample_prompt(PromptConfig(rng.choice(TASK_NAMES), n_relevant, n_distractor, placement),
                            rng.randrange(TRAIN_SEED_BASE, 2 * TRAIN_SEED_BASE))
-    bos = tokenizer.convert_tokens_to_ids(spec.special_tokens["bos"]) if rng.random() < config.bos_fraction else None
+    with_bos = rng.random() < config.bos_fraction  # drawn for every family, so that each keeps its random stream
+    bos = tokenizer.convert_tokens_to_ids(spec.special_tokens["bos"]) if with_bos and "bos" in spec.special_tokens else None
     eos = tokenizer.convert_tokens_to_ids(spec.special_tokens["eos"])
     if spec.causal:
         tp = tokenize_prompt(prompt, tokenizer, causal=True, bos_token_id=bos)

@@ -1,4 +1,4 @@
-"""The three model organisms: building a run from a recipe, training, measuring and writing the card.
+"""The model organisms: building a run from a recipe, training, measuring and writing the card.
 
 - organism-llama: the causal twin, next-token loss (a short pretraining on whole sequences, then SFT
   on the answers);
@@ -6,10 +6,12 @@
   (so it is built after it), then masked-diffusion pretraining and SFT;
 - organism-llada: masked diffusion from scratch, a short pretraining then SFT (the answers, and 0..7
   EOS tokens after the query's, masked with ratio t and weighted 1/t; the prompt never masked; the
-  query's answer always masked with weight 1, the same expected loss with less variance).
+  query's answer always masked with weight 1, the same expected loss with less variance);
+- organism-llada2: a small LLaDA2-style mixture of experts trained as organism-llada (shorter), half of
+  its batches under block attention (block diffusion), expert biases balanced after every step.
 
 ``pretrain_organism`` is what ``mdlm-interp pretrain`` runs; ``python -m mdlm_interp.training.organisms``
-(``make organisms``) rebuilds the three shipped ones from ``recipes.ORGANISMS``.
+(``make organisms``) rebuilds the shipped ones from ``recipes.ORGANISMS``.
 """
 
 import math
@@ -65,7 +67,8 @@ def build_config(family: str, preset: str, seed: int, steps: int | None = None, 
     if eval_every is not None and eval_every < 0:
         raise UsageError(f"--eval-every must be 0 (no evaluation) or more, got {eval_every}")
     return TrainConfig(family=family, preset=preset, seed=seed, stages=tuple(stages), init=init, threads=threads,
-                       eval_every=pick(eval_every, "eval_every"))
+                       eval_every=pick(eval_every, "eval_every"), overrides=dict(recipe.get("overrides", {})),
+                       block_fraction=recipe.get("block_fraction", 0.0))
 
 
 def pretrain_command(options: dict) -> str:
@@ -137,7 +140,7 @@ def pretrain_organism(family: str, out: str, *, preset: str = "organism", seed: 
 
 
 def main() -> int:
-    """Rebuild the three organisms in data/models; return an exit code.
+    """Rebuild the organisms in data/models; return an exit code.
 
     Their output paths are relative to the folder holding data/ (the repository root), where this runs.
     """

@@ -1,12 +1,15 @@
 """Training a model organism: stages, the family's objective, held-out evaluation, resumable state.
 
-A run is a ``TrainConfig``: a family (llada, llama or dream), a shape preset, a seed, an optional
+A run is a ``TrainConfig``: a family (llada, llama, dream or llada2), a shape preset, a seed, an optional
 initial checkpoint (Dream starts from the trained Llama twin) and a list of stages (pretraining,
 then SFT). Each step samples a fresh batch (``training.data``), applies the family's objective:
 
 - llada: masked diffusion, prediction for token i at ``logits[:, i]``;
 - dream: masked diffusion with the -1 offset, prediction for token i at ``logits[:, i - 1]``;
 - llama: next-token cross-entropy;
+- llada2 (mixture of experts, block diffusion): masked diffusion as llada, started from a dense organism
+  (upcycled), a share of the batches under block attention, expert biases balanced after every step
+  (``training.moe_training``);
 
 and takes one AdamW step (warmup then cosine decay, gradient clipping) in the shared trainer loop
 (``training.loop``, which the MA-loss trainer uses too). The run is deterministic for
@@ -32,6 +35,7 @@ from mdlm_interp.models.transformer import HookedDecoder
 from mdlm_interp.training.data import DataConfig, sample_batch
 from mdlm_interp.training.evaluate import EvalSetting, accuracy
 from mdlm_interp.training.loop import TrainLoop, deterministic, make_optimizer, warmup_cosine
+from mdlm_interp.training.moe_training import ExpertBalancer, block_length_for, upcycle
 from mdlm_interp.training.objectives import apply_masks, causal_lm_loss, mask_ratios, masked_diffusion_loss
 from mdlm_interp.training.run_folder import load_state, remove_state, resume_position, save_state
 
@@ -66,6 +70,7 @@ class TrainConfig:
     eval_prompts: int = 200
     save_every: int = 100
     overrides: dict = field(default_factory=dict)  # DecoderConfig shape fields replacing the preset's
+    block_fraction: float = 0.0  # share of batches under the family's block attention (block diffusion)
 
     def to_json(self) -> dict:
         """Return the config as JSON-ready dicts."""
@@ -80,14 +85,15 @@ class TrainConfig:
 
 def init_weights(model: HookedDecoder, seed: int) -> None:
     """Initialise for training: N(0, 0.02) weights, output projections scaled by 1/sqrt(2 layers),
-    zero biases, unit norm weights; deterministic for ``seed``."""
+    zero biases (routers' expert biases included), unit norm weights (QK norms included); deterministic
+    for ``seed``."""
     generator = torch.Generator().manual_seed(seed)
     residual_std = 0.02 / math.sqrt(2 * model.cfg.n_layers)
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if name.endswith("ln1.weight") or name.endswith("ln2.weight") or name == "ln_final.weight":
+            if name.endswith(("ln1.weight", "ln2.weight", "_norm.weight")) or name == "ln_final.weight":
                 param.fill_(1.0)
-            elif name.endswith(".bias"):
+            elif name.endswith((".bias", ".expert_bias")):
                 param.zero_()
             else:
                 std = residual_std if name.endswith(("o_proj.weight", "down_proj.weight")) else 0.02
@@ -126,14 +132,32 @@ def load_source(init: str, tokenizer):
     return source
 
 
+def load_dense_source(init: str):
+    """Load the dense checkpoint ``init`` a mixture-of-experts organism starts from (``moe_training.upcycle``:
+    its tokens are matched by string, so its vocabulary may differ)."""
+    from mdlm_interp.models.loader import load_model
+
+    return load_model(init)
+
+
 def learning_rate(stage: StageConfig, step: int) -> float:
     """Return the learning rate at ``step`` of ``stage``: linear warmup, then cosine to ``min_lr_ratio``."""
     return warmup_cosine(stage.lr, step, stage.steps, stage.warmup, stage.min_lr_ratio)
 
 
 def training_loss(model: HookedDecoder, spec: FamilySpec, mask_token_id: int | None, batch, generator,
-                  data: DataConfig) -> torch.Tensor:
-    """Return the family's loss on ``batch`` (a scalar). See the module docstring for the objectives."""
+                  data: DataConfig, block_fraction: float = 0.0) -> torch.Tensor:
+    """Return the family's loss on ``batch`` (a scalar). See the module docstring for the objectives; a
+    share ``block_fraction`` of a block-diffusion family's batches is read under its block attention."""
+    block_length = block_length_for(spec.block_length, block_fraction, generator)
+    if block_length is None:
+        return _family_loss(model, spec, mask_token_id, batch, generator, data)
+    with model.block_attention(block_length):
+        return _family_loss(model, spec, mask_token_id, batch, generator, data)
+
+
+def _family_loss(model: HookedDecoder, spec: FamilySpec, mask_token_id: int | None, batch, generator,
+                 data: DataConfig) -> torch.Tensor:
     attention = None if bool(batch.valid.all()) else batch.valid
     if spec.causal:
         return causal_lm_loss(model(batch.ids, attention_mask=attention), batch.ids, batch.trained)
@@ -183,7 +207,8 @@ def run_stages(config: TrainConfig, out: Path, resume: bool, dtype: torch.dtype,
 
     spec = FAMILIES[config.family]
     tokenizer = load_fast_tokenizer(spec)
-    source = load_source(config.init, tokenizer) if config.init else None
+    moe = bool(spec.preset_config(config.preset, 1, dict(config.overrides)).n_experts)
+    source = (load_dense_source(config.init) if moe else load_source(config.init, tokenizer)) if config.init else None
     overrides = dict(config.overrides)
     if source is not None:  # positions must mean what they meant to the source (Dream keeps Qwen's RoPE)
         overrides.setdefault("rope_theta", source.config.rope_theta)
@@ -191,8 +216,9 @@ def run_stages(config: TrainConfig, out: Path, resume: bool, dtype: torch.dtype,
     model = HookedDecoder(cfg)
     init_weights(model, config.seed)
     if source is not None:
-        load_init(model, source)
+        upcycle(model, source, tokenizer) if moe else load_init(model, source)
     mask_id = tokenizer.mask_token_id if spec.mask_token else None
+    balancer = ExpertBalancer(model) if cfg.router_bias and cfg.n_experts else None
     monitor = EvalSetting()
     params = dict(model.named_parameters())
     position = {"stage": 0, "step": 0, "history": [], "seconds": [0.0] * len(config.stages), "loss": [None] * len(config.stages)}
@@ -210,10 +236,13 @@ def run_stages(config: TrainConfig, out: Path, resume: bool, dtype: torch.dtype,
         def micro_loss(step: int, micro: int, stage=stage):
             batch, generator = sample_batch(stage.data, spec, tokenizer, config.seed, stage.name, step,
                                             step / stage.steps)
-            loss = training_loss(model, spec, mask_id, batch, generator, stage.data)
+            loss = training_loss(model, spec, mask_id, batch, generator, stage.data, config.block_fraction)
             return loss, {"loss": loss.item()}
 
         def on_step(done: int, terms: dict, running: dict, bar, index=index, stage=stage):
+            if balancer is not None:
+                balancer.update()
+                balancer.reset()
             if config.eval_every and (done % config.eval_every == 0 or done == stage.steps):
                 model.eval()
                 acc = accuracy(model, spec, tokenizer, mask_id, monitor, config.eval_prompts, MONITOR_SEED_BASE)
