@@ -151,7 +151,7 @@ def load(paths) -> Recordings:
         kind = check_file(path)[0].name  # every file's layout and attributes, before any row is read
         if kind == "record":
             record_paths.append(path)
-        elif kind in ("patching", "ablation", "steps", "step_patching"):
+        elif kind in ("patching", "expert_patching", "ablation", "steps", "step_patching"):
             with open_results(path, kind) as store:
                 identities[path] = read_identity(store.attrs)
             results.setdefault(kind, []).append(path)

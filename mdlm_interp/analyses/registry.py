@@ -28,7 +28,7 @@ class Analysis:
     tables(recordings) -> {name: DataFrame}; figures(tables) -> [FigureOut]; paragraph(tables) -> str
     (the findings in words and numbers); shown(tables) -> {caption: DataFrame}, compact views printed in
     report.md (default: every table as written). ``store_kind`` "record" (the default) reads record
-    stores (``tables`` gets ``Recordings``); "patching" or "ablation" reads result stores of that kind
+    stores (``tables`` gets ``Recordings``); "patching", "expert_patching" or "ablation" reads result stores of that kind
     (``tables`` gets the list of their paths, and ``needs`` is unused); "activations" reads activation
     stores (``tables`` gets the whole ``Recordings``: ``results["activations"]`` and ``options``).
     """
@@ -54,6 +54,7 @@ ANALYSIS_MODULES = [
     "context_benefit",
     "heads",
     "patching",
+    "expert_patching",
     "ablation",
     "iterative",
     "sinks",

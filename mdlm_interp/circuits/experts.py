@@ -8,7 +8,8 @@ share of the MoE output (``hooks.experts.expert_contribution``: the sum over the
 it of weight * output) is patched from the donor run into the receiver at the group's positions, in
 both directions, and the logit difference logit(answer) - logit(wrong) at the readout is read (the
 wrong token: the corrupt run's most probable other token, as ``patch`` reads it). Only the patched
-layer's MLP output changes; the routing of every layer is the receiver's own.
+layer's MLP output changes; the routing of every layer is the receiver's own. ``run_expert_patching``
+writes the cells as an expert patching store (``circuits.schemas.EXPERT_PATCHING``; ``patch --experts``).
 """
 
 import torch
@@ -18,8 +19,8 @@ from mdlm_interp.errors import UsageError
 from mdlm_interp.hooks.experts import expert_contribution, parse_experts, patch_expert_contribution
 from mdlm_interp.hooks.routing import moe_layers, n_experts
 from mdlm_interp.models.hook_names import hook_name
-from mdlm_interp.plan import Condition, PromptPlan
-from mdlm_interp.subject import subject_from
+from mdlm_interp.plan import RECORDS_NOTHING, Condition, PromptPlan
+from mdlm_interp.subject import provenance, run_settings, subject_from
 
 DIRECTIONS = {"clean_into_corrupt": ("corrupt", "clean"), "corrupt_into_clean": ("clean", "corrupt")}  # receiver, donor
 ROUTING_KINDS = ("topk_indices", "topk_weights", "expert_out")
@@ -74,3 +75,24 @@ def patch_experts(lm, plan: PromptPlan, clean: Condition, corrupt: Condition, ex
                                         "clean": float(base["clean"][row]), "corrupt": float(base["corrupt"][row]),
                                         "patched": float(patched[row]), "n_positions": int(positions[row].sum())})
     return pd.DataFrame(records)
+
+
+def run_expert_patching(lm, plan: PromptPlan, clean: Condition, corrupt: Condition, experts: str, *, out,
+                        batch_size: int = 8, overwrite: bool = False, command_line: str | None = None):
+    """Patch ``experts`` ("L.E,...") between the ``clean`` and ``corrupt`` runs of ``plan`` (``patch_experts``)
+    and write the cells to ``out`` as an expert patching store (one row per pair, direction, expert and
+    position group); return its path. ``UsageError`` as ``patch_experts``, before anything is written."""
+    from mdlm_interp.circuits.schemas import EXPERT_PATCHING
+    from mdlm_interp.store.results import write_results
+
+    frame = patch_experts(lm, plan, clean, corrupt, experts, batch_size=batch_size)
+    subject = subject_from(lm)
+    facts = subject.facts()
+    settings = run_settings(subject, plan, facts, **RECORDS_NOTHING, clean=vars(clean), corrupt=vars(corrupt),
+                            experts=experts)
+    columns = {field.path: frame[field.name].to_numpy() if field.dtype != "str" else list(frame[field.name])
+               for field in EXPERT_PATCHING.data}
+    return write_results(out, EXPERT_PATCHING, columns, dims={},
+                         provenance=provenance(subject, plan, facts, command_line), settings=settings,
+                         attrs={"experts": list(dict.fromkeys(frame["expert"])), "directions": list(DIRECTIONS)},
+                         overwrite=overwrite)

@@ -1,4 +1,4 @@
-"""The schemas of the circuit experiments' result stores (patching, ablation), as data.
+"""The schemas of the circuit experiments' result stores (patching, ablation, expert patching), as data.
 
 Each experiment owns its schema: a ``store.results.StoreKind`` built here and registered with
 ``store.results.register_result_kind`` (with the function that describes a store for ``mdlm-interp
@@ -7,10 +7,10 @@ summary``) when this module is imported, which ``import mdlm_interp`` does, so e
 Pure data: this module imports only store modules, nothing heavy. ``StoreKind.markdown()`` renders the
 tables that docs/store.md carries verbatim (a test keeps them equal); after changing a kind, paste
 ``python -c "from mdlm_interp.circuits import schemas; print(schemas.PATCHING.markdown(), end='')"``
-(and the same for ``ABLATION``) into docs/store.md.
+(and the same for ``ABLATION`` and ``EXPERT_PATCHING``) into docs/store.md.
 """
 
-from mdlm_interp.circuits.summaries import describe_ablation, describe_patching
+from mdlm_interp.circuits.summaries import describe_ablation, describe_expert_patching, describe_patching
 from mdlm_interp.store.results import StoreKind, register_result_kind
 from mdlm_interp.store.schema import Attr, Field
 
@@ -130,5 +130,33 @@ ABLATION = StoreKind(
     ),
 )
 
+EXPERT_PATCHING = StoreKind(
+    name="expert_patching",
+    rows="(prompt pair, direction, expert, position group): one expert's contribution patched between the clean "
+         "and corrupt runs (``patch --experts``, mixture-of-experts models)",
+    groups=("cells",),
+    dims={},
+    data=(
+        _f("cells", "example", "int64", (), "example index (task index * n + i): the same prompt in both runs"),
+        _f("cells", "task", "str", (), "task name"),
+        _f("cells", "direction", "str", (), '"clean_into_corrupt" (the clean run\'s contribution put into the '
+                                            'corrupt run) or "corrupt_into_clean"'),
+        _f("cells", "expert", "str", (), '"layer.expert" whose share of the MoE output (the sum over the top-k '
+                                         'slots routed to it of weight * output) is patched'),
+        _f("cells", "group", "str", (), 'the position group patched: "all", "relevant", "distractor", "query", '
+                                        '"answer", "appended" (only when both runs have tokens after the slot)'),
+        _f("cells", "clean", "float32", (), "logit(answer) - logit(wrong) at the readout in the clean run"),
+        _f("cells", "corrupt", "float32", (), "logit(answer) - logit(wrong) at the readout in the corrupt run"),
+        _f("cells", "patched", "float32", (), "logit(answer) - logit(wrong) at the readout in the receiving run "
+                                              "with the donor's contribution of the expert at the group's positions"),
+        _f("cells", "n_positions", "int32", (), "positions of the group in the receiving run"),
+    ),
+    attrs=(
+        Attr("experts", "JSON str", 'the patched experts as "layer.expert" strings'),
+        Attr("directions", "JSON str", '["clean_into_corrupt", "corrupt_into_clean"]'),
+    ),
+)
+
 register_result_kind(PATCHING, describe_patching)
 register_result_kind(ABLATION, describe_ablation)
+register_result_kind(EXPERT_PATCHING, describe_expert_patching)

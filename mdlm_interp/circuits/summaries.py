@@ -37,6 +37,21 @@ def describe_ablation(path) -> dict:
         return {"kind": "ablation", "header": header, "conditions": rows}
 
 
+def describe_expert_patching(path) -> dict:
+    """Return {"kind", "header", "conditions"} of an expert patching store: per direction and expert, the
+    cells and the mean change of the logit difference that patching the whole sequence ("all") makes."""
+    with open_results(path, "expert_patching") as store:
+        cells = store.examples
+        whole = cells[cells["group"] == "all"]
+        receiver = whole["corrupt"].where(whole["direction"] == "clean_into_corrupt", whole["clean"])
+        rows = [{"direction": direction, "expert": expert, "n": int(len(part)),
+                 "effect_all": _mean(part["patched"] - receiver[part.index])}
+                for (direction, expert), part in whole.groupby(["direction", "expert"], sort=False)]
+        header = (f"{path}: expert patching store, experts {', '.join(store.attrs['experts'])}, {store.n_rows} "
+                  f"cells, model {store.attrs['model_id']} ({store.attrs['family']})")
+        return {"kind": "expert_patching", "header": header, "conditions": rows}
+
+
 def _mean(values) -> float | None:
     import numpy as np
 

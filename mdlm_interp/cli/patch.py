@@ -20,7 +20,8 @@ def add_parser(subparsers) -> None:
         "clean - corrupt gap is printed first, then each patch's effect in logits and its recovery (patched - "
         "corrupt) / (clean - corrupt), undefined where the gap is under --min-gap, with p(answer) beside it. "
         "Attribution patching (gradient x activation difference) estimates the same grid. Writes an HDF5 "
-        "patching store (docs/store.md) and prints the cells that recover most.",
+        "patching store (docs/store.md) and prints the cells that recover most. On a mixture-of-experts model, "
+        "--experts patches chosen experts' contributions instead and writes an expert patching store.",
     )
     add_model_flags(parser, diffusion_only=True)
     add_plan_flags(parser, n=4, n_aliases=("--n-prompts",),
@@ -39,6 +40,13 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--wrong-token", default=None, metavar="TEXT",
                         help="the wrong token of the logit difference for every prompt, e.g. '<|endoftext|>' "
                         "(default: each corrupt run's most probable token other than the answer)")
+    parser.add_argument("--experts", default=None, metavar="LAYER.EXPERT,...",
+                        help="mixture-of-experts models (LLaDA-MoE, LLaDA2): instead of the activation grid, patch "
+                        "each of these experts' contribution (the sum over the top-k slots routed to it of weight * "
+                        "output) from the donor run into the receiver, per position group (all, relevant, "
+                        "distractor, query, answer, and the tokens after the slot when both runs have them) and "
+                        "direction, e.g. 1.0,1.3; writes an expert patching store (docs/store.md) to --out and "
+                        "prints every cell (no --wrong-token, --figures or torchrun with it)")
     parser.add_argument("--no-attribution", action="store_true", help="skip attribution patching")
     parser.add_argument("--batch-size", type=int, default=8, help="pairs per batch (default 8)")
     parser.add_argument("--max-rows", type=int, default=512,
@@ -70,6 +78,11 @@ def run(args, shard, device: str) -> int:
 
     if not args.min_gap >= 0 or args.min_gap == float("inf"):
         raise UsageError(f"--min-gap must be a finite number of logits, at least 0; got {args.min_gap}")
+    if args.experts is not None:
+        given = [flag for flag, value in (("--wrong-token", args.wrong_token), ("--figures", args.figures),
+                                          ("torchrun", shard.world > 1)) if value]
+        if given:
+            raise UsageError(f"--experts does not take {', '.join(given)}")
     shard.step(lambda: claim_result_outputs(args, {"--figures": args.figures}, folders={"--figures"}),
                leader_only=True)
     clean_masks = args.clean_masks if args.clean_masks is not None else (args.corrupt_masks if args.clean_filler else 1)
@@ -80,21 +93,28 @@ def run(args, shard, device: str) -> int:
     if clean == corrupt:
         raise UsageError("the clean and corrupt runs are the same condition; change --clean-masks or --clean-filler")
 
-    from mdlm_interp.circuits.patching import run_patching
-
     lm = load_model_from(args, device)
     interventions = apply_interventions(args, lm, plan, quiet=not shard.leader)
-    out = run_patching(lm, plan, clean, corrupt, out=args.out, batch_size=args.batch_size, last_k=args.last_k,
-                       wrong_token=args.wrong_token, attribution=not args.no_attribution, max_rows=args.max_rows,
-                       overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress,
-                       command_line=args.command_line, shard=shard)
+    if args.experts is not None:
+        from mdlm_interp.circuits.experts import run_expert_patching
+
+        out = run_expert_patching(lm, plan, clean, corrupt, args.experts, out=args.out, batch_size=args.batch_size,
+                                  overwrite=args.overwrite or args.resume, command_line=args.command_line)
+    else:
+        from mdlm_interp.circuits.patching import run_patching
+
+        out = run_patching(lm, plan, clean, corrupt, out=args.out, batch_size=args.batch_size, last_k=args.last_k,
+                           wrong_token=args.wrong_token, attribution=not args.no_attribution, max_rows=args.max_rows,
+                           overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress,
+                           command_line=args.command_line, shard=shard)
     if not shard.leader:
         return 0
     if interventions:
         from mdlm_interp.representations.interventions import write_interventions
 
         write_interventions(out, interventions)
-    print(report(out, lm.tokenizer, figures=args.figures, min_gap=args.min_gap))
+    print(experts_report(out, min_gap=args.min_gap) if args.experts is not None
+          else report(out, lm.tokenizer, figures=args.figures, min_gap=args.min_gap))
     return 0
 
 
@@ -166,3 +186,23 @@ def report(path, tokenizer=None, figures=None, top: int = 5, min_gap: float = 1.
                 save(figure.figure, folder / f"{figure.name}.png", stamp)
         lines.append(f"\nfigures in {folder}")
     return "\n".join(lines)
+
+
+def experts_report(path, min_gap: float = 1.0) -> str:
+    """Return the text table of an expert patching store: per direction, expert and position group, the mean
+    logit differences (receiver, patched), the effect in logits and the recovery (undefined, "-", where the
+    clean - corrupt gap is under ``min_gap`` logits)."""
+    from mdlm_interp.analyses.expert_patching import expert_patching_cells
+    from mdlm_interp.analyses.patching import comparison
+    from mdlm_interp.store.results import open_results
+
+    with open_results(path, "expert_patching") as store:
+        cells = expert_patching_cells(store, min_gap=min_gap)
+        compared = comparison(store.attrs["settings"])
+    columns = {"direction": "direction", "expert": "expert", "group": "positions", "n": "pairs",
+               "receiver": "receiver", "patched": "patched", "effect": "effect", "recovery": "recovery"}
+    gap = (cells["clean"] - cells["corrupt"]).iloc[0] if len(cells) else float("nan")
+    return (f"wrote {path}: experts {', '.join(dict.fromkeys(cells['expert']))} patched ({compared}); clean - corrupt "
+            f"gap of logit(answer) - logit(wrong) {gap:.2f} logits\n"
+            + cells[list(columns)].rename(columns=columns).to_string(index=False, float_format=lambda v: f"{v:.3f}",
+                                                                     na_rep="-"))

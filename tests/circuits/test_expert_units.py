@@ -111,20 +111,11 @@ def test_ablate_experts_command(tmp_path, tiny_checkpoint, moe):
     assert bad.returncode == 2 and "for experts; choose from zero" in bad.stderr
 
 
-def test_patch_experts_between_mask_counts(moe):
-    from mdlm_interp.circuits.experts import patch_experts
-    from mdlm_interp.plan import Condition, PromptPlan
-
-    lm, _, layer, expert = moe
-    plan = PromptPlan(tasks=["adjective+largest"], n=2, n_distractor=4, masks=(1, 6))
-    frame = patch_experts(lm, plan, Condition(1, False, "random"), Condition(6, False, "random"),
-                          f"{layer}.{expert}")
-    assert set(frame["direction"]) == {"clean_into_corrupt", "corrupt_into_clean"}
-    receiver = frame["clean"].where(frame["direction"] == "corrupt_into_clean", frame["corrupt"])
-    moved = frame[frame["group"] == "all"]
-    assert ((moved["patched"] - receiver[moved.index]).abs() > 1e-6).any()
-    # by hand: the clean run's contribution of the expert put into the corrupt run at the answer slot
+def hand_answer_cell(lm, plan, layer: int, expert: int) -> float:
+    """The first pair's logit(answer) - logit(wrong) in the 6-mask run with the expert's contribution at the answer
+    slot replaced by the 1-mask run's, by hand."""
     from mdlm_interp.circuits.pairs import pair_prompts
+    from mdlm_interp.plan import Condition
     from mdlm_interp.subject import subject_from
 
     prompts = pair_prompts(subject_from(lm), plan, Condition(1, False, "random"), Condition(6, False, "random"))
@@ -140,9 +131,58 @@ def test_patch_experts_between_mask_counts(moe):
         return out
 
     logits = lm.model.run_with_hooks(runs["corrupt"], fwd_hooks=[(hook_name("mlp_out", layer), swap)])[0, slot]
+    answer = prompts["corrupt"][0].answer_id
+    wrong = int(lm.model(runs["corrupt"])[0, slot].scatter(-1, torch.tensor([answer]), float("-inf")).argmax())
+    return float(logits[answer] - logits[wrong])
+
+
+def test_patch_experts_between_mask_counts(moe):
+    from mdlm_interp.circuits.experts import patch_experts
+    from mdlm_interp.plan import Condition, PromptPlan
+
+    lm, _, layer, expert = moe
+    plan = PromptPlan(tasks=["adjective+largest"], n=2, n_distractor=4, masks=(1, 6))
+    frame = patch_experts(lm, plan, Condition(1, False, "random"), Condition(6, False, "random"),
+                          f"{layer}.{expert}")
+    assert set(frame["direction"]) == {"clean_into_corrupt", "corrupt_into_clean"}
+    receiver = frame["clean"].where(frame["direction"] == "corrupt_into_clean", frame["corrupt"])
+    moved = frame[frame["group"] == "all"]
+    assert ((moved["patched"] - receiver[moved.index]).abs() > 1e-6).any()
     cell = frame[(frame["direction"] == "clean_into_corrupt") & (frame["group"] == "answer")].iloc[0]
-    wrong = int(lm.model(runs["corrupt"])[0, slot].scatter(-1, torch.tensor([prompts["corrupt"][0].answer_id]),
-                                                            float("-inf")).argmax())
-    assert abs(cell["patched"] - float(logits[prompts["corrupt"][0].answer_id] - logits[wrong])) < 1e-4
+    assert abs(cell["patched"] - hand_answer_cell(lm, plan, layer, expert)) < 1e-4
     with pytest.raises(UsageError, match="--experts"):
         patch_experts(lm, plan, Condition(1, False, "random"), Condition(6, False, "random"), "0.0")
+
+
+def test_patch_experts_command_writes_a_store_that_analyze_reads(tmp_path, tiny_checkpoint, moe):
+    from mdlm_interp.plan import PromptPlan
+
+    lm, _, layer, expert = moe
+    out = tmp_path / "experts.h5"
+    result = run_cli("patch", "--model", tiny_checkpoint("llada2"), "--experts", f"{layer}.{expert}", "--task",
+                     "adjective+largest", "--n", "2", "--n-distractor", "4", "--clean-masks", "1", "--corrupt-masks",
+                     "6", "--no-progress", "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert f"experts {layer}.{expert} patched (1 vs 6 masks)" in result.stdout and "answer" in result.stdout
+    with open_results(out, "expert_patching") as store:
+        cells = store.examples
+        assert store.attrs["experts"] == [f"{layer}.{expert}"]
+    assert set(cells["group"]) >= {"all", "answer", "query"} and len(cells) == 2 * 2 * cells["group"].nunique()
+    cell = cells[(cells["direction"] == "clean_into_corrupt") & (cells["group"] == "answer") & (cells["example"] == 0)]
+    plan = PromptPlan(tasks=["adjective+largest"], n=2, n_distractor=4, masks=(1, 6))
+    assert abs(float(cell["patched"].iloc[0]) - hand_answer_cell(lm, plan, layer, expert)) < 1e-4
+    analyzed = run_cli("analyze", out, "--out", tmp_path / "report", "--only", "expert_patching")
+    assert analyzed.returncode == 0, analyzed.stderr
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "Patching experts between mask configurations" in report and f"expert {layer}.{expert}" in report
+
+
+def test_patch_experts_refuses_a_dense_model_and_unknown_experts(tmp_path, tiny_checkpoint, moe):
+    layer = moe[2]
+    for model, experts in ((tiny_checkpoint("llada"), "0.0"), (tiny_checkpoint("llada2"), f"{layer}.99")):
+        refused = run_cli("patch", "--model", model, "--experts", experts, "--n", "1", "--corrupt-masks", "3",
+                          "--no-progress", "--out", tmp_path / "x.h5")
+        assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert not (tmp_path / "x.h5").exists()
+    assert "dense" in run_cli("patch", "--model", tiny_checkpoint("llada"), "--experts", "0.0", "--n", "1",
+                              "--out", tmp_path / "x.h5").stderr
