@@ -26,7 +26,7 @@ from mdlm_interp.circuits.ablation import (
     run_ablation,
 )
 from mdlm_interp.circuits.patching import run_patching
-from mdlm_interp.circuits.schemas import ABLATION, PATCHING
+from mdlm_interp.circuits.schemas import ABLATION, EXPERT_PATCHING, PATCHING
 from mdlm_interp.errors import UsageError
 from mdlm_interp.hooks.interventions import patch_positions, remove_attention_to_keys, replace_head_output
 from mdlm_interp.record import Condition, RecordConfig, plan_prompts, record, subject_from
@@ -223,7 +223,7 @@ def test_spearman_against_a_hand_computation():
 
 def test_docs_carry_the_result_store_tables():
     docs = DOCS.read_text()
-    for kind in (PATCHING, ABLATION):
+    for kind in (PATCHING, ABLATION, EXPERT_PATCHING):
         assert kind.markdown() in docs, f"paste {kind.name}'s markdown() into docs/store.md"
 
 
