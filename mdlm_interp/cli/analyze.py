@@ -75,6 +75,10 @@ patching stores (`mdlm-interp patch`):
   tables/patching_attribution.csv Pearson r of exact against attribution recovery per direction and site
   figures/patching_positions_*.png  recovery heatmaps layer x position group (resid_pre, attn_out, mlp_out)
   figures/patching_heads_*.png    recovery heatmaps layer x head (answer slot, all positions)
+expert patching stores (`mdlm-interp patch --experts`, mixture-of-experts models):
+  tables/expert_patching.csv      per store, direction, expert, position group: n pairs, clean, corrupt,
+                                  receiver and patched mean logit differences, effect (patched - receiver)
+                                  and recovery (NaN where the clean - corrupt gap is under 1 logit)
 ablation stores (`mdlm-interp ablate`):
   tables/ablation.csv             per store, masks, setting (none, chosen, control), mode: accuracy (Wilson;
                                   pooled control: bootstrap), p_answer, change against no ablation (paired
