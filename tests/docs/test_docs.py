@@ -229,7 +229,7 @@ class DocumentRun:
     def summary(self, doc: str) -> str:
         """Return the closing line: how many commands and blocks ran, how many synopses were only checked."""
         c = self.counts
-        slowest = [kv for kv in sorted(self.cpu.items(), key=lambda kv: -kv[1])[:4] if kv[1] >= 1]
+        slowest = [kv for kv in sorted(self.cpu.items(), key=lambda kv: -kv[1])[:12] if kv[1] >= 1]
         return (f"{doc}: {c['command']} commands run ({c['long']} with size overrides, {c['fails']} failing "
                 f"on purpose), {c['python']} Python blocks run, {c['synopsis']} synopses not run (parser-checked); "
                 f"{sum(self.seconds.values()):.0f} s wall, {sum(self.cpu.values()):.0f} s CPU"
