@@ -36,9 +36,8 @@ from mdlm_interp.plan import RECORDS_NOTHING, Condition, PromptPlan, plan_prompt
 from mdlm_interp.record import tqdm_or_none
 from mdlm_interp.resources import check_fits
 from mdlm_interp.sharding import Shard
-from mdlm_interp.store.partial import check_partial, open_partial, resumes_complete_store
+from mdlm_interp.store.partial import check_result_output, open_partial, resumes_complete_store
 from mdlm_interp.store.results import write_results
-from mdlm_interp.store.writer import check_writable
 from mdlm_interp.subject import provenance, run_settings, subject_from
 
 MODES = ("attention", "zero", "mean")
@@ -229,12 +228,7 @@ def run_ablation(lm, config: PromptPlan, heads: str | None = None, *, out, exper
     """
     shard = shard or Shard()
 
-    def check_output():
-        path = check_writable(out, resume=resume, overwrite=overwrite)
-        check_partial(path, resume=resume, overwrite=overwrite)
-        return path
-
-    out = shard.step(check_output, leader_only=True)
+    out = shard.step(lambda: check_result_output(out, resume=resume, overwrite=overwrite), leader_only=True)
     subject = subject_from(lm)
     if subject.causal:
         raise UsageError("ablating attention to the masks needs a diffusion model; a causal model takes no masks")

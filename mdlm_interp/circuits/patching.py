@@ -34,9 +34,8 @@ from mdlm_interp.models.hook_names import hook_name
 from mdlm_interp.plan import RECORDS_NOTHING, Condition, PromptPlan
 from mdlm_interp.record import tqdm_or_none
 from mdlm_interp.sharding import Shard
-from mdlm_interp.store.partial import check_partial, open_partial, resumes_complete_store
+from mdlm_interp.store.partial import check_result_output, open_partial, resumes_complete_store
 from mdlm_interp.store.results import write_results
-from mdlm_interp.store.writer import check_writable
 from mdlm_interp.subject import provenance, run_settings, subject_from
 
 DIRECTIONS = ("clean_into_corrupt", "corrupt_into_clean")
@@ -348,12 +347,7 @@ def run_patching(lm, config: PromptPlan, clean: Condition, corrupt: Condition, *
     """
     shard = shard or Shard()
 
-    def check_output():
-        path = check_writable(out, resume=resume, overwrite=overwrite)
-        check_partial(path, resume=resume, overwrite=overwrite)
-        return path
-
-    out = shard.step(check_output, leader_only=True)
+    out = shard.step(lambda: check_result_output(out, resume=resume, overwrite=overwrite), leader_only=True)
     if batch_size < 1 or last_k < 0 or max_rows < 1:
         raise UsageError("batch size and max rows must be at least 1, last-k at least 0")
     subject = subject_from(lm)

@@ -22,7 +22,7 @@ import numpy as np
 
 from mdlm_interp.errors import UsageError
 from mdlm_interp.outputs import apply_file_mode, check_not_held, output_path
-from mdlm_interp.store.writer import first_difference
+from mdlm_interp.store.writer import check_writable, first_difference
 
 KEY_FILE = "run.json"
 META = "__meta__"  # the npz entry holding a batch's meta as JSON
@@ -51,6 +51,14 @@ def check_partial(out, *, resume: bool = False, overwrite: bool = False) -> None
     if folder.exists() and not (resume or overwrite):
         raise UsageError(f"{folder} holds the batches of an interrupted run of {out}; pass --resume to continue "
                          "it or --overwrite to discard it")
+
+
+def check_result_output(out, *, resume: bool = False, overwrite: bool = False) -> Path:
+    """Return the checked output path of a result store written batch by batch: ``store.writer.check_writable``
+    and ``check_partial`` (one-line UsageErrors, nothing touched)."""
+    path = check_writable(out, resume=resume, overwrite=overwrite)
+    check_partial(path, resume=resume, overwrite=overwrite)
+    return path
 
 
 def resumes_complete_store(out, settings: dict, kind: str, *, resume: bool) -> bool:

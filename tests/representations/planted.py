@@ -1,6 +1,9 @@
 """Synthetic activations with planted structure, for the representation tests."""
 
 import numpy as np
+import torch
+
+from mdlm_interp.representations.sae import SAEShape, SparseAutoencoder
 
 
 def sparse_dictionary_data(n: int = 8192, d: int = 32, m: int = 64, k: int = 4, seed: int = 0):
@@ -20,3 +23,13 @@ def mean_max_cosine(dictionary: np.ndarray, learned: np.ndarray) -> float:
     [d_sae, d] (rows of both assumed unit norm)."""
     learned = learned / np.linalg.norm(learned, axis=1, keepdims=True)
     return float(np.abs(dictionary @ learned.T).max(axis=1).mean())
+
+
+def lossless(d: int) -> SparseAutoencoder:
+    """Return a standard SAE with 2d latents whose reconstruction relu(x) - relu(-x) is exactly x [..., d]."""
+    sae = SparseAutoencoder(SAEShape("standard", d, 2 * d))
+    eye = torch.eye(d)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
+    return sae

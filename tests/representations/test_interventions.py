@@ -6,6 +6,7 @@ import json
 import h5py
 import pytest
 import torch
+from planted import lossless
 from cli_run import run_cli
 from safetensors.torch import save_file
 
@@ -13,7 +14,6 @@ from mdlm_interp.batching import collate
 from mdlm_interp.errors import UsageError
 from mdlm_interp.models.hook_names import hook_name
 from mdlm_interp.representations.interventions import build_interventions
-from mdlm_interp.representations.sae import SAEShape, SparseAutoencoder
 from mdlm_interp.representations.sae_format import save_sae
 from mdlm_interp.tasks import PromptConfig, sample_prompt, single_token_words, tokenize_prompt
 
@@ -21,15 +21,6 @@ SITE = hook_name("resid_post", 1)
 RECORD = ["record", "--task", "adjective+largest", "--n", "2", "--masks", "3", "--n-relevant", "2",
           "--n-distractor", "3", "--record", "lens", "--no-progress"]
 
-
-def lossless(d: int) -> SparseAutoencoder:
-    """A standard SAE whose reconstruction relu(x) - relu(-x) is exactly x."""
-    sae = SparseAutoencoder(SAEShape("standard", d, 2 * d))
-    eye = torch.eye(d)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
-        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
-    return sae
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ and the answer loss with a lossless SAE is the plain loss."""
 
 import pytest
 import torch
+from planted import lossless
 
 from mdlm_interp.batching import collate
 from mdlm_interp.errors import UsageError
@@ -13,15 +14,6 @@ from mdlm_interp.tasks import PromptConfig, sample_prompt, single_token_words, t
 
 SITE = hook_name("resid_post", 0)
 
-
-def lossless(d: int) -> SparseAutoencoder:
-    """A standard SAE with 2d latents, relu(x) - relu(-x) = x: its reconstruction is exact."""
-    sae = SparseAutoencoder(SAEShape("standard", d, 2 * d))
-    eye = torch.eye(d)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
-        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
-    return sae
 
 
 @pytest.fixture(scope="module")
