@@ -1,6 +1,8 @@
 """Shared fixtures: tiny random checkpoints of every family, written once per test session."""
 
+import fcntl
 import os
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -41,3 +43,23 @@ def tiny_model(tiny_checkpoint):
         return cache[family]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def process_group_lock(tmp_path_factory):
+    """Return a context manager that holds this session's one lock on starting process groups (torchrun,
+    gloo), so that no two test processes (pytest-xdist workers) run one at the same time: two groups on
+    one machine at once have aborted a rank. The lock file lies in the folder pytest made for the
+    session's temporary folders, which the workers share."""
+    path = tmp_path_factory.getbasetemp().parent / "process-groups.lock"
+
+    @contextmanager
+    def held():
+        with open(path, "a") as file:
+            fcntl.flock(file, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(file, fcntl.LOCK_UN)
+
+    return held

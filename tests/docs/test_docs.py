@@ -17,13 +17,14 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import nullcontext
 import traceback
 from pathlib import Path
 
 import pytest
 
 from cli_run import run_cli
-from doc_blocks import COMMAND, DocError, Item, Marker, collect
+from doc_blocks import DocError, Item, Marker, collect
 
 ROOT = Path(__file__).resolve().parents[2]
 LIMIT_S = 240  # wall seconds one documented item may take here: a longer one needs a size override
@@ -135,8 +136,9 @@ class Watchdog:
 class DocumentRun:
     """Runs one document's items in order in the folder ``cwd``; keeps the failures and the counts."""
 
-    def __init__(self, cwd: Path):
+    def __init__(self, cwd: Path, process_group_lock=nullcontext):
         self.cwd, self.worker, self.log, self.failures = cwd, None, None, []
+        self.process_group_lock = process_group_lock  # held while a torchrun command runs
         self.counts = {"command": 0, "long": 0, "fails": 0, "python": 0, "synopsis": 0}
         self.seconds, self.cpu = {}, {}
 
@@ -172,9 +174,10 @@ class DocumentRun:
         words = shell_words(item.as_run(), self.cwd)
         if words[0] in ("torchrun", "mkdir"):
             program = str(Path(sys.executable).with_name("torchrun")) if words[0] == "torchrun" else "mkdir"
-            self.watchdog.process = subprocess.Popen([program, *words[1:]], cwd=self.cwd, env=environment(),
-                                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            stdout, stderr = self.watchdog.process.communicate()
+            with self.process_group_lock() if words[0] == "torchrun" else nullcontext():
+                self.watchdog.process = subprocess.Popen([program, *words[1:]], cwd=self.cwd, env=environment(),
+                                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                stdout, stderr = self.watchdog.process.communicate()
             returncode = self.watchdog.process.returncode
             errors = [line for line in stderr.splitlines() if line.startswith("mdlm-interp: error")]
             stderr = "\n".join(errors[:1] + [stderr[-400:]])  # the toolkit's own message before torchrun's
@@ -237,11 +240,11 @@ class DocumentRun:
 
 
 @pytest.mark.parametrize("doc", DOCS)
-def test_documentation_runs_as_written(doc, tmp_path, monkeypatch, capsys):
+def test_documentation_runs_as_written(doc, tmp_path, monkeypatch, capsys, process_group_lock):
     items = collect(ROOT / doc, doc)
     lay_out(tmp_path)
     monkeypatch.chdir(tmp_path)
-    run = DocumentRun(tmp_path)
+    run = DocumentRun(tmp_path, process_group_lock)
     try:
         for item in items:
             run.run(item)

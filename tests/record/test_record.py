@@ -1,7 +1,6 @@
 """Recording: every recorded quantity against a brute-force computation, batching, the bridge, resume, errors."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -272,15 +271,16 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_torchrun_shards_merge_into_the_single_process_store(tmp_path, tiny_checkpoint):
+def test_torchrun_shards_merge_into_the_single_process_store(tmp_path, tiny_checkpoint, process_group_lock):
     common = ["record", "--model", str(tiny_checkpoint("dream")), "--task", ",".join(TASKS), "--masks", "1,4",
               "--n-prompts", "5", "--n-relevant", "4", "--n-distractor", "6", "--batch-size", "3", "--no-progress"]
     single = tmp_path / "single.h5"
     assert run_cli(*common, "--out", str(single)).returncode == 0
     merged = tmp_path / "merged.h5"
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                             "--master-port", str(free_port()), "-m", "mdlm_interp", *common, "--out", str(merged)],
-                            capture_output=True, text=True)
+    with process_group_lock():
+        result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                                 "--master-port", str(free_port()), "-m", "mdlm_interp", *common, "--out",
+                                 str(merged)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "merged.shard0-of-2.h5").exists() and (tmp_path / "merged.shard1-of-2.h5").exists()
     assert_same_rows(read_all(single), read_all(merged), atol=1e-5)

@@ -71,7 +71,7 @@ def test_a_killed_run_resumes_to_the_same_store(single, tiny_checkpoint, tmp_pat
     assert all(np.array_equal(resumed[site], whole[site]) for site in SITES.split(","))
 
 
-def test_torchrun_shards_merge_into_the_single_process_store(single, tiny_checkpoint, tmp_path):
+def test_torchrun_shards_merge_into_the_single_process_store(single, tiny_checkpoint, tmp_path, process_group_lock):
     import socket
 
     with socket.socket() as probe:
@@ -79,9 +79,10 @@ def test_torchrun_shards_merge_into_the_single_process_store(single, tiny_checkp
         port = probe.getsockname()[1]
     _, whole = single
     merged = tmp_path / "merged.h5"
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                             "--master-port", str(port), "-m", "mdlm_interp",
-                             *common(tiny_checkpoint("llada")), "--out", str(merged)], capture_output=True, text=True)
+    with process_group_lock():
+        result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                                 "--master-port", str(port), "-m", "mdlm_interp", *common(tiny_checkpoint("llada")),
+                                 "--out", str(merged)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "merged.shard1-of-2.h5").exists()
     again = read_all(merged)

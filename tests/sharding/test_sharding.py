@@ -108,7 +108,7 @@ def commands(model: str, folder: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_checkpoint, tmp_path_factory):
+def runs(tiny_checkpoint, tmp_path_factory, process_group_lock):
     """Each heavy command run by one process (this one) and by 2 processes (one start for all three, then a
     patch whose rank 1 fails); return (one-process folder, 2-process folder, each rank's exit codes, stdout,
     stderr)."""
@@ -120,8 +120,9 @@ def runs(tiny_checkpoint, tmp_path_factory):
             result = run_cli(*argv)
             assert result.returncode == 0, result.stderr
     (sharded / "failing").mkdir()
-    ranks = run_ranks(sharded, [[argv, None] for argv in commands(model, sharded).values()]
-                      + [[commands(model, sharded / "failing")["patch"], 1]])
+    with process_group_lock():
+        ranks = run_ranks(sharded, [[argv, None] for argv in commands(model, sharded).values()]
+                          + [[commands(model, sharded / "failing")["patch"], 1]])
     for code, stdout, stderr in ranks:
         assert code == 0 and stdout, stderr[-3000:]
     return single, sharded, [(json.loads(stdout.splitlines()[-1]), stdout, stderr) for _, stdout, stderr in ranks]
