@@ -6,7 +6,6 @@ ALLOWED, each with its reason; anything else is a regression.
 """
 
 import json
-import os
 from pathlib import Path
 
 import h5py

@@ -13,7 +13,6 @@ import argparse
 import math
 import os
 import tempfile
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from mdlm_interp.errors import UsageError
 from mdlm_interp.training.ma_loss import ma_loss
 
 from cli_run import run_cli
