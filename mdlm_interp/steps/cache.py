@@ -13,7 +13,6 @@ kept, the rest decoded again.
 import json
 import os
 from dataclasses import replace
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -167,23 +166,12 @@ def open_steps_writer(path, *, attrs: dict, dims: dict, n_planned: int, rows_per
 
 
 def _fill(file, attrs: dict, dims: dict, n_planned: int) -> None:
-    from mdlm_interp.store.identity import write_identity
-    from mdlm_interp.store.results import RESULTS_SCHEMA_VERSION
-    from mdlm_interp.version import __version__
+    from mdlm_interp.store.results import provenance_values, write_root_attributes
 
     provenance = attrs.pop("provenance")
-    values = {"store_kind": STEPS.name, "schema_version": RESULTS_SCHEMA_VERSION, "toolkit_version": __version__,
-              "command_line": provenance.command_line, "model_id": provenance.model_id, "family": provenance.family,
-              "dtype": provenance.dtype, "weights_fingerprint": provenance.weights_fingerprint,
-              "task_config": provenance.task_config, "seed": int(provenance.seed), "dims": dims, "n_rows": n_planned,
-              "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "status": "running",
+    values = {**provenance_values(STEPS, provenance), "dims": dims, "n_rows": n_planned, "status": "running",
               "n_rows_done": 0, **attrs}
-    for attr in STEPS.all_attrs:
-        value = values[attr.name]
-        if attr.type == "JSON str":
-            value = json.dumps(value, sort_keys=True)
-        file.attrs[attr.name] = np.int64(value) if attr.type == "int" else value
-    write_identity(file.attrs, provenance.identity)
+    write_root_attributes(file.attrs, STEPS, values, provenance.identity)
     for field in STEPS.data:
         shape = (n_planned, *field.row_shape(dims))
         floating = field.dtype == "float32"

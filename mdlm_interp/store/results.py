@@ -118,6 +118,31 @@ def registered_kind(name: str) -> StoreKind:
     return _KINDS[name][0]
 
 
+def provenance_values(kind: StoreKind, provenance: "Provenance") -> dict:
+    """Return the root attribute values every result store of ``kind`` takes from ``provenance``: the kind
+    and versions, the command line, the model, task config and seed, and the time of writing."""
+    return {"store_kind": kind.name, "schema_version": RESULTS_SCHEMA_VERSION, "toolkit_version": __version__,
+            "command_line": provenance.command_line, "model_id": provenance.model_id, "family": provenance.family,
+            "dtype": provenance.dtype, "weights_fingerprint": provenance.weights_fingerprint,
+            "task_config": provenance.task_config, "seed": int(provenance.seed),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def write_root_attributes(file_attrs, kind: StoreKind, values: dict, identity) -> None:
+    """Write every root attribute ``kind`` declares from ``values`` into h5py ``file_attrs`` (JSON ones as
+    JSON text, ints as int64), then the model ``identity`` (``store.identity.ModelIdentity``)."""
+    import numpy as np
+
+    from mdlm_interp.store.identity import write_identity
+
+    for attr in kind.all_attrs:
+        value = values[attr.name]
+        if attr.type == "JSON str":
+            value = json.dumps(value, sort_keys=True)
+        file_attrs[attr.name] = np.int64(value) if attr.type == "int" else value
+    write_identity(file_attrs, identity)
+
+
 def write_results(path, kind: StoreKind, columns: dict, *, dims: dict, provenance: "Provenance", settings: dict,
                   attrs: dict, overwrite: bool = False) -> Path:
     """Write a complete result store of ``kind`` to ``path``; return the path.
@@ -131,7 +156,6 @@ def write_results(path, kind: StoreKind, columns: dict, *, dims: dict, provenanc
     import numpy as np
 
     from mdlm_interp.outputs import staged_path
-    from mdlm_interp.store.identity import write_identity
     from mdlm_interp.store.writer import as_rows, check_writable
 
     path = check_writable(path, overwrite=overwrite)
@@ -148,21 +172,10 @@ def write_results(path, kind: StoreKind, columns: dict, *, dims: dict, provenanc
     n_rows = {len(a) for a in arrays.values()}
     if len(n_rows) != 1:
         raise ValueError(f"columns have different row counts: { {p: len(a) for p, a in arrays.items()} }")
-    values = {
-        "store_kind": kind.name, "schema_version": RESULTS_SCHEMA_VERSION, "toolkit_version": __version__,
-        "command_line": provenance.command_line, "model_id": provenance.model_id, "family": provenance.family,
-        "dtype": provenance.dtype, "weights_fingerprint": provenance.weights_fingerprint,
-        "task_config": provenance.task_config, "seed": int(provenance.seed), "settings": settings,
-        "dims": {name: int(size) for name, size in dims.items()}, "n_rows": n_rows.pop(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **attrs,
-    }
+    values = {**provenance_values(kind, provenance), "settings": settings,
+              "dims": {name: int(size) for name, size in dims.items()}, "n_rows": n_rows.pop(), **attrs}
     with staged_path(path) as temporary, h5py.File(temporary, "w") as file:
-        for attr in kind.all_attrs:
-            value = values[attr.name]
-            if attr.type == "JSON str":
-                value = json.dumps(value, sort_keys=True)
-            file.attrs[attr.name] = np.int64(value) if attr.type == "int" else value
-        write_identity(file.attrs, provenance.identity)
+        write_root_attributes(file.attrs, kind, values, provenance.identity)
         for field in kind.data:
             array = arrays[field.path]
             if array.dtype == object:
