@@ -25,7 +25,7 @@ def add_parser(subparsers) -> None:
     show.add_argument("--masks", type=int, default=1, metavar="N",
                       help="tokens at the answer slot, the first being the answer (default 1; 0 or 1 with --causal)")
     show.add_argument("--filler", nargs="?", const=DEFAULT_FILLER, default=None, metavar="STR",
-                      help="filler control: every appended mask after the answer slot becomes this "
+                      help="filler control: each of the n - 1 masks after the answer slot becomes this "
                       f"one-token text ({DEFAULT_FILLER!r} when STR is omitted)")
     show.add_argument("--causal", action="store_true",
                       help="render for a causal model: no masks, the answer is the next token")
