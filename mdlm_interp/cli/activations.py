@@ -6,7 +6,8 @@ from mdlm_interp.cli.common import sharded
 
 def add_parser(subparsers) -> None:
     """Register the ``activations`` subcommand."""
-    from mdlm_interp.cli.common import add_intervention_flags, add_model_flags, add_plan_flags, int_list, name_list
+    from mdlm_interp.cli.common import (add_condition_flags, add_intervention_flags, add_model_flags, add_plan_flags,
+                                        name_list)
     from mdlm_interp.representations.activations import DTYPES
     from mdlm_interp.representations.collect import POSITION_GROUPS
 
@@ -21,13 +22,7 @@ def add_parser(subparsers) -> None:
     add_model_flags(parser)
     add_plan_flags(parser, n=20, n_aliases=("--n-prompts",), several_placements=True,
                    n_help="prompts per task (default 20); spell it --n-prompts under torchrun")
-    parser.add_argument("--masks", default=[1], type=int_list,
-                        help="mask count(s) n, e.g. 1,50: n masks are the answer slot and n - 1 masks after it "
-                        "(default 1; causal models take none)")
-    parser.add_argument("--filler", default=None, metavar="TEXT",
-                        help="also export the filler control for each mask count above 1 (the masks after the "
-                        "answer slot replaced by this one-token text, e.g. ' .')")
-    parser.add_argument("--chat", action="store_true", help="wrap prompts in the family's chat template")
+    add_condition_flags(parser, "export")
     parser.add_argument("--sites", required=True, type=name_list, metavar="HOOK,...",
                         help="comma-separated TransformerLens hook names (blocks.3.hook_resid_post, "
                         "blocks.1.attn.hook_z, blocks.2.hook_mlp_out, hook_embed ...); a bare hook kind "

@@ -47,6 +47,18 @@ def load_model_from(args, device: str | None = None):
     return load_model(args.model, device=device or args.device, dtype=args.dtype, **adapter_options(args))
 
 
+def add_condition_flags(parser, verb: str) -> None:
+    """Add --masks, --filler and --chat (the mask conditions of a command that runs task prompts; ``verb``:
+    what the command does with each condition, e.g. "record")."""
+    parser.add_argument("--masks", default=[1], type=int_list,
+                        help="mask count(s) n, e.g. 50 or 1,5,10,20,50: n masks are the answer slot and n - 1 "
+                        "masks after it (default 1; causal models take none)")
+    parser.add_argument("--filler", default=None, metavar="TEXT",
+                        help=f"also {verb} the filler control for each mask count above 1: the masks after the "
+                        "answer slot replaced by this one-token text, e.g. ' .'")
+    parser.add_argument("--chat", action="store_true", help="wrap prompts in the family's chat template (instruct models)")
+
+
 def add_plan_flags(parser, *, n: int, n_help: str, several_placements: bool = False, n_aliases: tuple = (),
                    seed_help: str = "seed of the prompts (default 0)") -> None:
     """Add --task, --n (and ``n_aliases``), --placement, --n-relevant, --n-distractor and --seed to a

@@ -5,8 +5,8 @@ from mdlm_interp.cli.common import sharded
 
 def add_parser(subparsers) -> None:
     """Register the ``record`` subcommand."""
-    from mdlm_interp.cli.common import (add_intervention_flags, add_model_flags, add_plan_flags, batch_size_type, int_list,
-                                        name_list)
+    from mdlm_interp.cli.common import (add_condition_flags, add_intervention_flags, add_model_flags, add_plan_flags,
+                                        batch_size_type, name_list)
     from mdlm_interp.resources import SAFETY_MARGIN
 
     parser = subparsers.add_parser(
@@ -21,13 +21,7 @@ def add_parser(subparsers) -> None:
     add_plan_flags(parser, n=20, n_aliases=("--n-prompts",), several_placements=True,
                    n_help="prompts per task (default 20); spell it --n-prompts under torchrun, whose own options "
                    "make --n ambiguous")
-    parser.add_argument("--masks", default=[1], type=int_list,
-                        help="mask count(s) n, e.g. 50 or 1,5,10,20,50: n masks are the answer slot and n - 1 "
-                        "masks after it (default 1; causal models take none)")
-    parser.add_argument("--filler", default=None, metavar="TEXT",
-                        help="also record the filler control for each mask count above 1: the masks after the "
-                        "answer slot replaced by this one-token text, e.g. ' .'")
-    parser.add_argument("--chat", action="store_true", help="wrap prompts in the family's chat template (instruct models)")
+    add_condition_flags(parser, "record")
     parser.add_argument("--record", default=["attention", "gradients", "lens"], type=name_list,
                         help="what to record besides the prediction: comma-separated attention, gradients, lens, "
                         "routing (default the first three; routing, which experts the answer slot, the masks and "
